@@ -1,0 +1,45 @@
+# The only commands a newcomer needs. Everything is installed into .venv by these targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: run test lint format bench faults clean
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[embedded]'
+	touch $@
+
+$(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@ $(VENV)/.run-deps
+
+## run: serve on http://127.0.0.1:8080 (embedded Postgres under ./.data/ unless DATABASE_URL is set)
+run: $(VENV)/.run-deps
+	$(BIN)/sms-receiver serve
+
+## test: the whole suite against a real Postgres (embedded unless TEST_DATABASE_URL is set)
+test: $(VENV)/.dev-deps
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.dev-deps
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench:
+	@echo "make bench is not built yet (issue 7)"; exit 1
+
+faults:
+	@echo "make faults is not built yet (issue 8)"; exit 1
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

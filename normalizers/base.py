@@ -1,0 +1,178 @@
+"""The provider contract: what every provider module offers, and the request/response shapes it
+works on. Everything here is pure data; the receiver does the I/O around it."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+from urllib.parse import parse_qsl
+
+from normalizers.events import Event
+
+
+class NormalizerError(Exception):
+    """Base of the errors a normaliser raises."""
+
+
+class ParseError(NormalizerError):
+    """The payload cannot be read as any format the provider is known to send."""
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRequest:
+    """One HTTP request that reached /callbacks/{provider}, as bytes and strings only."""
+
+    method: str
+    path: str
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        for key, value in self.headers.items():
+            if key.lower() == wanted:
+                return value
+        return None
+
+    @property
+    def content_type(self) -> str:
+        return (self.header("content-type") or "").split(";", 1)[0].strip().lower()
+
+    def query_params(self) -> dict[str, str]:
+        return dict(parse_qsl(self.query, keep_blank_values=True))
+
+    def fields(self) -> Any:
+        """The payload as data: a JSON body, else a form body, else the query string.
+
+        Providers are lax about Content-Type, so a body that looks like JSON is read as JSON
+        whatever the header says."""
+        text = self.body.decode("utf-8", errors="strict") if self.body else ""
+        stripped = text.strip()
+        if stripped[:1] in ("{", "["):
+            try:
+                return json.loads(stripped)
+            except json.JSONDecodeError as error:
+                raise ParseError(f"body is not valid JSON: {error.msg} at {error.pos}") from None
+        if stripped and (
+            self.content_type == "application/x-www-form-urlencoded" or "=" in stripped
+        ):
+            return dict(parse_qsl(stripped, keep_blank_values=True))
+        if stripped:
+            raise ParseError(f"body is neither JSON nor a form ({self.content_type or 'no type'})")
+        return self.query_params()
+
+
+@dataclass(frozen=True, slots=True)
+class SendRequest:
+    """Our unified send request for one provider call."""
+
+    to: Sequence[str]
+    sender: str
+    body: str
+    client_ref: str | None = None
+    callback_url: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpRequest:
+    method: str
+    path: str
+    json_body: Mapping[str, Any] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class SendOutcome:
+    """What the provider's answer to a send says: one event per recipient (accepted, queued,
+    rejected...), each carrying the provider's id for later correlation."""
+
+    events: Sequence[Event]
+
+
+class Provider(Protocol):
+    """One provider's pure translation layer (one module per provider)."""
+
+    name: str
+
+    def build_send_request(self, request: SendRequest) -> Sequence[HttpRequest]: ...
+
+    def parse_send_response(
+        self, request: SendRequest, response: HttpResponse, received_at: datetime
+    ) -> SendOutcome: ...
+
+    def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]: ...
+
+    def verify_callback(self, request: CallbackRequest, secret: str | None) -> bool: ...
+
+
+_PHONE_LIKE = re.compile(r"^\+?[\d\s().-]{6,}$")
+
+
+def to_e164(value: object) -> str | None:
+    """A phone number as E.164 with `+` (with or without `+` or an international `00` in the
+    payload); an alphanumeric sender id is returned as given."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    if not _PHONE_LIKE.match(text):
+        return text
+    digits = re.sub(r"\D", "", text)
+    if not text.startswith("+") and digits.startswith("00"):
+        digits = digits[2:]
+    return "+" + digits
+
+
+def parse_timestamp(value: object) -> datetime | None:
+    """ISO 8601 (with `Z`, an offset or none: naive means UTC) or Unix seconds; None when absent
+    or unreadable, so that a bad timestamp falls back to the receipt time instead of failing."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float) or (isinstance(value, str) and _is_number(value)):
+        try:
+            return datetime.fromtimestamp(float(value), tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip().replace(" ", "T", 1)
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def first_present(data: Mapping[str, Any], *names: str) -> Any:
+    """The first of several field names (current and legacy spellings) that holds a value."""
+    for name in names:
+        value = data.get(name)
+        if value is not None and value != "":
+            return value
+    return None

@@ -1,0 +1,17 @@
+"""Provider modules by their stable name (the name used in URLs, configuration and events)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from normalizers import carrierx
+from normalizers.base import Provider
+
+Registry = Mapping[str, Provider]
+
+DEFAULT_REGISTRY: Registry = {carrierx.NAME: carrierx.PROVIDER}
+
+
+def with_override(base: Registry, provider: Provider) -> Registry:
+    """A registry where `provider` replaces the module of the same name (tests, hot fixes)."""
+    return {**base, provider.name: provider}

@@ -1,0 +1,1 @@
+"""The imperative shell: HTTP app, storage, CLI. All I/O lives here."""

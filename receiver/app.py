@@ -1,0 +1,75 @@
+"""The aiohttp application: routes in one place, middlewares, and the resources its lifecycle
+owns (the database pool)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from normalizers.registry import DEFAULT_REGISTRY, Registry
+from receiver.callbacks import handle_callback
+from receiver.config import Settings
+from receiver.context import AppContext
+from receiver.database import create_pool
+from receiver.errors import make_error_middleware
+from receiver.health import healthz, readyz
+from receiver.migrate import load_migrations, migrations_dir
+
+log = structlog.get_logger("receiver.http")
+
+
+@web.middleware
+async def request_log_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """One JSON log line per request, with whatever the handler bound (provider, outcome...)."""
+    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        response.headers["X-Request-ID"] = request_id
+        return response
+    finally:
+        log.info(
+            "request",
+            method=request.method,
+            path=request.path,
+            status=status,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+        structlog.contextvars.clear_contextvars()
+
+
+def create_app(settings: Settings, dsn: str, registry: Registry = DEFAULT_REGISTRY) -> web.Application:
+    app = web.Application(
+        middlewares=[request_log_middleware, make_error_middleware(settings.retry_after_s)],
+        client_max_size=settings.body_limit_bytes,
+    )
+    expected = frozenset(m.version for m in load_migrations(migrations_dir(settings.migrations_dir)))
+
+    async def database_pool(app: web.Application) -> AsyncIterator[None]:
+        pool = await create_pool(dsn, settings)
+        app[AppContext.KEY] = AppContext(
+            settings=settings,
+            registry=registry,
+            dsn=dsn,
+            expected_migrations=expected,
+            pool=pool,
+        )
+        yield
+        await pool.close()
+
+    app.cleanup_ctx.append(database_pool)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_route("GET", "/callbacks/{provider}", handle_callback)
+    app.router.add_route("POST", "/callbacks/{provider}", handle_callback)
+    return app

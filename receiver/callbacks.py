@@ -1,0 +1,70 @@
+"""GET|POST /callbacks/{provider}: store every provider request, normalised or not, and answer
+only once it is committed."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import structlog
+from aiohttp import web
+
+from receiver import queries
+from receiver.context import AppContext
+from receiver.errors import AuthError, NotFound, PayloadTooLarge
+from receiver.pipeline import REJECTED, UNPARSED, normalise
+from receiver.queries import RawCallback
+
+log = structlog.get_logger("receiver.callbacks")
+
+
+async def handle_callback(request: web.Request) -> web.Response:
+    context: AppContext = request.app[AppContext.KEY]
+    provider_name = request.match_info["provider"]
+    provider = context.registry.get(provider_name)
+    if provider is None:
+        raise NotFound(f"no provider named {provider_name!r}")
+    structlog.contextvars.bind_contextvars(provider=provider_name)
+
+    limit = context.settings.body_limit_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
+    body = await request.read()
+
+    raw = RawCallback(
+        id=uuid.uuid4(),
+        provider=provider_name,
+        method=request.method,
+        path=request.path,
+        query=request.query_string,
+        headers=dict(request.headers),
+        body=body,
+        remote_addr=request.remote,
+        received_at=datetime.now(UTC),
+    )
+    normalised = normalise(provider, raw)
+    async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as connection:
+        result = await queries.ingest_callback(
+            connection,
+            raw,
+            outcome=normalised.outcome,
+            error=normalised.error,
+            events=normalised.events,
+        )
+    new_events = len(result.new_events)
+    structlog.contextvars.bind_contextvars(
+        outcome=result.outcome, raw_id=str(raw.id), events=new_events
+    )
+    if result.outcome == REJECTED:
+        raise AuthError("callback authentication failed")
+    answer = {
+        "status": result.outcome,
+        "raw_id": str(raw.id),
+        "events": new_events,
+        "duplicates": len(result.events) - new_events,
+    }
+    if result.outcome == UNPARSED:
+        log.warning("callback_unparsed", error=normalised.error)
+        answer["error"] = normalised.error
+        return web.json_response(answer, status=202)
+    return web.json_response(answer, status=200)

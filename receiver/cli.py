@@ -1,0 +1,165 @@
+"""The `sms-receiver` command: serve, migrate, reprocess, normalize."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+from aiohttp import web
+
+from normalizers.base import CallbackRequest, ParseError
+from normalizers.registry import DEFAULT_REGISTRY, Registry
+from receiver.app import create_app
+from receiver.config import Settings
+from receiver.database import resolve_dsn, wait_for_database
+from receiver.logs import configure_logging
+from receiver.migrate import apply_migrations, migrations_dir
+from receiver.reprocess import reprocess
+
+log = structlog.get_logger("receiver.cli")
+
+
+def build_parser(registry: Registry) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sms-receiver", description="SMS delivery-report hub."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="apply migrations, then serve HTTP")
+    serve.add_argument("--host", help="listen address (default LISTEN_HOST)")
+    serve.add_argument("--port", type=int, help="listen port (default LISTEN_PORT)")
+
+    commands.add_parser("migrate", help="apply pending migrations and exit")
+
+    again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
+    again.add_argument("--provider", choices=sorted(registry), help="only this provider")
+    again.add_argument("--dry-run", action="store_true", help="print what would change only")
+
+    offline = commands.add_parser(
+        "normalize", help="run a normaliser on one payload offline, print events as JSON lines"
+    )
+    offline.add_argument("--provider", required=True, choices=sorted(registry))
+    offline.add_argument("--method", default="POST", choices=["GET", "POST"])
+    offline.add_argument("--query", default="", help="query string, e.g. 'a=1&b=2'")
+    offline.add_argument(
+        "--header", action="append", default=[], metavar="'Name: value'", help="repeatable"
+    )
+    offline.add_argument("file", nargs="?", help="body file, or - for stdin (default: empty)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTRY) -> int:
+    args = build_parser(registry).parse_args(argv)
+    if args.command == "normalize":
+        return normalize_command(args, registry)
+    settings = Settings()
+    configure_logging(settings.log_level)
+    if args.command == "serve":
+        return serve_command(settings, args.host, args.port, registry)
+    dsn, _server = resolve_dsn(settings)
+    if args.command == "migrate":
+        return asyncio.run(migrate_command(settings, dsn))
+    return asyncio.run(reprocess_command(dsn, registry, args.provider, args.dry_run))
+
+
+def serve_command(
+    settings: Settings, host: str | None, port: int | None, registry: Registry
+) -> int:
+    dsn, _server = resolve_dsn(settings)
+    asyncio.run(migrate_command(settings, dsn, quiet=True))
+    app = create_app(settings, dsn, registry)
+    listen_host = host or settings.listen_host
+    listen_port = port if port is not None else settings.listen_port
+    log.info("serving", url=f"http://{listen_host}:{listen_port}")
+    web.run_app(
+        app,
+        host=listen_host,
+        port=listen_port,
+        shutdown_timeout=settings.shutdown_timeout_s,
+        access_log=None,
+        print=None,
+    )
+    log.info("stopped")
+    return 0
+
+
+async def migrate_command(settings: Settings, dsn: str, *, quiet: bool = False) -> int:
+    await wait_for_database(dsn, settings.db_connect_retry_s)
+    connection = await asyncpg.connect(dsn)
+    try:
+        applied = await apply_migrations(connection, migrations_dir(settings.migrations_dir))
+    finally:
+        await connection.close()
+    if not quiet:
+        print("applied: " + ", ".join(applied) if applied else "migrations up to date")
+    return 0
+
+
+async def reprocess_command(
+    dsn: str, registry: Registry, provider: str | None, dry_run: bool
+) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        report = await reprocess(
+            connection, registry, provider=provider, dry_run=dry_run, emit=print
+        )
+    finally:
+        await connection.close()
+    verb = "would normalise" if dry_run else "normalised"
+    print(
+        f"{report.examined} unparsed examined: {verb} {report.normalised} "
+        f"({report.new_events} new events), {report.still_unparsed} still unparsed"
+    )
+    return 0
+
+
+def normalize_command(args: argparse.Namespace, registry: Registry) -> int:
+    provider = registry[args.provider]
+    try:
+        body = _read_body(args.file)
+        headers = dict(_split_header(line) for line in args.header)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    request = CallbackRequest(
+        method=args.method,
+        path=f"/callbacks/{args.provider}",
+        query=args.query,
+        headers=headers,
+        body=body,
+    )
+    try:
+        events = provider.parse_callback(request, datetime.now(UTC))
+    except ParseError as error:
+        print(f"error: cannot parse: {error}", file=sys.stderr)
+        return 1
+    for event in events:
+        print(json.dumps(event.to_json(), ensure_ascii=False))
+    return 0
+
+
+def _read_body(file: str | None) -> bytes:
+    if file is None:
+        return b""
+    if file == "-":
+        return sys.stdin.buffer.read()
+    return Path(file).read_bytes()
+
+
+def _split_header(line: str) -> tuple[str, str]:
+    name, sep, value = line.partition(":")
+    if not sep or not name.strip():
+        raise ValueError(f"header must look like 'Name: value': {line!r}")
+    return name.strip(), value.strip()
+
+
+def run() -> Any:  # pragma: no cover - console entry point
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The one settings object, read from the environment once at start and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    database_url: str | None = Field(
+        default=None,
+        description="Postgres DSN; unset starts the embedded Postgres under EMBEDDED_PG_DIR.",
+    )
+    embedded_pg_dir: Path = Field(
+        default=Path(".data/postgres"), description="Data directory of the embedded Postgres."
+    )
+    listen_host: str = Field(default="127.0.0.1", description="Address the HTTP server binds.")
+    listen_port: int = Field(default=8080, ge=0, le=65535, description="HTTP port.")
+    body_limit_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Largest callback body accepted (else 413)."
+    )
+    db_pool_min_size: int = Field(default=1, ge=0, description="Connections kept open.")
+    db_pool_max_size: int = Field(default=10, ge=1, description="Most connections at once.")
+    db_acquire_timeout_s: float = Field(
+        default=2.0, gt=0, description="Wait for a free connection before answering 503."
+    )
+    db_command_timeout_s: float = Field(
+        default=10.0, gt=0, description="Longest one database call may take before 503."
+    )
+    db_connect_retry_s: float = Field(
+        default=60.0, ge=0, description="How long `serve` waits for the database at start."
+    )
+    retry_after_s: int = Field(
+        default=5, ge=1, description="Retry-After sent with 503 when the database is down."
+    )
+    shutdown_timeout_s: float = Field(
+        default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+    log_level: str = Field(default="info", description="debug, info, warning or error.")
+    migrations_dir: Path | None = Field(
+        default=None, description="Where the .sql migrations are; found automatically if unset."
+    )

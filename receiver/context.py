@@ -1,0 +1,26 @@
+"""What the request handlers share, owned by the application's lifecycle."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import asyncpg
+from aiohttp import web
+
+from normalizers.registry import Registry
+from receiver.config import Settings
+
+
+@dataclass(slots=True)
+class AppContext:
+    KEY: ClassVar[web.AppKey[AppContext]]
+
+    settings: Settings
+    registry: Registry
+    dsn: str
+    expected_migrations: frozenset[int]
+    pool: asyncpg.Pool
+
+
+AppContext.KEY = web.AppKey("context", AppContext)

@@ -1,0 +1,78 @@
+"""Connecting to Postgres: the DSN (given, or the embedded server's), and the connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from receiver.config import Settings
+from receiver.errors import DATABASE_DOWN_ERRORS
+
+log = structlog.get_logger("receiver.database")
+
+Pool = asyncpg.Pool
+
+
+def start_embedded_postgres(data_dir: Path) -> Any:
+    """Start (or reuse) the embedded Postgres whose data lives in `data_dir`, kept between runs.
+
+    The server is stopped when the last process using it exits."""
+    try:
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
+            warnings.simplefilter("ignore")
+            import pgserver
+    except ImportError as error:  # pragma: no cover - depends on the install
+        raise SystemExit(
+            "DATABASE_URL is not set and the embedded Postgres is not installed: "
+            "install with `pip install sms-receiver[embedded]` or set DATABASE_URL"
+        ) from error
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return pgserver.get_server(data_dir.resolve(), cleanup_mode="stop")
+
+
+def resolve_dsn(settings: Settings) -> tuple[str, Any]:
+    """The DSN to use, and the embedded server handle to keep alive (None for an external one)."""
+    if settings.database_url:
+        return settings.database_url, None
+    server = start_embedded_postgres(settings.embedded_pg_dir)
+    dsn: str = server.get_uri()
+    log.info("embedded_postgres_started", data_dir=str(settings.embedded_pg_dir))
+    return dsn, server
+
+
+async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=settings.db_pool_min_size,
+        max_size=settings.db_pool_max_size,
+        command_timeout=settings.db_command_timeout_s,
+        # Idle connections are recycled so that a restarted server is not met by stale ones.
+        max_inactive_connection_lifetime=60.0,
+    )
+    assert pool is not None
+    return pool
+
+
+async def wait_for_database(dsn: str, timeout_s: float) -> None:
+    """Retry connecting until the database answers or `timeout_s` passes (then raise)."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.2
+    while True:
+        try:
+            connection = await asyncpg.connect(dsn, timeout=5)
+        except DATABASE_DOWN_ERRORS as error:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("database_not_ready", error=repr(error), retry_in_s=round(delay, 1))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        else:
+            await connection.close()
+            return

@@ -1,0 +1,231 @@
+"""Every SQL statement the receiver runs, in one place (the schema and its functions are in
+migrations/)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from normalizers.events import Event, Status
+
+
+@dataclass(frozen=True, slots=True)
+class RawCallback:
+    id: uuid.UUID
+    provider: str
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    remote_addr: str | None
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    event_id: str
+    inserted: bool
+    message_id: str | None
+    sequence: int | None
+    recipient_status: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    outcome: str
+    events: list[StoredEvent]
+
+    @property
+    def new_events(self) -> list[StoredEvent]:
+        return [event for event in self.events if event.inserted]
+
+
+def _events_json(events: Sequence[Event]) -> str:
+    return json.dumps([event.to_json() for event in events], separators=(",", ":"))
+
+
+def _ingest_result(rows: Sequence[asyncpg.Record]) -> IngestResult:
+    outcome = ""
+    stored = []
+    for row in rows:
+        if row["event_id"] is None:
+            outcome = row["raw_outcome"]
+            continue
+        stored.append(
+            StoredEvent(
+                event_id=row["event_id"],
+                inserted=row["inserted"],
+                message_id=str(row["message_id"]) if row["message_id"] else None,
+                sequence=row["sequence"],
+                recipient_status=row["recipient_status"],
+            )
+        )
+    return IngestResult(outcome=outcome, events=stored)
+
+
+async def ingest_callback(
+    connection: asyncpg.Connection | asyncpg.Pool,
+    raw: RawCallback,
+    *,
+    outcome: str,
+    error: str | None,
+    events: Sequence[Event],
+) -> IngestResult:
+    rows = await connection.fetch(
+        "SELECT * FROM ingest_callback($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11,"
+        " $12::jsonb)",
+        raw.id,
+        raw.provider,
+        raw.method,
+        raw.path,
+        raw.query,
+        json.dumps(raw.headers),
+        raw.body,
+        raw.remote_addr,
+        raw.received_at,
+        outcome,
+        error,
+        _events_json(events),
+    )
+    return _ingest_result(rows)
+
+
+async def ingest_events(
+    connection: asyncpg.Connection,
+    raw_id: uuid.UUID,
+    *,
+    outcome: str,
+    error: str | None,
+    events: Sequence[Event],
+) -> IngestResult:
+    rows = await connection.fetch(
+        "SELECT * FROM ingest_events($1, $2, $3, $4::jsonb)",
+        raw_id,
+        outcome,
+        error,
+        _events_json(events),
+    )
+    return _ingest_result(rows)
+
+
+async def lock_unparsed(
+    connection: asyncpg.Connection, provider: str | None, after: uuid.UUID | None, limit: int
+) -> list[RawCallback]:
+    """A batch of unparsed raw callbacks, locked for this transaction (others skip them)."""
+    rows = await connection.fetch(
+        """
+        SELECT id, provider, method, path, query, headers, body, remote_addr, received_at
+        FROM raw_callbacks
+        WHERE outcome = 'unparsed'
+          AND ($1::text IS NULL OR provider = $1)
+          AND ($2::uuid IS NULL OR id > $2)
+        ORDER BY id
+        LIMIT $3
+        FOR UPDATE SKIP LOCKED
+        """,
+        provider,
+        after,
+        limit,
+    )
+    return [
+        RawCallback(
+            id=row["id"],
+            provider=row["provider"],
+            method=row["method"],
+            path=row["path"],
+            query=row["query"],
+            headers=json.loads(row["headers"]),
+            body=bytes(row["body"]),
+            remote_addr=row["remote_addr"],
+            received_at=row["received_at"],
+        )
+        for row in rows
+    ]
+
+
+async def existing_event_ids(connection: asyncpg.Connection, ids: Sequence[str]) -> set[str]:
+    rows = await connection.fetch("SELECT id FROM events WHERE id = ANY($1::text[])", list(ids))
+    return {row["id"] for row in rows}
+
+
+async def set_raw_error(connection: asyncpg.Connection, raw_id: uuid.UUID, error: str) -> None:
+    await connection.execute(
+        "UPDATE raw_callbacks SET error = $2, processed_at = now() WHERE id = $1", raw_id, error
+    )
+
+
+async def attach_orphans(
+    connection: asyncpg.Connection,
+    message_id: uuid.UUID,
+    provider: str,
+    provider_message_id: str,
+    recipient: str | None,
+) -> int:
+    """Link the reports that arrived before the message was known; returns the recipient row."""
+    row_id: int = await connection.fetchval(
+        "SELECT attach_orphans($1, $2, $3, $4)",
+        message_id,
+        provider,
+        provider_message_id,
+        recipient,
+    )
+    return row_id
+
+
+async def insert_message(
+    connection: asyncpg.Connection | asyncpg.Pool,
+    message_id: uuid.UUID,
+    provider: str,
+    *,
+    provider_message_id: str | None = None,
+    sender: str | None = None,
+    body: str | None = None,
+    client_ref: str | None = None,
+) -> None:
+    await connection.execute(
+        """
+        INSERT INTO messages (id, provider, provider_message_id, sender, body, client_ref)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        """,
+        message_id,
+        provider,
+        provider_message_id,
+        sender,
+        body,
+        client_ref,
+    )
+
+
+async def recipient_state(
+    connection: asyncpg.Connection | asyncpg.Pool,
+    provider: str,
+    provider_message_id: str,
+    recipient: str | None,
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        """
+        SELECT id, message_id, status, final, sequence
+        FROM message_recipients
+        WHERE provider = $1 AND provider_message_id = $2 AND recipient = coalesce($3, '')
+        """,
+        provider,
+        provider_message_id,
+        recipient,
+    )
+    return row
+
+
+async def database_ready(connection: asyncpg.Connection) -> bool:
+    value: Any = await connection.fetchval("SELECT 1")
+    return value == 1
+
+
+def status_or_none(value: str | None) -> Status | None:
+    return Status(value) if value is not None else None

@@ -1,0 +1,90 @@
+"""Normalise `unparsed` raw callbacks again, after a normaliser learnt their format."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from normalizers.registry import Registry
+from receiver import queries
+from receiver.pipeline import NORMALISED, normalise
+
+
+@dataclass(slots=True)
+class ReprocessReport:
+    examined: int = 0
+    normalised: int = 0
+    still_unparsed: int = 0
+    new_events: int = 0
+    lines: list[str] = field(default_factory=list)
+
+
+async def reprocess(
+    connection: asyncpg.Connection,
+    registry: Registry,
+    *,
+    provider: str | None = None,
+    dry_run: bool = False,
+    batch_size: int = 200,
+    emit: Callable[[str], None] = lambda line: None,
+) -> ReprocessReport:
+    """Walks the unparsed rows in id order, one transaction per batch; rows another run holds are
+    skipped. A dry run does the same work and rolls every batch back."""
+    report = ReprocessReport()
+    after: uuid.UUID | None = None
+    while True:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            batch = await queries.lock_unparsed(connection, provider, after, batch_size)
+            for raw in batch:
+                line = await _reprocess_one(connection, registry, raw, dry_run, report)
+                report.lines.append(line)
+                emit(line)
+        except BaseException:
+            await transaction.rollback()
+            raise
+        if dry_run:
+            await transaction.rollback()
+        else:
+            await transaction.commit()
+        if len(batch) < batch_size:
+            return report
+        after = batch[-1].id
+
+
+async def _reprocess_one(
+    connection: asyncpg.Connection,
+    registry: Registry,
+    raw: queries.RawCallback,
+    dry_run: bool,
+    report: ReprocessReport,
+) -> str:
+    report.examined += 1
+    label = f"{raw.id} {raw.provider}"
+    provider = registry.get(raw.provider)
+    if provider is None:
+        report.still_unparsed += 1
+        return f"{label}: still unparsed: no provider named {raw.provider!r}"
+    # Authentication was checked when the callback arrived; only parsing failed then.
+    result = normalise(provider, raw, verify=False)
+    if result.outcome != NORMALISED:
+        report.still_unparsed += 1
+        if not dry_run and result.error:
+            await queries.set_raw_error(connection, raw.id, result.error)
+        return f"{label}: still unparsed: {result.error}"
+    report.normalised += 1
+    if dry_run:
+        known = await queries.existing_event_ids(connection, [e.id for e in result.events])
+        fresh = len(result.events) - len(known)
+        report.new_events += fresh
+        return f"{label}: would normalise into {len(result.events)} events ({fresh} new)"
+    stored = await queries.ingest_events(
+        connection, raw.id, outcome=NORMALISED, error=None, events=result.events
+    )
+    fresh = len(stored.new_events)
+    report.new_events += fresh
+    return f"{label}: {stored.outcome} into {len(result.events)} events ({fresh} new)"
