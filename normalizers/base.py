@@ -51,7 +51,10 @@ class CallbackRequest:
 
         Providers are lax about Content-Type, so a body that looks like JSON is read as JSON
         whatever the header says."""
-        text = self.body.decode("utf-8", errors="strict") if self.body else ""
+        try:
+            text = self.body.decode("utf-8") if self.body else ""
+        except UnicodeDecodeError as error:
+            raise ParseError(f"body is not UTF-8 text: {error.reason} at {error.start}") from None
         stripped = text.strip()
         if stripped[:1] in ("{", "["):
             try:

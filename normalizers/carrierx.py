@@ -172,7 +172,9 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
         ]
     # A group MMS is one message_sid reaching several handsets: each is a recipient of its own.
     recipients = [to, *(to_e164(number) for number in sms.get("group_recipients") or [])]
-    distinct = [r for r in dict.fromkeys(recipients) if r is not None and r != sender] or [None]
+    distinct: list[str | None] = [
+        r for r in dict.fromkeys(recipients) if r is not None and r != sender
+    ] or [None]
     return [
         Event(
             id=event_id(NAME, EventType.STATUS, sid, recipient, provider_status, stamp),

@@ -48,12 +48,16 @@ async def request_log_middleware(
         structlog.contextvars.clear_contextvars()
 
 
-def create_app(settings: Settings, dsn: str, registry: Registry = DEFAULT_REGISTRY) -> web.Application:
+def create_app(
+    settings: Settings, dsn: str, registry: Registry = DEFAULT_REGISTRY
+) -> web.Application:
     app = web.Application(
         middlewares=[request_log_middleware, make_error_middleware(settings.retry_after_s)],
         client_max_size=settings.body_limit_bytes,
     )
-    expected = frozenset(m.version for m in load_migrations(migrations_dir(settings.migrations_dir)))
+    expected = frozenset(
+        m.version for m in load_migrations(migrations_dir(settings.migrations_dir))
+    )
 
     async def database_pool(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(dsn, settings)

@@ -28,9 +28,7 @@ log = structlog.get_logger("receiver.cli")
 
 
 def build_parser(registry: Registry) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sms-receiver", description="SMS delivery-report hub."
-    )
+    parser = argparse.ArgumentParser(prog="sms-receiver", description="SMS delivery-report hub.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve = commands.add_parser("serve", help="apply migrations, then serve HTTP")

@@ -91,15 +91,3 @@ async def apply_migrations(connection: asyncpg.Connection, directory: Path) -> l
     finally:
         await connection.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
     return applied_names
-
-
-async def pending_migrations(connection: asyncpg.Connection, directory: Path) -> list[str]:
-    """Names of the migrations not applied yet (all of them when the table is missing)."""
-    migrations = load_migrations(directory)
-    exists = await connection.fetchval("SELECT to_regclass('schema_migrations') IS NOT NULL")
-    applied: set[int] = set()
-    if exists:
-        applied = {row["version"] for row in await connection.fetch(
-            "SELECT version FROM schema_migrations"
-        )}
-    return [m.name for m in migrations if m.version not in applied]

@@ -8,11 +8,14 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
-
 import asyncpg
 
-from normalizers.events import Event, Status
+from asyncpg.pool import PoolConnectionProxy
+
+from normalizers.events import Event
+
+# A connection of its own or one borrowed from the pool: queries run on either.
+Connection = asyncpg.Connection | PoolConnectionProxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,7 @@ def _ingest_result(rows: Sequence[asyncpg.Record]) -> IngestResult:
 
 
 async def ingest_callback(
-    connection: asyncpg.Connection | asyncpg.Pool,
+    connection: Connection,
     raw: RawCallback,
     *,
     outcome: str,
@@ -98,7 +101,7 @@ async def ingest_callback(
 
 
 async def ingest_events(
-    connection: asyncpg.Connection,
+    connection: Connection,
     raw_id: uuid.UUID,
     *,
     outcome: str,
@@ -116,7 +119,7 @@ async def ingest_events(
 
 
 async def lock_unparsed(
-    connection: asyncpg.Connection, provider: str | None, after: uuid.UUID | None, limit: int
+    connection: Connection, provider: str | None, after: uuid.UUID | None, limit: int
 ) -> list[RawCallback]:
     """A batch of unparsed raw callbacks, locked for this transaction (others skip them)."""
     rows = await connection.fetch(
@@ -150,19 +153,19 @@ async def lock_unparsed(
     ]
 
 
-async def existing_event_ids(connection: asyncpg.Connection, ids: Sequence[str]) -> set[str]:
+async def existing_event_ids(connection: Connection, ids: Sequence[str]) -> set[str]:
     rows = await connection.fetch("SELECT id FROM events WHERE id = ANY($1::text[])", list(ids))
     return {row["id"] for row in rows}
 
 
-async def set_raw_error(connection: asyncpg.Connection, raw_id: uuid.UUID, error: str) -> None:
+async def set_raw_error(connection: Connection, raw_id: uuid.UUID, error: str) -> None:
     await connection.execute(
         "UPDATE raw_callbacks SET error = $2, processed_at = now() WHERE id = $1", raw_id, error
     )
 
 
 async def attach_orphans(
-    connection: asyncpg.Connection,
+    connection: Connection,
     message_id: uuid.UUID,
     provider: str,
     provider_message_id: str,
@@ -180,7 +183,7 @@ async def attach_orphans(
 
 
 async def insert_message(
-    connection: asyncpg.Connection | asyncpg.Pool,
+    connection: Connection,
     message_id: uuid.UUID,
     provider: str,
     *,
@@ -204,7 +207,7 @@ async def insert_message(
 
 
 async def recipient_state(
-    connection: asyncpg.Connection | asyncpg.Pool,
+    connection: Connection,
     provider: str,
     provider_message_id: str,
     recipient: str | None,
@@ -220,12 +223,3 @@ async def recipient_state(
         recipient,
     )
     return row
-
-
-async def database_ready(connection: asyncpg.Connection) -> bool:
-    value: Any = await connection.fetchval("SELECT 1")
-    return value == 1
-
-
-def status_or_none(value: str | None) -> Status | None:
-    return Status(value) if value is not None else None

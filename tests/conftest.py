@@ -1,0 +1,109 @@
+"""Test set-up: one real Postgres for the session (embedded, or TEST_DATABASE_URL), a migrated
+database in it, and clean tables for every test."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from normalizers.registry import DEFAULT_REGISTRY, Registry
+from receiver.app import create_app
+from receiver.config import Settings
+from receiver.database import start_embedded_postgres
+from receiver.migrate import apply_migrations, migrations_dir
+
+REPO = Path(__file__).resolve().parent.parent
+TABLES = "deliveries, subscriptions, events, message_recipients, messages, raw_callbacks"
+
+
+def with_database(dsn: str, name: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server where the tests may create databases."""
+    given = os.environ.get("TEST_DATABASE_URL")
+    if given:
+        yield given
+        return
+    server = start_embedded_postgres(tmp_path_factory.mktemp("pg") / "data")
+    yield str(server.get_uri())
+    server.cleanup()
+
+
+async def create_database(admin_dsn: str, name: str) -> str:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    return with_database(admin_dsn, name)
+
+
+async def drop_database(admin_dsn: str, name: str) -> None:
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def fresh_database(admin_dsn: str) -> AsyncIterator[str]:
+    """An empty database of its own (no migrations), dropped afterwards."""
+    name = f"smsr_fresh_{uuid.uuid4().hex[:10]}"
+    dsn = await create_database(admin_dsn, name)
+    yield dsn
+    await drop_database(admin_dsn, name)
+
+
+@pytest.fixture(scope="session")
+async def dsn(admin_dsn: str) -> AsyncIterator[str]:
+    """The migrated database most tests share; its tables are emptied before each test."""
+    name = f"smsr_test_{os.getpid()}"
+    database = await create_database(admin_dsn, name)
+    connection = await asyncpg.connect(database)
+    try:
+        await apply_migrations(connection, migrations_dir())
+    finally:
+        await connection.close()
+    yield database
+    await drop_database(admin_dsn, name)
+
+
+@pytest.fixture
+async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    connection = await asyncpg.connect(dsn)
+    await connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    yield connection
+    await connection.close()
+
+
+@pytest.fixture
+def settings(dsn: str) -> Settings:
+    return Settings(database_url=dsn, db_pool_min_size=0, db_pool_max_size=5)
+
+
+@pytest.fixture
+def registry() -> Registry:
+    return DEFAULT_REGISTRY
+
+
+@pytest.fixture
+async def client(
+    aiohttp_client: Any, settings: Settings, dsn: str, registry: Registry, db: asyncpg.Connection
+) -> TestClient[Any, Any]:
+    app = create_app(settings, dsn, registry)
+    test_client: TestClient[Any, Any] = await aiohttp_client(app)
+    return test_client

@@ -1,0 +1,63 @@
+"""The helpers every normaliser shares: numbers, timestamps, ids."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+
+from normalizers.base import parse_timestamp, to_e164
+from normalizers.events import FINAL_STATUSES, STATUS_RANK, Status, event_id
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("15162065574", "+15162065574"),
+        ("+44 7700 900123", "+447700900123"),
+        ("0044-7700-900123", "+447700900123"),
+        ("(516) 206-5574", "+5162065574"),
+        ("ACME", "ACME"),
+        ("", None),
+        (None, None),
+        (447700900123, "+447700900123"),
+    ],
+)
+def test_to_e164(raw: object, expected: str | None) -> None:
+    assert to_e164(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("2023-12-06T15:18:29.189Z", datetime(2023, 12, 6, 15, 18, 29, 189000, tzinfo=UTC)),
+        ("2024-06-03 10:05:22", datetime(2024, 6, 3, 10, 5, 22, tzinfo=UTC)),
+        ("2024-06-03T10:05:22-0300", datetime(2024, 6, 3, 13, 5, 22, tzinfo=UTC)),
+        (1700000000, datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        ("1700000000", datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        ("yesterday", None),
+        (None, None),
+        (True, None),
+    ],
+)
+def test_parse_timestamp(raw: object, expected: datetime | None) -> None:
+    assert parse_timestamp(raw) == expected
+
+
+def test_parse_timestamp_converts_offsets_to_utc() -> None:
+    moment = parse_timestamp("2024-06-03T10:05:22+02:00")
+    assert moment == datetime(2024, 6, 3, 10, 5, 22, tzinfo=timezone(timedelta(hours=2)))
+    assert moment is not None and moment.tzinfo == UTC
+
+
+def test_event_id_is_stable_and_separates_its_parts() -> None:
+    assert event_id("p", "a", "b") == event_id("p", "a", "b")
+    assert event_id("p", "ab", "") != event_id("p", "a", "b")
+    assert event_id("p", None) == event_id("p", "")
+    assert event_id("p", "a") != event_id("q", "a")
+
+
+def test_every_status_has_a_rank_and_finals_outrank_the_rest() -> None:
+    assert set(STATUS_RANK) == set(Status)
+    lowest_final = min(STATUS_RANK[s] for s in FINAL_STATUSES)
+    assert all(STATUS_RANK[s] < lowest_final for s in set(Status) - FINAL_STATUSES)

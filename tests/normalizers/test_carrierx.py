@@ -1,0 +1,206 @@
+"""CarrierX callbacks, from fixtures shaped as the provider documents them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from normalizers.base import CallbackRequest, HttpResponse, ParseError, SendRequest
+from normalizers.carrierx import PROVIDER, STATUS_MAP
+from normalizers.events import EventType, Price, Status
+
+FIXTURES = Path(__file__).parent / "fixtures" / "carrierx"
+RECEIVED_AT = datetime(2023, 12, 6, 15, 30, tzinfo=UTC)
+
+
+def fixture(name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return data
+
+
+def post(payload: object) -> CallbackRequest:
+    return CallbackRequest(
+        method="POST",
+        path="/callbacks/carrierx",
+        headers={"Content-Type": "application/json"},
+        body=json.dumps(payload).encode(),
+    )
+
+
+def test_delivered_report_fills_every_field_the_payload_has() -> None:
+    [event] = PROVIDER.parse_callback(post(fixture("outbound_delivered.json")), RECEIVED_AT)
+
+    assert event.type is EventType.STATUS
+    assert event.provider == "carrierx"
+    assert event.status is Status.DELIVERED
+    assert event.final is True
+    assert event.provider_status == "delivered"
+    assert event.provider_message_id == "097b49df-c54e-4eaf-97d0-89cf7d5a655b"
+    assert event.recipient == "+15162065574"
+    assert event.sender == "+15162065575"
+    assert event.occurred_at == datetime(2023, 12, 6, 15, 18, 33, 512000, tzinfo=UTC)
+    assert event.occurred_at_source == "provider"
+    assert event.received_at == RECEIVED_AT
+    assert event.client_ref == "order-42"
+    assert event.segments == 1
+    assert event.price == Price(amount="0.0025", currency="USD")
+    assert event.id.startswith("evt_")
+
+
+def test_legacy_did_field_names_are_read() -> None:
+    [event] = PROVIDER.parse_callback(post(fixture("outbound_sent_legacy.json")), RECEIVED_AT)
+
+    assert event.status is Status.SENT
+    assert event.final is False
+    assert event.sender == "+15162065919"
+    assert event.recipient == "+15162065574"
+    assert event.price is None
+    assert event.client_ref is None
+
+
+def test_inbound_sms_is_a_message_inbound_event() -> None:
+    [event] = PROVIDER.parse_callback(post(fixture("inbound_sms.json")), RECEIVED_AT)
+
+    assert event.type is EventType.INBOUND
+    assert event.status is Status.RECEIVED
+    assert event.sender == "+15162065574"  # the handset that wrote
+    assert event.recipient == "+15162065575"  # our number
+    assert event.text == "Yes, see you at 5"
+    assert event.occurred_at == datetime(2023, 12, 6, 15, 20, 0, 731000, tzinfo=UTC)
+
+
+def test_inbound_mms_keeps_media_urls_beside_the_event() -> None:
+    [event] = PROVIDER.parse_callback(post(fixture("inbound_mms.json")), RECEIVED_AT)
+
+    assert event.type is EventType.INBOUND
+    assert event.text is None
+    assert event.extra["media_urls"] == ["https://example.com/media/cat.jpg"]
+
+
+def test_group_mms_gives_one_event_per_handset_but_not_the_sender() -> None:
+    events = PROVIDER.parse_callback(post(fixture("outbound_group_mms_queued.json")), RECEIVED_AT)
+
+    assert [e.recipient for e in events] == ["+15162065574", "+15162065576"]
+    assert {e.status for e in events} == {Status.QUEUED}
+    assert len({e.id for e in events}) == 2
+
+
+@pytest.mark.parametrize(("word", "expected"), sorted(STATUS_MAP.items()))
+def test_every_status_word_maps(word: str, expected: Status) -> None:
+    payload = fixture("outbound_delivered.json") | {"status": word}
+    [event] = PROVIDER.parse_callback(post(payload), RECEIVED_AT)
+
+    if expected is Status.RECEIVED:
+        assert event.type is EventType.INBOUND
+    else:
+        assert event.status is expected
+    assert event.provider_status == word
+
+
+def test_status_words_are_read_whatever_their_case() -> None:
+    payload = fixture("outbound_delivered.json") | {"status": "DELIVERED"}
+    [event] = PROVIDER.parse_callback(post(payload), RECEIVED_AT)
+
+    assert event.status is Status.DELIVERED
+    assert event.provider_status == "DELIVERED"
+
+
+def test_an_unmapped_status_word_becomes_unknown_and_is_kept_verbatim() -> None:
+    payload = fixture("outbound_delivered.json") | {"status": "carrier_hold"}
+    [event] = PROVIDER.parse_callback(post(payload), RECEIVED_AT)
+
+    assert event.status is Status.UNKNOWN
+    assert event.final is False
+    assert event.provider_status == "carrier_hold"
+
+
+def test_the_same_report_twice_has_the_same_id_and_another_status_another() -> None:
+    payload = fixture("outbound_delivered.json")
+    [first] = PROVIDER.parse_callback(post(payload), RECEIVED_AT)
+    [again] = PROVIDER.parse_callback(post(payload), datetime.now(UTC))
+    [sent] = PROVIDER.parse_callback(post(payload | {"status": "sent"}), RECEIVED_AT)
+
+    assert first.id == again.id
+    assert sent.id != first.id
+
+
+def test_without_a_timestamp_the_receipt_time_is_used() -> None:
+    payload = fixture("outbound_delivered.json")
+    for key in ("date_changed", "date_status_changed", "date_created"):
+        payload.pop(key)
+    [event] = PROVIDER.parse_callback(post(payload), RECEIVED_AT)
+
+    assert event.occurred_at == RECEIVED_AT
+    assert event.occurred_at_source == "received"
+
+
+def test_an_array_of_objects_gives_an_event_each() -> None:
+    events = PROVIDER.parse_callback(
+        post([fixture("outbound_delivered.json"), fixture("inbound_sms.json")]), RECEIVED_AT
+    )
+
+    assert [e.type for e in events] == [EventType.STATUS, EventType.INBOUND]
+
+
+def test_a_form_body_and_a_query_string_are_read_too() -> None:
+    fields = "message_sid=abc&status=sent&to=15162065574&from=15162065575"
+    form = CallbackRequest(
+        method="POST",
+        path="/callbacks/carrierx",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        body=fields.encode(),
+    )
+    query = CallbackRequest(method="GET", path="/callbacks/carrierx", query=fields)
+
+    for request in (form, query):
+        [event] = PROVIDER.parse_callback(request, RECEIVED_AT)
+        assert event.provider_message_id == "abc"
+        assert event.status is Status.SENT
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"not json at all", b"{broken", b"[]", b"[1, 2]", b'{"status": "sent"}', b"\xff\xfe"],
+)
+def test_garbage_raises_parse_error(body: bytes) -> None:
+    request = CallbackRequest(method="POST", path="/callbacks/carrierx", body=body)
+
+    with pytest.raises(ParseError):
+        PROVIDER.parse_callback(request, RECEIVED_AT)
+
+
+def test_send_request_is_one_post_per_recipient_without_plus() -> None:
+    calls = PROVIDER.build_send_request(
+        SendRequest(to=["+15162065574", "+15162065576"], sender="+15162065575", body="hi",
+                    client_ref="r1")
+    )
+
+    assert [call.path for call in calls] == ["/core/v2/sms/messages"] * 2
+    assert calls[0].json_body == {
+        "from": "15162065575",
+        "to": "15162065574",
+        "message": "hi",
+        "user_data": "r1",
+    }
+
+
+def test_send_answer_gives_a_queued_event_with_the_message_sid() -> None:
+    answer = {k: v for k, v in fixture("outbound_delivered.json").items() if k != "_source"}
+    answer |= {"status": "queued", "date_status_changed": None}
+    request = SendRequest(to=["+15162065574"], sender="+15162065575", body="hi")
+
+    outcome = PROVIDER.parse_send_response(
+        request, HttpResponse(status=200, body=json.dumps(answer).encode()), RECEIVED_AT
+    )
+    refused = PROVIDER.parse_send_response(
+        request, HttpResponse(status=401, body=b'{"message":"unauthorized"}'), RECEIVED_AT
+    )
+
+    assert [e.status for e in outcome.events] == [Status.QUEUED]
+    assert outcome.events[0].provider_message_id == "097b49df-c54e-4eaf-97d0-89cf7d5a655b"
+    assert [e.status for e in refused.events] == [Status.REJECTED]
+    assert refused.events[0].failure_kind == "permanent"
