@@ -18,6 +18,13 @@ from receiver.queries import RawCallback
 log = structlog.get_logger("receiver.callbacks")
 
 
+def received_now() -> datetime:
+    """The receipt time at the precision events carry (milliseconds), so the raw row and its
+    events hold the same instant."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
 async def handle_callback(request: web.Request) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
     provider_name = request.match_info["provider"]
@@ -40,7 +47,7 @@ async def handle_callback(request: web.Request) -> web.Response:
         headers=dict(request.headers),
         body=body,
         remote_addr=request.remote,
-        received_at=datetime.now(UTC),
+        received_at=received_now(),
     )
     normalised = normalise(provider, raw)
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as connection:

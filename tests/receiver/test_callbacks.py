@@ -1,0 +1,282 @@
+"""The callback pipeline end to end: HTTP in, rows in a real Postgres out."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from normalizers.base import CallbackRequest
+from normalizers.carrierx import CarrierX
+from normalizers.events import STATUS_RANK, Event
+from normalizers.registry import DEFAULT_REGISTRY, with_override
+from receiver import queries
+
+FIXTURES = Path(__file__).parent.parent / "normalizers" / "fixtures" / "carrierx"
+Client = TestClient[Any, Any]
+
+
+def fixture(name: str, **changes: Any) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    return data | changes
+
+
+async def post_json(client: Client, payload: object) -> tuple[int, dict[str, Any]]:
+    response = await client.post("/callbacks/carrierx", json=payload)
+    return response.status, await response.json()
+
+
+async def test_a_delivery_report_is_stored_raw_and_normalised(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    payload = fixture("outbound_delivered.json")
+    status, answer = await post_json(client, payload)
+
+    assert status == 200
+    assert answer["status"] == "normalised"
+    assert answer["events"] == 1
+    raw = await db.fetchrow("SELECT * FROM raw_callbacks WHERE id = $1", uuid.UUID(answer["raw_id"]))
+    assert raw is not None
+    assert raw["outcome"] == "normalised"
+    assert raw["method"] == "POST"
+    assert raw["path"] == "/callbacks/carrierx"
+    assert json.loads(bytes(raw["body"])) == payload
+    assert raw["event_count"] == 1
+    event = await db.fetchrow("SELECT * FROM events")
+    assert event is not None
+    assert event["status"] == "delivered"
+    assert event["final"] is True
+    assert event["recipient"] == "+15162065574"
+    assert event["provider_message_id"] == "097b49df-c54e-4eaf-97d0-89cf7d5a655b"
+    assert event["raw_id"] == raw["id"]
+    assert event["sequence"] == 1
+    assert event["recipient_status"] == "delivered"
+    assert event["message_id"] is None  # no message sent through us yet: an orphan
+    assert json.loads(event["price"]) == {"amount": "0.0025", "currency": "USD"}
+    recipient = await db.fetchrow("SELECT * FROM message_recipients")
+    assert recipient is not None
+    assert (recipient["status"], recipient["final"], recipient["sequence"]) == ("delivered", True, 1)
+
+
+async def test_the_same_callback_twice_gives_one_event_and_a_duplicate_raw_row(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    payload = fixture("outbound_delivered.json")
+    first_status, first = await post_json(client, payload)
+    second_status, second = await post_json(client, payload)
+
+    assert (first_status, second_status) == (200, 200)
+    assert (second["status"], second["events"], second["duplicates"]) == ("duplicate", 0, 1)
+    assert await db.fetchval("SELECT count(*) FROM events") == 1
+    outcomes = await db.fetch("SELECT outcome FROM raw_callbacks ORDER BY received_at")
+    assert [row["outcome"] for row in outcomes] == ["normalised", "duplicate"]
+    assert await db.fetchval("SELECT sequence FROM message_recipients") == 1
+
+
+async def test_a_late_sent_after_delivered_leaves_delivered_with_both_in_history(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    await post_json(client, fixture("outbound_delivered.json"))
+    status, _ = await post_json(
+        client,
+        fixture("outbound_delivered.json", status="sent", date_status_changed="2023-12-06T15:18:31Z"),
+    )
+
+    assert status == 200
+    history = await db.fetch(
+        "SELECT status, sequence, recipient_status FROM events ORDER BY sequence"
+    )
+    assert [tuple(row) for row in history] == [
+        ("delivered", 1, "delivered"),
+        ("sent", 2, "delivered"),
+    ]
+    assert await db.fetchval("SELECT status FROM message_recipients") == "delivered"
+
+
+async def test_unknown_never_overwrites_a_known_status(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    await post_json(client, fixture("outbound_delivered.json", status="sent"))
+    await post_json(client, fixture("outbound_delivered.json", status="carrier_hold"))
+
+    assert await db.fetchval("SELECT status FROM message_recipients") == "sent"
+    assert await db.fetchval("SELECT count(*) FROM events") == 2
+
+
+async def test_concurrent_out_of_order_reports_end_in_the_final_status(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    words = ["delivered", "sent", "queued", "sending", "sent", "queued", "carrier_hold"]
+    payloads = [
+        fixture("outbound_delivered.json", status=word, date_status_changed=f"2023-12-06T15:18:3{i}Z")
+        for i, word in enumerate(words)
+    ]
+    results = await asyncio.gather(*(post_json(client, p) for p in payloads))
+
+    assert {status for status, _ in results} == {200}
+    recipient = await db.fetchrow("SELECT status, sequence FROM message_recipients")
+    assert recipient is not None
+    assert (recipient["status"], recipient["sequence"]) == ("delivered", len(words))
+    sequences = await db.fetch("SELECT sequence FROM events ORDER BY sequence")
+    assert [row["sequence"] for row in sequences] == list(range(1, len(words) + 1))
+
+
+async def test_garbage_is_kept_as_unparsed_with_its_error_and_answered_202(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    response = await client.post(
+        "/callbacks/carrierx", data=b"\x00\x01 definitely not a report", headers={"Content-Type": "text/plain"}
+    )
+    answer = await response.json()
+
+    assert response.status == 202
+    assert answer["status"] == "unparsed"
+    raw = await db.fetchrow("SELECT outcome, error, body FROM raw_callbacks")
+    assert raw is not None
+    assert raw["outcome"] == "unparsed"
+    assert raw["error"]
+    assert bytes(raw["body"]) == b"\x00\x01 definitely not a report"
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+class CrashingCarrierX(CarrierX):
+    def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
+        raise RuntimeError("a bug in the normaliser")
+
+
+@pytest.mark.parametrize("registry", [with_override(DEFAULT_REGISTRY, CrashingCarrierX())])
+async def test_a_crashing_normaliser_loses_nothing_and_answers_202(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    status, answer = await post_json(client, fixture("outbound_delivered.json"))
+
+    assert status == 202
+    assert "a bug in the normaliser" in answer["error"]
+    assert await db.fetchval("SELECT outcome FROM raw_callbacks") == "unparsed"
+
+
+class RefusingCarrierX(CarrierX):
+    def verify_callback(self, request: CallbackRequest, secret: str | None) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("registry", [with_override(DEFAULT_REGISTRY, RefusingCarrierX())])
+async def test_a_callback_failing_authentication_is_stored_as_rejected_and_answered_401(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    status, answer = await post_json(client, fixture("outbound_delivered.json"))
+
+    assert status == 401
+    assert answer["error"]["code"] == "unauthorized"
+    assert await db.fetchval("SELECT outcome FROM raw_callbacks") == "rejected"
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_a_get_callback_with_a_query_string_is_normalised(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    response = await client.get(
+        "/callbacks/carrierx",
+        params={"message_sid": "q-1", "status": "delivered", "to": "15162065574"},
+    )
+
+    assert response.status == 200
+    raw = await db.fetchrow("SELECT method, query FROM raw_callbacks")
+    assert raw is not None
+    assert raw["method"] == "GET"
+    assert "message_sid=q-1" in raw["query"]
+    assert await db.fetchval("SELECT status FROM events") == "delivered"
+
+
+async def test_an_oversized_body_is_refused_with_413_and_nothing_stored(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    big = b'{"pad": "' + b"x" * (1024 * 1024) + b'"}'
+    response = await client.post("/callbacks/carrierx", data=big)
+    answer = await response.json()
+
+    assert response.status == 413
+    assert answer["error"]["code"] == "payload_too_large"
+    assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 0
+
+
+async def test_an_oversized_chunked_body_is_refused_with_413(client: Client) -> None:
+    async def chunks() -> Any:
+        for _ in range(20):
+            yield b"x" * (64 * 1024)
+
+    response = await client.post("/callbacks/carrierx", data=chunks())
+
+    assert response.status == 413
+
+
+async def test_an_unknown_provider_is_404_with_a_json_error(client: Client) -> None:
+    response = await client.post("/callbacks/nobody", json={})
+
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+
+
+async def test_a_wrong_method_is_405_with_a_json_error(client: Client) -> None:
+    response = await client.put("/callbacks/carrierx", json={})
+
+    assert response.status == 405
+    assert "error" in await response.json()
+
+
+async def test_an_orphan_is_attached_when_its_message_appears(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    await post_json(client, fixture("outbound_delivered.json", status="sent"))
+    message_id = uuid.uuid4()
+    await queries.insert_message(db, message_id, "carrierx", sender="+15162065575", body="hi")
+
+    row_id = await queries.attach_orphans(
+        db, message_id, "carrierx", "097b49df-c54e-4eaf-97d0-89cf7d5a655b", "+15162065574"
+    )
+    await post_json(client, fixture("outbound_delivered.json"))
+
+    assert await db.fetchval("SELECT count(*) FROM message_recipients") == 1
+    assert await db.fetchval("SELECT message_id FROM message_recipients WHERE id = $1", row_id) == message_id
+    events = await db.fetch("SELECT status, message_id, sequence FROM events ORDER BY sequence")
+    assert [(r["status"], r["message_id"], r["sequence"]) for r in events] == [
+        ("sent", message_id, 1),
+        ("delivered", message_id, 2),
+    ]
+
+
+async def test_inbound_messages_have_no_recipient_state(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    status, answer = await post_json(client, fixture("inbound_sms.json"))
+
+    assert (status, answer["events"]) == (200, 1)
+    event = await db.fetchrow("SELECT type, status, text, sequence, recipient_id FROM events")
+    assert event is not None
+    assert tuple(event) == ("message.inbound", "received", "Yes, see you at 5", 1, None)
+    assert await db.fetchval("SELECT count(*) FROM message_recipients") == 0
+
+
+async def test_sql_status_rank_mirrors_the_python_table(db: asyncpg.Connection) -> None:
+    for status, rank in STATUS_RANK.items():
+        assert await db.fetchval("SELECT status_rank($1)", str(status)) == rank
+
+
+async def test_replaying_a_stored_raw_callback_changes_nothing(db: asyncpg.Connection) -> None:
+    raw = queries.RawCallback(
+        id=uuid.uuid4(), provider="carrierx", method="POST", path="/callbacks/carrierx",
+        query="", headers={}, body=b"{}", remote_addr=None,
+        received_at=datetime.fromisoformat("2023-12-06T15:30:00+00:00"),
+    )
+    first = await queries.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])
+    again = await queries.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])
+
+    assert (first.outcome, again.outcome) == ("unparsed", "unparsed")
+    assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 1
