@@ -31,7 +31,8 @@ async def request_log_middleware(
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
-    status = 500
+    # Stays so only if the handler never returned: cancelled (client gone, shutdown timeout).
+    status: int | str = "cancelled"
     try:
         response = await handler(request)
         status = response.status

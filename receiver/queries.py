@@ -8,8 +8,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-import asyncpg
 
+import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from normalizers.events import Event

@@ -47,7 +47,8 @@ def test_parse_timestamp(raw: object, expected: datetime | None) -> None:
 def test_parse_timestamp_converts_offsets_to_utc() -> None:
     moment = parse_timestamp("2024-06-03T10:05:22+02:00")
     assert moment == datetime(2024, 6, 3, 10, 5, 22, tzinfo=timezone(timedelta(hours=2)))
-    assert moment is not None and moment.tzinfo == UTC
+    assert moment is not None
+    assert moment.tzinfo == UTC
 
 
 def test_event_id_is_stable_and_separates_its_parts() -> None:

@@ -175,8 +175,9 @@ def test_garbage_raises_parse_error(body: bytes) -> None:
 
 def test_send_request_is_one_post_per_recipient_without_plus() -> None:
     calls = PROVIDER.build_send_request(
-        SendRequest(to=["+15162065574", "+15162065576"], sender="+15162065575", body="hi",
-                    client_ref="r1")
+        SendRequest(
+            to=["+15162065574", "+15162065576"], sender="+15162065575", body="hi", client_ref="r1"
+        )
     )
 
     assert [call.path for call in calls] == ["/core/v2/sms/messages"] * 2

@@ -42,7 +42,9 @@ async def test_a_delivery_report_is_stored_raw_and_normalised(
     assert status == 200
     assert answer["status"] == "normalised"
     assert answer["events"] == 1
-    raw = await db.fetchrow("SELECT * FROM raw_callbacks WHERE id = $1", uuid.UUID(answer["raw_id"]))
+    raw = await db.fetchrow(
+        "SELECT * FROM raw_callbacks WHERE id = $1", uuid.UUID(answer["raw_id"])
+    )
     assert raw is not None
     assert raw["outcome"] == "normalised"
     assert raw["method"] == "POST"
@@ -62,14 +64,18 @@ async def test_a_delivery_report_is_stored_raw_and_normalised(
     assert json.loads(event["price"]) == {"amount": "0.0025", "currency": "USD"}
     recipient = await db.fetchrow("SELECT * FROM message_recipients")
     assert recipient is not None
-    assert (recipient["status"], recipient["final"], recipient["sequence"]) == ("delivered", True, 1)
+    assert (recipient["status"], recipient["final"], recipient["sequence"]) == (
+        "delivered",
+        True,
+        1,
+    )
 
 
 async def test_the_same_callback_twice_gives_one_event_and_a_duplicate_raw_row(
     client: Client, db: asyncpg.Connection
 ) -> None:
     payload = fixture("outbound_delivered.json")
-    first_status, first = await post_json(client, payload)
+    first_status, _ = await post_json(client, payload)
     second_status, second = await post_json(client, payload)
 
     assert (first_status, second_status) == (200, 200)
@@ -86,7 +92,9 @@ async def test_a_late_sent_after_delivered_leaves_delivered_with_both_in_history
     await post_json(client, fixture("outbound_delivered.json"))
     status, _ = await post_json(
         client,
-        fixture("outbound_delivered.json", status="sent", date_status_changed="2023-12-06T15:18:31Z"),
+        fixture(
+            "outbound_delivered.json", status="sent", date_status_changed="2023-12-06T15:18:31Z"
+        ),
     )
 
     assert status == 200
@@ -115,7 +123,9 @@ async def test_concurrent_out_of_order_reports_end_in_the_final_status(
 ) -> None:
     words = ["delivered", "sent", "queued", "sending", "sent", "queued", "carrier_hold"]
     payloads = [
-        fixture("outbound_delivered.json", status=word, date_status_changed=f"2023-12-06T15:18:3{i}Z")
+        fixture(
+            "outbound_delivered.json", status=word, date_status_changed=f"2023-12-06T15:18:3{i}Z"
+        )
         for i, word in enumerate(words)
     ]
     results = await asyncio.gather(*(post_json(client, p) for p in payloads))
@@ -132,7 +142,9 @@ async def test_garbage_is_kept_as_unparsed_with_its_error_and_answered_202(
     client: Client, db: asyncpg.Connection
 ) -> None:
     response = await client.post(
-        "/callbacks/carrierx", data=b"\x00\x01 definitely not a report", headers={"Content-Type": "text/plain"}
+        "/callbacks/carrierx",
+        data=b"\x00\x01 definitely not a report",
+        headers={"Content-Type": "text/plain"},
     )
     answer = await response.json()
 
@@ -244,7 +256,10 @@ async def test_an_orphan_is_attached_when_its_message_appears(
     await post_json(client, fixture("outbound_delivered.json"))
 
     assert await db.fetchval("SELECT count(*) FROM message_recipients") == 1
-    assert await db.fetchval("SELECT message_id FROM message_recipients WHERE id = $1", row_id) == message_id
+    assert (
+        await db.fetchval("SELECT message_id FROM message_recipients WHERE id = $1", row_id)
+        == message_id
+    )
     events = await db.fetch("SELECT status, message_id, sequence FROM events ORDER BY sequence")
     assert [(r["status"], r["message_id"], r["sequence"]) for r in events] == [
         ("sent", message_id, 1),
@@ -271,8 +286,14 @@ async def test_sql_status_rank_mirrors_the_python_table(db: asyncpg.Connection) 
 
 async def test_replaying_a_stored_raw_callback_changes_nothing(db: asyncpg.Connection) -> None:
     raw = queries.RawCallback(
-        id=uuid.uuid4(), provider="carrierx", method="POST", path="/callbacks/carrierx",
-        query="", headers={}, body=b"{}", remote_addr=None,
+        id=uuid.uuid4(),
+        provider="carrierx",
+        method="POST",
+        path="/callbacks/carrierx",
+        query="",
+        headers={},
+        body=b"{}",
+        remote_addr=None,
         received_at=datetime.fromisoformat("2023-12-06T15:30:00+00:00"),
     )
     first = await queries.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])

@@ -1,0 +1,85 @@
+"""Migrations: in order, once each, safe to run twice and from two instances at once."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from receiver.migrate import apply_migrations, load_migrations, migrations_dir
+
+EXPECTED_TABLES = {
+    "raw_callbacks",
+    "messages",
+    "message_recipients",
+    "events",
+    "subscriptions",
+    "deliveries",
+    "schema_migrations",
+}
+
+
+async def tables(connection: asyncpg.Connection) -> set[str]:
+    rows = await connection.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+    return {row["tablename"] for row in rows}
+
+
+async def test_migrations_apply_twice_harmlessly(fresh_database: str) -> None:
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        first = await apply_migrations(connection, migrations_dir())
+        second = await apply_migrations(connection, migrations_dir())
+
+        assert first == [m.name for m in load_migrations(migrations_dir())]
+        assert second == []
+        assert await tables(connection) == EXPECTED_TABLES
+        assert await connection.fetchval("SELECT count(*) FROM schema_migrations") == len(first)
+    finally:
+        await connection.close()
+
+
+async def test_two_instances_migrating_at_once_do_not_race(fresh_database: str) -> None:
+    first, second = await asyncpg.connect(fresh_database), await asyncpg.connect(fresh_database)
+    try:
+        results = await asyncio.gather(
+            apply_migrations(first, migrations_dir()), apply_migrations(second, migrations_dir())
+        )
+
+        assert sorted(len(applied) for applied in results) == [
+            0,
+            len(load_migrations(migrations_dir())),
+        ]
+        assert await tables(first) == EXPECTED_TABLES
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_failing_migration_rolls_back_and_is_not_recorded(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    (tmp_path / "0001_good.sql").write_text("CREATE TABLE good (id int);")
+    (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half (id int); SELECT no_such_thing;")
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        with pytest.raises(asyncpg.UndefinedColumnError):
+            await apply_migrations(connection, tmp_path)
+
+        assert await connection.fetchval("SELECT array_agg(name) FROM schema_migrations") == [
+            "0001_good"
+        ]
+        assert "half" not in await tables(connection)
+        # The lock was released: a later run can proceed once the file is fixed.
+        (tmp_path / "0002_bad.sql").write_text("CREATE TABLE half (id int);")
+        assert await apply_migrations(connection, tmp_path) == ["0002_bad"]
+    finally:
+        await connection.close()
+
+
+def test_badly_named_migration_files_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "init.sql").write_text("SELECT 1;")
+
+    with pytest.raises(ValueError, match=r"0001_name\.sql"):
+        load_migrations(tmp_path)
