@@ -3,6 +3,7 @@ owns (the database pool)."""
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -21,13 +22,17 @@ from receiver.migrate import load_migrations, migrations_dir
 
 log = structlog.get_logger("receiver.http")
 
+# A caller's request id is echoed and logged only when it is short and plain.
+_REQUEST_ID = re.compile(r"[\w.:-]{1,128}")
+
 
 @web.middleware
 async def request_log_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """One JSON log line per request, with whatever the handler bound (provider, outcome...)."""
-    request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+    given = request.headers.get("X-Request-ID", "")
+    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()

@@ -45,3 +45,16 @@ async def test_every_answer_carries_a_request_id(client: TestClient[Any, Any]) -
     response = await client.get("/healthz", headers={"X-Request-ID": "abc123"})
 
     assert response.headers["X-Request-ID"] == "abc123"
+
+
+async def test_an_unreasonable_request_id_is_replaced(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/healthz", headers={"X-Request-ID": "x" * 500})
+
+    assert len(response.headers["X-Request-ID"]) == 32
+
+
+def test_the_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+    for name in Settings.model_fields:
+        assert f"`{name.upper()}`" in readme, name
