@@ -9,10 +9,9 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
-from receiver import queries
 from receiver.context import AppContext
 from receiver.errors import AuthError, NotFound, PayloadTooLarge
-from receiver.pipeline import REJECTED, UNPARSED, normalise
+from receiver.pipeline import REJECTED, UNPARSED, normalise, store_callback
 from receiver.queries import RawCallback
 
 log = structlog.get_logger("receiver.callbacks")
@@ -42,8 +41,8 @@ async def handle_callback(request: web.Request) -> web.Response:
         id=uuid.uuid4(),
         provider=provider_name,
         method=request.method,
-        path=request.path,
-        query=request.query_string,
+        path=request.rel_url.raw_path,
+        query=request.rel_url.raw_query_string,
         headers=dict(request.headers),
         body=body,
         remote_addr=request.remote,
@@ -51,13 +50,7 @@ async def handle_callback(request: web.Request) -> web.Response:
     )
     normalised = normalise(provider, raw)
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as connection:
-        result = await queries.ingest_callback(
-            connection,
-            raw,
-            outcome=normalised.outcome,
-            error=normalised.error,
-            events=normalised.events,
-        )
+        result, error = await store_callback(connection, raw, normalised)
     new_events = len(result.new_events)
     structlog.contextvars.bind_contextvars(
         outcome=result.outcome, raw_id=str(raw.id), events=new_events
@@ -71,7 +64,7 @@ async def handle_callback(request: web.Request) -> web.Response:
         "duplicates": len(result.events) - new_events,
     }
     if result.outcome == UNPARSED:
-        log.warning("callback_unparsed", error=normalised.error)
-        answer["error"] = normalised.error
+        log.warning("callback_unparsed", error=error)
+        answer["error"] = error
         return web.json_response(answer, status=202)
     return web.json_response(answer, status=200)

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import asyncpg
 import structlog
 
 from normalizers.base import CallbackRequest, NormalizerError, Provider
-from normalizers.events import Event
-from receiver.queries import RawCallback
+from normalizers.events import FINAL_STATUSES, Event
+from receiver import queries
+from receiver.errors import DATABASE_DOWN_ERRORS
+from receiver.queries import Connection, IngestResult, RawCallback
 
 log = structlog.get_logger("receiver.pipeline")
 
@@ -57,3 +60,50 @@ def normalise(
 def _describe(error: Exception) -> str:
     text = str(error) or type(error).__name__
     return text[:MAX_ERROR_LENGTH]
+
+
+async def store_callback(
+    connection: Connection, raw: RawCallback, normalised: Normalised
+) -> tuple[IngestResult, str | None]:
+    """Store the raw callback with its events in one transaction; returns what was stored and
+    the error kept on the raw row. Should the events be refused by the database (a value out of
+    range, say), the raw callback is stored alone as `unparsed`, so that it is never lost, and
+    `reprocess` takes it again once the normaliser is fixed."""
+    try:
+        result = await queries.ingest_callback(
+            connection,
+            raw,
+            outcome=normalised.outcome,
+            error=normalised.error,
+            events=normalised.events,
+        )
+    except asyncpg.PostgresError as error:
+        if isinstance(error, DATABASE_DOWN_ERRORS):
+            raise
+        reason = describe_storage_error(error)
+        log.error("events_refused_by_storage", raw_id=str(raw.id), error=reason)
+        fallback = await queries.ingest_callback(
+            connection, raw, outcome=UNPARSED, error=reason, events=[]
+        )
+        return fallback, reason
+    log_conflicting_finals(normalised.events, result)
+    return result, normalised.error
+
+
+def log_conflicting_finals(events: list[Event], result: IngestResult) -> None:
+    """A second, different final report is kept in history but changes nothing: say so."""
+    statuses = {event.id: event.status for event in events}
+    for stored in result.new_events:
+        reported = statuses.get(stored.event_id)
+        current = stored.recipient_status
+        if reported in FINAL_STATUSES and current in FINAL_STATUSES and current != reported:
+            log.warning(
+                "conflicting_final_report",
+                event_id=stored.event_id,
+                reported=str(reported),
+                kept=current,
+            )
+
+
+def describe_storage_error(error: asyncpg.PostgresError) -> str:
+    return f"storage error: {type(error).__name__}: {error}"[:MAX_ERROR_LENGTH]

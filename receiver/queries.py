@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -50,8 +51,22 @@ class IngestResult:
         return [event for event in self.events if event.inserted]
 
 
+def storable_text(value: Any) -> Any:
+    """Postgres text and jsonb hold no NUL character and no lone surrogate; providers' strings
+    (and undecodable header bytes) can hold both. Drop the first, replace the second."""
+    if isinstance(value, str):
+        if value.isascii():
+            return value.replace("\x00", "")
+        return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
+    if isinstance(value, dict):
+        return {storable_text(k): storable_text(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable_text(item) for item in value]
+    return value
+
+
 def _events_json(events: Sequence[Event]) -> str:
-    return json.dumps([event.to_json() for event in events], separators=(",", ":"))
+    return json.dumps([storable_text(event.to_json()) for event in events], separators=(",", ":"))
 
 
 def _ingest_result(rows: Sequence[asyncpg.Record]) -> IngestResult:
@@ -87,9 +102,9 @@ async def ingest_callback(
         raw.id,
         raw.provider,
         raw.method,
-        raw.path,
-        raw.query,
-        json.dumps(raw.headers),
+        storable_text(raw.path),
+        storable_text(raw.query),
+        json.dumps(storable_text(raw.headers)),
         raw.body,
         raw.remote_addr,
         raw.received_at,

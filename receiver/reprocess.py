@@ -10,7 +10,13 @@ import asyncpg
 
 from normalizers.registry import Registry
 from receiver import queries
-from receiver.pipeline import NORMALISED, normalise
+from receiver.errors import DATABASE_DOWN_ERRORS
+from receiver.pipeline import (
+    NORMALISED,
+    describe_storage_error,
+    log_conflicting_finals,
+    normalise,
+)
 
 
 @dataclass(slots=True)
@@ -76,15 +82,26 @@ async def _reprocess_one(
         if not dry_run and result.error:
             await queries.set_raw_error(connection, raw.id, result.error)
         return f"{label}: still unparsed: {result.error}"
-    report.normalised += 1
     if dry_run:
         known = await queries.existing_event_ids(connection, [e.id for e in result.events])
         fresh = len(result.events) - len(known)
+        report.normalised += 1
         report.new_events += fresh
         return f"{label}: would normalise into {len(result.events)} events ({fresh} new)"
-    stored = await queries.ingest_events(
-        connection, raw.id, outcome=NORMALISED, error=None, events=result.events
-    )
+    try:
+        async with connection.transaction():  # a savepoint: one refused row spoils no other
+            stored = await queries.ingest_events(
+                connection, raw.id, outcome=NORMALISED, error=None, events=result.events
+            )
+    except asyncpg.PostgresError as error:
+        if isinstance(error, DATABASE_DOWN_ERRORS):
+            raise
+        report.still_unparsed += 1
+        reason = describe_storage_error(error)
+        await queries.set_raw_error(connection, raw.id, reason)
+        return f"{label}: still unparsed: {reason}"
+    log_conflicting_finals(result.events, stored)
     fresh = len(stored.new_events)
+    report.normalised += 1
     report.new_events += fresh
     return f"{label}: {stored.outcome} into {len(result.events)} events ({fresh} new)"

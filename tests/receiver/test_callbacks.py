@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog.testing
 from aiohttp.test_utils import TestClient
 
 from normalizers.base import CallbackRequest
@@ -301,3 +302,54 @@ async def test_replaying_a_stored_raw_callback_changes_nothing(db: asyncpg.Conne
 
     assert (first.outcome, again.outcome) == ("unparsed", "unparsed")
     assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 1
+
+
+async def test_nul_characters_and_encoded_query_bytes_are_stored_not_500(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    inbound = fixture("inbound_sms.json", message="a\u0000b")
+    status, _ = await post_json(client, inbound)
+    response = await client.get("/callbacks/carrierx?message_sid=n%00ul&status=sent&note=a%26b")
+
+    assert status == 200
+    assert response.status == 200
+    assert await db.fetchval("SELECT text FROM events WHERE type = 'message.inbound'") == "ab"
+    query = await db.fetchval("SELECT query FROM raw_callbacks WHERE method = 'GET'")
+    assert query == "message_sid=n%00ul&status=sent&note=a%26b"  # as it came, undecoded
+
+
+async def test_events_the_database_refuses_leave_the_raw_callback_unparsed(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    # message_segments beyond a Postgres integer: the events cannot be stored as they are.
+    status, answer = await post_json(
+        client, fixture("outbound_delivered.json", message_segments=10**12)
+    )
+
+    assert status == 202
+    assert answer["error"].startswith("storage error")
+    raw = await db.fetchrow("SELECT outcome, error FROM raw_callbacks")
+    assert raw is not None
+    assert raw["outcome"] == "unparsed"
+    assert "out of range" in raw["error"]
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_a_second_different_final_report_is_kept_and_logged(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    await post_json(client, fixture("outbound_delivered.json"))
+    with structlog.testing.capture_logs() as logs:
+        await post_json(
+            client,
+            fixture(
+                "outbound_delivered.json",
+                status="failed",
+                date_status_changed="2023-12-06T16:00:00Z",
+            ),
+        )
+
+    conflicts = [entry for entry in logs if entry["event"] == "conflicting_final_report"]
+    assert [(c["reported"], c["kept"]) for c in conflicts] == [("failed", "delivered")]
+    assert await db.fetchval("SELECT status FROM message_recipients") == "delivered"
+    assert await db.fetchval("SELECT count(*) FROM events") == 2

@@ -114,3 +114,19 @@ async def test_reprocess_walks_every_batch(client: Client, db: asyncpg.Connectio
     report = await reprocess(db, DEFAULT_REGISTRY, batch_size=2)
 
     assert report.examined == 5
+
+
+async def test_a_row_the_database_refuses_stays_unparsed_and_others_go_through(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    await post_envelope(client)
+    too_big = dict(ENVELOPE["sms"], message_sid="env-2", message_segments=10**12)
+    response = await client.post("/callbacks/carrierx", json={"sms": too_big})
+    assert response.status == 202
+
+    report = await reprocess(db, FIXED)
+
+    assert (report.examined, report.normalised, report.still_unparsed) == (2, 1, 1)
+    assert any("storage error" in line for line in report.lines)
+    outcomes = await db.fetch("SELECT outcome, count(*) FROM raw_callbacks GROUP BY outcome")
+    assert {row["outcome"]: row["count"] for row in outcomes} == {"normalised": 1, "unparsed": 1}
