@@ -166,7 +166,6 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
                 recipient=to,
                 sender=sender,
                 text=_str_or_none(sms.get("message")),
-                extra={"media_urls": list(sms.get("media_urls") or [])},
                 **common,
             )
         ]

@@ -5,12 +5,10 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
-
-SCHEMA_VERSION = 1
 
 
 class Status(StrEnum):
@@ -98,7 +96,6 @@ class Event:
     message_id: str | None = None
     sequence: int | None = None
     recipient_status: Status | None = None
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def final(self) -> bool:

@@ -70,7 +70,6 @@ def create_app(
         app[AppContext.KEY] = AppContext(
             settings=settings,
             registry=registry,
-            dsn=dsn,
             expected_migrations=expected,
             pool=pool,
         )

@@ -18,7 +18,6 @@ class AppContext:
 
     settings: Settings
     registry: Registry
-    dsn: str
     expected_migrations: frozenset[int]
     pool: asyncpg.Pool
 

@@ -219,22 +219,3 @@ async def insert_message(
         body,
         client_ref,
     )
-
-
-async def recipient_state(
-    connection: Connection,
-    provider: str,
-    provider_message_id: str,
-    recipient: str | None,
-) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await connection.fetchrow(
-        """
-        SELECT id, message_id, status, final, sequence
-        FROM message_recipients
-        WHERE provider = $1 AND provider_message_id = $2 AND recipient = coalesce($3, '')
-        """,
-        provider,
-        provider_message_id,
-        recipient,
-    )
-    return row

@@ -73,12 +73,13 @@ def test_inbound_sms_is_a_message_inbound_event() -> None:
     assert event.occurred_at == datetime(2023, 12, 6, 15, 20, 0, 731000, tzinfo=UTC)
 
 
-def test_inbound_mms_keeps_media_urls_beside_the_event() -> None:
+def test_inbound_mms_without_text_is_an_inbound_event_with_no_text() -> None:
+    # Schema v1 has no field for media: the URLs stay in the stored raw callback.
     [event] = PROVIDER.parse_callback(post(fixture("inbound_mms.json")), RECEIVED_AT)
 
     assert event.type is EventType.INBOUND
     assert event.text is None
-    assert event.extra["media_urls"] == ["https://example.com/media/cat.jpg"]
+    assert event.provider_message_id == "5b0d4f7a-1c2e-4f3a-9e8d-7c6b5a4f3e21"
 
 
 def test_group_mms_gives_one_event_per_handset_but_not_the_sender() -> None:
