@@ -20,12 +20,12 @@ from normalizers.events import STATUS_RANK, Event
 from normalizers.registry import DEFAULT_REGISTRY, with_override
 from receiver import queries
 
-FIXTURES = Path(__file__).parent.parent / "normalizers" / "fixtures" / "carrierx"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
 Client = TestClient[Any, Any]
 
 
 def fixture(name: str, **changes: Any) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())
+    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())["request"]["body"]
     return data | changes
 
 

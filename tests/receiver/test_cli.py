@@ -13,7 +13,14 @@ import asyncpg
 
 from receiver.schemas import EventV1
 
-FIXTURES = Path(__file__).parent.parent / "normalizers" / "fixtures" / "carrierx"
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
+
+
+def body_file(tmp_path: Path, name: str) -> Path:
+    """A corpus case's body alone, as an operator would save it."""
+    path = tmp_path / name
+    path.write_text(json.dumps(json.loads((FIXTURES / name).read_text())["request"]["body"]))
+    return path
 
 
 def run_cli(
@@ -29,9 +36,12 @@ def run_cli(
     )
 
 
-def test_normalize_prints_schema_v1_json_lines() -> None:
+def test_normalize_prints_schema_v1_json_lines(tmp_path: Path) -> None:
     result = run_cli(
-        "normalize", "--provider", "carrierx", str(FIXTURES / "outbound_group_mms_queued.json")
+        "normalize",
+        "--provider",
+        "carrierx",
+        str(body_file(tmp_path, "outbound_group_mms_queued.json")),
     )
 
     assert result.returncode == 0, result.stderr
@@ -42,7 +52,7 @@ def test_normalize_prints_schema_v1_json_lines() -> None:
     assert set(json.loads(lines[0])) == set(EventV1.model_fields)
 
 
-def test_normalize_reads_stdin_query_and_headers() -> None:
+def test_normalize_reads_stdin_query_and_headers(tmp_path: Path) -> None:
     result = run_cli(
         "normalize",
         "--provider",
@@ -64,7 +74,7 @@ def test_normalize_reads_stdin_query_and_headers() -> None:
         "--provider",
         "carrierx",
         "-",
-        stdin=(FIXTURES / "inbound_sms.json").read_bytes(),
+        stdin=body_file(tmp_path, "inbound_sms.json").read_bytes(),
     )
     assert EventV1.model_validate_json(piped.stdout.decode()).type == "message.inbound"
 
@@ -87,7 +97,9 @@ def test_migrate_command_applies_then_says_up_to_date(fresh_database: str) -> No
     assert b"migrations up to date" in second.stdout
 
 
-async def test_reprocess_command_dry_run_then_for_real(dsn: str, db: asyncpg.Connection) -> None:
+async def test_reprocess_command_dry_run_then_for_real(
+    dsn: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
     # A body the shipped normaliser reads, stored as unparsed as if an older one had failed.
     raw_id = uuid.uuid4()
     await db.execute(
@@ -96,7 +108,7 @@ async def test_reprocess_command_dry_run_then_for_real(dsn: str, db: asyncpg.Con
         VALUES ($1, 'carrierx', 'POST', '/callbacks/carrierx', $2, now(), 'unparsed', 'old bug')
         """,
         raw_id,
-        (FIXTURES / "outbound_delivered.json").read_bytes(),
+        body_file(tmp_path, "outbound_delivered.json").read_bytes(),
     )
 
     dry = run_cli("reprocess", "--dry-run", env={"DATABASE_URL": dsn})
