@@ -118,7 +118,9 @@ class Provider(Protocol):
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]: ...
 
-    def verify_callback(self, request: CallbackRequest, secret: str | None) -> bool: ...
+    def verify_callback(
+        self, request: CallbackRequest, secret: str | None, now: datetime
+    ) -> bool: ...
 
 
 _PHONE_LIKE = re.compile(r"^\+?[\d\s().-]{6,}$")

@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
+from receiver.auth import is_unauthenticated
 from receiver.callbacks import handle_callback
 from receiver.config import Settings
 from receiver.context import AppContext
@@ -79,6 +80,14 @@ def create_app(
     app.cleanup_ctx.append(database_pool)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_route("GET", "/callbacks/{provider}", handle_callback)
-    app.router.add_route("POST", "/callbacks/{provider}", handle_callback)
+    for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
+        app.router.add_route("GET", path, handle_callback)
+        app.router.add_route("POST", path, handle_callback)
+    for name in sorted(registry):
+        if is_unauthenticated(settings.provider(name)):
+            log.warning(
+                "callbacks_not_authenticated",
+                provider=name,
+                hint=f"set {name.upper()}__CALLBACK_TOKEN and/or {name.upper()}__ALLOWED_IPS",
+            )
     return app

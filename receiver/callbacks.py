@@ -1,5 +1,5 @@
-"""GET|POST /callbacks/{provider}: store every provider request, normalised or not, and answer
-only once it is committed."""
+"""GET|POST /callbacks/{provider}[/{token}]: store every provider request, normalised or not,
+and answer only once it is committed."""
 
 from __future__ import annotations
 
@@ -9,12 +9,16 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 
+from receiver.auth import authenticate
 from receiver.context import AppContext
-from receiver.errors import AuthError, NotFound, PayloadTooLarge
-from receiver.pipeline import REJECTED, UNPARSED, normalise, store_callback
+from receiver.errors import AuthError, Forbidden, NotFound, PayloadTooLarge
+from receiver.pipeline import REJECTED, UNPARSED, Normalised, normalise, store_callback
 from receiver.queries import RawCallback
 
 log = structlog.get_logger("receiver.callbacks")
+
+# What is stored in place of the secret token of a callback path.
+REDACTED_TOKEN = "<token>"  # noqa: S105 - a placeholder, not a secret
 
 
 def received_now() -> datetime:
@@ -37,26 +41,39 @@ async def handle_callback(request: web.Request) -> web.Response:
         raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
     body = await request.read()
 
+    token = request.match_info.get("token")
     raw = RawCallback(
         id=uuid.uuid4(),
         provider=provider_name,
         method=request.method,
-        path=request.rel_url.raw_path,
+        path=f"/callbacks/{provider_name}/{REDACTED_TOKEN}" if token else request.rel_url.raw_path,
         query=request.rel_url.raw_query_string,
         headers=dict(request.headers),
         body=body,
         remote_addr=request.remote,
         received_at=received_now(),
     )
-    normalised = normalise(provider, raw)
+    failure = authenticate(
+        provider,
+        context.settings.provider(provider_name),
+        raw.as_callback_request(),
+        token=token,
+        remote=request.remote,
+        now=raw.received_at,
+    )
+    if failure is None:
+        normalised = normalise(provider, raw)
+    else:
+        normalised = Normalised(outcome=REJECTED, error=failure.reason)
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as connection:
         result, error = await store_callback(connection, raw, normalised)
     new_events = len(result.new_events)
     structlog.contextvars.bind_contextvars(
         outcome=result.outcome, raw_id=str(raw.id), events=new_events
     )
-    if result.outcome == REJECTED:
-        raise AuthError("callback authentication failed")
+    if failure is not None:
+        log.warning("callback_rejected", reason=failure.reason, remote=request.remote)
+        raise (Forbidden if failure.status == 403 else AuthError)(failure.reason)
     answer = {
         "status": result.outcome,
         "raw_id": str(raw.id),

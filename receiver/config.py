@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Network = IPv4Network | IPv6Network
+
+
+class ProviderSettings(BaseModel):
+    """How one provider's callbacks are authenticated (all optional; unset means not checked).
+
+    From the environment as `<PROVIDER>__CALLBACK_TOKEN`, `<PROVIDER>__ALLOWED_IPS` (comma
+    separated addresses or networks) and `<PROVIDER>__SIGNING_SECRET`."""
+
+    model_config = {"frozen": True}
+
+    callback_token: SecretStr | None = None
+    allowed_ips: Annotated[tuple[Network, ...], NoDecode] = ()
+    signing_secret: SecretStr | None = None
+
+    @field_validator("allowed_ips", mode="before")
+    @classmethod
+    def split_networks(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(
+                ip_network(part.strip(), strict=False) for part in value.split(",") if part.strip()
+            )
+        return value
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", frozen=True, env_nested_delimiter="__"
+    )
 
     database_url: str | None = Field(
         default=None,
@@ -44,3 +72,13 @@ class Settings(BaseSettings):
     migrations_dir: Path | None = Field(
         default=None, description="Where the .sql migrations are; found automatically if unset."
     )
+
+    apicontrol: ProviderSettings = Field(default_factory=ProviderSettings)
+    telecom23: ProviderSettings = Field(default_factory=ProviderSettings)
+    properties: ProviderSettings = Field(default_factory=ProviderSettings)
+    swift: ProviderSettings = Field(default_factory=ProviderSettings)
+    carrierx: ProviderSettings = Field(default_factory=ProviderSettings)
+
+    def provider(self, name: str) -> ProviderSettings:
+        found = getattr(self, name, None)
+        return found if isinstance(found, ProviderSettings) else ProviderSettings()

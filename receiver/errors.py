@@ -33,6 +33,11 @@ class AuthError(ReceiverError):
     code = "unauthorized"
 
 
+class Forbidden(ReceiverError):
+    status = 403
+    code = "forbidden"
+
+
 class PayloadTooLarge(ReceiverError):
     status = 413
     code = "payload_too_large"

@@ -1,5 +1,5 @@
-"""From a raw callback to what gets stored: authenticate, normalise in memory, and say the
-outcome. Shared by the HTTP handler and `reprocess`, so both judge a payload the same way."""
+"""From a raw callback to what gets stored: normalise in memory, say the outcome, store.
+Shared by the HTTP handler and `reprocess`, so both judge a payload the same way."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import structlog
 
-from normalizers.base import CallbackRequest, NormalizerError, Provider
+from normalizers.base import NormalizerError, Provider
 from normalizers.events import FINAL_STATUSES, Event
 from receiver import queries
 from receiver.errors import DATABASE_DOWN_ERRORS
@@ -31,21 +31,11 @@ class Normalised:
     events: list[Event] = field(default_factory=list)
 
 
-def as_callback_request(raw: RawCallback) -> CallbackRequest:
-    return CallbackRequest(
-        method=raw.method, path=raw.path, query=raw.query, headers=raw.headers, body=raw.body
-    )
-
-
-def normalise(
-    provider: Provider, raw: RawCallback, *, secret: str | None = None, verify: bool = True
-) -> Normalised:
+def normalise(provider: Provider, raw: RawCallback) -> Normalised:
     """Never raises for a bad payload: whatever the normaliser cannot read becomes `unparsed`
     with the reason kept, so that the callback is stored and can be re-run after a fix."""
-    request = as_callback_request(raw)
+    request = raw.as_callback_request()
     try:
-        if verify and not provider.verify_callback(request, secret):
-            return Normalised(outcome=REJECTED, error="callback authentication failed")
         events = provider.parse_callback(request, raw.received_at)
     except NormalizerError as error:
         return Normalised(outcome=UNPARSED, error=_describe(error))

@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from normalizers.base import CallbackRequest
 from normalizers.events import Event
 
 # A connection of its own or one borrowed from the pool: queries run on either.
@@ -30,6 +31,15 @@ class RawCallback:
     body: bytes
     remote_addr: str | None
     received_at: datetime
+
+    def as_callback_request(self) -> CallbackRequest:
+        return CallbackRequest(
+            method=self.method,
+            path=self.path,
+            query=self.query,
+            headers=self.headers,
+            body=self.body,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,7 @@ async def _reprocess_one(
         report.still_unparsed += 1
         return f"{label}: still unparsed: no provider named {raw.provider!r}"
     # Authentication was checked when the callback arrived; only parsing failed then.
-    result = normalise(provider, raw, verify=False)
+    result = normalise(provider, raw)
     if result.outcome != NORMALISED:
         report.still_unparsed += 1
         if not dry_run and result.error:

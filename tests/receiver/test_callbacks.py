@@ -176,7 +176,7 @@ async def test_a_crashing_normaliser_loses_nothing_and_answers_202(
 
 
 class RefusingCarrierX(CarrierX):
-    def verify_callback(self, request: CallbackRequest, secret: str | None) -> bool:
+    def verify_callback(self, request: CallbackRequest, secret: str | None, now: datetime) -> bool:
         return False
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
-from receiver.config import Settings
+from receiver.config import ProviderSettings, Settings
 from receiver.migrate import migrations_dir
 
 
@@ -56,5 +56,9 @@ async def test_an_unreasonable_request_id_is_replaced(client: TestClient[Any, An
 def test_the_readme_documents_every_setting() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
-    for name in Settings.model_fields:
+    for name, field in Settings.model_fields.items():
+        if field.annotation is ProviderSettings:
+            continue
         assert f"`{name.upper()}`" in readme, name
+    for name in ProviderSettings.model_fields:
+        assert f"`<PROVIDER>__{name.upper()}`" in readme, name
