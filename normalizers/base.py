@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
@@ -181,3 +182,38 @@ def first_present(data: Mapping[str, Any], *names: str) -> Any:
         if value is not None and value != "":
             return value
     return None
+
+
+def int_or_none(value: object) -> int | None:
+    """An integer field that may come as a number or digits in a string; anything else is None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
+
+
+def str_or_none(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def decimal_string(value: object, places: int = 4) -> str | None:
+    """A money amount as a decimal string (`0.0085`), never through a float's rounding."""
+    if value is None or value == "" or isinstance(value, bool):
+        return None
+    try:
+        amount = Decimal(str(value))
+    except InvalidOperation:
+        return None
+    if not amount.is_finite():
+        return None
+    return f"{amount:.{places}f}"
+
+
+def lower_keys(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Field names compared without regard to case, as providers are not consistent."""
+    return {str(key).lower(): value for key, value in data.items()}

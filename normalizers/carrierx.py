@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from normalizers.base import (
@@ -21,8 +20,12 @@ from normalizers.base import (
     ParseError,
     SendOutcome,
     SendRequest,
+    decimal_string,
     first_present,
+    int_or_none,
+    lower_keys,
     parse_timestamp,
+    str_or_none,
     to_e164,
 )
 from normalizers.events import Event, EventType, Price, Status, event_id
@@ -129,7 +132,7 @@ def _decode_object(body: bytes) -> Mapping[str, Any]:
 
 
 def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Event]:
-    sms = {str(key).lower(): value for key, value in raw.items()}
+    sms = lower_keys(raw)
     sid = first_present(sms, "message_sid", "sid")
     status_word = first_present(sms, "status")
     if sid is None or status_word is None:
@@ -153,9 +156,9 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
         "occurred_at": occurred_at or received_at,
         "received_at": received_at,
         "occurred_at_source": "provider" if occurred_at else "received",
-        "segments": _int_or_none(sms.get("message_segments")),
+        "segments": int_or_none(sms.get("message_segments")),
         "price": _price(sms.get("price")),
-        "client_ref": _str_or_none(sms.get("user_data")),
+        "client_ref": str_or_none(sms.get("user_data")),
     }
     if inbound:
         return [
@@ -165,7 +168,7 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
                 status=Status.RECEIVED,
                 recipient=to,
                 sender=sender,
-                text=_str_or_none(sms.get("message")),
+                text=str_or_none(sms.get("message")),
                 **common,
             )
         ]
@@ -188,27 +191,8 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
 
 
 def _price(value: object) -> Price | None:
-    if value is None or value == "":
-        return None
-    try:
-        amount = Decimal(str(value))
-    except InvalidOperation:
-        return None
-    return Price(amount=f"{amount:.4f}", currency=PRICE_CURRENCY)
-
-
-def _int_or_none(value: object) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    return None
-
-
-def _str_or_none(value: object) -> str | None:
-    return None if value is None or value == "" else str(value)
+    amount = decimal_string(value)
+    return Price(amount=amount, currency=PRICE_CURRENCY) if amount is not None else None
 
 
 PROVIDER = CarrierX()

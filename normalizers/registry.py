@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from normalizers import carrierx
+from normalizers import apicontrol, carrierx, properties, swift, telecom23
 from normalizers.base import Provider
 
 Registry = Mapping[str, Provider]
 
-DEFAULT_REGISTRY: Registry = {carrierx.NAME: carrierx.PROVIDER}
+DEFAULT_REGISTRY: Registry = {
+    apicontrol.NAME: apicontrol.PROVIDER,
+    carrierx.NAME: carrierx.PROVIDER,
+    properties.NAME: properties.PROVIDER,
+    swift.NAME: swift.PROVIDER,
+    telecom23.NAME: telecom23.PROVIDER,
+}
 
 
 def with_override(base: Registry, provider: Provider) -> Registry:

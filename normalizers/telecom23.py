@@ -1,0 +1,192 @@
+"""telecom23 (23 Telecom, seed 001): the delivery webhook, the status polling answer, and the
+statuses of the send answer.
+
+Documented (docs.23telecom.co.uk /webhooks/delivery, /webhooks/postbacks, /webhooks/security,
+/reference/delivery-statuses, /sms/status): the delivery webhook is a JSON POST
+(`User-Agent: 23Telecom-Webhooks/1.0`) whose fields are chosen per account (default message_id,
+recipient, sender_id, status, status_code, num_parts, cost, timestamp; optional
+telecom_message_id, workspace_id), so any of them may be missing. A postback URL may carry
+placeholders in its query (`?phone=...&status=...`) while the JSON body is still POSTed: the body
+wins, the query fills what it lacks. Signing is optional: `X-Webhook-Timestamp` (Unix seconds) and
+`X-Webhook-Signature: sha256=<hex>` = HMAC-SHA256(secret, "{timestamp}.{raw body}"). They wait 5 s
+for a 2xx, then retry twice (10 s, 30 s).
+
+No inbound (MO) webhook is documented. The form accepted here is modelled on the delivery
+webhook's own naming (message_id, sender/from = the handset, recipient/to = our number, message =
+the text) and on what peers send; it is recognised by `direction: inbound` or `type: inbound|mo`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from normalizers.base import (
+    CallbackRequest,
+    HttpRequest,
+    HttpResponse,
+    ParseError,
+    SendOutcome,
+    SendRequest,
+    decimal_string,
+    first_present,
+    int_or_none,
+    lower_keys,
+    parse_timestamp,
+    str_or_none,
+    to_e164,
+)
+from normalizers.events import Event, EventType, FailureKind, Price, Status, event_id
+
+NAME = "telecom23"
+
+# Delivery statuses (/reference/delivery-statuses), the send answer's per-recipient statuses, and
+# the lower-case aliases the message list accepts. Their UNKNOWN is documented as FINAL ("final
+# status unknown": the carrier never confirmed), unlike our non-final `unknown`: it maps to
+# `undelivered`, the honest final answer for a message nobody saw arrive. ENROUTE and ACCEPTD are
+# SMPP's intermediate words, which their reconciliation mentions.
+STATUS_MAP: Mapping[str, Status] = {
+    "accepted": Status.ACCEPTED,
+    "acceptd": Status.ACCEPTED,
+    "pending": Status.QUEUED,
+    "sent": Status.SENT,
+    "enroute": Status.SENT,
+    "delivrd": Status.DELIVERED,
+    "delivered": Status.DELIVERED,
+    "undeliv": Status.UNDELIVERED,
+    "undelivered": Status.UNDELIVERED,
+    "unknown": Status.UNDELIVERED,
+    "rejectd": Status.REJECTED,
+    "rejected": Status.REJECTED,
+    "blocked_country": Status.REJECTED,
+    "expired": Status.EXPIRED,
+    "deleted": Status.CANCELLED,
+    "failed": Status.FAILED,
+    "queue_error": Status.FAILED,
+    "config_error": Status.FAILED,
+    "db_error": Status.FAILED,
+}
+
+# Which failures a new send may cure. blocked_country and config_error need the account changed;
+# queue_error and db_error are their internal faults ("retry the whole request"); a carrier's
+# UNDELIV (phone off, invalid number) and EXPIRED (unreachable) may pass later.
+FAILURE_KINDS: Mapping[str, FailureKind] = {
+    "blocked_country": "permanent",
+    "config_error": "permanent",
+    "rejectd": "permanent",
+    "rejected": "permanent",
+    "queue_error": "temporary",
+    "db_error": "temporary",
+    "failed": "temporary",
+    "undeliv": "temporary",
+    "undelivered": "temporary",
+    "expired": "temporary",
+}
+
+# Account currency: callbacks carry no currency field and every documented example is in EUR.
+PRICE_CURRENCY = "EUR"
+
+SIGNATURE_TOLERANCE_S = 300  # "reject stale timestamps (e.g. older than 5 minutes)"
+
+INBOUND_MARKERS = frozenset({"inbound", "mo", "incoming", "received"})
+
+
+class Telecom23:
+    name = NAME
+
+    def build_send_request(self, request: SendRequest) -> Sequence[HttpRequest]:
+        raise NotImplementedError("telecom23 sending comes with the send API (issue 4)")
+
+    def parse_send_response(
+        self, request: SendRequest, response: HttpResponse, received_at: datetime
+    ) -> SendOutcome:
+        raise NotImplementedError("telecom23 sending comes with the send API (issue 4)")
+
+    def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
+        payload = request.fields() if request.body.strip() else {}
+        query = {k.lower(): v for k, v in request.query_params().items()}
+        reports = payload if isinstance(payload, list) else [payload]
+        events: list[Event] = []
+        for report in reports:
+            if not isinstance(report, Mapping):
+                raise ParseError(f"expected a report object, got {type(report).__name__}")
+            fields = lower_keys(report)
+            if isinstance(fields.get("status"), bool) and isinstance(
+                fields.get("message"), Mapping
+            ):
+                fields = lower_keys(fields["message"])  # the status polling answer
+            # Postback placeholders fill what the body lacks; the body wins.
+            merged = {**query, **{k: v for k, v in fields.items() if v is not None}}
+            events.append(_report_event(merged, received_at))
+        if not events:
+            raise ParseError("empty list: no report")
+        return events
+
+    def verify_callback(self, request: CallbackRequest, secret: str | None, now: datetime) -> bool:
+        if secret is None:
+            return True  # signing is optional: the receiver's token and allow-list apply
+        timestamp = request.header("x-webhook-timestamp") or ""
+        signature = request.header("x-webhook-signature") or ""
+        if not timestamp.isdigit() or not signature.startswith("sha256="):
+            return False
+        if abs(now.timestamp() - int(timestamp)) > SIGNATURE_TOLERANCE_S:
+            return False
+        expected = hmac.new(
+            secret.encode(), timestamp.encode() + b"." + request.body, hashlib.sha256
+        ).hexdigest()
+        return hmac.compare_digest(signature.removeprefix("sha256=").lower(), expected)
+
+
+def _report_event(fields: dict[str, Any], received_at: datetime) -> Event:
+    message_id = str_or_none(
+        first_present(fields, "message_id", "client_message_id", "telecom_message_id")
+    )
+    if message_id is None:
+        raise ParseError("report without message_id")
+    stamp = first_present(fields, "timestamp", "delivered_at", "created_at")
+    occurred_at = parse_timestamp(stamp)
+    common: dict[str, Any] = {
+        "provider": NAME,
+        "provider_message_id": message_id,
+        "occurred_at": occurred_at or received_at,
+        "received_at": received_at,
+        "occurred_at_source": "provider" if occurred_at else "received",
+    }
+    marker = str(first_present(fields, "direction", "type") or "").lower()
+    if marker in INBOUND_MARKERS:
+        return Event(
+            id=event_id(NAME, EventType.INBOUND, message_id),
+            type=EventType.INBOUND,
+            status=Status.RECEIVED,
+            provider_status=marker,
+            sender=to_e164(first_present(fields, "from", "sender", "phone")),
+            recipient=to_e164(first_present(fields, "to", "recipient", "sender_id")),
+            text=str_or_none(first_present(fields, "message", "text", "body")),
+            **common,
+        )
+    word = str_or_none(fields.get("status"))
+    if word is None:
+        raise ParseError("report without status")
+    status = STATUS_MAP.get(word.strip().lower(), Status.UNKNOWN)
+    status_code = str_or_none(fields.get("status_code"))
+    recipient = to_e164(first_present(fields, "recipient", "phone", "to"))
+    cost = decimal_string(fields.get("cost"))
+    return Event(
+        id=event_id(NAME, EventType.STATUS, message_id, recipient, word, status_code, stamp),
+        type=EventType.STATUS,
+        status=status,
+        provider_status=word,
+        recipient=recipient,
+        sender=to_e164(first_present(fields, "sender_id", "from")),
+        error_code=status_code if status is not Status.DELIVERED else None,
+        segments=int_or_none(first_present(fields, "num_parts", "segments")),
+        price=Price(amount=cost, currency=PRICE_CURRENCY) if cost is not None else None,
+        failure_kind=FAILURE_KINDS.get(word.strip().lower()),
+        **common,
+    )
+
+
+PROVIDER = Telecom23()
