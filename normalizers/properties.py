@@ -46,15 +46,15 @@ RECEIPT_EVENT = "message.deliveryreceiptreceived"
 
 # The Message resource's Status values (fonedynamics.com/docs/rest-api/find-sms; meanings from
 # their C# SDK's MessageStatus): Processing = being processed by Fone Dynamics, Submitted = handed
-# to the SMS Center, Delivered, Failed = could not be submitted in reasonable time, Received =
-# an incoming message.
+# to the SMS Center, Delivered, Failed = could not be submitted in reasonable time. Their fifth,
+# Received, marks an incoming message, which the `Event` already tells; on a receipt it means
+# nothing and stays `unknown`.
 STATUS_MAP: Mapping[str, Status] = {
     "processing": Status.QUEUED,
     "scheduled": Status.SCHEDULED,
     "submitted": Status.SENT,
     "delivered": Status.DELIVERED,
     "failed": Status.FAILED,
-    "received": Status.RECEIVED,
 }
 
 

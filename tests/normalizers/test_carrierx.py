@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from normalizers.base import CallbackRequest, HttpResponse, ParseError, SendRequest
-from normalizers.carrierx import PROVIDER, STATUS_MAP
+from normalizers.carrierx import PROVIDER
 from normalizers.events import EventType, Price, Status
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
@@ -89,35 +89,6 @@ def test_group_mms_gives_one_event_per_handset_but_not_the_sender() -> None:
     assert [e.recipient for e in events] == ["+15162065574", "+15162065576"]
     assert {e.status for e in events} == {Status.QUEUED}
     assert len({e.id for e in events}) == 2
-
-
-@pytest.mark.parametrize(("word", "expected"), sorted(STATUS_MAP.items()))
-def test_every_status_word_maps(word: str, expected: Status) -> None:
-    payload = fixture("outbound_delivered.json") | {"status": word}
-    [event] = PROVIDER.parse_callback(post(payload), RECEIVED_AT)
-
-    if expected is Status.RECEIVED:
-        assert event.type is EventType.INBOUND
-    else:
-        assert event.status is expected
-    assert event.provider_status == word
-
-
-def test_status_words_are_read_whatever_their_case() -> None:
-    payload = fixture("outbound_delivered.json") | {"status": "DELIVERED"}
-    [event] = PROVIDER.parse_callback(post(payload), RECEIVED_AT)
-
-    assert event.status is Status.DELIVERED
-    assert event.provider_status == "DELIVERED"
-
-
-def test_an_unmapped_status_word_becomes_unknown_and_is_kept_verbatim() -> None:
-    payload = fixture("outbound_delivered.json") | {"status": "carrier_hold"}
-    [event] = PROVIDER.parse_callback(post(payload), RECEIVED_AT)
-
-    assert event.status is Status.UNKNOWN
-    assert event.final is False
-    assert event.provider_status == "carrier_hold"
 
 
 def test_the_same_report_twice_has_the_same_id_and_another_status_another() -> None:
