@@ -21,7 +21,10 @@ from receiver.database import start_embedded_postgres
 from receiver.migrate import apply_migrations, migrations_dir
 
 REPO = Path(__file__).resolve().parent.parent
-TABLES = "deliveries, subscriptions, events, message_recipients, messages, raw_callbacks"
+TABLES = (
+    "deliveries, subscriptions, events, recipient_parts, message_recipients, messages,"
+    " raw_callbacks"
+)
 
 
 def with_database(dsn: str, name: str) -> str:

@@ -18,6 +18,7 @@ EXPECTED_TABLES = {
     "subscriptions",
     "deliveries",
     "schema_migrations",
+    "recipient_parts",
 }
 
 
