@@ -53,7 +53,7 @@ class CallbackRequest:
         Providers are lax about Content-Type, so a body that looks like JSON is read as JSON
         whatever the header says."""
         try:
-            text = self.body.decode("utf-8") if self.body else ""
+            text = self.body.decode("utf-8-sig") if self.body else ""
         except UnicodeDecodeError as error:
             raise ParseError(f"body is not UTF-8 text: {error.reason} at {error.start}") from None
         stripped = text.strip()
@@ -124,7 +124,7 @@ class Provider(Protocol):
     ) -> bool: ...
 
 
-_PHONE_LIKE = re.compile(r"^\+?[\d\s().-]{6,}$")
+_PHONE_LIKE = re.compile(r"^\+?[\d\s().-]{6,}$", re.ASCII)
 
 
 def to_e164(value: object) -> str | None:
@@ -137,22 +137,26 @@ def to_e164(value: object) -> str | None:
         return None
     if not _PHONE_LIKE.match(text):
         return text
-    digits = re.sub(r"\D", "", text)
+    digits = re.sub(r"\D", "", text, flags=re.ASCII)
     if not text.startswith("+") and digits.startswith("00"):
         digits = digits[2:]
     return "+" + digits
 
 
 def parse_timestamp(value: object) -> datetime | None:
-    """ISO 8601 (with `Z`, an offset or none: naive means UTC) or Unix seconds; None when absent
-    or unreadable, so that a bad timestamp falls back to the receipt time instead of failing."""
+    """ISO 8601 (with `Z`, an offset or none: naive means UTC), Unix seconds, or Unix
+    milliseconds; None when absent or unreadable, so that a bad timestamp falls back to the
+    receipt time instead of failing."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float) or (isinstance(value, str) and _is_number(value)):
+        seconds = float(value)
+        if abs(seconds) >= _MILLISECONDS_FROM:
+            seconds /= 1000
         try:
-            return datetime.fromtimestamp(float(value), tz=UTC)
+            return datetime.fromtimestamp(seconds, tz=UTC)
         except (OverflowError, OSError, ValueError):
             return None
     if not isinstance(value, str):
@@ -162,9 +166,13 @@ def parse_timestamp(value: object) -> datetime | None:
         text = text[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(text)
-    except ValueError:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset pushing year 1 or 9999 out
         return None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+# Unix seconds reach 1e11 only in the year 5138: a number that large is milliseconds.
+_MILLISECONDS_FROM = 1e11
 
 
 def _is_number(text: str) -> bool:
@@ -185,16 +193,21 @@ def first_present(data: Mapping[str, Any], *names: str) -> Any:
 
 
 def int_or_none(value: object) -> int | None:
-    """An integer field that may come as a number or digits in a string; anything else is None."""
+    """A count (segments, parts) that may come as a number or digits in a string; anything else,
+    negative or beyond what storage holds, is None rather than a reason to refuse the report."""
+    number: int | None = None
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value.strip())
-    return None
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        number = int(value.strip())
+    return number if number is not None and 0 <= number <= _MAX_COUNT else None
+
+
+_MAX_COUNT = 2**31 - 1
 
 
 def str_or_none(value: object) -> str | None:
@@ -209,7 +222,8 @@ def decimal_string(value: object, places: int = 4) -> str | None:
         amount = Decimal(str(value))
     except InvalidOperation:
         return None
-    if not amount.is_finite():
+    # A huge exponent ("1e200000000") would print as a 200 MB string: no real price is that.
+    if not amount.is_finite() or abs(amount.adjusted()) > 12:
         return None
     return f"{amount:.{places}f}"
 

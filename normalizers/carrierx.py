@@ -173,7 +173,7 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
             )
         ]
     # A group MMS is one message_sid reaching several handsets: each is a recipient of its own.
-    recipients = [to, *(to_e164(number) for number in sms.get("group_recipients") or [])]
+    recipients = [to, *(to_e164(number) for number in _group(sms.get("group_recipients")))]
     distinct: list[str | None] = [
         r for r in dict.fromkeys(recipients) if r is not None and r != sender
     ] or [None]
@@ -188,6 +188,15 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
         )
         for recipient in distinct
     ]
+
+
+def _group(value: object) -> list[object]:
+    """group_recipients is a JSON list; a form or query string can only carry it as text."""
+    if isinstance(value, list):
+        return value
+    if isinstance(value, str):
+        return [part for part in value.split(",") if part.strip()]
+    return []
 
 
 def _price(value: object) -> Price | None:

@@ -151,4 +151,5 @@ def event_id(provider: str, *identity: object) -> str:
     """A stable id from the provider's identity of a report: the same report received twice
     gets the same id, so storage collapses duplicates; any differing part gives another id."""
     material = "\x1f".join([provider, *("" if part is None else str(part) for part in identity)])
-    return "evt_" + hashlib.sha256(material.encode()).hexdigest()[:32]
+    encoded = material.encode("utf-8", "surrogatepass")  # lone surrogates from bad JSON
+    return "evt_" + hashlib.sha256(encoded).hexdigest()[:32]

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from normalizers.base import parse_timestamp, to_e164
+from normalizers.base import CallbackRequest, decimal_string, int_or_none, parse_timestamp, to_e164
 from normalizers.events import FINAL_STATUSES, STATUS_RANK, Status, event_id
 
 
@@ -21,6 +21,7 @@ from normalizers.events import FINAL_STATUSES, STATUS_RANK, Status, event_id
         ("", None),
         (None, None),
         (447700900123, "+447700900123"),
+        ("١٥١٦٢٠٦٥٥٧٤", "١٥١٦٢٠٦٥٥٧٤"),  # not ASCII digits: not a phone number
     ],
 )
 def test_to_e164(raw: object, expected: str | None) -> None:
@@ -35,6 +36,9 @@ def test_to_e164(raw: object, expected: str | None) -> None:
         ("2024-06-03T10:05:22-0300", datetime(2024, 6, 3, 13, 5, 22, tzinfo=UTC)),
         (1700000000, datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
         ("1700000000", datetime(2023, 11, 14, 22, 13, 20, tzinfo=UTC)),
+        (1717409122000, datetime(2024, 6, 3, 10, 5, 22, tzinfo=UTC)),  # milliseconds
+        ("0001-01-01T00:00:00+05:00", None),  # out of range once in UTC
+        ("9999-12-31T23:00:00-05:00", None),
         ("yesterday", None),
         (None, None),
         (True, None),
@@ -62,3 +66,38 @@ def test_every_status_has_a_rank_and_finals_outrank_the_rest() -> None:
     assert set(STATUS_RANK) == set(Status)
     lowest_final = min(STATUS_RANK[s] for s in FINAL_STATUSES)
     assert all(STATUS_RANK[s] < lowest_final for s in set(Status) - FINAL_STATUSES)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (3, 3),
+        ("12", 12),
+        (2.0, 2),
+        ("²", None),
+        (-1, None),
+        (2**40, None),
+        (True, None),
+        ("x", None),
+    ],
+)
+def test_int_or_none(raw: object, expected: int | None) -> None:
+    assert int_or_none(raw) == expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [(0.0085, "0.0085"), ("0.05", "0.0500"), ("1e200000000", None), ("NaN", None), ("abc", None)],
+)
+def test_decimal_string(raw: object, expected: str | None) -> None:
+    assert decimal_string(raw) == expected
+
+
+def test_a_byte_order_mark_before_json_is_read() -> None:
+    request = CallbackRequest(method="POST", path="/x", body=b'\xef\xbb\xbf{"a": 1}')
+
+    assert request.fields() == {"a": 1}
+
+
+def test_event_id_takes_lone_surrogates() -> None:
+    assert event_id("p", "a\ud800") != event_id("p", "a")

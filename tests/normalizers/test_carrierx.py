@@ -177,3 +177,12 @@ def test_send_answer_gives_a_queued_event_with_the_message_sid() -> None:
     assert outcome.events[0].provider_message_id == "097b49df-c54e-4eaf-97d0-89cf7d5a655b"
     assert [e.status for e in refused.events] == [Status.REJECTED]
     assert refused.events[0].failure_kind == "permanent"
+
+
+def test_group_recipients_as_text_from_a_form_are_split_on_commas() -> None:
+    fields = "message_sid=g1&status=sent&to=15162065574&group_recipients=15162065576,15162065577"
+    request = CallbackRequest(method="GET", path="/callbacks/carrierx", query=fields)
+
+    events = PROVIDER.parse_callback(request, RECEIVED_AT)
+
+    assert [e.recipient for e in events] == ["+15162065574", "+15162065576", "+15162065577"]
