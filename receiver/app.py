@@ -13,7 +13,7 @@ from aiohttp import web
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.auth import is_unauthenticated
-from receiver.callbacks import handle_callback
+from receiver.callbacks import expect_within_limit, handle_callback
 from receiver.config import Settings
 from receiver.context import AppContext
 from receiver.database import create_pool
@@ -81,8 +81,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
-        app.router.add_route("GET", path, handle_callback)
-        app.router.add_route("POST", path, handle_callback)
+        app.router.add_route("GET", path, handle_callback, expect_handler=expect_within_limit)
+        app.router.add_route("POST", path, handle_callback, expect_handler=expect_within_limit)
     for name in sorted(registry):
         if is_unauthenticated(settings.provider(name)):
             log.warning(

@@ -8,10 +8,19 @@ from datetime import UTC, datetime
 
 import structlog
 from aiohttp import web
+from aiohttp.web_exceptions import HTTPExpectationFailed
+from aiohttp.web_protocol import RequestPayloadError
 
 from receiver.auth import authenticate
 from receiver.context import AppContext
-from receiver.errors import AuthError, Forbidden, NotFound, PayloadTooLarge
+from receiver.errors import (
+    AuthError,
+    BadRequest,
+    Forbidden,
+    NotFound,
+    PayloadTooLarge,
+    error_body,
+)
 from receiver.pipeline import REJECTED, UNPARSED, Normalised, normalise, store_callback
 from receiver.queries import RawCallback
 
@@ -19,6 +28,31 @@ log = structlog.get_logger("receiver.callbacks")
 
 # What is stored in place of the secret token of a callback path.
 REDACTED_TOKEN = "<token>"  # noqa: S105 - a placeholder, not a secret
+
+
+async def expect_within_limit(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: a body announced over the limit is refused before the client
+    sends it, instead of being invited with `100 Continue` and then refused."""
+    limit = request.app[AppContext.KEY].settings.body_limit_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return web.json_response(
+            error_body(
+                "payload_too_large", f"body of {request.content_length} bytes is over {limit}"
+            ),
+            status=413,
+        )
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect')}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
+
+
+def _header_pairs(request: web.Request) -> list[tuple[str, str]]:
+    return [
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in request.raw_headers
+    ]
 
 
 def received_now() -> datetime:
@@ -39,7 +73,11 @@ async def handle_callback(request: web.Request) -> web.Response:
     limit = context.settings.body_limit_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
-    body = await request.read()
+    try:
+        body = await request.read()
+    except (OSError, RequestPayloadError) as error:
+        # A body that breaks off or cannot be decoded (a bad Content-Encoding): nothing to store.
+        raise BadRequest(f"could not read the request body: {error}") from None
 
     token = request.match_info.get("token")
     raw = RawCallback(
@@ -48,7 +86,7 @@ async def handle_callback(request: web.Request) -> web.Response:
         method=request.method,
         path=f"/callbacks/{provider_name}/{REDACTED_TOKEN}" if token else request.rel_url.raw_path,
         query=request.rel_url.raw_query_string,
-        headers=dict(request.headers),
+        headers=_header_pairs(request),
         body=body,
         remote_addr=request.remote,
         received_at=received_now(),
@@ -62,11 +100,11 @@ async def handle_callback(request: web.Request) -> web.Response:
         now=raw.received_at,
     )
     if failure is None:
-        normalised = normalise(provider, raw)
+        normalised = normalise(provider, raw, context.settings.max_events_per_callback)
     else:
         normalised = Normalised(outcome=REJECTED, error=failure.reason)
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as connection:
-        result, error = await store_callback(connection, raw, normalised)
+        result, kept_error = await store_callback(connection, raw, normalised)
     new_events = len(result.new_events)
     structlog.contextvars.bind_contextvars(
         outcome=result.outcome, raw_id=str(raw.id), events=new_events
@@ -81,7 +119,7 @@ async def handle_callback(request: web.Request) -> web.Response:
         "duplicates": len(result.events) - new_events,
     }
     if result.outcome == UNPARSED:
-        log.warning("callback_unparsed", error=error)
-        answer["error"] = error
+        log.warning("callback_unparsed", error=kept_error)
+        answer["error"] = kept_error
         return web.json_response(answer, status=202)
     return web.json_response(answer, status=200)

@@ -51,6 +51,11 @@ class Settings(BaseSettings):
     body_limit_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Largest callback body accepted (else 413)."
     )
+    max_events_per_callback: int = Field(
+        default=10_000,
+        ge=1,
+        description="More events from one callback are kept unparsed (reprocess has no limit).",
+    )
     db_pool_min_size: int = Field(default=1, ge=0, description="Connections kept open.")
     db_pool_max_size: int = Field(default=10, ge=1, description="Most connections at once.")
     db_acquire_timeout_s: float = Field(

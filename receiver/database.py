@@ -12,7 +12,7 @@ import asyncpg
 import structlog
 
 from receiver.config import Settings
-from receiver.errors import DATABASE_DOWN_ERRORS
+from receiver.errors import is_database_unavailable
 
 log = structlog.get_logger("receiver.database")
 
@@ -67,8 +67,8 @@ async def wait_for_database(dsn: str, timeout_s: float) -> None:
     while True:
         try:
             connection = await asyncpg.connect(dsn, timeout=5)
-        except DATABASE_DOWN_ERRORS as error:
-            if time.monotonic() + delay > deadline:
+        except Exception as error:
+            if not is_database_unavailable(error) or time.monotonic() + delay > deadline:
                 raise
             log.warning("database_not_ready", error=repr(error), retry_in_s=round(delay, 1))
             await asyncio.sleep(delay)

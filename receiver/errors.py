@@ -48,22 +48,43 @@ class DatabaseUnavailable(ReceiverError):
     code = "database_unavailable"
 
 
-# What asyncpg and the OS raise when the database cannot be reached or drops the connection:
-# the provider should retry later, so these become 503, never 500.
-DATABASE_DOWN_ERRORS: tuple[type[BaseException], ...] = (
+class BadRequest(ReceiverError):
+    status = 400
+    code = "bad_request"
+
+
+# What asyncpg and the OS raise when the database cannot be reached or drops the connection.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
-    asyncpg.AdminShutdownError,
-    asyncpg.CrashShutdownError,
-    asyncpg.DeadlockDetectedError,
-    asyncpg.SerializationError,
-    asyncpg.QueryCanceledError,
 )
+
+# SQLSTATE classes and codes that say "not now" rather than "not this": connection (08),
+# read-only (25006), authorisation (28), no such database (3D), rollback on conflict (40),
+# resources (53: disk full, out of memory), lock not available (55P03), operator intervention
+# (57: shutdown, cancel, database dropped), system (58: I/O). The provider should retry later.
+_UNAVAILABLE_CLASSES = frozenset({"08", "28", "3D", "40", "53", "57", "58"})
+_UNAVAILABLE_CODES = frozenset({"25006", "55P03"})
+
+# What the database refuses in the data itself (out of range, bad encoding, constraint, a value
+# too large to index): retrying the same bytes cannot help.
+_DATA_REFUSAL_CLASSES = frozenset({"22", "23", "54"})
+
+
+def is_database_unavailable(error: BaseException) -> bool:
+    """Whether to answer 503 (retry later) rather than 500."""
+    if isinstance(error, asyncpg.PostgresError):
+        code = str(error.sqlstate or "")
+        return code[:2] in _UNAVAILABLE_CLASSES or code in _UNAVAILABLE_CODES
+    return isinstance(error, _CONNECTION_ERRORS)
+
+
+def is_data_refusal(error: BaseException) -> bool:
+    return isinstance(error, asyncpg.PostgresError) and str(error.sqlstate or "")[:2] in (
+        _DATA_REFUSAL_CLASSES
+    )
 
 
 def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
@@ -97,14 +118,14 @@ def make_error_middleware(retry_after_s: int) -> Any:
                 status=error.status,
                 headers={k: v for k, v in error.headers.items() if k.lower() == "allow"},
             )
-        except DATABASE_DOWN_ERRORS as error:
-            log.warning("database_unavailable", error=repr(error))
-            return web.json_response(
-                error_body("database_unavailable", "the database is unavailable, retry later"),
-                status=503,
-                headers={"Retry-After": str(retry_after_s)},
-            )
-        except Exception:
+        except Exception as error:
+            if is_database_unavailable(error):
+                log.warning("database_unavailable", error=repr(error))
+                return web.json_response(
+                    error_body("database_unavailable", "the database is unavailable, retry later"),
+                    status=503,
+                    headers={"Retry-After": str(retry_after_s)},
+                )
             log.exception("unhandled_error")
             return web.json_response(
                 error_body("internal_error", "internal error; it has been logged"), status=500

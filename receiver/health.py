@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncpg
 from aiohttp import web
 
 from receiver.context import AppContext
-from receiver.errors import DATABASE_DOWN_ERRORS
+from receiver.errors import is_database_unavailable
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -17,12 +18,17 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
             rows = await conn.fetch("SELECT version FROM schema_migrations")
-    except DATABASE_DOWN_ERRORS as error:
+        applied = {row["version"] for row in rows}
+    except asyncpg.UndefinedTableError:
+        applied = set()  # never migrated
+    except Exception as error:
+        if not is_database_unavailable(error):
+            raise
         return web.json_response(
             {"status": "unavailable", "database": "unreachable", "error": type(error).__name__},
             status=503,
         )
-    missing = sorted(context.expected_migrations - {row["version"] for row in rows})
+    missing = sorted(context.expected_migrations - applied)
     if missing:
         return web.json_response(
             {"status": "unavailable", "database": "ok", "pending_migrations": missing},

@@ -11,7 +11,7 @@ import structlog
 from normalizers.base import NormalizerError, Provider
 from normalizers.events import FINAL_STATUSES, Event
 from receiver import queries
-from receiver.errors import DATABASE_DOWN_ERRORS
+from receiver.errors import DatabaseUnavailable, is_data_refusal, is_database_unavailable
 from receiver.queries import Connection, IngestResult, RawCallback
 
 log = structlog.get_logger("receiver.pipeline")
@@ -31,7 +31,7 @@ class Normalised:
     events: list[Event] = field(default_factory=list)
 
 
-def normalise(provider: Provider, raw: RawCallback) -> Normalised:
+def normalise(provider: Provider, raw: RawCallback, max_events: int | None = None) -> Normalised:
     """Never raises for a bad payload: whatever the normaliser cannot read becomes `unparsed`
     with the reason kept, so that the callback is stored and can be re-run after a fix."""
     request = raw.as_callback_request()
@@ -43,6 +43,12 @@ def normalise(provider: Provider, raw: RawCallback) -> Normalised:
         # A bug in a normaliser must not lose the provider's report: keep it as unparsed.
         log.exception("normaliser_crashed", provider=raw.provider, raw_id=str(raw.id))
         return Normalised(outcome=UNPARSED, error="normaliser error: " + _describe(error))
+    if max_events is not None and len(events) > max_events:
+        # Storing that many in the provider's time is not possible: keep it for `reprocess`.
+        return Normalised(
+            outcome=UNPARSED,
+            error=f"{len(events)} events in one callback, over the limit of {max_events}",
+        )
     stamped = [event.stored_raw(str(raw.id)) for event in events]
     return Normalised(outcome=NORMALISED, events=stamped)
 
@@ -68,13 +74,20 @@ async def store_callback(
             events=normalised.events,
         )
     except asyncpg.PostgresError as error:
-        if isinstance(error, DATABASE_DOWN_ERRORS):
+        if not is_data_refusal(error):
             raise
         reason = describe_storage_error(error)
         log.error("events_refused_by_storage", raw_id=str(raw.id), error=reason)
-        fallback = await queries.ingest_callback(
-            connection, raw, outcome=UNPARSED, error=reason, events=[]
-        )
+        try:
+            fallback = await queries.ingest_callback(
+                connection, raw, outcome=UNPARSED, error=reason, events=[]
+            )
+        except Exception as fallback_error:
+            if is_database_unavailable(fallback_error):
+                raise
+            # Not even the raw row alone: answer "retry later", never a 500.
+            log.exception("raw_callback_refused_by_storage", raw_id=str(raw.id))
+            raise DatabaseUnavailable("the callback could not be stored, retry later") from None
         return fallback, reason
     log_conflicting_finals(normalised.events, result)
     return result, normalised.error

@@ -27,18 +27,17 @@ class RawCallback:
     method: str
     path: str
     query: str
-    headers: dict[str, str]
+    headers: list[tuple[str, str]]  # as received, repeated names and all
     body: bytes
     remote_addr: str | None
     received_at: datetime
 
     def as_callback_request(self) -> CallbackRequest:
+        headers: dict[str, str] = {}
+        for name, value in self.headers:
+            headers.setdefault(name, value)  # a repeated header: its first value
         return CallbackRequest(
-            method=self.method,
-            path=self.path,
-            query=self.query,
-            headers=self.headers,
-            body=self.body,
+            method=self.method, path=self.path, query=self.query, headers=headers, body=self.body
         )
 
 
@@ -114,12 +113,12 @@ async def ingest_callback(
         raw.method,
         storable_text(raw.path),
         storable_text(raw.query),
-        json.dumps(storable_text(raw.headers)),
+        json.dumps(storable_text([list(pair) for pair in raw.headers])),
         raw.body,
         raw.remote_addr,
         raw.received_at,
         outcome,
-        error,
+        storable_text(error),
         _events_json(events),
     )
     return _ingest_result(rows)
@@ -137,45 +136,58 @@ async def ingest_events(
         "SELECT * FROM ingest_events($1, $2, $3, $4::jsonb)",
         raw_id,
         outcome,
-        error,
+        storable_text(error),
         _events_json(events),
     )
     return _ingest_result(rows)
 
 
-async def lock_unparsed(
+async def unparsed_ids(
     connection: Connection, provider: str | None, after: uuid.UUID | None, limit: int
-) -> list[RawCallback]:
-    """A batch of unparsed raw callbacks, locked for this transaction (others skip them)."""
+) -> list[uuid.UUID]:
+    """The next unparsed raw callbacks, in id order after `after`."""
     rows = await connection.fetch(
         """
-        SELECT id, provider, method, path, query, headers, body, remote_addr, received_at
-        FROM raw_callbacks
+        SELECT id FROM raw_callbacks
         WHERE outcome = 'unparsed'
           AND ($1::text IS NULL OR provider = $1)
           AND ($2::uuid IS NULL OR id > $2)
         ORDER BY id
         LIMIT $3
-        FOR UPDATE SKIP LOCKED
         """,
         provider,
         after,
         limit,
     )
-    return [
-        RawCallback(
-            id=row["id"],
-            provider=row["provider"],
-            method=row["method"],
-            path=row["path"],
-            query=row["query"],
-            headers=json.loads(row["headers"]),
-            body=bytes(row["body"]),
-            remote_addr=row["remote_addr"],
-            received_at=row["received_at"],
-        )
-        for row in rows
-    ]
+    return [row["id"] for row in rows]
+
+
+async def unparsed_callback(
+    connection: Connection, raw_id: uuid.UUID, *, lock: bool
+) -> RawCallback | None:
+    """One raw callback if still unparsed; with `lock`, held for this transaction (None when
+    another run holds it)."""
+    row = await connection.fetchrow(
+        "SELECT id, provider, method, path, query, headers, body, remote_addr, received_at"
+        " FROM raw_callbacks WHERE id = $1 AND outcome = 'unparsed'"
+        + (" FOR UPDATE SKIP LOCKED" if lock else ""),
+        raw_id,
+    )
+    if row is None:
+        return None
+    headers = json.loads(row["headers"])
+    return RawCallback(
+        id=row["id"],
+        provider=row["provider"],
+        method=row["method"],
+        path=row["path"],
+        query=row["query"],
+        # Rows stored before headers were kept as pairs hold an object.
+        headers=list(headers.items()) if isinstance(headers, dict) else [tuple(h) for h in headers],
+        body=bytes(row["body"]),
+        remote_addr=row["remote_addr"],
+        received_at=row["received_at"],
+    )
 
 
 async def existing_event_ids(connection: Connection, ids: Sequence[str]) -> set[str]:
@@ -185,7 +197,9 @@ async def existing_event_ids(connection: Connection, ids: Sequence[str]) -> set[
 
 async def set_raw_error(connection: Connection, raw_id: uuid.UUID, error: str) -> None:
     await connection.execute(
-        "UPDATE raw_callbacks SET error = $2, processed_at = now() WHERE id = $1", raw_id, error
+        "UPDATE raw_callbacks SET error = $2, processed_at = now() WHERE id = $1",
+        raw_id,
+        storable_text(error),
     )
 
 

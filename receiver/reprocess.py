@@ -10,7 +10,7 @@ import asyncpg
 
 from normalizers.registry import Registry
 from receiver import queries
-from receiver.errors import DATABASE_DOWN_ERRORS
+from receiver.errors import is_data_refusal
 from receiver.pipeline import (
     NORMALISED,
     describe_storage_error,
@@ -37,29 +37,38 @@ async def reprocess(
     batch_size: int = 200,
     emit: Callable[[str], None] = lambda line: None,
 ) -> ReprocessReport:
-    """Walks the unparsed rows in id order, one transaction per batch; rows another run holds are
-    skipped. A dry run does the same work and rolls every batch back."""
+    """Walks the unparsed rows in id order, one short transaction per row (so that it never holds
+    many recipients' locks while live callbacks wait); a row another run holds is skipped. A dry
+    run reads only, and writes nothing."""
     report = ReprocessReport()
     after: uuid.UUID | None = None
     while True:
-        transaction = connection.transaction()
-        await transaction.start()
-        try:
-            batch = await queries.lock_unparsed(connection, provider, after, batch_size)
-            for raw in batch:
-                line = await _reprocess_one(connection, registry, raw, dry_run, report)
+        batch = await queries.unparsed_ids(connection, provider, after, batch_size)
+        for raw_id in batch:
+            if dry_run:
+                line = await _reprocess_id(connection, registry, raw_id, dry_run, report)
+            else:
+                async with connection.transaction():
+                    line = await _reprocess_id(connection, registry, raw_id, dry_run, report)
+            if line is not None:
                 report.lines.append(line)
                 emit(line)
-        except BaseException:
-            await transaction.rollback()
-            raise
-        if dry_run:
-            await transaction.rollback()
-        else:
-            await transaction.commit()
         if len(batch) < batch_size:
             return report
-        after = batch[-1].id
+        after = batch[-1]
+
+
+async def _reprocess_id(
+    connection: asyncpg.Connection,
+    registry: Registry,
+    raw_id: uuid.UUID,
+    dry_run: bool,
+    report: ReprocessReport,
+) -> str | None:
+    raw = await queries.unparsed_callback(connection, raw_id, lock=not dry_run)
+    if raw is None:
+        return None  # normalised meanwhile, or held by another run
+    return await _reprocess_one(connection, registry, raw, dry_run, report)
 
 
 async def _reprocess_one(
@@ -94,7 +103,7 @@ async def _reprocess_one(
                 connection, raw.id, outcome=NORMALISED, error=None, events=result.events
             )
     except asyncpg.PostgresError as error:
-        if isinstance(error, DATABASE_DOWN_ERRORS):
+        if not is_data_refusal(error):
             raise
         report.still_unparsed += 1
         reason = describe_storage_error(error)

@@ -293,7 +293,7 @@ async def test_replaying_a_stored_raw_callback_changes_nothing(db: asyncpg.Conne
         method="POST",
         path="/callbacks/carrierx",
         query="",
-        headers={},
+        headers=[],
         body=b"{}",
         remote_addr=None,
         received_at=datetime.fromisoformat("2023-12-06T15:30:00+00:00"),

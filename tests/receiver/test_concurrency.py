@@ -38,7 +38,7 @@ def raw() -> queries.RawCallback:
         method="POST",
         path="/callbacks/race",
         query="",
-        headers={},
+        headers=[],
         body=b"{}",
         remote_addr=None,
         received_at=MOMENT,

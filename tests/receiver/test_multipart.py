@@ -101,7 +101,7 @@ async def ingest(db: asyncpg.Connection, event: Event) -> queries.IngestResult:
         method="POST",
         path="/callbacks/test",
         query="",
-        headers={},
+        headers=[],
         body=b"{}",
         remote_addr=None,
         received_at=event.received_at,
