@@ -62,3 +62,14 @@ def test_the_readme_documents_every_setting() -> None:
         assert f"`{name.upper()}`" in readme, name
     for name in ProviderSettings.model_fields:
         assert f"`<PROVIDER>__{name.upper()}`" in readme, name
+
+
+def test_the_readme_shows_every_status_mapping() -> None:
+    from normalizers import apicontrol, carrierx, properties, swift, telecom23
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for module in (apicontrol, telecom23, properties, swift, carrierx):
+        section = readme.split(f"**{module.NAME}**", 1)[1].split("\n\n", 2)[1]
+        for word, status in module.STATUS_MAP.items():
+            row = next(line for line in section.splitlines() if f"`{word}`" in line)
+            assert row.endswith(f"| `{status}` |"), (module.NAME, word)
