@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from normalizers.base import CallbackRequest, ParseError
+from normalizers.base import CallbackRequest, ParseError, parse_timestamp
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
 from receiver.config import Settings
@@ -49,6 +49,11 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     offline.add_argument("--query", default="", help="query string, e.g. 'a=1&b=2'")
     offline.add_argument(
         "--header", action="append", default=[], metavar="'Name: value'", help="repeatable"
+    )
+    offline.add_argument(
+        "--received-at",
+        type=_timestamp,
+        help="receipt time given to the normaliser, ISO 8601 (default: now)",
     )
     offline.add_argument("file", nargs="?", help="body file, or - for stdin (default: empty)")
     return parser
@@ -135,13 +140,20 @@ def normalize_command(args: argparse.Namespace, registry: Registry) -> int:
         body=body,
     )
     try:
-        events = provider.parse_callback(request, datetime.now(UTC))
+        events = provider.parse_callback(request, args.received_at or datetime.now(UTC))
     except ParseError as error:
         print(f"error: cannot parse: {error}", file=sys.stderr)
         return 1
     for event in events:
         print(json.dumps(event.to_json(), ensure_ascii=False))
     return 0
+
+
+def _timestamp(text: str) -> datetime:
+    moment = parse_timestamp(text)
+    if moment is None:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 time: {text!r}")
+    return moment
 
 
 def _read_body(file: str | None) -> bytes:

@@ -10,8 +10,10 @@ import uuid
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from receiver.schemas import EventV1
+from tests.corpus import STORAGE_FIELDS, load_cases
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
 
@@ -121,3 +123,39 @@ async def test_reprocess_command_dry_run_then_for_real(
     assert b"1 unparsed examined: normalised 1 (1 new events), 0 still unparsed" in real.stdout
     assert await db.fetchval("SELECT outcome FROM raw_callbacks") == "normalised"
     assert await db.fetchval("SELECT count(*) FROM events WHERE raw_id = $1", raw_id) == 1
+
+
+ONE_CASE_PER_PROVIDER = {case.provider: case for case in load_cases() if "expected" in case.data}
+
+
+@pytest.mark.parametrize("provider", sorted(ONE_CASE_PER_PROVIDER))
+def test_normalize_gives_the_corpus_events_for_every_provider(
+    provider: str, tmp_path: Path
+) -> None:
+    case = ONE_CASE_PER_PROVIDER[provider]
+    body = tmp_path / "body"
+    body.write_bytes(case.body)
+    headers = [
+        arg for name, value in case.headers.items() for arg in ("--header", f"{name}: {value}")
+    ]
+
+    result = run_cli(
+        "normalize",
+        "--provider",
+        provider,
+        "--method",
+        case.method,
+        "--query",
+        case.query,
+        "--received-at",
+        case.data["received_at"],
+        *headers,
+        str(body),
+    )
+
+    assert result.returncode == 0, result.stderr
+    printed = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    for event in printed:
+        for name in STORAGE_FIELDS:
+            event.pop(name)
+    assert printed == case.data["expected"]
