@@ -33,8 +33,9 @@ from normalizers.base import (
     first_present,
     int_or_none,
     lower_keys,
-    parse_timestamp,
+    report_objects,
     str_or_none,
+    timing,
     to_e164,
 )
 from normalizers.events import (
@@ -94,15 +95,11 @@ class ApiControl:
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields()
-        reports = payload if isinstance(payload, list) else [payload]
-        if not reports:
-            raise ParseError("empty list: no report")
-        events: list[Event] = []
-        for report in reports:
-            if not isinstance(report, Mapping):
-                raise ParseError(f"expected a report object, got {type(report).__name__}")
-            events.extend(_report_events(lower_keys(report), received_at))
-        return events
+        return [
+            event
+            for report in report_objects(payload, "a report object")
+            for event in _report_events(lower_keys(report), received_at)
+        ]
 
     def verify_callback(self, request: CallbackRequest, secret: str | None, now: datetime) -> bool:
         # Barritel documents no callback signature: the receiver's path token and allow-list.
@@ -114,14 +111,11 @@ def _report_events(report: dict[str, Any], received_at: datetime) -> list[Event]
     if message_id is None:
         raise ParseError("report without messageID")
     stamp = first_present(report, "tstamp", "timestamp")
-    occurred_at = parse_timestamp(stamp)
     callback_type = str(report.get("callback_type") or "").lower()
     common: dict[str, Any] = {
         "provider": NAME,
         "provider_message_id": message_id,
-        "occurred_at": occurred_at or received_at,
-        "received_at": received_at,
-        "occurred_at_source": "provider" if occurred_at else "received",
+        **timing(stamp, received_at),
     }
     if callback_type in INBOUND_TYPES or ("statuses" not in report and "body" in report):
         return [

@@ -231,3 +231,27 @@ def decimal_string(value: object, places: int = 4) -> str | None:
 def lower_keys(data: Mapping[str, Any]) -> dict[str, Any]:
     """Field names compared without regard to case, as providers are not consistent."""
     return {str(key).lower(): value for key, value in data.items()}
+
+
+def timing(stamp: object, received_at: datetime) -> dict[str, Any]:
+    """An event's occurred_at, received_at and occurred_at_source: the provider's time when the
+    payload has a readable one, else the receipt time."""
+    occurred_at = parse_timestamp(stamp)
+    return {
+        "occurred_at": occurred_at or received_at,
+        "received_at": received_at,
+        "occurred_at_source": "provider" if occurred_at else "received",
+    }
+
+
+def report_objects(payload: object, what: str) -> list[Mapping[str, Any]]:
+    """One report object, or a non-empty array of them, as a list; anything else is refused."""
+    items: list[object] = payload if isinstance(payload, list) else [payload]
+    if not items:
+        raise ParseError(f"empty list: no {what}")
+    reports: list[Mapping[str, Any]] = []
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ParseError(f"expected {what}, got {type(item).__name__}")
+        reports.append(item)
+    return reports

@@ -24,8 +24,9 @@ from normalizers.base import (
     first_present,
     int_or_none,
     lower_keys,
-    parse_timestamp,
+    report_objects,
     str_or_none,
+    timing,
     to_e164,
 )
 from normalizers.events import Event, EventType, Price, Status, event_id
@@ -105,15 +106,11 @@ class CarrierX:
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields()
-        objects = payload if isinstance(payload, list) else [payload]
-        if not objects:
-            raise ParseError("empty list: no SMS object")
-        events: list[Event] = []
-        for item in objects:
-            if not isinstance(item, Mapping):
-                raise ParseError(f"expected an SMS object, got {type(item).__name__}")
-            events.extend(_sms_object_events(item, received_at))
-        return events
+        return [
+            event
+            for sms in report_objects(payload, "an SMS object")
+            for event in _sms_object_events(sms, received_at)
+        ]
 
     def verify_callback(self, request: CallbackRequest, secret: str | None, now: datetime) -> bool:
         # CarrierX documents no signature: authenticity comes from the secret token in the
@@ -145,7 +142,6 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
     stamp = first_present(sms, "date_status_changed", "date_changed")
     if inbound:
         stamp = first_present(sms, "date_created", "date_status_changed", "date_changed")
-    occurred_at = parse_timestamp(stamp)
 
     sender = to_e164(first_present(sms, "from", "from_did"))
     to = to_e164(first_present(sms, "to", "to_did"))
@@ -153,9 +149,7 @@ def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Ev
         "provider": NAME,
         "provider_message_id": sid,
         "provider_status": provider_status,
-        "occurred_at": occurred_at or received_at,
-        "received_at": received_at,
-        "occurred_at_source": "provider" if occurred_at else "received",
+        **timing(stamp, received_at),
         "segments": int_or_none(sms.get("message_segments")),
         "price": _price(sms.get("price")),
         "client_ref": str_or_none(sms.get("user_data")),

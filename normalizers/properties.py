@@ -33,8 +33,8 @@ from normalizers.base import (
     SendRequest,
     first_present,
     int_or_none,
-    parse_timestamp,
     str_or_none,
+    timing,
     to_e164,
 )
 from normalizers.events import Event, EventType, Status, event_id
@@ -107,13 +107,10 @@ def _webhook_events(
     to = to_e164(first_present(fields, "message.to", "to"))
     word = str_or_none(first_present(fields, "message.status", "status"))
     stamp = first_present(fields, "message.delivered", "message.received", "message.submitted")
-    occurred_at = parse_timestamp(stamp)
     common: dict[str, Any] = {
         "provider": NAME,
         "provider_message_id": sid,
-        "occurred_at": occurred_at or received_at,
-        "received_at": received_at,
-        "occurred_at_source": "provider" if occurred_at else "received",
+        **timing(stamp, received_at),
         "segments": int_or_none(first_present(fields, "message.numsegments", "numsegments")),
         "client_ref": str_or_none(first_present(fields, "message.externalid", "externalid")),
     }

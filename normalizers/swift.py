@@ -31,8 +31,9 @@ from normalizers.base import (
     SendRequest,
     first_present,
     lower_keys,
-    parse_timestamp,
+    report_objects,
     str_or_none,
+    timing,
     to_e164,
 )
 from normalizers.events import Event, EventType, FailureKind, Status, event_id
@@ -99,15 +100,10 @@ class Swift:
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields()
-        items = payload if isinstance(payload, list) else [payload]
-        if not items:
-            raise ParseError("empty list: no webhook")
-        events = []
-        for item in items:
-            if not isinstance(item, Mapping):
-                raise ParseError(f"expected a webhook object, got {type(item).__name__}")
-            events.append(_webhook_event(lower_keys(item), received_at))
-        return events
+        return [
+            _webhook_event(lower_keys(item), received_at)
+            for item in report_objects(payload, "a webhook object")
+        ]
 
     def verify_callback(self, request: CallbackRequest, secret: str | None, now: datetime) -> bool:
         """With a secret configured, the switch's Bearer token, or the Basic password (the
@@ -133,12 +129,9 @@ def _webhook_event(fields: dict[str, Any], received_at: datetime) -> Event:
         kind = "sms_dlr" if "delivery_status" in fields else "sms"
     report_id = str_or_none(fields.get("id"))
     stamp = fields.get("timestamp")
-    occurred_at = parse_timestamp(stamp)
     common: dict[str, Any] = {
         "provider": NAME,
-        "occurred_at": occurred_at or received_at,
-        "received_at": received_at,
-        "occurred_at_source": "provider" if occurred_at else "received",
+        **timing(stamp, received_at),
     }
     if kind in INBOUND_TYPES:
         if report_id is None:

@@ -35,8 +35,9 @@ from normalizers.base import (
     first_present,
     int_or_none,
     lower_keys,
-    parse_timestamp,
+    report_objects,
     str_or_none,
+    timing,
     to_e164,
 )
 from normalizers.events import Event, EventType, FailureKind, Price, Status, event_id
@@ -108,11 +109,8 @@ class Telecom23:
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields() if request.body.strip() else {}
         query = {k.lower(): v for k, v in request.query_params().items()}
-        reports = payload if isinstance(payload, list) else [payload]
         events: list[Event] = []
-        for report in reports:
-            if not isinstance(report, Mapping):
-                raise ParseError(f"expected a report object, got {type(report).__name__}")
+        for report in report_objects(payload, "a report object"):
             fields = lower_keys(report)
             if isinstance(fields.get("status"), bool) and isinstance(
                 fields.get("message"), Mapping
@@ -121,8 +119,6 @@ class Telecom23:
             # Postback placeholders fill what the body lacks; the body wins.
             merged = {**query, **{k: v for k, v in fields.items() if v is not None}}
             events.append(_report_event(merged, received_at))
-        if not events:
-            raise ParseError("empty list: no report")
         return events
 
     def verify_callback(self, request: CallbackRequest, secret: str | None, now: datetime) -> bool:
@@ -147,13 +143,10 @@ def _report_event(fields: dict[str, Any], received_at: datetime) -> Event:
     if message_id is None:
         raise ParseError("report without message_id")
     stamp = first_present(fields, "timestamp", "delivered_at", "created_at")
-    occurred_at = parse_timestamp(stamp)
     common: dict[str, Any] = {
         "provider": NAME,
         "provider_message_id": message_id,
-        "occurred_at": occurred_at or received_at,
-        "received_at": received_at,
-        "occurred_at_source": "provider" if occurred_at else "received",
+        **timing(stamp, received_at),
     }
     marker = str(first_present(fields, "direction", "type") or "").lower()
     if marker in INBOUND_MARKERS:
