@@ -21,22 +21,30 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from normalizers.base import (
     CallbackRequest,
     HttpRequest,
     HttpResponse,
     ParseError,
+    ProviderAccount,
     SendOutcome,
     SendRequest,
+    StrictOptions,
     first_present,
     int_or_none,
     lower_keys,
+    refused,
     report_objects,
+    send_answer_event,
     str_or_none,
     timing,
     to_e164,
+    unanswered,
+    validated_options,
 )
 from normalizers.events import (
     FINAL_STATUSES,
@@ -46,6 +54,7 @@ from normalizers.events import (
     FailureKind,
     Status,
     event_id,
+    rfc3339,
 )
 
 NAME = "apicontrol"
@@ -82,16 +91,115 @@ FAILURE_KINDS: Mapping[Status, FailureKind] = {
 INBOUND_TYPES = frozenset({"inbound_message", "inbound", "mo"})
 
 
+class Options(StrictOptions):
+    """The send API's own fields beyond ours (seed 000)."""
+
+    delivery_report: (
+        Literal["summary", "details", "per_recipient_final", "per_recipient"] | None
+    ) = None
+    num_parts_max: int | None = Field(default=None, ge=1)
+    ttl: int | None = Field(default=None, ge=1)
+    paused: bool | None = None
+
+
 class ApiControl:
     name = NAME
 
-    def build_send_request(self, request: SendRequest) -> Sequence[HttpRequest]:
-        raise NotImplementedError("apicontrol sending comes with the send API (issue 4)")
+    def validate_options(
+        self, options: Mapping[str, Any], request: SendRequest, now: datetime
+    ) -> Mapping[str, Any]:
+        return validated_options(Options, options)
+
+    def build_send_request(
+        self, request: SendRequest, account: ProviderAccount
+    ) -> Sequence[HttpRequest]:
+        """One POST for every recipient; `ref` and `callbackURL` travel with the message. The
+        seed does not say how the API key is given: as a Bearer token."""
+        body: dict[str, Any] = {
+            "to": list(request.to),
+            "from": request.sender,
+            "body": request.body,
+            **request.options,
+        }
+        if request.client_ref is not None:
+            body["ref"] = request.client_ref
+        if request.callback_url is not None:
+            body["callbackURL"] = request.callback_url
+        if request.send_at is not None:
+            body["send_at"] = rfc3339(request.send_at)
+        if request.expires_at is not None:
+            body["expires_at"] = rfc3339(request.expires_at)
+        return [
+            HttpRequest(
+                method="POST",
+                path="/sms/message",
+                recipients=tuple(request.to),
+                json_body={k: v for k, v in body.items() if v is not None},
+                headers={"Authorization": f"Bearer {account.api_key or ''}"},
+            )
+        ]
 
     def parse_send_response(
-        self, request: SendRequest, response: HttpResponse, received_at: datetime
+        self, call: HttpRequest, request: SendRequest, response: HttpResponse, received_at: datetime
     ) -> SendOutcome:
-        raise NotImplementedError("apicontrol sending comes with the send API (issue 4)")
+        answer = response.json()
+        fields = lower_keys(answer) if isinstance(answer, Mapping) else {}
+        if response.status == 201 and fields.get("messageid") is not None:
+            message_id = str(fields["messageid"])
+            segments = int_or_none(fields.get("num_parts"))
+            status = Status.SCHEDULED if request.send_at is not None else Status.ACCEPTED
+            return SendOutcome(
+                events=[
+                    send_answer_event(
+                        NAME,
+                        request,
+                        recipient=recipient,
+                        status=status,
+                        provider_status=str(response.status),
+                        received_at=received_at,
+                        provider_message_id=message_id,
+                        segments=segments,
+                    )
+                    for recipient in call.recipients
+                ],
+                segments=segments,
+            )
+        if response.status == 200:
+            # 200, not 201: the message needs more parts than num_parts_max, nothing was sent.
+            info = str_or_none(fields.get("info")) or (
+                f"{fields.get('num_parts')} parts needed, num_parts_max is "
+                f"{fields.get('num_parts_max')}"
+            )
+            return refused(
+                NAME,
+                call,
+                request,
+                received_at,
+                status=Status.REJECTED,
+                error_code="num_parts_max",
+                error_message=info,
+                failure_kind="permanent",
+            )
+        if response.status >= 500 or not fields:
+            reason = f"HTTP {response.status}: {response.body[:300].decode('utf-8', 'replace')}"
+            return unanswered(NAME, call, request, reason, received_at)
+        # 400/403: status_msg, error, type, arguement (sic), bad_value, info; 401/404/405 fewer.
+        code = str_or_none(fields.get("type")) or str(fields.get("status_code") or response.status)
+        message = "; ".join(
+            f"{name}: {fields[name]}" if name in ("arguement", "bad_value") else str(fields[name])
+            for name in ("status_msg", "error", "arguement", "bad_value", "info")
+            if fields.get(name) not in (None, "")
+        )
+        return refused(
+            NAME,
+            call,
+            request,
+            received_at,
+            status=Status.REJECTED,
+            error_code=code,
+            error_message=message or None,
+            failure_kind="permanent",
+        )
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields()

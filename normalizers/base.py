@@ -12,7 +12,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Protocol
 from urllib.parse import parse_qsl
 
-from normalizers.events import Event
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from normalizers.events import Event, EventType, FailureKind, Price, Status, event_id
 
 
 class NormalizerError(Exception):
@@ -72,21 +74,37 @@ class CallbackRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ProviderAccount:
+    """Where and as whom to call a provider's API (from configuration; never logged)."""
+
+    base_url: str
+    api_key: str | None = None  # Bearer token, X-API-Key, or the Basic password
+    account_sid: str | None = None  # the Basic user (Fone Dynamics' AccountSid)
+    property_sid: str | None = None  # Fone Dynamics' PropertySid
+
+
+@dataclass(frozen=True, slots=True)
 class SendRequest:
-    """Our unified send request for one provider call."""
+    """Our unified send request, options already validated by the provider's Options model."""
 
     to: Sequence[str]
-    sender: str
+    sender: str | None
     body: str
+    message_id: str = ""  # ours: part of the send-answer events' ids, never sent to providers
     client_ref: str | None = None
     callback_url: str | None = None
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class HttpRequest:
+    """One call to the provider's API, and the recipients it covers."""
+
     method: str
     path: str
+    recipients: tuple[str, ...]
     json_body: Mapping[str, Any] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
 
@@ -97,13 +115,40 @@ class HttpResponse:
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
 
+    def json(self) -> Any:
+        try:
+            return json.loads(self.body) if self.body.strip() else None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return None
+
 
 @dataclass(frozen=True, slots=True)
 class SendOutcome:
-    """What the provider's answer to a send says: one event per recipient (accepted, queued,
-    rejected...), each carrying the provider's id for later correlation."""
+    """What the provider's answer to one call says.
+
+    events: one per recipient of the call (accepted, queued, rejected...), each with the
+      provider's id for later correlation;
+    refused: the provider refused the request as a whole (our answer is then 502);
+    error_code/error_message: the provider's, verbatim, when it refused;
+    retry: the failure is transient AND the provider's API makes a retry safe;
+    parts: the provider's part ids per recipient, when it gives them (for multipart reports);
+    segments: the number of segments the provider says it will bill, when it says."""
 
     events: Sequence[Event]
+    refused: bool = False
+    error_code: str | None = None
+    error_message: str | None = None
+    retry: bool = False
+    parts: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    segments: int | None = None
+
+
+class OptionsError(NormalizerError):
+    """The provider-specific `options` of a send request are not valid for that provider."""
+
+    def __init__(self, details: list[dict[str, Any]]) -> None:
+        super().__init__("invalid options")
+        self.details = details
 
 
 class Provider(Protocol):
@@ -111,10 +156,19 @@ class Provider(Protocol):
 
     name: str
 
-    def build_send_request(self, request: SendRequest) -> Sequence[HttpRequest]: ...
+    def validate_options(
+        self, options: Mapping[str, Any], request: SendRequest, now: datetime
+    ) -> Mapping[str, Any]:
+        """The options as the adapter will use them; raises OptionsError naming each bad
+        field."""
+        ...
+
+    def build_send_request(
+        self, request: SendRequest, account: ProviderAccount
+    ) -> Sequence[HttpRequest]: ...
 
     def parse_send_response(
-        self, request: SendRequest, response: HttpResponse, received_at: datetime
+        self, call: HttpRequest, request: SendRequest, response: HttpResponse, received_at: datetime
     ) -> SendOutcome: ...
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]: ...
@@ -255,3 +309,123 @@ def report_objects(payload: object, what: str) -> list[Mapping[str, Any]]:
             raise ParseError(f"expected {what}, got {type(item).__name__}")
         reports.append(item)
     return reports
+
+
+def send_answer_event(
+    provider: str,
+    request: SendRequest,
+    *,
+    recipient: str,
+    status: Status,
+    provider_status: str,
+    received_at: datetime,
+    provider_message_id: str | None = None,
+    error_code: str | None = None,
+    error_message: str | None = None,
+    failure_kind: FailureKind | None = None,
+    segments: int | None = None,
+    price: Price | None = None,
+) -> Event:
+    """The event a send answer gives for one recipient. Its id includes our message's id, so
+    two messages to one number never share an event."""
+    return Event(
+        id=event_id(
+            provider,
+            "send",
+            request.message_id,
+            recipient,
+            provider_status,
+            provider_message_id,
+            error_code,
+        ),
+        type=EventType.STATUS,
+        provider=provider,
+        status=status,
+        provider_status=provider_status,
+        occurred_at=received_at,
+        received_at=received_at,
+        occurred_at_source="received",
+        provider_message_id=provider_message_id,
+        recipient=to_e164(recipient),
+        sender=to_e164(request.sender),
+        error_code=error_code,
+        error_message=error_message,
+        failure_kind=failure_kind,
+        client_ref=request.client_ref,
+        segments=segments,
+        price=price,
+    )
+
+
+def refused(
+    provider: str,
+    call: HttpRequest,
+    request: SendRequest,
+    received_at: datetime,
+    *,
+    status: Status,
+    error_code: str,
+    error_message: str | None,
+    failure_kind: FailureKind | None,
+    retry: bool = False,
+) -> SendOutcome:
+    """The provider refused the whole call: every recipient of it gets the same failure."""
+    events = [
+        send_answer_event(
+            provider,
+            request,
+            recipient=recipient,
+            status=status,
+            provider_status=error_code,
+            received_at=received_at,
+            error_code=error_code,
+            error_message=error_message,
+            failure_kind=failure_kind,
+        )
+        for recipient in call.recipients
+    ]
+    return SendOutcome(
+        events=events,
+        refused=True,
+        error_code=error_code,
+        error_message=error_message,
+        retry=retry,
+    )
+
+
+def unanswered(
+    provider: str, call: HttpRequest, request: SendRequest, reason: str, received_at: datetime
+) -> SendOutcome:
+    """No usable answer (timeout, connection error, 5xx the API does not make safe to retry):
+    whether the provider sent anything is unknown, so the recipients are `failed`, worth a new
+    send (temporary), and nothing is retried behind the client's back."""
+    return refused(
+        provider,
+        call,
+        request,
+        received_at,
+        status=Status.FAILED,
+        error_code="no_answer",
+        error_message=reason,
+        failure_kind="temporary",
+    )
+
+
+def validated_options(model: type[BaseModel], options: Mapping[str, Any]) -> dict[str, Any]:
+    """A provider's options checked by its pydantic model (unknown names refused), as a dict of
+    the values given; OptionsError lists each bad field and why."""
+    try:
+        return model.model_validate(dict(options)).model_dump(exclude_unset=True, mode="json")
+    except ValidationError as error:
+        raise OptionsError(
+            [
+                {"field": ".".join(["options", *map(str, e["loc"])]), "error": e["msg"]}
+                for e in error.errors()
+            ]
+        ) from None
+
+
+class StrictOptions(BaseModel):
+    """Base of every provider's Options: a name the provider does not take is an error."""
+
+    model_config = ConfigDict(extra="forbid")

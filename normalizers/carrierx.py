@@ -11,23 +11,30 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field, HttpUrl
 
 from normalizers.base import (
     CallbackRequest,
     HttpRequest,
     HttpResponse,
     ParseError,
+    ProviderAccount,
     SendOutcome,
     SendRequest,
+    StrictOptions,
     decimal_string,
     first_present,
     int_or_none,
     lower_keys,
+    refused,
     report_objects,
     str_or_none,
     timing,
     to_e164,
+    unanswered,
+    validated_options,
 )
 from normalizers.events import Event, EventType, Price, Status, event_id
 
@@ -53,56 +60,79 @@ STATUS_MAP: Mapping[str, Status] = {
     "received": Status.RECEIVED,
 }
 
+
+class Options(StrictOptions):
+    """MMS fields of the SMS object (carrierx.com/documentation, "SMS Object")."""
+
+    type: Literal["sms", "mms"] | None = None
+    media_urls: list[HttpUrl] | None = Field(default=None, max_length=10)
+    group_recipients: list[str] | None = Field(default=None, max_length=9)
+
+
 PRICE_CURRENCY = "USD"  # "The price in US dollars determined for the message to be delivered."
 
 
 class CarrierX:
     name = NAME
 
-    def build_send_request(self, request: SendRequest) -> Sequence[HttpRequest]:
-        """One POST per recipient: the SMS object has a single `to`."""
+    def validate_options(
+        self, options: Mapping[str, Any], request: SendRequest, now: datetime
+    ) -> Mapping[str, Any]:
+        return validated_options(Options, options)
+
+    def build_send_request(
+        self, request: SendRequest, account: ProviderAccount
+    ) -> Sequence[HttpRequest]:
+        """One POST per recipient: the SMS object has a single `to`. The callback URL is the
+        account's `sms` callback (set in the portal), not a field of the message."""
         calls = []
         for recipient in request.to:
             body: dict[str, Any] = {
-                "from": request.sender.lstrip("+"),
+                "from": (request.sender or "").lstrip("+"),
                 "to": recipient.lstrip("+"),
                 "message": request.body,
+                **request.options,
             }
             if request.client_ref is not None:
                 body["user_data"] = request.client_ref
-            for option in ("media_urls", "group_recipients", "type"):
-                if option in request.options:
-                    body[option] = request.options[option]
-            calls.append(HttpRequest(method="POST", path="/core/v2/sms/messages", json_body=body))
+            calls.append(
+                HttpRequest(
+                    method="POST",
+                    path="/core/v2/sms/messages",
+                    recipients=(recipient,),
+                    json_body=body,
+                    headers={"Authorization": f"Bearer {account.api_key or ''}"},
+                )
+            )
         return calls
 
     def parse_send_response(
-        self, request: SendRequest, response: HttpResponse, received_at: datetime
+        self, call: HttpRequest, request: SendRequest, response: HttpResponse, received_at: datetime
     ) -> SendOutcome:
-        if 200 <= response.status < 300:
-            sms = _decode_object(response.body)
-            return SendOutcome(events=_sms_object_events(sms, received_at))
-        error_text = response.body.decode("utf-8", errors="replace")[:500]
-        events = [
-            Event(
-                id=event_id(NAME, "send-refused", recipient, response.status, error_text),
-                type=EventType.STATUS,
-                provider=NAME,
-                status=Status.REJECTED if 400 <= response.status < 500 else Status.FAILED,
-                provider_status=str(response.status),
-                occurred_at=received_at,
-                received_at=received_at,
-                occurred_at_source="received",
-                recipient=to_e164(recipient),
-                sender=to_e164(request.sender),
-                error_code=str(response.status),
-                error_message=error_text or None,
-                client_ref=request.client_ref,
-                failure_kind="permanent" if 400 <= response.status < 500 else "temporary",
+        answer = response.json()
+        if 200 <= response.status < 300 and isinstance(answer, Mapping):
+            events = _sms_object_events(answer, received_at)
+            return SendOutcome(events=events, segments=events[0].segments if events else None)
+        # Error bodies are not documented: keep whatever message they carry.
+        message = None
+        if isinstance(answer, Mapping):
+            message = str_or_none(first_present(lower_keys(answer), "message", "error", "errors"))
+        if message is None:
+            message = response.body.decode("utf-8", "replace")[:500] or None
+        if response.status >= 500:
+            return unanswered(
+                NAME, call, request, f"HTTP {response.status}: {message}", received_at
             )
-            for recipient in request.to
-        ]
-        return SendOutcome(events=events)
+        return refused(
+            NAME,
+            call,
+            request,
+            received_at,
+            status=Status.REJECTED,
+            error_code=str(response.status),
+            error_message=message,
+            failure_kind="permanent",
+        )
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields()

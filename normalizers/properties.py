@@ -20,22 +20,30 @@ a receipt), so the only receipt their model has is `Delivered`.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Literal
 
 from normalizers.base import (
     CallbackRequest,
     HttpRequest,
     HttpResponse,
+    OptionsError,
     ParseError,
+    ProviderAccount,
     SendOutcome,
     SendRequest,
+    StrictOptions,
     first_present,
     int_or_none,
+    refused,
+    send_answer_event,
     str_or_none,
     timing,
     to_e164,
+    unanswered,
+    validated_options,
 )
 from normalizers.events import Event, EventType, Status, event_id
 
@@ -58,16 +66,131 @@ STATUS_MAP: Mapping[str, Status] = {
 }
 
 
+SCHEDULE_AHEAD = timedelta(days=14)
+SCHEDULE_LATE = timedelta(hours=1)
+
+# Options that apply only to a leased sender (no From), and their API names.
+LEASE_FIELDS = {
+    "forward_to_sms": "ForwardToSms",
+    "forward_from_sms": "ForwardFromSms",
+    "forward_to_email": "ForwardToEmail",
+    "forward_from_email": "ForwardFromEmail",
+}
+
+
+class Options(StrictOptions):
+    """Optional and lease-specific parameters of POST /v2/Properties/{PropertySid}/Messages."""
+
+    delivery_receipt: bool | None = None
+    delivery_receipt_method: Literal["GET", "POST"] | None = None
+    webhook_method: Literal["GET", "POST"] | None = None
+    forward_to_sms: str | None = None
+    forward_from_sms: str | None = None
+    forward_to_email: str | None = None
+    forward_from_email: str | None = None
+
+
 class Properties:
     name = NAME
 
-    def build_send_request(self, request: SendRequest) -> Sequence[HttpRequest]:
-        raise NotImplementedError("properties sending comes with the send API (issue 4)")
+    def validate_options(
+        self, options: Mapping[str, Any], request: SendRequest, now: datetime
+    ) -> Mapping[str, Any]:
+        checked = validated_options(Options, options)
+        problems = []
+        if request.expires_at is not None:
+            problems.append({"field": "expires_at", "error": "Fone Dynamics has no expiry"})
+        if request.send_at is not None:
+            # "at most 14 days in the future ... in the past, the request will fail, unless the
+            # value is less than 1 hour in the past"
+            if request.send_at > now + SCHEDULE_AHEAD:
+                problems.append({"field": "send_at", "error": "at most 14 days ahead"})
+            elif request.send_at < now - SCHEDULE_LATE:
+                problems.append({"field": "send_at", "error": "more than 1 hour in the past"})
+        if problems:
+            raise OptionsError(problems)
+        return checked
+
+    def build_send_request(
+        self, request: SendRequest, account: ProviderAccount
+    ) -> Sequence[HttpRequest]:
+        """One POST per recipient (the Message resource has one `To`), Basic auth with the
+        AccountSid and token. The callback URL is given for receipts, and for replies when the
+        message goes from a leased number (no sender)."""
+        credentials = f"{account.account_sid or ''}:{account.api_key or ''}".encode()
+        options = request.options
+        calls = []
+        for recipient in request.to:
+            body: dict[str, Any] = {
+                "From": request.sender or "",
+                "To": recipient,
+                "Text": request.body,
+                "ExternalId": request.client_ref,
+                "DeliveryReceipt": options.get("delivery_receipt", True),
+            }
+            if request.callback_url is not None and body["DeliveryReceipt"]:
+                body["DeliveryReceiptWebhookUri"] = request.callback_url
+                body["DeliveryReceiptWebhookMethod"] = options.get(
+                    "delivery_receipt_method", "POST"
+                )
+            if request.send_at is not None:
+                body["Schedule"] = int(request.send_at.timestamp())
+            if not request.sender:
+                if request.callback_url is not None:
+                    body["WebhookUri"] = request.callback_url
+                    body["WebhookMethod"] = options.get("webhook_method", "POST")
+                for name, field_name in LEASE_FIELDS.items():
+                    if options.get(name) is not None:
+                        body[field_name] = options[name]
+            calls.append(
+                HttpRequest(
+                    method="POST",
+                    path=f"/v2/Properties/{account.property_sid or ''}/Messages",
+                    recipients=(recipient,),
+                    json_body={k: v for k, v in body.items() if v is not None},
+                    headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()},
+                )
+            )
+        return calls
 
     def parse_send_response(
-        self, request: SendRequest, response: HttpResponse, received_at: datetime
+        self, call: HttpRequest, request: SendRequest, response: HttpResponse, received_at: datetime
     ) -> SendOutcome:
-        raise NotImplementedError("properties sending comes with the send API (issue 4)")
+        answer = response.json()
+        flat = _flatten(answer) if isinstance(answer, Mapping) else {}
+        sid = str_or_none(first_present(flat, "message.messagesid", "messagesid"))
+        if response.status == 200 and sid is not None:
+            status = Status.SCHEDULED if request.send_at is not None else Status.ACCEPTED
+            return SendOutcome(
+                events=[
+                    send_answer_event(
+                        NAME,
+                        request,
+                        recipient=recipient,
+                        status=status,
+                        provider_status="200",
+                        received_at=received_at,
+                        provider_message_id=sid,
+                    )
+                    for recipient in call.recipients
+                ]
+            )
+        if response.status >= 500 or not flat:
+            reason = f"HTTP {response.status}: {response.body[:300].decode('utf-8', 'replace')}"
+            return unanswered(NAME, call, request, reason, received_at)
+        # {"ResponseStatus": {"ErrorCode": ..., "Message": ...}} (their SDKs' error shape)
+        code = str_or_none(first_present(flat, "responsestatus.errorcode", "errorcode"))
+        message = str_or_none(first_present(flat, "responsestatus.message", "message"))
+        return refused(
+            NAME,
+            call,
+            request,
+            received_at,
+            status=Status.FAILED if response.status in (401, 403) else Status.REJECTED,
+            error_code=code or str(response.status),
+            error_message=message,
+            failure_kind="permanent",
+        )
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields() if request.body.strip() else {}

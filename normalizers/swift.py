@@ -26,17 +26,24 @@ from normalizers.base import (
     CallbackRequest,
     HttpRequest,
     HttpResponse,
+    OptionsError,
     ParseError,
+    ProviderAccount,
     SendOutcome,
     SendRequest,
+    StrictOptions,
     first_present,
     lower_keys,
+    refused,
     report_objects,
+    send_answer_event,
     str_or_none,
     timing,
     to_e164,
+    unanswered,
+    validated_options,
 )
-from normalizers.events import Event, EventType, FailureKind, Status, event_id
+from normalizers.events import Event, EventType, FailureKind, Status, event_id, rfc3339
 
 NAME = "swift"
 
@@ -87,16 +94,71 @@ FAILURE_KINDS: Mapping[str, FailureKind] = {
 }
 
 
+class Options(StrictOptions):
+    """Send API fields beyond ours (seed 003)."""
+
+    request_dlr: bool | None = None
+
+
 class Swift:
     name = NAME
 
-    def build_send_request(self, request: SendRequest) -> Sequence[HttpRequest]:
-        raise NotImplementedError("swift sending comes with the send API (issue 4)")
+    def validate_options(
+        self, options: Mapping[str, Any], request: SendRequest, now: datetime
+    ) -> Mapping[str, Any]:
+        checked = validated_options(Options, options)
+        if request.send_at is not None:
+            raise OptionsError([{"field": "send_at", "error": "Swift's send API has no send time"}])
+        return checked
+
+    def build_send_request(
+        self, request: SendRequest, account: ProviderAccount
+    ) -> Sequence[HttpRequest]:
+        """One POST for every recipient (`to` is a list). DLRs go to the switch's webhook,
+        configured on the account, not per message."""
+        body: dict[str, Any] = {
+            "body": request.body,
+            "to": [number.lstrip("+") for number in request.to],
+            "request_dlr": request.options.get("request_dlr", True),
+        }
+        if request.sender:
+            body["from"] = request.sender.lstrip("+")
+        if request.client_ref is not None:
+            body["id"] = request.client_ref
+        if request.expires_at is not None:
+            body["expires_at"] = rfc3339(request.expires_at)
+        return [
+            HttpRequest(
+                method="POST",
+                path="/v1/sms",
+                recipients=tuple(request.to),
+                json_body=body,
+                headers={"Authorization": f"Bearer {account.api_key or ''}"},
+            )
+        ]
 
     def parse_send_response(
-        self, request: SendRequest, response: HttpResponse, received_at: datetime
+        self, call: HttpRequest, request: SendRequest, response: HttpResponse, received_at: datetime
     ) -> SendOutcome:
-        raise NotImplementedError("swift sending comes with the send API (issue 4)")
+        answer = response.json()
+        fields = lower_keys(answer) if isinstance(answer, Mapping) else {}
+        results = fields.get("results")
+        if response.status in (200, 207, 422) and isinstance(results, list):
+            return _send_results(call, request, results, received_at)
+        if response.status >= 500 or not fields:
+            reason = f"HTTP {response.status}: {response.body[:300].decode('utf-8', 'replace')}"
+            return unanswered(NAME, call, request, reason, received_at)
+        code = str_or_none(first_present(fields, "error_code", "code")) or str(response.status)
+        return refused(
+            NAME,
+            call,
+            request,
+            received_at,
+            status=Status.FAILED,
+            error_code=code,
+            error_message=str_or_none(first_present(fields, "message", "error")),
+            failure_kind=FAILURE_KINDS.get(code.lower(), "permanent"),
+        )
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields()
@@ -181,3 +243,63 @@ def _webhook_event(fields: dict[str, Any], received_at: datetime) -> Event:
 
 
 PROVIDER = Swift()
+
+
+def _send_results(
+    call: HttpRequest, request: SendRequest, results: list[Any], received_at: datetime
+) -> SendOutcome:
+    """200 all sent, 207 some, 422 none: each result says OK or its error code."""
+    by_number = {
+        to_e164(item.get("to")): lower_keys(item) for item in results if isinstance(item, Mapping)
+    }
+    events: list[Event] = []
+    parts: dict[str, list[str]] = {}
+    for recipient in call.recipients:
+        item = by_number.get(to_e164(recipient), {})
+        code = str(item.get("error_code") or "missing")
+        message_id = str_or_none(item.get("id"))
+        if code.lower() == "ok":
+            word = str(item.get("status") or "NEW")
+            part_ids = [
+                str(part["id"])
+                for part in item.get("parts") or []
+                if isinstance(part, Mapping) and part.get("id") is not None
+            ]
+            if message_id is not None and part_ids:
+                parts[recipient] = part_ids
+            events.append(
+                send_answer_event(
+                    NAME,
+                    request,
+                    recipient=recipient,
+                    status=STATUS_MAP.get(word.lower(), Status.UNKNOWN),
+                    provider_status=word,
+                    received_at=received_at,
+                    provider_message_id=message_id,
+                    segments=len(part_ids) or None,
+                )
+            )
+            continue
+        kind = FAILURE_KINDS.get(code.lower())
+        events.append(
+            send_answer_event(
+                NAME,
+                request,
+                recipient=recipient,
+                status=Status.FAILED if kind == "temporary" else Status.REJECTED,
+                provider_status=code,
+                received_at=received_at,
+                provider_message_id=message_id,
+                error_code=code,
+                failure_kind=kind or "permanent",
+            )
+        )
+    accepted = [e for e in events if e.status not in (Status.FAILED, Status.REJECTED)]
+    first_error = next((e for e in events if e.error_code), None)
+    return SendOutcome(
+        events=events,
+        refused=not accepted,
+        error_code=first_error.error_code if first_error and not accepted else None,
+        parts=parts,
+        segments=max((e.segments or 0 for e in events), default=0) or None,
+    )

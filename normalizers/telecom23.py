@@ -18,6 +18,7 @@ the text) and on what peers send; it is recognised by `direction: inbound` or `t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -28,17 +29,24 @@ from normalizers.base import (
     CallbackRequest,
     HttpRequest,
     HttpResponse,
+    OptionsError,
     ParseError,
+    ProviderAccount,
     SendOutcome,
     SendRequest,
+    StrictOptions,
     decimal_string,
     first_present,
     int_or_none,
     lower_keys,
+    refused,
     report_objects,
+    send_answer_event,
     str_or_none,
     timing,
     to_e164,
+    unanswered,
+    validated_options,
 )
 from normalizers.events import Event, EventType, FailureKind, Price, Status, event_id
 
@@ -94,17 +102,71 @@ SIGNATURE_TOLERANCE_S = 300  # "reject stale timestamps (e.g. older than 5 minut
 
 INBOUND_MARKERS = frozenset({"inbound", "mo", "incoming", "received"})
 
+MAX_RECIPIENTS = 100  # per POST /api/v1/sms/send
+
+
+class Options(StrictOptions):
+    """23 Telecom's send API takes nothing beyond to, message and sender_id."""
+
 
 class Telecom23:
     name = NAME
 
-    def build_send_request(self, request: SendRequest) -> Sequence[HttpRequest]:
-        raise NotImplementedError("telecom23 sending comes with the send API (issue 4)")
+    def validate_options(
+        self, options: Mapping[str, Any], request: SendRequest, now: datetime
+    ) -> Mapping[str, Any]:
+        checked = validated_options(Options, options)
+        if request.sender is None:
+            raise OptionsError([{"field": "from", "error": "23 Telecom needs a sender_id"}])
+        return checked
+
+    def build_send_request(
+        self, request: SendRequest, account: ProviderAccount
+    ) -> Sequence[HttpRequest]:
+        """Batches of at most 100 recipients, each an all-or-nothing request. The webhook URL is
+        the account's (PUT /user/webhooks), not a field of the message."""
+        recipients = list(request.to)
+        return [
+            HttpRequest(
+                method="POST",
+                path="/api/v1/sms/send",
+                recipients=tuple(batch),
+                json_body={"to": batch, "message": request.body, "sender_id": request.sender},
+                headers={"X-API-Key": account.api_key or ""},
+            )
+            for batch in (
+                recipients[start : start + MAX_RECIPIENTS]
+                for start in range(0, len(recipients), MAX_RECIPIENTS)
+            )
+        ]
 
     def parse_send_response(
-        self, request: SendRequest, response: HttpResponse, received_at: datetime
+        self, call: HttpRequest, request: SendRequest, response: HttpResponse, received_at: datetime
     ) -> SendOutcome:
-        raise NotImplementedError("telecom23 sending comes with the send API (issue 4)")
+        answer = response.json()
+        fields = lower_keys(answer) if isinstance(answer, Mapping) else {}
+        results = fields.get("results")
+        if response.status == 200 and isinstance(results, list):
+            return _send_results(call, request, results, fields.get("summary"), received_at)
+        code = str_or_none(fields.get("error_code"))
+        description = str_or_none(fields.get("description"))
+        if code == "DB_ERROR" or (code is None and response.status >= 500):
+            # Atomic: nothing was queued, the whole request may be sent again.
+            outcome = unanswered(
+                NAME, call, request, description or f"HTTP {response.status}", received_at
+            )
+            return dataclasses.replace(outcome, retry=True, error_code=code or "no_answer")
+        kind: FailureKind = "temporary" if code == "INSUFFICIENT_BALANCE" else "permanent"
+        return refused(
+            NAME,
+            call,
+            request,
+            received_at,
+            status=Status.FAILED if response.status in (402, 403) else Status.REJECTED,
+            error_code=code or str(response.status),
+            error_message=description,
+            failure_kind=kind,
+        )
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields() if request.body.strip() else {}
@@ -183,3 +245,47 @@ def _report_event(fields: dict[str, Any], received_at: datetime) -> Event:
 
 
 PROVIDER = Telecom23()
+
+
+def _send_results(
+    call: HttpRequest,
+    request: SendRequest,
+    results: list[Any],
+    summary: object,
+    received_at: datetime,
+) -> SendOutcome:
+    by_number = {to_e164(item.get("dnis")): item for item in results if isinstance(item, Mapping)}
+    events = []
+    for recipient in call.recipients:
+        item = by_number.get(to_e164(recipient))
+        if item is None:
+            events.append(
+                send_answer_event(
+                    NAME,
+                    request,
+                    recipient=recipient,
+                    status=Status.UNKNOWN,
+                    provider_status="missing",
+                    received_at=received_at,
+                    error_message="the answer has no result for this recipient",
+                )
+            )
+            continue
+        word = str(item.get("status") or "")
+        status = STATUS_MAP.get(word.lower(), Status.UNKNOWN)
+        events.append(
+            send_answer_event(
+                NAME,
+                request,
+                recipient=recipient,
+                status=status,
+                provider_status=word,
+                received_at=received_at,
+                provider_message_id=str_or_none(item.get("message_id")),
+                error_code=None if status is Status.ACCEPTED else word,
+                failure_kind=FAILURE_KINDS.get(word.lower()),
+                segments=int_or_none(item.get("segments")),
+            )
+        )
+    total = lower_keys(summary).get("total_segments") if isinstance(summary, Mapping) else None
+    return SendOutcome(events=events, segments=int_or_none(total))

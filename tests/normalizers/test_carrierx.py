@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from normalizers.base import CallbackRequest, HttpResponse, ParseError, SendRequest
+from normalizers.base import CallbackRequest, ParseError
 from normalizers.carrierx import PROVIDER
 from normalizers.events import EventType, Price, Status
 
@@ -144,39 +144,6 @@ def test_garbage_raises_parse_error(body: bytes) -> None:
 
     with pytest.raises(ParseError):
         PROVIDER.parse_callback(request, RECEIVED_AT)
-
-
-def test_send_request_is_one_post_per_recipient_without_plus() -> None:
-    calls = PROVIDER.build_send_request(
-        SendRequest(
-            to=["+15162065574", "+15162065576"], sender="+15162065575", body="hi", client_ref="r1"
-        )
-    )
-
-    assert [call.path for call in calls] == ["/core/v2/sms/messages"] * 2
-    assert calls[0].json_body == {
-        "from": "15162065575",
-        "to": "15162065574",
-        "message": "hi",
-        "user_data": "r1",
-    }
-
-
-def test_send_answer_gives_a_queued_event_with_the_message_sid() -> None:
-    answer = fixture("outbound_delivered.json") | {"status": "queued", "date_status_changed": None}
-    request = SendRequest(to=["+15162065574"], sender="+15162065575", body="hi")
-
-    outcome = PROVIDER.parse_send_response(
-        request, HttpResponse(status=200, body=json.dumps(answer).encode()), RECEIVED_AT
-    )
-    refused = PROVIDER.parse_send_response(
-        request, HttpResponse(status=401, body=b'{"message":"unauthorized"}'), RECEIVED_AT
-    )
-
-    assert [e.status for e in outcome.events] == [Status.QUEUED]
-    assert outcome.events[0].provider_message_id == "097b49df-c54e-4eaf-97d0-89cf7d5a655b"
-    assert [e.status for e in refused.events] == [Status.REJECTED]
-    assert refused.events[0].failure_kind == "permanent"
 
 
 def test_group_recipients_as_text_from_a_form_are_split_on_commas() -> None:
