@@ -104,6 +104,7 @@ class Options(StrictOptions):
 
 class ApiControl:
     name = NAME
+    retry_safe = False
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

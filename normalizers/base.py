@@ -155,6 +155,9 @@ class Provider(Protocol):
     """One provider's pure translation layer (one module per provider)."""
 
     name: str
+    # Whether a send that got no usable answer (timeout, connection lost, 5xx) may be sent
+    # again without risking a double send: only when the provider's API says so.
+    retry_safe: bool
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

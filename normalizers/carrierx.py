@@ -74,6 +74,7 @@ PRICE_CURRENCY = "USD"  # "The price in US dollars determined for the message to
 
 class CarrierX:
     name = NAME
+    retry_safe = False
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

@@ -92,6 +92,7 @@ class Options(StrictOptions):
 
 class Properties:
     name = NAME
+    retry_safe = False
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

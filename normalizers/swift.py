@@ -102,6 +102,7 @@ class Options(StrictOptions):
 
 class Swift:
     name = NAME
+    retry_safe = False
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

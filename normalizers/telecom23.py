@@ -111,6 +111,8 @@ class Options(StrictOptions):
 
 class Telecom23:
     name = NAME
+    # "A multi-recipient request is all-or-nothing ... simply retry the entire request."
+    retry_safe = True
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -20,6 +21,7 @@ from receiver.database import create_pool
 from receiver.errors import make_error_middleware
 from receiver.health import healthz, readyz
 from receiver.migrate import load_migrations, migrations_dir
+from receiver.sending import handle_send
 
 log = structlog.get_logger("receiver.http")
 
@@ -66,19 +68,23 @@ def create_app(
         m.version for m in load_migrations(migrations_dir(settings.migrations_dir))
     )
 
-    async def database_pool(app: web.Application) -> AsyncIterator[None]:
+    async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(dsn, settings)
+        http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
         app[AppContext.KEY] = AppContext(
             settings=settings,
             registry=registry,
             expected_migrations=expected,
             pool=pool,
+            http=http,
         )
         yield
+        await http.close()
         await pool.close()
 
-    app.cleanup_ctx.append(database_pool)
+    app.cleanup_ctx.append(resources)
     app.router.add_get("/healthz", healthz)
+    app.router.add_post("/v1/messages", handle_send)
     app.router.add_get("/readyz", readyz)
     for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
         app.router.add_route("GET", path, handle_callback, expect_handler=expect_within_limit)

@@ -13,13 +13,16 @@ Network = IPv4Network | IPv6Network
 
 
 class ProviderSettings(BaseModel):
-    """How one provider's callbacks are authenticated (all optional; unset means not checked).
-
-    From the environment as `<PROVIDER>__CALLBACK_TOKEN`, `<PROVIDER>__ALLOWED_IPS` (comma
-    separated addresses or networks) and `<PROVIDER>__SIGNING_SECRET`."""
+    """One provider's account (its API, for sending) and how its callbacks are authenticated
+    (all optional; unset means not checked). From the environment as `<PROVIDER>__<FIELD>`,
+    e.g. `CARRIERX__API_KEY`; `<PROVIDER>__ALLOWED_IPS` is comma separated."""
 
     model_config = {"frozen": True}
 
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    account_sid: str | None = None
+    property_sid: str | None = None
     callback_token: SecretStr | None = None
     allowed_ips: Annotated[tuple[Network, ...], NoDecode] = ()
     signing_secret: SecretStr | None = None
@@ -72,6 +75,26 @@ class Settings(BaseSettings):
     )
     shutdown_timeout_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
+    )
+    public_base_url: str = Field(
+        default="http://127.0.0.1:8080",
+        description="How providers reach this hub: callback URLs given to them start with it.",
+    )
+    default_provider: str | None = Field(
+        default=None, description="Provider of a send request that names none."
+    )
+    sandbox: bool = Field(
+        default=False,
+        description="Mount the simulated providers under /sandbox/ and send to them by default.",
+    )
+    send_timeout_s: float = Field(
+        default=15.0, gt=0, description="Longest wait for a provider's answer to a send."
+    )
+    send_attempts: int = Field(
+        default=3, ge=1, le=10, description="Tries of a send, where the provider makes it safe."
+    )
+    idempotency_ttl_s: int = Field(
+        default=24 * 3600, ge=60, description="How long an Idempotency-Key is remembered."
     )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     migrations_dir: Path | None = Field(

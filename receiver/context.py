@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+import aiohttp
 import asyncpg
 from aiohttp import web
 
@@ -20,6 +21,7 @@ class AppContext:
     registry: Registry
     expected_migrations: frozenset[int]
     pool: asyncpg.Pool
+    http: aiohttp.ClientSession  # the one client for every provider's API
 
 
 AppContext.KEY = web.AppKey("context", AppContext)

@@ -243,3 +243,188 @@ async def insert_message(
         body,
         client_ref,
     )
+
+
+# --- sending -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """`claimed`: go ahead; `replay`: answer with the stored response; `conflict`: the key was
+    used with another body; `in_progress`: the first request with this key is still running."""
+
+    state: str
+    status: int | None = None
+    body: Any = None
+
+
+async def claim_idempotency(
+    connection: Connection, key: str, request_hash: str, ttl_s: int
+) -> IdempotencyClaim:
+    async with connection.transaction():
+        await connection.execute(
+            "DELETE FROM idempotency_keys WHERE key = $1 AND expires_at < now()", key
+        )
+        claimed = await connection.fetchval(
+            """
+            INSERT INTO idempotency_keys (key, request_hash, expires_at)
+            VALUES ($1, $2, now() + make_interval(secs => $3))
+            ON CONFLICT (key) DO NOTHING
+            RETURNING true
+            """,
+            key,
+            request_hash,
+            ttl_s,
+        )
+        if claimed:
+            return IdempotencyClaim("claimed")
+        row = await connection.fetchrow(
+            "SELECT request_hash, response_status, response_body FROM idempotency_keys"
+            " WHERE key = $1",
+            key,
+        )
+    if row is None:  # expired and removed by another request meanwhile: try again
+        return await claim_idempotency(connection, key, request_hash, ttl_s)
+    if row["request_hash"] != request_hash:
+        return IdempotencyClaim("conflict")
+    if row["response_status"] is None:
+        return IdempotencyClaim("in_progress")
+    return IdempotencyClaim("replay", row["response_status"], json.loads(row["response_body"]))
+
+
+async def complete_idempotency(connection: Connection, key: str, status: int, body: Any) -> None:
+    await connection.execute(
+        "UPDATE idempotency_keys SET response_status = $2, response_body = $3::jsonb"
+        " WHERE key = $1",
+        key,
+        status,
+        json.dumps(body),
+    )
+
+
+async def release_idempotency(connection: Connection, key: str) -> None:
+    """The first request failed before it could answer: a retry with the key may run."""
+    await connection.execute(
+        "DELETE FROM idempotency_keys WHERE key = $1 AND response_status IS NULL", key
+    )
+
+
+def pending_id(message_id: uuid.UUID) -> str:
+    """The provisional provider id of a message's recipients until the provider names its own."""
+    return f"pending:{message_id}"
+
+
+async def create_message(
+    connection: Connection,
+    message_id: uuid.UUID,
+    provider: str,
+    recipients: Sequence[str],
+    *,
+    sender: str | None,
+    body: str,
+    client_ref: str | None,
+    segments: int,
+    encoding: str,
+    request: Any,
+    send_at: datetime | None,
+    expires_at: datetime | None,
+    idempotency_key: str | None,
+) -> None:
+    """The message and its recipients, stored before the provider is called."""
+    async with connection.transaction():
+        await connection.execute(
+            """
+            INSERT INTO messages (id, provider, sender, body, client_ref, segments, encoding,
+                                  request, send_at, expires_at, idempotency_key)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
+            """,
+            message_id,
+            provider,
+            sender,
+            body,
+            client_ref,
+            segments,
+            encoding,
+            json.dumps(request),
+            send_at,
+            expires_at,
+            idempotency_key,
+        )
+        await connection.executemany(
+            """
+            INSERT INTO message_recipients
+                (message_id, provider, provider_message_id, recipient, status, final, sequence,
+                 segments)
+            VALUES ($1, $2, $3, $4, 'unknown', false, 0, $5)
+            """,
+            [(message_id, provider, pending_id(message_id), to, segments) for to in recipients],
+        )
+
+
+async def adopt_recipient(
+    connection: Connection,
+    message_id: uuid.UUID,
+    provider: str,
+    provider_message_id: str,
+    recipient: str,
+) -> int:
+    row_id: int = await connection.fetchval(
+        "SELECT adopt_recipient($1, $2, $3, $4, $5)",
+        message_id,
+        provider,
+        pending_id(message_id),
+        provider_message_id,
+        recipient,
+    )
+    return row_id
+
+
+async def register_parts(
+    connection: Connection,
+    provider: str,
+    provider_message_id: str,
+    recipient: str,
+    part_ids: Sequence[str],
+) -> None:
+    await connection.execute(
+        "SELECT register_parts($1, $2, $3, $4)",
+        provider,
+        provider_message_id,
+        recipient,
+        list(part_ids),
+    )
+
+
+async def mark_send_answer(connection: Connection, raw_id: uuid.UUID) -> None:
+    await connection.execute(
+        "UPDATE raw_callbacks SET source = 'send_answer' WHERE id = $1", raw_id
+    )
+
+
+async def set_provider_segments(
+    connection: Connection, message_id: uuid.UUID, segments: int
+) -> None:
+    await connection.execute(
+        "UPDATE messages SET provider_segments = $2 WHERE id = $1", message_id, segments
+    )
+
+
+async def recipients_of(connection: Connection, message_id: uuid.UUID) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(
+        """
+        SELECT r.recipient, r.status, r.final, r.failure_kind, r.segments,
+               CASE WHEN r.provider_message_id LIKE 'pending:%' THEN NULL
+                    ELSE r.provider_message_id END AS provider_message_id,
+               e.error_code, e.error_message
+        FROM message_recipients r
+        LEFT JOIN LATERAL (
+            SELECT error_code, error_message FROM events
+            WHERE recipient_id = r.id AND error_code IS NOT NULL
+            ORDER BY sequence DESC LIMIT 1
+        ) e ON true
+        WHERE r.message_id = $1
+        ORDER BY r.id
+        """,
+        message_id,
+    )
+    return rows

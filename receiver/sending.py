@@ -1,0 +1,373 @@
+"""POST /v1/messages: validate, remember the Idempotency-Key, store the message, call the
+provider through its adapter (retrying only where its API makes that safe), store what it
+answered, and say per recipient what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from normalizers.base import (
+    HttpRequest,
+    HttpResponse,
+    OptionsError,
+    Provider,
+    ProviderAccount,
+    SendOutcome,
+    SendRequest,
+    to_e164,
+    unanswered,
+)
+from normalizers.encoding import segment
+from receiver import queries
+from receiver.callbacks import received_now
+from receiver.config import Settings
+from receiver.context import AppContext
+from receiver.errors import BadRequest, ReceiverError
+from receiver.pipeline import NORMALISED, Normalised, store_callback
+from receiver.queries import RawCallback
+
+log = structlog.get_logger("receiver.sending")
+
+# Calls to one provider at once for one message (fan-out providers take one recipient a call).
+CALLS_AT_ONCE = 10
+
+
+class Unprocessable(ReceiverError):
+    status = 422
+    code = "validation_error"
+
+
+class Conflict(ReceiverError):
+    status = 409
+    code = "idempotency_conflict"
+
+
+class SendMessageIn(BaseModel):
+    """The body of POST /v1/messages."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provider: str | None = None
+    to: list[str] = Field(min_length=1, max_length=10_000)
+    sender: str | None = Field(default=None, alias="from", max_length=64)
+    body: str = Field(min_length=1, max_length=4096)
+    ref: str | None = Field(default=None, max_length=255)
+    send_at: datetime | None = None
+    expires_at: datetime | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("to")
+    @classmethod
+    def e164_numbers(cls, numbers: list[str]) -> list[str]:
+        cleaned = []
+        for number in numbers:
+            e164 = to_e164(number)
+            if e164 is None or not e164.startswith("+") or not 8 <= len(e164) <= 16:
+                raise ValueError(f"not an E.164 number: {number!r}")
+            cleaned.append(e164)
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("a number is given twice")
+        return cleaned
+
+    @field_validator("send_at", "expires_at")
+    @classmethod
+    def with_zone(cls, moment: datetime | None) -> datetime | None:
+        if moment is not None and moment.tzinfo is None:
+            raise ValueError("needs a time zone (use Z for UTC)")
+        return moment
+
+
+def account_of(settings: Settings, provider: str) -> ProviderAccount:
+    config = settings.provider(provider)
+    base_url = config.base_url
+    if base_url is None and settings.sandbox:
+        base_url = f"{settings.public_base_url.rstrip('/')}/sandbox/{provider}"
+    if base_url is None:
+        raise BadRequest(f"no {provider.upper()}__BASE_URL is configured for sending")
+    return ProviderAccount(
+        base_url=base_url.rstrip("/"),
+        api_key=config.api_key.get_secret_value() if config.api_key else None,
+        account_sid=config.account_sid,
+        property_sid=config.property_sid,
+    )
+
+
+def callback_url(settings: Settings, provider: str) -> str:
+    token = settings.provider(provider).callback_token
+    url = f"{settings.public_base_url.rstrip('/')}/callbacks/{provider}"
+    return f"{url}/{token.get_secret_value()}" if token else url
+
+
+async def handle_send(request: web.Request) -> web.Response:
+    context: AppContext = request.app[AppContext.KEY]
+    settings = context.settings
+    raw_body = await request.read()
+    try:
+        incoming = SendMessageIn.model_validate_json(raw_body)
+    except ValidationError as error:
+        raise Unprocessable("the request is not valid", details=_field_errors(error)) from None
+
+    name = incoming.provider or settings.default_provider
+    if name is None:
+        raise BadRequest("no provider given and no DEFAULT_PROVIDER configured")
+    provider = context.registry.get(name)
+    if provider is None:
+        raise BadRequest(f"unknown provider {name!r}", details={"known": sorted(context.registry)})
+    structlog.contextvars.bind_contextvars(provider=name)
+    account = account_of(settings, name)
+
+    now = datetime.now(UTC)
+    message_id = uuid.uuid4()
+    send = SendRequest(
+        to=incoming.to,
+        sender=incoming.sender,
+        body=incoming.body,
+        message_id=str(message_id),
+        client_ref=incoming.ref,
+        callback_url=callback_url(settings, name),
+        send_at=incoming.send_at,
+        expires_at=incoming.expires_at,
+    )
+    try:
+        options = provider.validate_options(incoming.options, send, now)
+    except OptionsError as error:
+        raise Unprocessable("the options are not valid", details=error.details) from None
+    send = dataclasses.replace(send, options=options)
+
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        if not 1 <= len(key) <= 255:
+            raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+        request_hash = hashlib.sha256(
+            json.dumps(incoming.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+        ).hexdigest()
+        async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+            claim = await queries.claim_idempotency(
+                connection, key, request_hash, settings.idempotency_ttl_s
+            )
+        if claim.state == "replay":
+            return web.json_response(claim.body, status=claim.status or 200)
+        if claim.state == "conflict":
+            raise Conflict("this Idempotency-Key was used with another request body")
+        if claim.state == "in_progress":
+            raise Conflict("a request with this Idempotency-Key is still running")
+    try:
+        status, answer = await _send(context, provider, account, send, incoming, message_id, key)
+    except BaseException:
+        if key is not None:
+            async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
+                await queries.release_idempotency(conn, key)
+        raise
+    if key is not None:
+        async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+            await queries.complete_idempotency(connection, key, status, answer)
+    return web.json_response(answer, status=status)
+
+
+async def _send(
+    context: AppContext,
+    provider: Provider,
+    account: ProviderAccount,
+    send: SendRequest,
+    incoming: SendMessageIn,
+    message_id: uuid.UUID,
+    key: str | None,
+) -> tuple[int, dict[str, Any]]:
+    settings = context.settings
+    local = segment(send.body)
+    async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+        await queries.create_message(
+            connection,
+            message_id,
+            provider.name,
+            send.to,
+            sender=send.sender,
+            body=send.body,
+            client_ref=send.client_ref,
+            segments=local.segments,
+            encoding=local.encoding,
+            request=incoming.model_dump(mode="json", by_alias=True),
+            send_at=send.send_at,
+            expires_at=send.expires_at,
+            idempotency_key=key,
+        )
+    calls = provider.build_send_request(send, account)
+    limit = asyncio.Semaphore(CALLS_AT_ONCE)
+
+    async def one(call: HttpRequest) -> SendOutcome:
+        async with limit:
+            outcome, answer = await call_provider(context, provider, account, call, send)
+            await _store_outcome(context, provider, send, message_id, call, outcome, answer)
+            return outcome
+
+    outcomes = await asyncio.gather(*(one(call) for call in calls))
+    provider_segments = max((o.segments or 0 for o in outcomes), default=0) or None
+    async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+        if provider_segments is not None:
+            await queries.set_provider_segments(connection, message_id, provider_segments)
+            if provider_segments != local.segments:
+                log.warning(
+                    "segment_count_differs", ours=local.segments, provider=provider_segments
+                )
+        rows = await queries.recipients_of(connection, message_id)
+    answer: dict[str, Any] = {
+        "id": str(message_id),
+        "provider": provider.name,
+        "segments": local.segments,
+        "encoding": local.encoding,
+        "provider_segments": provider_segments,
+        "recipients": [
+            {
+                "to": row["recipient"],
+                "status": row["status"],
+                "final": row["final"],
+                "provider_message_id": row["provider_message_id"],
+                "failure_kind": row["failure_kind"],
+                "error_code": row["error_code"],
+                "error_message": row["error_message"],
+            }
+            for row in rows
+        ],
+    }
+    structlog.contextvars.bind_contextvars(message_id=str(message_id))
+    if all(outcome.refused for outcome in outcomes):
+        first = outcomes[0]
+        error = {
+            "error": {
+                "code": "provider_refused",
+                "message": f"{provider.name} refused the message",
+                "details": {
+                    "provider_error_code": first.error_code,
+                    "provider_error_message": first.error_message,
+                    "message": answer,
+                },
+            }
+        }
+        return 502, error
+    return 201, answer
+
+
+async def call_provider(
+    context: AppContext,
+    provider: Provider,
+    account: ProviderAccount,
+    call: HttpRequest,
+    send: SendRequest,
+) -> tuple[SendOutcome, HttpResponse | None]:
+    """The provider's answer to one call, tried again (bounded, with backoff) only while the
+    outcome says a retry is safe: otherwise a timeout or 5xx marks the recipients failed."""
+    settings = context.settings
+    url = account.base_url + call.path
+    outcome: SendOutcome | None = None
+    response: HttpResponse | None = None
+    for attempt in range(1, settings.send_attempts + 1):
+        started = time.perf_counter()
+        try:
+            async with context.http.request(
+                call.method,
+                url,
+                json=call.json_body,
+                headers=dict(call.headers),
+                timeout=aiohttp.ClientTimeout(total=settings.send_timeout_s),
+                allow_redirects=False,
+            ) as answer:
+                response = HttpResponse(
+                    status=answer.status, body=await answer.read(), headers=dict(answer.headers)
+                )
+            outcome = provider.parse_send_response(call, send, response, received_now())
+        except (aiohttp.ClientError, TimeoutError) as error:
+            response = None
+            reason = f"{type(error).__name__}: {error}"[:500]
+            outcome = unanswered(provider.name, call, send, reason, received_now())
+            outcome = dataclasses.replace(outcome, retry=provider.retry_safe)
+        log.info(
+            "provider_call",
+            path=call.path,
+            recipients=len(call.recipients),
+            attempt=attempt,
+            status=response.status if response else None,
+            refused=outcome.refused,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        if not (outcome.refused and outcome.retry) or attempt == settings.send_attempts:
+            break
+        await asyncio.sleep(0.5 * 2 ** (attempt - 1) * (0.5 + random.random()))  # noqa: S311
+    assert outcome is not None
+    return outcome, response
+
+
+async def _store_outcome(
+    context: AppContext,
+    provider: Provider,
+    send: SendRequest,
+    message_id: uuid.UUID,
+    call: HttpRequest,
+    outcome: SendOutcome,
+    response: HttpResponse | None,
+) -> None:
+    """Give each recipient the provider's id, then store the answer and its events like a
+    callback: the same state machine, the raw answer kept."""
+    pending = queries.pending_id(message_id)
+    events = [
+        event
+        if event.provider_message_id
+        else dataclasses.replace(event, provider_message_id=pending)
+        for event in outcome.events
+    ]
+    raw = RawCallback(
+        id=uuid.uuid4(),
+        provider=provider.name,
+        method=call.method,
+        path=call.path,
+        query="",
+        headers=list(response.headers.items()) if response else [],
+        body=response.body if response else b"",
+        remote_addr=None,
+        received_at=events[0].received_at if events else received_now(),
+    )
+    normalised = Normalised(
+        outcome=NORMALISED, events=[event.stored_raw(str(raw.id)) for event in events]
+    )
+    settings = context.settings
+    async with (
+        context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection,
+        connection.transaction(),
+    ):
+        for event in events:
+            if event.provider_message_id != pending and event.recipient is not None:
+                await queries.adopt_recipient(
+                    connection,
+                    message_id,
+                    provider.name,
+                    event.provider_message_id or "",
+                    event.recipient,
+                )
+        provider_ids = {e.recipient: e.provider_message_id for e in events}
+        for recipient, part_ids in outcome.parts.items():
+            owner_id = provider_ids.get(recipient)
+            if owner_id and owner_id != pending:
+                await queries.register_parts(
+                    connection, provider.name, owner_id, recipient, part_ids
+                )
+        await store_callback(connection, raw, normalised)
+        await queries.mark_send_answer(connection, raw.id)
+
+
+def _field_errors(error: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {"field": ".".join(str(part) for part in e["loc"]) or "body", "error": e["msg"]}
+        for e in error.errors()
+    ]
