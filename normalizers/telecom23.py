@@ -149,7 +149,7 @@ class Telecom23:
         fields = lower_keys(answer) if isinstance(answer, Mapping) else {}
         results = fields.get("results")
         if response.status == 200 and isinstance(results, list):
-            return _send_results(call, request, results, fields.get("summary"), received_at)
+            return _send_results(call, request, results, received_at)
         code = str_or_none(fields.get("error_code"))
         description = str_or_none(fields.get("description"))
         if code == "DB_ERROR" or (code is None and response.status >= 500):
@@ -253,7 +253,6 @@ def _send_results(
     call: HttpRequest,
     request: SendRequest,
     results: list[Any],
-    summary: object,
     received_at: datetime,
 ) -> SendOutcome:
     by_number = {to_e164(item.get("dnis")): item for item in results if isinstance(item, Mapping)}
@@ -289,5 +288,6 @@ def _send_results(
                 segments=int_or_none(item.get("segments")),
             )
         )
-    total = lower_keys(summary).get("total_segments") if isinstance(summary, Mapping) else None
-    return SendOutcome(events=events, segments=int_or_none(total))
+    # Per message, as we count: the summary's total_segments adds up every recipient's.
+    per_message = max((e.segments or 0 for e in events), default=0)
+    return SendOutcome(events=events, segments=per_message or None)

@@ -21,7 +21,9 @@ from receiver.database import create_pool
 from receiver.errors import make_error_middleware
 from receiver.health import healthz, readyz
 from receiver.migrate import load_migrations, migrations_dir
-from receiver.sending import handle_send
+from receiver.sandbox import sandbox_app
+from receiver.sandbox.common import Sandbox
+from receiver.sending import callback_url, handle_send
 
 log = structlog.get_logger("receiver.http")
 
@@ -57,6 +59,19 @@ async def request_log_middleware(
         structlog.contextvars.clear_contextvars()
 
 
+def simulated_providers(settings: Settings, registry: Registry) -> Sandbox:
+    secrets = {
+        name: secret.get_secret_value()
+        for name in registry
+        if (secret := settings.provider(name).signing_secret) is not None
+    }
+    return Sandbox(
+        callback_urls={name: callback_url(settings, name) for name in registry},
+        delay_s=settings.sandbox_delay_s,
+        signing_secrets=secrets,
+    )
+
+
 def create_app(
     settings: Settings, dsn: str, registry: Registry = DEFAULT_REGISTRY
 ) -> web.Application:
@@ -89,6 +104,8 @@ def create_app(
     for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
         app.router.add_route("GET", path, handle_callback, expect_handler=expect_within_limit)
         app.router.add_route("POST", path, handle_callback, expect_handler=expect_within_limit)
+    if settings.sandbox:
+        app.add_subapp("/sandbox", sandbox_app(simulated_providers(settings, registry)))
     for name in sorted(registry):
         if is_unauthenticated(settings.provider(name)):
             log.warning(

@@ -34,6 +34,9 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="apply migrations, then serve HTTP")
     serve.add_argument("--host", help="listen address (default LISTEN_HOST)")
     serve.add_argument("--port", type=int, help="listen port (default LISTEN_PORT)")
+    serve.add_argument(
+        "--sandbox", action="store_true", help="mount the simulated providers (SANDBOX=true)"
+    )
 
     commands.add_parser("migrate", help="apply pending migrations and exit")
 
@@ -66,6 +69,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     settings = Settings()
     configure_logging(settings.log_level)
     if args.command == "serve":
+        if args.sandbox:
+            settings = settings.model_copy(update={"sandbox": True})
         return serve_command(settings, args.host, args.port, registry)
     dsn, _server = resolve_dsn(settings)
     if args.command == "migrate":

@@ -87,6 +87,9 @@ class Settings(BaseSettings):
         default=False,
         description="Mount the simulated providers under /sandbox/ and send to them by default.",
     )
+    sandbox_delay_s: float = Field(
+        default=0.5, ge=0, description="Pause between a simulated provider's reports."
+    )
     send_timeout_s: float = Field(
         default=15.0, gt=0, description="Longest wait for a provider's answer to a send."
     )

@@ -1,0 +1,135 @@
+"""Simulated apicontrol (Barritel): POST /sms/message, then delivery reports of the kind the
+message asked for (summary, details, per_recipient_final, per_recipient) to its callbackURL, and
+replies as inbound messages."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from normalizers.encoding import segment
+from receiver.sandbox.common import (
+    REPLY_TEXT,
+    Outcome,
+    Report,
+    final_reports,
+    json_body,
+    outcome_of,
+    sandbox_of,
+)
+
+NAME = "apicontrol"
+KINDS = ("summary", "details", "per_recipient_final", "per_recipient")
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(f"/{NAME}/sms/message", send)
+
+
+def _invalid(argument: str, error: str) -> web.Response:
+    return web.json_response(
+        {
+            "status_code": 400,
+            "status_msg": "Invalid input",
+            "error": error,
+            "type": "validation",
+            "arguement": argument,
+        },
+        status=400,
+    )
+
+
+async def send(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    if not request.headers.get("Authorization"):
+        return web.json_response({"status_code": 401, "status_msg": "Unauthorized"}, status=401)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        return _invalid("body", "not a JSON object")
+    to, text = body.get("to"), body.get("body")
+    if not isinstance(to, list) or not to:
+        return _invalid("to", "a list of msisdns is required")
+    if not body.get("from"):
+        return _invalid("from", "required")
+    if not text:
+        return _invalid("body", "required")
+    kind = body.get("delivery_report", "per_recipient")
+    if kind is not None and kind not in KINDS:
+        return _invalid("delivery_report", f"one of {', '.join(KINDS)}")
+    parts = segment(str(text)).segments
+    if body.get("num_parts_max") is not None and parts > int(body["num_parts_max"]):
+        return web.json_response(
+            {
+                "num_parts": parts,
+                "num_parts_max": body["num_parts_max"],
+                "info": f"message needs {parts} parts; not sent",
+            },
+        )
+    message_id = sandbox.counter + 1000
+    sandbox.counter += 1
+    url = body.get("callbackURL") or sandbox.callback_urls[NAME]
+    if kind is not None:
+        sandbox.later(_reports(url, message_id, body, [str(n) for n in to], kind))
+    return web.json_response(
+        {"messageID": message_id, "num_parts": parts, "num_recipients": len(to)}, status=201
+    )
+
+
+def _report(
+    message_id: int,
+    body: dict[str, Any],
+    statuses: dict[str, Any],
+    kind: str,
+    offset_s: int,
+) -> dict[str, Any]:
+    moment = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=offset_s)
+    return {
+        "tstamp": moment.strftime("%Y-%m-%d %H:%M:%S"),  # the account's naive form, UTC
+        "message_type": "sms",
+        "ref": body.get("ref"),
+        "messageID": message_id,
+        "balance_used": len(statuses),
+        "statuses": statuses,
+        "callback_type": kind,
+    }
+
+
+def _reports(
+    url: str, message_id: int, body: dict[str, Any], numbers: list[str], kind: str
+) -> list[tuple[int, Report]]:
+    steps: list[tuple[int, Report]] = []
+    finals: dict[str, str] = {}
+    for number in numbers:
+        outcome = outcome_of(number)
+        if outcome is Outcome.SILENT:
+            continue
+        reports = [("rejected", 1)] if outcome is Outcome.REJECTED else final_reports(outcome)
+        if kind == "per_recipient_final":
+            reports = [(word, offset) for word, offset in reports if word != "sent"]
+        if kind in ("per_recipient", "per_recipient_final"):
+            steps.extend(
+                (step, Report.json_post(url, _report(message_id, body, {number: w}, kind, at)))
+                for step, (w, at) in enumerate(reports, start=1)
+            )
+        finals[number] = next(word for word, _ in reports if word != "sent")
+        if outcome is Outcome.REPLY:
+            reply = {
+                "messageID": message_id + 500_000,
+                "from": number,
+                "to": body.get("from"),
+                "body": REPLY_TEXT,
+                "ref": "sandbox number",
+                "callback_type": "inbound_message",
+                "tstamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "message_type": "sms",
+            }
+            steps.append((3, Report.json_post(url, reply)))
+    if kind == "details" and finals:
+        steps.append((2, Report.json_post(url, _report(message_id, body, finals, kind, 2))))
+    if kind == "summary" and finals:
+        counts = dict(Counter(finals.values()))
+        steps.append((2, Report.json_post(url, _report(message_id, body, counts, kind, 2))))
+    return steps

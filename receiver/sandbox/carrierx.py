@@ -1,0 +1,115 @@
+"""Simulated CarrierX: POST /core/v2/sms/messages, then the SMS object at every status change
+and for every reply, to the account's `sms` callback URL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+
+from normalizers.encoding import segment
+from receiver.sandbox.common import (
+    REPLY_TEXT,
+    Outcome,
+    Report,
+    final_reports,
+    json_body,
+    outcome_of,
+    sandbox_of,
+)
+
+NAME = "carrierx"
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(f"/{NAME}/core/v2/sms/messages", send)
+
+
+def _stamp(offset_s: float = 0) -> str:
+    """Provider time, to the second (so that a report sent twice is the same report)."""
+    moment = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=offset_s)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+async def send(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    if not request.headers.get("Authorization", "").startswith("Bearer "):
+        return web.json_response({"message": "authorization required"}, status=401)
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        return web.json_response({"message": "body must be a JSON object"}, status=400)
+    to = str(body.get("to") or body.get("to_did") or "")
+    sender = str(body.get("from") or body.get("from_did") or "")
+    text = body.get("message")
+    if not to or not sender or (not text and not body.get("media_urls")):
+        return web.json_response({"message": "from, to and message are required"}, status=400)
+    outcome = outcome_of(to)
+    if outcome is Outcome.REJECTED:
+        return web.json_response({"message": f"destination {to} is not reachable"}, status=400)
+    is_mms = (
+        bool(body.get("media_urls") or body.get("group_recipients")) or body.get("type") == "mms"
+    )
+    sms: dict[str, Any] = {
+        "date_changed": _stamp(),
+        "date_created": _stamp(),
+        "date_status_changed": None,
+        "direction": "outbound",
+        "from": sender,
+        "group_recipients": body.get("group_recipients") or [],
+        "mcc": None,
+        "media_urls": body.get("media_urls") or [],
+        "message": text,
+        "message_segments": 1 if is_mms else segment(str(text or "")).segments,
+        "message_sid": sandbox.next_id("cx-"),
+        "mnc": None,
+        "partner_sid": "sandbox-partner",
+        "price": None,
+        "status": "queued",
+        "to": to,
+        "type": "mms" if is_mms else "sms",
+        "user_data": body.get("user_data"),
+    }
+    url = sandbox.callback_urls[NAME]
+    steps = []
+    for step, (word, offset) in enumerate(final_reports(outcome), start=1):
+        stamp = _stamp(offset)
+        final = word != "sent"
+        steps.append(
+            (
+                step,
+                Report.json_post(
+                    url,
+                    sms
+                    | {
+                        "status": word,
+                        "date_status_changed": stamp,
+                        "date_changed": stamp,
+                        "price": "0.0025" if final else None,
+                    },
+                ),
+            )
+        )
+    if outcome is Outcome.REPLY:
+        steps.append(
+            (
+                3,
+                Report.json_post(
+                    url,
+                    sms
+                    | {
+                        "direction": "inbound",
+                        "status": "received",
+                        "message_sid": sandbox.next_id("cx-"),
+                        "from": to,
+                        "to": sender,
+                        "message": REPLY_TEXT,
+                        "date_created": _stamp(3),
+                        "date_status_changed": _stamp(3),
+                        "user_data": None,
+                    },
+                ),
+            )
+        )
+    sandbox.later(steps)
+    return web.json_response(sms)

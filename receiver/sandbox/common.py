@@ -1,0 +1,157 @@
+"""What every simulated provider shares: outcomes by number, and the reports it sends back."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger("receiver.sandbox")
+
+
+class Outcome(Enum):
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    EXPIRED = "expired"
+    REJECTED = "rejected at send"
+    DUPLICATES = "delivered, reported twice, then a late `sent`"
+    PARTS = "delivered, one report per part"
+    SILENT = "never reported"
+    REPLY = "delivered, then the handset replies"
+
+
+# The last digit of the recipient's number; 0 and 9 deliver.
+BY_LAST_DIGIT: Mapping[str, Outcome] = {
+    "1": Outcome.DELIVERED,
+    "2": Outcome.UNDELIVERED,
+    "3": Outcome.EXPIRED,
+    "4": Outcome.REJECTED,
+    "5": Outcome.DUPLICATES,
+    "6": Outcome.PARTS,
+    "7": Outcome.SILENT,
+    "8": Outcome.REPLY,
+}
+
+REPLY_TEXT = "YES"
+
+
+def outcome_of(number: str) -> Outcome:
+    return BY_LAST_DIGIT.get(number.strip()[-1:], Outcome.DELIVERED)
+
+
+def final_reports(outcome: Outcome) -> list[tuple[str, int]]:
+    """The reports after acceptance, in the order they are sent, each with when it happened
+    (seconds after the send): `sent`, then the final one. DUPLICATES sends its `delivered` twice,
+    identical, then a `sent` that happened before it; SILENT and REJECTED send nothing."""
+    if outcome in (Outcome.SILENT, Outcome.REJECTED):
+        return []
+    if outcome is Outcome.DUPLICATES:
+        return [("delivered", 2), ("delivered", 2), ("sent", 1)]
+    final = {Outcome.UNDELIVERED: "undelivered", Outcome.EXPIRED: "expired"}.get(
+        outcome, "delivered"
+    )
+    return [("sent", 1), (final, 2)]
+
+
+@dataclass
+class Sandbox:
+    """The simulated providers' shared state: where to call back, how long to wait, and the
+    reports still to send (ended on shutdown)."""
+
+    callback_urls: Mapping[str, str]
+    delay_s: float
+    signing_secrets: Mapping[str, str] = field(default_factory=dict)
+    session: aiohttp.ClientSession | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    counter: int = 0
+    attempts: dict[str, int] = field(default_factory=dict)
+
+    def next_id(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter:08d}"
+
+    def later(self, steps: Sequence[tuple[int, Any]]) -> None:
+        """Send (step number, request) pairs, step n after n delays."""
+        task = asyncio.get_running_loop().create_task(self._run(steps))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run(self, steps: Sequence[tuple[int, Any]]) -> None:
+        done = 0
+        for step, report in sorted(steps, key=lambda pair: pair[0]):
+            await asyncio.sleep(max(0, step - done) * self.delay_s)
+            done = step
+            await self.deliver(report)
+
+    async def deliver(self, report: Report) -> None:
+        if self.session is None:
+            self.session = aiohttp.ClientSession()
+        try:
+            async with self.session.request(
+                report.method,
+                report.url,
+                data=report.body,
+                headers=dict(report.headers),
+                timeout=aiohttp.ClientTimeout(total=10),
+            ) as answer:
+                log.info("sandbox_report", url=report.url, status=answer.status)
+        except (aiohttp.ClientError, TimeoutError) as error:
+            log.warning("sandbox_report_failed", url=report.url, error=repr(error))
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.session is not None:
+            await self.session.close()
+
+
+@dataclass(frozen=True)
+class Report:
+    method: str
+    url: str
+    body: bytes | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def json_post(cls, url: str, payload: object, **headers: str) -> Report:
+        return cls(
+            "POST",
+            url,
+            json.dumps(payload).encode(),
+            {"Content-Type": "application/json", **headers},
+        )
+
+    @classmethod
+    def form(cls, url: str, fields: Mapping[str, str], method: str = "POST") -> Report:
+        if method == "GET":
+            separator = "&" if "?" in url else "?"
+            return cls("GET", url + separator + urlencode(fields))
+        return cls(
+            "POST",
+            url,
+            urlencode(fields).encode(),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+        )
+
+
+SANDBOX_KEY = web.AppKey("sandbox", Sandbox)
+
+
+def sandbox_of(request: web.Request) -> Sandbox:
+    return request.config_dict[SANDBOX_KEY]
+
+
+async def json_body(request: web.Request) -> Any:
+    try:
+        return await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None

@@ -1,0 +1,89 @@
+"""Simulated Fone Dynamics: POST /v2/Properties/{PropertySid}/Messages (Basic auth, one
+recipient), then the delivery receipt to DeliveryReceiptWebhookUri by its method (GET query or
+POST form), and replies to WebhookUri (leased sender) by WebhookMethod."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from receiver.sandbox.common import (
+    REPLY_TEXT,
+    Outcome,
+    Report,
+    json_body,
+    outcome_of,
+    sandbox_of,
+)
+
+NAME = "properties"
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post(f"/{NAME}/v2/Properties/{{property_sid}}/Messages", send)
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response(
+        {"ResponseStatus": {"ErrorCode": code, "Message": message}}, status=status
+    )
+
+
+async def send(request: web.Request) -> web.Response:
+    sandbox = sandbox_of(request)
+    if not request.headers.get("Authorization", "").startswith("Basic "):
+        return _error(401, "Unauthorized", "Basic authentication required")
+    body = await json_body(request)
+    if not isinstance(body, dict):
+        return _error(400, "InvalidRequest", "body must be a JSON object")
+    to, text, sender = str(body.get("To") or ""), body.get("Text"), str(body.get("From") or "")
+    if not to.startswith("+") or not text:
+        return _error(400, "InvalidParameter", "To (E164 with +) and Text are required")
+    outcome = outcome_of(to)
+    if outcome is Outcome.REJECTED:
+        return _error(400, "InvalidDestination", f"{to} cannot receive SMS")
+    sid = sandbox.next_id("MSANDBOX")
+    leased = sender or "+61499000111"
+    common = {
+        "Action": "Webhook",
+        "Account.Sid": "ACSANDBOX",
+        "Property.Sid": request.match_info["property_sid"],
+    }
+    steps: list[tuple[int, Report]] = []
+    receipt_url = body.get("DeliveryReceiptWebhookUri")
+    # A receipt carries no outcome: only delivered messages get one (their only receipt).
+    delivered = outcome in (Outcome.DELIVERED, Outcome.DUPLICATES, Outcome.PARTS, Outcome.REPLY)
+    if receipt_url and body.get("DeliveryReceipt", True) and delivered:
+        receipt = common | {
+            "Event": "Message.DeliveryReceiptReceived",
+            "Message.Sid": sid,
+            "Message.From": leased,
+            "Message.To": to,
+            "Message.Text": str(text),
+        }
+        method = str(body.get("DeliveryReceiptWebhookMethod") or "POST").upper()
+        copies = 2 if outcome is Outcome.DUPLICATES else 1
+        steps.extend((2 + n, Report.form(receipt_url, receipt, method)) for n in range(copies))
+    reply_url = body.get("WebhookUri") or receipt_url
+    if outcome is Outcome.REPLY and reply_url:
+        reply = common | {
+            "Event": "Message.Received",
+            "Message.Sid": sandbox.next_id("MREPLY"),
+            "Message.From": to,
+            "Message.To": leased,
+            "Message.Text": REPLY_TEXT,
+        }
+        method = str(body.get("WebhookMethod") or "POST").upper()
+        steps.append((3, Report.form(reply_url, reply, method)))
+    sandbox.later(steps)
+    return web.json_response(
+        {
+            "Message": {
+                "MessageSid": sid,
+                "AccountSid": "ACSANDBOX",
+                "PropertySid": request.match_info["property_sid"],
+                "From": leased,
+                "To": to,
+                "Text": text,
+            }
+        }
+    )
