@@ -1,0 +1,319 @@
+"""POST /v1/messages end to end: every adapter against its simulated provider over real HTTP,
+then the provider's reports arriving at the hub's callback URL; validation, idempotency,
+batching, retries, segments, and each provider's refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from receiver.app import create_app
+from receiver.config import ProviderSettings, Settings
+
+Client = TestClient[Any, Any]
+PROVIDERS = ["apicontrol", "telecom23", "properties", "swift", "carrierx"]
+SENDER = "+447700900999"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
+    """The hub with its simulated providers, reachable at its PUBLIC_BASE_URL."""
+    port = free_port()
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        public_base_url=f"http://127.0.0.1:{port}",
+        sandbox=True,
+        sandbox_delay_s=0.05,
+        send_timeout_s=5,
+    )
+    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
+    return client
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 8.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        if asyncio.get_running_loop().time() > deadline:
+            pytest.fail("the reports did not arrive in time")
+        await asyncio.sleep(0.05)
+
+
+async def send(client: Client, headers: dict[str, str] | None = None, **body: Any) -> Any:
+    payload = {"from": SENDER, "body": "Hello from the hub"} | body
+    return await client.post("/v1/messages", json=payload, headers=headers or {})
+
+
+async def statuses(db: asyncpg.Connection, message_id: str) -> dict[str, str]:
+    rows = await db.fetch(
+        "SELECT recipient, status FROM message_recipients WHERE message_id = $1::uuid",
+        message_id,
+    )
+    return {row["recipient"]: row["status"] for row in rows}
+
+
+# What each provider's reports end in, per last digit (properties sends receipts only for
+# delivered messages: an undelivered one stays `accepted`).
+EXPECTED_FINAL = {
+    "1": "delivered",
+    "2": "undelivered",
+    "4": "rejected",
+    "5": "delivered",
+    "8": "delivered",
+}
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_send_then_the_reports_arrive(
+    hub: Client, db: asyncpg.Connection, provider: str
+) -> None:
+    numbers = [f"+44770090000{digit}" for digit in EXPECTED_FINAL]
+    response = await send(hub, provider=provider, to=numbers, ref=f"order-{provider}")
+    answer = await response.json()
+
+    assert response.status == 201, answer
+    assert answer["provider"] == provider
+    assert (answer["segments"], answer["encoding"]) == (1, "GSM-7")
+    by_number = {r["to"]: r for r in answer["recipients"]}
+    # apicontrol accepts a message as a whole and reports a rejected recipient later.
+    at_send = "accepted" if provider == "apicontrol" else "rejected"
+    assert by_number["+447700900004"]["status"] == at_send
+    assert by_number["+447700900001"]["provider_message_id"]
+    message = await db.fetchrow(
+        "SELECT client_ref, segments, encoding FROM messages WHERE id = $1::uuid", answer["id"]
+    )
+    assert message is not None
+    assert tuple(message) == (f"order-{provider}", 1, "GSM-7")
+
+    expected = {f"+44770090000{d}": s for d, s in EXPECTED_FINAL.items()}
+    if provider == "properties":
+        expected["+447700900002"] = "accepted"
+
+    async def settled() -> bool:
+        return await statuses(db, answer["id"]) == expected
+
+    await eventually(settled)
+
+    async def replied() -> bool:
+        replies = await db.fetchval(
+            "SELECT count(*) FROM events WHERE provider = $1 AND type = 'message.inbound'",
+            provider,
+        )
+        return bool(replies == 1)
+
+    await eventually(replied)  # the number ending in 8 answers
+
+    async def duplicate_seen() -> bool:
+        count = await db.fetchval(
+            "SELECT count(*) FROM raw_callbacks WHERE provider = $1 AND outcome = 'duplicate'",
+            provider,
+        )
+        return bool(count)
+
+    await eventually(duplicate_seen)  # the number ending in 5 reported twice: stored once
+    timeline = await db.fetch(
+        "SELECT e.status, e.sequence FROM events e JOIN message_recipients r"
+        " ON r.id = e.recipient_id WHERE r.recipient = '+447700900005' AND r.message_id = $1::uuid"
+        " ORDER BY e.sequence",
+        answer["id"],
+    )
+    assert [row["sequence"] for row in timeline] == list(range(1, len(timeline) + 1))
+
+
+async def test_validation_errors_name_each_field(hub: Client) -> None:
+    response = await hub.post(
+        "/v1/messages",
+        json={"provider": "swift", "to": ["not-a-number"], "body": "", "colour": "red"},
+    )
+    answer = await response.json()
+
+    assert response.status == 422
+    fields = {detail["field"] for detail in answer["error"]["details"]}
+    assert {"to", "body", "colour"} <= fields
+
+
+async def test_not_json_is_422(hub: Client) -> None:
+    response = await hub.post("/v1/messages", data=b"{nope")
+
+    assert response.status == 422
+    assert (await response.json())["error"]["code"] == "validation_error"
+
+
+async def test_unknown_or_missing_provider_is_400(hub: Client) -> None:
+    unknown = await send(hub, provider="pigeon", to=["+447700900001"])
+    missing = await send(hub, to=["+447700900001"])
+
+    assert (unknown.status, missing.status) == (400, 400)
+    assert "pigeon" in (await unknown.json())["error"]["message"]
+
+
+async def test_provider_options_are_validated_by_the_adapter(hub: Client) -> None:
+    response = await send(
+        hub, provider="apicontrol", to=["+447700900001"], options={"delivery_report": "weekly"}
+    )
+
+    assert response.status == 422
+    assert (await response.json())["error"]["details"][0]["field"] == "options.delivery_report"
+
+
+async def test_idempotency_key_replays_and_refuses_another_body(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    key = {"Idempotency-Key": "order-77-try"}
+    first = await send(hub, key, provider="carrierx", to=["+447700900001"])
+    again = await send(hub, key, provider="carrierx", to=["+447700900001"])
+    other = await send(hub, key, provider="carrierx", to=["+447700900009"])
+
+    assert (first.status, again.status, other.status) == (201, 201, 409)
+    assert await again.json() == await first.json()
+    assert await db.fetchval("SELECT count(*) FROM messages") == 1
+    sent = await db.fetchval("SELECT count(*) FROM raw_callbacks WHERE source = 'send_answer'")
+    assert sent == 1
+
+
+async def test_telecom23_sends_over_100_recipients_in_batches(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    # Numbers ending in 4 are refused and 99 fails once: leave them out of this one.
+    numbers = [f"+4477009{n:05d}" for n in range(300) if str(n)[-1] not in "49"][:230]
+    response = await send(hub, provider="telecom23", to=numbers)
+    answer = await response.json()
+
+    assert response.status == 201
+    assert len(answer["recipients"]) == 230
+    assert {r["provider_message_id"] is not None for r in answer["recipients"]} == {True}
+    # Fast reports may already have moved some on: none is refused.
+    assert {r["status"] for r in answer["recipients"]} <= {"accepted", "sent", "delivered"}
+    calls = await db.fetchval(
+        "SELECT count(*) FROM raw_callbacks WHERE source = 'send_answer' AND provider = 'telecom23'"
+    )
+    assert calls == 3
+
+
+async def test_telecom23_db_error_is_retried_because_the_batch_is_atomic(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    response = await send(hub, provider="telecom23", to=["+447700900199"])
+    answer = await response.json()
+
+    assert response.status == 201
+    assert answer["recipients"][0]["status"] == "accepted"
+    answers = await db.fetch(
+        "SELECT body FROM raw_callbacks WHERE source = 'send_answer' ORDER BY received_at"
+    )
+    assert len(answers) == 1  # the failed try left nothing behind but a log line
+
+
+@pytest.mark.parametrize(
+    ("provider", "code"),
+    [
+        ("carrierx", "400"),
+        ("properties", "InvalidDestination"),
+        ("swift", "recipient_error"),
+        ("telecom23", "blocked_country"),
+    ],
+)
+async def test_a_refusal_of_every_recipient_is_502_with_the_provider_error(
+    hub: Client, db: asyncpg.Connection, provider: str, code: str
+) -> None:
+    response = await send(hub, provider=provider, to=["+447700900004"])
+    answer = await response.json()
+
+    if provider == "telecom23":  # 200 with a per-recipient refusal: not a refused request
+        assert response.status == 201
+        assert answer["recipients"][0]["error_code"] == code
+        return
+    assert response.status == 502
+    assert answer["error"]["code"] == "provider_refused"
+    assert answer["error"]["details"]["provider_error_code"] == code
+    recipient = answer["error"]["details"]["message"]["recipients"][0]
+    assert (recipient["status"], recipient["final"]) == ("rejected", True)
+
+
+async def test_apicontrol_num_parts_max_sends_nothing(hub: Client) -> None:
+    response = await send(
+        hub,
+        provider="apicontrol",
+        to=["+447700900001"],
+        body="x" * 200,
+        options={"num_parts_max": 1},
+    )
+    answer = await response.json()
+
+    assert response.status == 502
+    assert answer["error"]["details"]["provider_error_code"] == "num_parts_max"
+
+
+@pytest.mark.parametrize(
+    ("text", "segments", "encoding"),
+    [
+        ("a" * 160, 1, "GSM-7"),
+        ("a" * 161, 2, "GSM-7"),
+        ("€" * 81, 2, "GSM-7"),
+        ("Ça coûte cher" + "я" * 60, 2, "UCS-2"),
+    ],
+)
+async def test_segments_are_counted_and_match_the_provider(
+    hub: Client, text: str, segments: int, encoding: str
+) -> None:
+    response = await send(hub, provider="swift", to=["+447700900001"], body=text)
+    answer = await response.json()
+
+    assert response.status == 201
+    assert (answer["segments"], answer["encoding"], answer["provider_segments"]) == (
+        segments,
+        encoding,
+        segments,
+    )
+
+
+async def test_swift_per_part_reports_deliver_the_recipient_when_all_parts_are(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    response = await send(hub, provider="swift", to=["+447700900006"], body="b" * 200)
+    answer = await response.json()
+    assert answer["segments"] == 2
+
+    async def delivered() -> bool:
+        return await statuses(db, answer["id"]) == {"+447700900006": "delivered"}
+
+    await eventually(delivered)
+    parts = await db.fetch(
+        "SELECT DISTINCT provider_part_id FROM events WHERE provider_part_id IS NOT NULL"
+    )
+    assert len(parts) == 2
+    assert (
+        await db.fetchval("SELECT count(*) FROM message_recipients WHERE message_id IS NULL") == 0
+    )
+
+
+async def test_an_unreachable_provider_marks_recipients_failed_temporarily(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        send_timeout_s=2,
+        carrierx=ProviderSettings(base_url=f"http://127.0.0.1:{free_port()}"),
+    )
+    client = await aiohttp_client(create_app(settings, dsn))
+
+    response = await send(client, provider="carrierx", to=["+447700900001"])
+    answer = await response.json()
+
+    assert response.status == 502
+    recipient = answer["error"]["details"]["message"]["recipients"][0]
+    assert (recipient["status"], recipient["failure_kind"]) == ("failed", "temporary")
