@@ -19,6 +19,7 @@ EXPECTED_TABLES = {
     "deliveries",
     "schema_migrations",
     "recipient_parts",
+    "idempotency_keys",
 }
 
 
