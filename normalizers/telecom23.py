@@ -18,7 +18,6 @@ the text) and on what peers send; it is recognised by `direction: inbound` or `t
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -45,7 +44,6 @@ from normalizers.base import (
     str_or_none,
     timing,
     to_e164,
-    unanswered,
     validated_options,
 )
 from normalizers.events import Event, EventType, FailureKind, Price, Status, event_id
@@ -154,10 +152,17 @@ class Telecom23:
         description = str_or_none(fields.get("description"))
         if code == "DB_ERROR" or (code is None and response.status >= 500):
             # Atomic: nothing was queued, the whole request may be sent again.
-            outcome = unanswered(
-                NAME, call, request, description or f"HTTP {response.status}", received_at
+            return refused(
+                NAME,
+                call,
+                request,
+                received_at,
+                status=Status.FAILED,
+                error_code=code or "no_answer",
+                error_message=description or f"HTTP {response.status}",
+                failure_kind="temporary",
+                retry=True,
             )
-            return dataclasses.replace(outcome, retry=True, error_code=code or "no_answer")
         kind: FailureKind = "temporary" if code == "INSUFFICIENT_BALANCE" else "permanent"
         return refused(
             NAME,

@@ -18,11 +18,41 @@ from receiver.sandbox.common import (
     final_reports,
     json_body,
     outcome_of,
+    requested_error,
     sandbox_of,
 )
 
 NAME = "apicontrol"
 KINDS = ("summary", "details", "per_recipient_final", "per_recipient")
+
+# The documented error answers (seed 000), by name.
+ERRORS: dict[str, tuple[int, dict[str, Any]]] = {
+    "400": (
+        400,
+        {
+            "status_code": 400,
+            "status_msg": "Invalid input",
+            "error": "invalid msisdn",
+            "type": "validation",
+            "arguement": "to",
+        },
+    ),
+    "401": (401, {"status_code": 401, "status_msg": "Unauthorized"}),
+    "403": (
+        403,
+        {
+            "status_code": 403,
+            "status_msg": "Invalid input",
+            "error": "not permitted",
+            "type": "permission",
+            "arguement": "from",
+            "bad_value": "ACME",
+            "info": "sender not registered",
+        },
+    ),
+    "404": (404, {"status_code": 404, "status_msg": "Not Found", "info": "no such account"}),
+    "405": (405, {"status_code": 405, "status_msg": "Method Not Allowed", "Allow": ["POST"]}),
+}
 
 
 def add_routes(app: web.Application) -> None:
@@ -56,6 +86,9 @@ async def send(request: web.Request) -> web.Response:
         return _invalid("from", "required")
     if not text:
         return _invalid("body", "required")
+    error = ERRORS.get(requested_error(text) or "")
+    if error is not None:
+        return web.json_response(error[1], status=error[0])
     kind = body.get("delivery_report", "per_recipient")
     if kind is not None and kind not in KINDS:
         return _invalid("delivery_report", f"one of {', '.join(KINDS)}")

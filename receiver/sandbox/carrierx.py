@@ -16,10 +16,19 @@ from receiver.sandbox.common import (
     final_reports,
     json_body,
     outcome_of,
+    requested_error,
     sandbox_of,
 )
 
 NAME = "carrierx"
+
+# CarrierX does not document its error bodies: a `message` with the HTTP status, by status.
+ERRORS = {
+    "400": "from must be a rented DID with SMS enabled",
+    "401": "invalid token",
+    "403": "the token lacks the sms.create scope",
+    "500": "internal error",
+}
 
 
 def add_routes(app: web.Application) -> None:
@@ -44,6 +53,9 @@ async def send(request: web.Request) -> web.Response:
     text = body.get("message")
     if not to or not sender or (not text and not body.get("media_urls")):
         return web.json_response({"message": "from, to and message are required"}, status=400)
+    requested = requested_error(text)
+    if requested in ERRORS:
+        return web.json_response({"message": ERRORS[requested]}, status=int(requested))
     outcome = outcome_of(to)
     if outcome is Outcome.REJECTED:
         return web.json_response({"message": f"destination {to} is not reachable"}, status=400)

@@ -43,6 +43,17 @@ BY_LAST_DIGIT: Mapping[str, Outcome] = {
 REPLY_TEXT = "YES"
 
 
+# A message whose text starts with this asks the simulated provider for one of its documented
+# error answers by name (`ERROR:INSUFFICIENT_BALANCE`), so that each can be driven end to end.
+ERROR_PREFIX = "ERROR:"
+
+
+def requested_error(text: object) -> str | None:
+    if isinstance(text, str) and text.startswith(ERROR_PREFIX):
+        return text.removeprefix(ERROR_PREFIX).split()[0] if text[len(ERROR_PREFIX) :] else ""
+    return None
+
+
 def outcome_of(number: str) -> Outcome:
     return BY_LAST_DIGIT.get(number.strip()[-1:], Outcome.DELIVERED)
 

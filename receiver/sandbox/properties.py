@@ -12,10 +12,19 @@ from receiver.sandbox.common import (
     Report,
     json_body,
     outcome_of,
+    requested_error,
     sandbox_of,
 )
 
 NAME = "properties"
+
+# Error answers in the ResponseStatus shape of their SDKs, by ErrorCode.
+ERRORS: dict[str, tuple[int, str]] = {
+    "InvalidParameter": (400, "Schedule is more than 14 days ahead"),
+    "Unauthorized": (401, "invalid credentials"),
+    "Forbidden": (403, "SMS is not enabled on this property"),
+    "InternalError": (500, "try again later"),
+}
 
 
 def add_routes(app: web.Application) -> None:
@@ -38,6 +47,10 @@ async def send(request: web.Request) -> web.Response:
     to, text, sender = str(body.get("To") or ""), body.get("Text"), str(body.get("From") or "")
     if not to.startswith("+") or not text:
         return _error(400, "InvalidParameter", "To (E164 with +) and Text are required")
+    requested = requested_error(text)
+    if requested in ERRORS:
+        status, message = ERRORS[requested]
+        return _error(status, requested, message)
     outcome = outcome_of(to)
     if outcome is Outcome.REJECTED:
         return _error(400, "InvalidDestination", f"{to} cannot receive SMS")

@@ -18,6 +18,7 @@ from receiver.sandbox.common import (
     final_reports,
     json_body,
     outcome_of,
+    requested_error,
     sandbox_of,
 )
 
@@ -49,6 +50,10 @@ async def send(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("to"), list) or not body.get("body"):
         return web.json_response({"error_code": "bad_message"}, status=422)
+    requested = requested_error(body["body"])
+    if requested in ("unauthorized", "internal_error"):
+        status = 401 if requested == "unauthorized" else 500
+        return web.json_response({"error_code": requested}, status=status)
     sender = str(body.get("from") or "12003004000").lstrip("+")
     parts = segment(str(body["body"])).segments
     url = sandbox.callback_urls[NAME]
@@ -58,11 +63,12 @@ async def send(request: web.Request) -> web.Response:
         outcome = outcome_of(number)
         message_id = sandbox.next_id("01JSWIFTMSG")
         part_ids = [sandbox.next_id("01JSWIFTPRT") for _ in range(parts)]
-        rejected = outcome is Outcome.REJECTED
+        rejected = outcome is Outcome.REJECTED or requested is not None
+        code = requested or "recipient_error"
         results.append(
             {
                 "direction": "OUTBOUND",
-                "error_code": "recipient_error" if rejected else "OK",
+                "error_code": code if rejected else "OK",
                 "expires_at": body.get("expires_at") or _stamp(86400),
                 "from": sender,
                 "id": message_id,

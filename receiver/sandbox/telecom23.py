@@ -22,11 +22,25 @@ from receiver.sandbox.common import (
     final_reports,
     json_body,
     outcome_of,
+    requested_error,
     sandbox_of,
 )
 
 NAME = "telecom23"
 WORDS = {"sent": "ENROUTE", "delivered": "DELIVRD", "undelivered": "UNDELIV", "expired": "EXPIRED"}
+# The documented error answers that a valid request can still get, by error_code.
+ERRORS: dict[str, tuple[int, str]] = {
+    "INVALID_BODY": (400, "Cannot parse request body"),
+    "INVALID_TO": (400, "Missing or empty to array"),
+    "INVALID_MESSAGE": (400, "Missing or empty message"),
+    "INVALID_SENDER": (400, "Missing or empty sender_id"),
+    "TOO_MANY_RECIPIENTS": (400, "Over 100 recipients"),
+    "INSUFFICIENT_BALANCE": (402, "Insufficient balance"),
+    "NO_SMS_ACCESS": (403, "SMS not enabled on your account"),
+    "CONFIG_ERROR": (403, "SMS credentials incomplete - contact support"),
+    "WORKSPACE_NOT_AVAILABLE": (403, "Target workspace was deleted"),
+    "DB_ERROR": (500, "Could not queue (atomic rollback), retry the whole request"),
+}
 CODES = {"DELIVRD": "000", "UNDELIV": "001", "EXPIRED": "002", "ENROUTE": ""}
 
 
@@ -70,6 +84,10 @@ async def send(request: web.Request) -> web.Response:
         return _error(400, "INVALID_SENDER", "Missing or empty sender_id")
     if len(to) > 100:
         return _error(400, "TOO_MANY_RECIPIENTS", "Over 100 recipients")
+    requested = requested_error(text)
+    if requested in ERRORS:
+        http_status, description = ERRORS[requested]
+        return _error(http_status, requested, description)
     fingerprint = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
     if any(str(number).endswith("99") for number in to):
         tries = sandbox.attempts[fingerprint] = sandbox.attempts.get(fingerprint, 0) + 1

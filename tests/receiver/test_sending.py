@@ -317,3 +317,57 @@ async def test_an_unreachable_provider_marks_recipients_failed_temporarily(
     assert response.status == 502
     recipient = answer["error"]["details"]["message"]["recipients"][0]
     assert (recipient["status"], recipient["failure_kind"]) == ("failed", "temporary")
+
+
+ERROR_ANSWERS = [
+    ("apicontrol", "400", "validation", "rejected"),
+    ("apicontrol", "401", "401", "rejected"),
+    ("apicontrol", "403", "permission", "rejected"),
+    ("apicontrol", "404", "404", "rejected"),
+    ("apicontrol", "405", "405", "rejected"),
+    ("telecom23", "INVALID_BODY", "INVALID_BODY", "rejected"),
+    ("telecom23", "INVALID_TO", "INVALID_TO", "rejected"),
+    ("telecom23", "INVALID_MESSAGE", "INVALID_MESSAGE", "rejected"),
+    ("telecom23", "INVALID_SENDER", "INVALID_SENDER", "rejected"),
+    ("telecom23", "TOO_MANY_RECIPIENTS", "TOO_MANY_RECIPIENTS", "rejected"),
+    ("telecom23", "INSUFFICIENT_BALANCE", "INSUFFICIENT_BALANCE", "failed"),
+    ("telecom23", "NO_SMS_ACCESS", "NO_SMS_ACCESS", "failed"),
+    ("telecom23", "CONFIG_ERROR", "CONFIG_ERROR", "failed"),
+    ("telecom23", "WORKSPACE_NOT_AVAILABLE", "WORKSPACE_NOT_AVAILABLE", "failed"),
+    ("telecom23", "DB_ERROR", "DB_ERROR", "failed"),  # retried, every try fails
+    ("properties", "InvalidParameter", "InvalidParameter", "rejected"),
+    ("properties", "Unauthorized", "Unauthorized", "failed"),
+    ("properties", "Forbidden", "Forbidden", "failed"),
+    ("properties", "InternalError", "no_answer", "failed"),
+    ("swift", "unauthorized", "unauthorized", "failed"),
+    ("swift", "internal_error", "no_answer", "failed"),
+    ("swift", "ACCOUNT_SMS_DISABLED", "ACCOUNT_SMS_DISABLED", "rejected"),
+    ("swift", "temporary_error", "temporary_error", "failed"),
+    ("carrierx", "400", "400", "rejected"),
+    ("carrierx", "401", "401", "rejected"),
+    ("carrierx", "403", "403", "rejected"),
+    ("carrierx", "500", "no_answer", "failed"),
+]
+
+
+@pytest.mark.parametrize(
+    ("provider", "asked", "code", "status"),
+    ERROR_ANSWERS,
+    ids=[f"{p}-{a}" for p, a, _, _ in ERROR_ANSWERS],
+)
+async def test_each_documented_error_answer_end_to_end(
+    hub: Client, db: asyncpg.Connection, provider: str, asked: str, code: str, status: str
+) -> None:
+    response = await send(hub, provider=provider, to=["+447700900001"], body=f"ERROR:{asked}")
+    answer = await response.json()
+
+    assert response.status == 502, answer
+    assert answer["error"]["details"]["provider_error_code"] == code
+    [recipient] = answer["error"]["details"]["message"]["recipients"]
+    assert (recipient["status"], recipient["final"]) == (status, True)
+    stored = await db.fetchrow(
+        "SELECT status, error_code FROM events WHERE message_id = $1::uuid",
+        answer["error"]["details"]["message"]["id"],
+    )
+    assert stored is not None
+    assert (stored["status"], stored["error_code"]) == (status, code)
