@@ -27,7 +27,8 @@ CREATE INDEX idempotency_keys_expiry_idx ON idempotency_keys (expires_at);
 -- Before the provider is called, each recipient is stored under a provisional id
 -- (`pending:<message id>`). Once the provider names its id, the row takes it; if reports under
 -- that id arrived first (orphans), their row is adopted instead and the provisional one, which
--- has no events yet, is dropped. Returns the recipient row's id.
+-- has no events yet, is dropped. Returns the recipient row's id, or null when the provider's id
+-- already belongs to another message.
 CREATE FUNCTION adopt_recipient(
     p_message_id uuid,
     p_provider text,
@@ -57,9 +58,9 @@ BEGIN
         RETURN pending_row;
     END IF;
     IF owner IS NOT NULL AND owner <> p_message_id THEN
-        RAISE EXCEPTION 'recipient % of % % belongs to message %',
-            p_recipient, p_provider, p_provider_message_id, owner
-            USING ERRCODE = 'unique_violation';
+        -- The provider gave an id it gave another message: keep the provisional id (the
+        -- caller logs it) rather than mix two messages' reports.
+        RETURN NULL;
     END IF;
     UPDATE message_recipients SET message_id = p_message_id, updated_at = now()
     WHERE id = found_row;

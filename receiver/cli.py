@@ -1,4 +1,4 @@
-"""The `sms-receiver` command: serve, migrate, reprocess, normalize."""
+"""The `sms-receiver` command: serve, migrate, reprocess, normalize, demo."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
 from receiver.config import Settings
 from receiver.database import resolve_dsn, wait_for_database
+from receiver.demo import run_demo
 from receiver.logs import configure_logging
 from receiver.migrate import apply_migrations, migrations_dir
 from receiver.reprocess import reprocess
@@ -43,6 +44,12 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
     again.add_argument("--provider", choices=sorted(registry), help="only this provider")
     again.add_argument("--dry-run", action="store_true", help="print what would change only")
+
+    demo = commands.add_parser(
+        "demo", help="send one message per provider through a running hub and watch the reports"
+    )
+    demo.add_argument("--url", default="http://127.0.0.1:8080", help="the running hub")
+    demo.add_argument("--seconds", type=float, default=8.0, help="how long to watch")
 
     offline = commands.add_parser(
         "normalize", help="run a normaliser on one payload offline, print events as JSON lines"
@@ -75,6 +82,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     dsn, _server = resolve_dsn(settings)
     if args.command == "migrate":
         return asyncio.run(migrate_command(settings, dsn))
+    if args.command == "demo":
+        return asyncio.run(run_demo(args.url, dsn, args.seconds))
     return asyncio.run(reprocess_command(dsn, registry, args.provider, args.dry_run))
 
 

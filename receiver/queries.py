@@ -367,8 +367,9 @@ async def adopt_recipient(
     provider: str,
     provider_message_id: str,
     recipient: str,
-) -> int:
-    row_id: int = await connection.fetchval(
+) -> int | None:
+    """The recipient row now under the provider's id; None if that id is another message's."""
+    row_id: int | None = await connection.fetchval(
         "SELECT adopt_recipient($1, $2, $3, $4, $5)",
         message_id,
         provider,

@@ -55,6 +55,11 @@ class Conflict(ReceiverError):
     code = "idempotency_conflict"
 
 
+@dataclasses.dataclass
+class SendProgress:
+    provider_called: bool = False
+
+
 class SendMessageIn(BaseModel):
     """The body of POST /v1/messages."""
 
@@ -169,10 +174,15 @@ async def handle_send(request: web.Request) -> web.Response:
             raise Conflict("this Idempotency-Key was used with another request body")
         if claim.state == "in_progress":
             raise Conflict("a request with this Idempotency-Key is still running")
+    progress = SendProgress()
     try:
-        status, answer = await _send(context, provider, account, send, incoming, message_id, key)
+        status, answer = await _send(
+            context, provider, account, send, incoming, message_id, key, progress
+        )
     except BaseException:
-        if key is not None:
+        # Once the provider has been called, a retry could send the SMS twice: the key stays
+        # taken (409 until it expires) and the message is kept with what is known.
+        if key is not None and not progress.provider_called:
             async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
                 await queries.release_idempotency(conn, key)
         raise
@@ -190,6 +200,7 @@ async def _send(
     incoming: SendMessageIn,
     message_id: uuid.UUID,
     key: str | None,
+    progress: SendProgress,
 ) -> tuple[int, dict[str, Any]]:
     settings = context.settings
     local = segment(send.body)
@@ -211,6 +222,7 @@ async def _send(
         )
     calls = provider.build_send_request(send, account)
     limit = asyncio.Semaphore(CALLS_AT_ONCE)
+    progress.provider_called = True
 
     async def one(call: HttpRequest) -> SendOutcome:
         async with limit:
@@ -326,12 +338,6 @@ async def _store_outcome(
     """Give each recipient the provider's id, then store the answer and its events like a
     callback: the same state machine, the raw answer kept."""
     pending = queries.pending_id(message_id)
-    events = [
-        event
-        if event.provider_message_id
-        else dataclasses.replace(event, provider_message_id=pending)
-        for event in outcome.events
-    ]
     raw = RawCallback(
         id=uuid.uuid4(),
         provider=provider.name,
@@ -341,33 +347,36 @@ async def _store_outcome(
         headers=list(response.headers.items()) if response else [],
         body=response.body if response else b"",
         remote_addr=None,
-        received_at=events[0].received_at if events else received_now(),
-    )
-    normalised = Normalised(
-        outcome=NORMALISED, events=[event.stored_raw(str(raw.id)) for event in events]
+        received_at=received_now(),
     )
     settings = context.settings
     async with (
         context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection,
         connection.transaction(),
     ):
-        for event in events:
-            if event.provider_message_id != pending and event.recipient is not None:
-                await queries.adopt_recipient(
-                    connection,
-                    message_id,
-                    provider.name,
-                    event.provider_message_id or "",
-                    event.recipient,
+        events = []
+        for event in outcome.events:
+            provider_id = event.provider_message_id
+            if provider_id and event.recipient is not None:
+                adopted = await queries.adopt_recipient(
+                    connection, message_id, provider.name, provider_id, event.recipient
                 )
-        provider_ids = {e.recipient: e.provider_message_id for e in events}
-        for recipient, part_ids in outcome.parts.items():
-            owner_id = provider_ids.get(recipient)
-            if owner_id and owner_id != pending:
+                if adopted is None:
+                    log.error(
+                        "provider_id_reused",
+                        provider_message_id=provider_id,
+                        recipient=event.recipient,
+                    )
+                    provider_id = None
+            if provider_id is None:
+                event = dataclasses.replace(event, provider_message_id=pending)
+            events.append(event.stored_raw(str(raw.id)))
+            part_ids = outcome.parts.get(event.recipient or "")
+            if provider_id is not None and event.recipient is not None and part_ids:
                 await queries.register_parts(
-                    connection, provider.name, owner_id, recipient, part_ids
+                    connection, provider.name, provider_id, event.recipient, part_ids
                 )
-        await store_callback(connection, raw, normalised)
+        await store_callback(connection, raw, Normalised(outcome=NORMALISED, events=events))
         await queries.mark_send_answer(connection, raw.id)
 
 

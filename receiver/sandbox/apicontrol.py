@@ -101,8 +101,7 @@ async def send(request: web.Request) -> web.Response:
                 "info": f"message needs {parts} parts; not sent",
             },
         )
-    message_id = sandbox.counter + 1000
-    sandbox.counter += 1
+    message_id = sandbox.next_number()
     url = body.get("callbackURL") or sandbox.callback_urls[NAME]
     if kind is not None:
         sandbox.later(_reports(url, message_id, body, [str(n) for n in to], kind))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -83,11 +84,18 @@ class Sandbox:
     session: aiohttp.ClientSession | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     counter: int = 0
+    epoch: int = field(default_factory=lambda: int(time.time()))
     attempts: dict[str, int] = field(default_factory=dict)
 
     def next_id(self, prefix: str) -> str:
+        """Unique across restarts too, as a real provider's ids are: the hub's database
+        outlives the sandbox."""
         self.counter += 1
-        return f"{prefix}{self.counter:08d}"
+        return f"{prefix}{self.epoch}{self.counter:06d}"
+
+    def next_number(self) -> int:
+        self.counter += 1
+        return self.epoch * 1_000_000 + self.counter
 
     def later(self, steps: Sequence[tuple[int, Any]]) -> None:
         """Send (step number, request) pairs, step n after n delays."""

@@ -371,3 +371,77 @@ async def test_each_documented_error_answer_end_to_end(
     )
     assert stored is not None
     assert (stored["status"], stored["error_code"]) == (status, code)
+
+
+@pytest.mark.parametrize(
+    ("kind", "event_type"),
+    [
+        ("summary", "message.summary"),
+        ("details", "message.status"),
+        ("per_recipient_final", "message.status"),
+        ("per_recipient", "message.status"),
+    ],
+)
+async def test_apicontrol_reports_come_in_the_kind_the_message_asked_for(
+    hub: Client, db: asyncpg.Connection, kind: str, event_type: str
+) -> None:
+    numbers = ["+447700900001", "+447700900002"]
+    response = await send(hub, provider="apicontrol", to=numbers, options={"delivery_report": kind})
+    assert response.status == 201
+
+    async def reported() -> bool:
+        kinds = await db.fetch(
+            "SELECT DISTINCT e.type FROM events e JOIN raw_callbacks r ON r.id = e.raw_id"
+            " WHERE r.source = 'callback'"
+        )
+        return {row["type"] for row in kinds} == {event_type}
+
+    await eventually(reported)
+    if kind != "summary":
+        message_id = (await response.json())["id"]
+
+        async def final() -> bool:
+            return await statuses(db, message_id) == {
+                "+447700900001": "delivered",
+                "+447700900002": "undelivered",
+            }
+
+        await eventually(final)
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+async def test_properties_receipts_by_get_or_post(
+    hub: Client, db: asyncpg.Connection, method: str
+) -> None:
+    response = await send(
+        hub,
+        provider="properties",
+        to=["+61488023551"],
+        options={"delivery_receipt_method": method},
+    )
+    message_id = (await response.json())["id"]
+
+    async def delivered() -> bool:
+        return await statuses(db, message_id) == {"+61488023551": "delivered"}
+
+    await eventually(delivered)
+    receipt = await db.fetchrow("SELECT method, query FROM raw_callbacks WHERE source = 'callback'")
+    assert receipt is not None
+    assert receipt["method"] == method
+    assert ("Message.Sid=" in receipt["query"]) is (method == "GET")
+
+
+async def test_the_demo_shows_statuses_arriving(hub: Client, dsn: str) -> None:
+    from receiver.demo import run_demo
+
+    lines: list[str] = []
+    base_url = str(hub.make_url("/")).rstrip("/")
+
+    assert await run_demo(base_url, dsn, seconds=2.0, emit=lines.append) == 0
+
+    text = "\n".join(lines)
+    for provider in PROVIDERS:
+        assert f"{provider}: sent as" in text
+    assert "-> delivered" in text
+    assert "-> undelivered" in text
+    assert text.count("reply from +447700900008: 'YES'") == len(PROVIDERS)
