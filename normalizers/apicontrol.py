@@ -182,8 +182,7 @@ class ApiControl:
                 failure_kind="permanent",
             )
         if response.status >= 500 or not fields:
-            reason = f"HTTP {response.status}: {response.body[:300].decode('utf-8', 'replace')}"
-            return unanswered(NAME, call, request, reason, received_at)
+            return unanswered(NAME, call, request, response.describe(), received_at)
         # 400/403: status_msg, error, type, arguement (sic), bad_value, info; 401/404/405 fewer.
         code = str_or_none(fields.get("type")) or str(fields.get("status_code") or response.status)
         message = "; ".join(

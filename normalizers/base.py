@@ -115,6 +115,10 @@ class HttpResponse:
     body: bytes
     headers: Mapping[str, str] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """`HTTP 503: <the start of the body>`, for an error message."""
+        return f"HTTP {self.status}: {self.body[:300].decode('utf-8', 'replace')}".rstrip(": ")
+
     def json(self) -> Any:
         try:
             return json.loads(self.body) if self.body.strip() else None

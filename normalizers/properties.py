@@ -177,8 +177,7 @@ class Properties:
                 ]
             )
         if response.status >= 500 or not flat:
-            reason = f"HTTP {response.status}: {response.body[:300].decode('utf-8', 'replace')}"
-            return unanswered(NAME, call, request, reason, received_at)
+            return unanswered(NAME, call, request, response.describe(), received_at)
         # {"ResponseStatus": {"ErrorCode": ..., "Message": ...}} (their SDKs' error shape)
         code = str_or_none(first_present(flat, "responsestatus.errorcode", "errorcode"))
         message = str_or_none(first_present(flat, "responsestatus.message", "message"))

@@ -147,8 +147,7 @@ class Swift:
         if response.status in (200, 207, 422) and isinstance(results, list):
             return _send_results(call, request, results, received_at)
         if response.status >= 500 or not fields:
-            reason = f"HTTP {response.status}: {response.body[:300].decode('utf-8', 'replace')}"
-            return unanswered(NAME, call, request, reason, received_at)
+            return unanswered(NAME, call, request, response.describe(), received_at)
         code = str_or_none(first_present(fields, "error_code", "code")) or str(response.status)
         return refused(
             NAME,
