@@ -29,6 +29,7 @@ from normalizers.base import (
     CallbackRequest,
     HttpRequest,
     HttpResponse,
+    OptionsError,
     ParseError,
     ProviderAccount,
     SendOutcome,
@@ -98,29 +99,36 @@ class Options(StrictOptions):
         Literal["summary", "details", "per_recipient_final", "per_recipient"] | None
     ) = None
     num_parts_max: int | None = Field(default=None, ge=1)
-    ttl: int | None = Field(default=None, ge=1)
+    ttl: int | None = Field(default=None, ge=1)  # seconds; sent as the string the API takes
     paused: bool | None = None
 
 
 class ApiControl:
     name = NAME
-    retry_safe = False
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime
     ) -> Mapping[str, Any]:
-        return validated_options(Options, options)
+        checked = validated_options(Options, options)
+        if checked.get("ttl") is not None and request.expires_at is not None:
+            raise OptionsError(
+                [{"field": "options.ttl", "error": "give ttl or expires_at, not both"}]
+            )
+        return checked
 
     def build_send_request(
         self, request: SendRequest, account: ProviderAccount
     ) -> Sequence[HttpRequest]:
         """One POST for every recipient; `ref` and `callbackURL` travel with the message. The
         seed does not say how the API key is given: as a Bearer token."""
+        options = dict(request.options)
+        if options.get("ttl") is not None:
+            options["ttl"] = str(options["ttl"])
         body: dict[str, Any] = {
             "to": list(request.to),
             "from": request.sender,
             "body": request.body,
-            **request.options,
+            **options,
         }
         if request.client_ref is not None:
             body["ref"] = request.client_ref
@@ -135,7 +143,10 @@ class ApiControl:
                 method="POST",
                 path="/sms/message",
                 recipients=tuple(request.to),
-                json_body={k: v for k, v in body.items() if v is not None},
+                # `delivery_report: null` turns reports off: it is the one null that is sent.
+                json_body={
+                    k: v for k, v in body.items() if v is not None or k == "delivery_report"
+                },
                 headers={"Authorization": f"Bearer {account.api_key or ''}"},
             )
         ]

@@ -159,9 +159,6 @@ class Provider(Protocol):
     """One provider's pure translation layer (one module per provider)."""
 
     name: str
-    # Whether a send that got no usable answer (timeout, connection lost, 5xx) may be sent
-    # again without risking a double send: only when the provider's API says so.
-    retry_safe: bool
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime
@@ -403,19 +400,40 @@ def refused(
 def unanswered(
     provider: str, call: HttpRequest, request: SendRequest, reason: str, received_at: datetime
 ) -> SendOutcome:
-    """No usable answer (timeout, connection error, 5xx the API does not make safe to retry):
-    whether the provider sent anything is unknown, so the recipients are `failed`, worth a new
-    send (temporary), and nothing is retried behind the client's back."""
+    """No usable answer (a timeout, a lost connection, a 5xx or an answer that cannot be read):
+    the provider may or may not have sent the message. The recipients are `unknown` (not final:
+    a later report still counts) with error_code `outcome_unknown`, and nothing is retried
+    behind the client's back: sending again could deliver it twice."""
+    return refused(
+        provider,
+        call,
+        request,
+        received_at,
+        status=Status.UNKNOWN,
+        error_code=OUTCOME_UNKNOWN,
+        error_message=reason,
+        failure_kind=None,
+    )
+
+
+def not_sent(
+    provider: str, call: HttpRequest, request: SendRequest, reason: str, received_at: datetime
+) -> SendOutcome:
+    """The provider could not be reached at all (connection refused, name not resolved):
+    nothing was sent, so the recipients are `failed` and worth sending again (temporary)."""
     return refused(
         provider,
         call,
         request,
         received_at,
         status=Status.FAILED,
-        error_code="no_answer",
+        error_code="not_sent",
         error_message=reason,
         failure_kind="temporary",
     )
+
+
+OUTCOME_UNKNOWN = "outcome_unknown"
 
 
 def validated_options(model: type[BaseModel], options: Mapping[str, Any]) -> dict[str, Any]:

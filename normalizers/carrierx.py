@@ -19,6 +19,7 @@ from normalizers.base import (
     CallbackRequest,
     HttpRequest,
     HttpResponse,
+    OptionsError,
     ParseError,
     ProviderAccount,
     SendOutcome,
@@ -74,12 +75,27 @@ PRICE_CURRENCY = "USD"  # "The price in US dollars determined for the message to
 
 class CarrierX:
     name = NAME
-    retry_safe = False
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime
     ) -> Mapping[str, Any]:
-        return validated_options(Options, options)
+        checked = validated_options(Options, options)
+        problems = []
+        if not request.sender:
+            problems.append({"field": "from", "error": "CarrierX sends from a rented DID"})
+        if checked.get("group_recipients"):
+            # One group MMS reaches every handset: one `to` only, or each would get it again.
+            if len(request.to) != 1:
+                problems.append({"field": "to", "error": "a group MMS has exactly one `to`"})
+            if checked.get("type", "mms") != "mms":
+                problems.append({"field": "options.type", "error": "a group message is mms"})
+            checked["type"] = "mms"
+            checked["group_recipients"] = [
+                number.lstrip("+") for number in checked["group_recipients"]
+            ]
+        if problems:
+            raise OptionsError(problems)
+        return checked
 
     def build_send_request(
         self, request: SendRequest, account: ProviderAccount
@@ -111,7 +127,9 @@ class CarrierX:
         self, call: HttpRequest, request: SendRequest, response: HttpResponse, received_at: datetime
     ) -> SendOutcome:
         answer = response.json()
-        if 200 <= response.status < 300 and isinstance(answer, Mapping):
+        if 200 <= response.status < 300:
+            if not isinstance(answer, Mapping):  # sent or not, the answer does not say
+                return unanswered(NAME, call, request, response.describe(), received_at)
             events = _sms_object_events(answer, received_at)
             return SendOutcome(events=events, segments=events[0].segments if events else None)
         # Error bodies are not documented: keep whatever message they carry.

@@ -92,7 +92,6 @@ class Options(StrictOptions):
 
 class Properties:
     name = NAME
-    retry_safe = False
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

@@ -102,7 +102,6 @@ class Options(StrictOptions):
 
 class Swift:
     name = NAME
-    retry_safe = False
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime
@@ -255,7 +254,20 @@ def _send_results(
     events: list[Event] = []
     parts: dict[str, list[str]] = {}
     for recipient in call.recipients:
-        item = by_number.get(to_e164(recipient), {})
+        item = by_number.get(to_e164(recipient))
+        if item is None:
+            events.append(
+                send_answer_event(
+                    NAME,
+                    request,
+                    recipient=recipient,
+                    status=Status.UNKNOWN,
+                    provider_status="missing",
+                    received_at=received_at,
+                    error_message="the answer has no result for this recipient",
+                )
+            )
+            continue
         code = str(item.get("error_code") or "missing")
         message_id = str_or_none(item.get("id"))
         if code.lower() == "ok":
@@ -295,6 +307,7 @@ def _send_results(
             )
         )
     accepted = [e for e in events if e.status not in (Status.FAILED, Status.REJECTED)]
+    # (a recipient missing from the answer is `unknown`, which does not make it a refusal)
     first_error = next((e for e in events if e.error_code), None)
     return SendOutcome(
         events=events,

@@ -44,6 +44,7 @@ from normalizers.base import (
     str_or_none,
     timing,
     to_e164,
+    unanswered,
     validated_options,
 )
 from normalizers.events import Event, EventType, FailureKind, Price, Status, event_id
@@ -109,8 +110,6 @@ class Options(StrictOptions):
 
 class Telecom23:
     name = NAME
-    # "A multi-recipient request is all-or-nothing ... simply retry the entire request."
-    retry_safe = True
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime
@@ -150,19 +149,22 @@ class Telecom23:
             return _send_results(call, request, results, received_at)
         code = str_or_none(fields.get("error_code"))
         description = str_or_none(fields.get("description"))
-        if code == "DB_ERROR" or (code is None and response.status >= 500):
-            # Atomic: nothing was queued, the whole request may be sent again.
+        if code == "DB_ERROR":
+            # "A multi-recipient request is all-or-nothing ... you get 500 DB_ERROR and nothing
+            # was sent - simply retry the entire request": the one answer safe to retry.
             return refused(
                 NAME,
                 call,
                 request,
                 received_at,
                 status=Status.FAILED,
-                error_code=code or "no_answer",
-                error_message=description or f"HTTP {response.status}",
+                error_code=code,
+                error_message=description,
                 failure_kind="temporary",
                 retry=True,
             )
+        if code is None and response.status >= 500:
+            return unanswered(NAME, call, request, response.describe(), received_at)
         kind: FailureKind = "temporary" if code == "INSUFFICIENT_BALANCE" else "permanent"
         return refused(
             NAME,

@@ -262,8 +262,11 @@ async def claim_idempotency(
     connection: Connection, key: str, request_hash: str, ttl_s: int
 ) -> IdempotencyClaim:
     async with connection.transaction():
+        # A key still running is never expired here: its request may be sending right now.
         await connection.execute(
-            "DELETE FROM idempotency_keys WHERE key = $1 AND expires_at < now()", key
+            "DELETE FROM idempotency_keys WHERE key = $1 AND expires_at < now()"
+            " AND response_status IS NOT NULL",
+            key,
         )
         claimed = await connection.fetchval(
             """
@@ -292,13 +295,17 @@ async def claim_idempotency(
     return IdempotencyClaim("replay", row["response_status"], json.loads(row["response_body"]))
 
 
-async def complete_idempotency(connection: Connection, key: str, status: int, body: Any) -> None:
+async def complete_idempotency(
+    connection: Connection, key: str, status: int, body: Any, ttl_s: int
+) -> None:
+    """The answer to replay; remembered for the full TTL from now, however long sending took."""
     await connection.execute(
-        "UPDATE idempotency_keys SET response_status = $2, response_body = $3::jsonb"
-        " WHERE key = $1",
+        "UPDATE idempotency_keys SET response_status = $2, response_body = $3::jsonb,"
+        " expires_at = now() + make_interval(secs => $4) WHERE key = $1",
         key,
         status,
         json.dumps(body),
+        ttl_s,
     )
 
 

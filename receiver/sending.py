@@ -20,6 +20,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from normalizers.base import (
+    OUTCOME_UNKNOWN,
     HttpRequest,
     HttpResponse,
     OptionsError,
@@ -27,15 +28,17 @@ from normalizers.base import (
     ProviderAccount,
     SendOutcome,
     SendRequest,
+    not_sent,
     to_e164,
     unanswered,
 )
 from normalizers.encoding import segment
+from normalizers.events import Event
 from receiver import queries
 from receiver.callbacks import received_now
 from receiver.config import Settings
 from receiver.context import AppContext
-from receiver.errors import BadRequest, ReceiverError
+from receiver.errors import BadRequest, ReceiverError, error_body
 from receiver.pipeline import NORMALISED, Normalised, store_callback
 from receiver.queries import RawCallback
 
@@ -58,6 +61,10 @@ class Conflict(ReceiverError):
 @dataclasses.dataclass
 class SendProgress:
     provider_called: bool = False
+
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
 class SendMessageIn(BaseModel):
@@ -90,9 +97,20 @@ class SendMessageIn(BaseModel):
     @field_validator("send_at", "expires_at")
     @classmethod
     def with_zone(cls, moment: datetime | None) -> datetime | None:
-        if moment is not None and moment.tzinfo is None:
+        if moment is None:
+            return None
+        if moment.tzinfo is None:
             raise ValueError("needs a time zone (use Z for UTC)")
+        if not EARLIEST <= moment <= LATEST:
+            raise ValueError("must be between 1970 and 9999")
         return moment
+
+    @field_validator("provider", "sender", "body", "ref")
+    @classmethod
+    def no_nul(cls, text: str | None) -> str | None:
+        if text is not None and "\x00" in text:
+            raise ValueError("must not contain a NUL character")
+        return text
 
 
 def account_of(settings: Settings, provider: str) -> ProviderAccount:
@@ -130,6 +148,58 @@ async def handle_send(request: web.Request) -> web.Response:
     except ValidationError as error:
         raise Unprocessable("the request is not valid", details=_field_errors(error)) from None
 
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        status, answer = await _checked_send(context, incoming, None)
+        return web.json_response(answer, status=status)
+    if not 1 <= len(key) <= 255:
+        raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+    # The key is claimed before anything that depends on time or configuration, so that a
+    # replay answers what the first request answered, refusals included.
+    request_hash = hashlib.sha256(
+        json.dumps(incoming.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+    ).hexdigest()
+    async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+        claim = await queries.claim_idempotency(
+            connection, key, request_hash, settings.idempotency_ttl_s
+        )
+    if claim.state == "replay":
+        return web.json_response(claim.body, status=claim.status or 200)
+    if claim.state == "conflict":
+        raise Conflict("this Idempotency-Key was used with another request body")
+    if claim.state == "in_progress":
+        raise Conflict("a request with this Idempotency-Key is still running")
+    progress = SendProgress()
+    try:
+        status, answer = await _checked_send(context, incoming, key, progress)
+    except ReceiverError as error:
+        if error.status == 503:
+            raise  # "retry later" is no answer to remember; the key is released below
+        status, answer = error.status, error_body(error.code, error.message, error.details)
+    except BaseException:
+        # Once the provider has been called a retry could send the SMS twice: the key then
+        # stays taken (409 until it expires). Before that, the key is free again.
+        if not progress.provider_called:
+            async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
+                await queries.release_idempotency(conn, key)
+        raise
+    try:
+        async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+            await queries.complete_idempotency(
+                connection, key, status, answer, settings.idempotency_ttl_s
+            )
+    except Exception:
+        log.exception("idempotency_answer_not_stored", key=key)
+    return web.json_response(answer, status=status)
+
+
+async def _checked_send(
+    context: AppContext,
+    incoming: SendMessageIn,
+    key: str | None,
+    progress: SendProgress | None = None,
+) -> tuple[int, dict[str, Any]]:
+    settings = context.settings
     name = incoming.provider or settings.default_provider
     if name is None:
         raise BadRequest("no provider given and no DEFAULT_PROVIDER configured")
@@ -138,8 +208,6 @@ async def handle_send(request: web.Request) -> web.Response:
         raise BadRequest(f"unknown provider {name!r}", details={"known": sorted(context.registry)})
     structlog.contextvars.bind_contextvars(provider=name)
     account = account_of(settings, name)
-
-    now = datetime.now(UTC)
     message_id = uuid.uuid4()
     send = SendRequest(
         to=incoming.to,
@@ -152,44 +220,13 @@ async def handle_send(request: web.Request) -> web.Response:
         expires_at=incoming.expires_at,
     )
     try:
-        options = provider.validate_options(incoming.options, send, now)
+        options = provider.validate_options(incoming.options, send, datetime.now(UTC))
     except OptionsError as error:
         raise Unprocessable("the options are not valid", details=error.details) from None
     send = dataclasses.replace(send, options=options)
-
-    key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        if not 1 <= len(key) <= 255:
-            raise BadRequest("Idempotency-Key must be 1 to 255 characters")
-        request_hash = hashlib.sha256(
-            json.dumps(incoming.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
-        ).hexdigest()
-        async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
-            claim = await queries.claim_idempotency(
-                connection, key, request_hash, settings.idempotency_ttl_s
-            )
-        if claim.state == "replay":
-            return web.json_response(claim.body, status=claim.status or 200)
-        if claim.state == "conflict":
-            raise Conflict("this Idempotency-Key was used with another request body")
-        if claim.state == "in_progress":
-            raise Conflict("a request with this Idempotency-Key is still running")
-    progress = SendProgress()
-    try:
-        status, answer = await _send(
-            context, provider, account, send, incoming, message_id, key, progress
-        )
-    except BaseException:
-        # Once the provider has been called, a retry could send the SMS twice: the key stays
-        # taken (409 until it expires) and the message is kept with what is known.
-        if key is not None and not progress.provider_called:
-            async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as conn:
-                await queries.release_idempotency(conn, key)
-        raise
-    if key is not None:
-        async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
-            await queries.complete_idempotency(connection, key, status, answer)
-    return web.json_response(answer, status=status)
+    return await _send(
+        context, provider, account, send, incoming, message_id, key, progress or SendProgress()
+    )
 
 
 async def _send(
@@ -220,33 +257,41 @@ async def _send(
             expires_at=send.expires_at,
             idempotency_key=key,
         )
+    structlog.contextvars.bind_contextvars(message_id=str(message_id))
     calls = provider.build_send_request(send, account)
     limit = asyncio.Semaphore(CALLS_AT_ONCE)
     progress.provider_called = True
+    stored = True
 
+    # From here on the provider may have sent: whatever fails on our side, the client gets what
+    # is known (never a "retry" that could send twice), and the log has what was not stored.
     async def one(call: HttpRequest) -> SendOutcome:
+        nonlocal stored
         async with limit:
             outcome, answer = await call_provider(context, provider, account, call, send)
+        try:
             await _store_outcome(context, provider, send, message_id, call, outcome, answer)
-            return outcome
+        except Exception:
+            stored = False
+            log.exception(
+                "send_answer_not_stored",
+                recipients=list(call.recipients),
+                provider_ids=[e.provider_message_id for e in outcome.events],
+                statuses=[str(e.status) for e in outcome.events],
+            )
+        return outcome
 
     outcomes = await asyncio.gather(*(one(call) for call in calls))
     provider_segments = max((o.segments or 0 for o in outcomes), default=0) or None
-    async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
-        if provider_segments is not None:
-            await queries.set_provider_segments(connection, message_id, provider_segments)
-            if provider_segments != local.segments:
-                log.warning(
-                    "segment_count_differs", ours=local.segments, provider=provider_segments
-                )
-        rows = await queries.recipients_of(connection, message_id)
-    answer: dict[str, Any] = {
-        "id": str(message_id),
-        "provider": provider.name,
-        "segments": local.segments,
-        "encoding": local.encoding,
-        "provider_segments": provider_segments,
-        "recipients": [
+    if provider_segments is not None and provider_segments != local.segments:
+        log.warning("segment_count_differs", ours=local.segments, provider=provider_segments)
+    recipients: list[dict[str, Any]] | None = None
+    try:
+        async with context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+            if provider_segments is not None:
+                await queries.set_provider_segments(connection, message_id, provider_segments)
+            rows = await queries.recipients_of(connection, message_id)
+        recipients = [
             {
                 "to": row["recipient"],
                 "status": row["status"],
@@ -257,24 +302,53 @@ async def _send(
                 "error_message": row["error_message"],
             }
             for row in rows
-        ],
+        ]
+    except Exception:
+        stored = False
+        log.exception("message_state_not_read")
+    if recipients is None or not stored:
+        recipients = [_as_answered(event) for outcome in outcomes for event in outcome.events]
+    answer: dict[str, Any] = {
+        "id": str(message_id),
+        "provider": provider.name,
+        "segments": local.segments,
+        "encoding": local.encoding,
+        "provider_segments": provider_segments,
+        "stored": stored,
+        "recipients": recipients,
     }
-    structlog.contextvars.bind_contextvars(message_id=str(message_id))
     if all(outcome.refused for outcome in outcomes):
         first = outcomes[0]
-        error = {
-            "error": {
-                "code": "provider_refused",
-                "message": f"{provider.name} refused the message",
-                "details": {
-                    "provider_error_code": first.error_code,
-                    "provider_error_message": first.error_message,
-                    "message": answer,
-                },
-            }
-        }
+        unknown = first.error_code == OUTCOME_UNKNOWN
+        error = error_body(
+            "provider_outcome_unknown" if unknown else "provider_refused",
+            (
+                f"{provider.name} did not answer usably: the message may or may not have been"
+                " sent (do not send it again blindly; later reports are still recorded)"
+                if unknown
+                else f"{provider.name} refused the message"
+            ),
+            {
+                "provider_error_code": first.error_code,
+                "provider_error_message": first.error_message,
+                "message": answer,
+            },
+        )
         return 502, error
     return 201, answer
+
+
+def _as_answered(event: Event) -> dict[str, Any]:
+    """A recipient as the provider's answer says, when the stored state cannot be read."""
+    return {
+        "to": event.recipient,
+        "status": str(event.status),
+        "final": event.final,
+        "provider_message_id": event.provider_message_id,
+        "failure_kind": event.failure_kind,
+        "error_code": event.error_code,
+        "error_message": event.error_message,
+    }
 
 
 async def call_provider(
@@ -284,14 +358,16 @@ async def call_provider(
     call: HttpRequest,
     send: SendRequest,
 ) -> tuple[SendOutcome, HttpResponse | None]:
-    """The provider's answer to one call, tried again (bounded, with backoff) only while the
-    outcome says a retry is safe: otherwise a timeout or 5xx marks the recipients failed."""
+    """The provider's answer to one call. It is tried again (bounded, with backoff) only when
+    the answer itself says nothing was sent and a retry is safe (23 Telecom's DB_ERROR): a
+    timeout, a lost connection or an unreadable answer may hide a sent message."""
     settings = context.settings
     url = account.base_url + call.path
     outcome: SendOutcome | None = None
     response: HttpResponse | None = None
     for attempt in range(1, settings.send_attempts + 1):
         started = time.perf_counter()
+        response = None
         try:
             async with context.http.request(
                 call.method,
@@ -305,11 +381,15 @@ async def call_provider(
                     status=answer.status, body=await answer.read(), headers=dict(answer.headers)
                 )
             outcome = provider.parse_send_response(call, send, response, received_now())
+        except aiohttp.ClientConnectorError as error:
+            outcome = not_sent(provider.name, call, send, repr(error)[:500], received_now())
         except (aiohttp.ClientError, TimeoutError) as error:
-            response = None
             reason = f"{type(error).__name__}: {error}"[:500]
             outcome = unanswered(provider.name, call, send, reason, received_now())
-            outcome = dataclasses.replace(outcome, retry=provider.retry_safe)
+        except Exception as error:  # the adapter could not read the answer
+            log.exception("send_answer_unreadable", path=call.path)
+            reason = f"unreadable answer ({type(error).__name__}: {error})"[:500]
+            outcome = unanswered(provider.name, call, send, reason, received_now())
         log.info(
             "provider_call",
             path=call.path,
@@ -368,6 +448,14 @@ async def _store_outcome(
                         recipient=event.recipient,
                     )
                     provider_id = None
+                elif adopted == 0:
+                    # Not one of the message's recipients (a CarrierX group handset): its
+                    # reports are kept under the provider's id, unattached.
+                    log.warning(
+                        "recipient_not_in_message",
+                        provider_message_id=provider_id,
+                        recipient=event.recipient,
+                    )
             if provider_id is None:
                 event = dataclasses.replace(event, provider_message_id=pending)
             events.append(event.stored_raw(str(raw.id)))

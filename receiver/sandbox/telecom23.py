@@ -5,6 +5,7 @@ all-or-nothing failure), to exercise the hub's retry."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -41,6 +42,7 @@ ERRORS: dict[str, tuple[int, str]] = {
     "WORKSPACE_NOT_AVAILABLE": (403, "Target workspace was deleted"),
     "DB_ERROR": (500, "Could not queue (atomic rollback), retry the whole request"),
 }
+SLOW_ANSWER_S = 3.0
 CODES = {"DELIVRD": "000", "UNDELIV": "001", "EXPIRED": "002", "ENROUTE": ""}
 
 
@@ -85,6 +87,8 @@ async def send(request: web.Request) -> web.Response:
     if len(to) > 100:
         return _error(400, "TOO_MANY_RECIPIENTS", "Over 100 recipients")
     requested = requested_error(text)
+    if requested == "SLOW":  # answers after the hub has given up waiting, having sent it
+        await asyncio.sleep(SLOW_ANSWER_S)
     if requested in ERRORS:
         http_status, description = ERRORS[requested]
         return _error(http_status, requested, description)

@@ -396,7 +396,8 @@ def test_carrierx_answers() -> None:
         "unauthorized",
         Status.REJECTED,
     )
-    assert (down.refused, down.retry, down.events[0].failure_kind) == (True, False, "temporary")
+    assert (down.refused, down.retry, down.events[0].status) == (True, False, Status.UNKNOWN)
+    assert (down.error_code, down.events[0].failure_kind) == ("outcome_unknown", None)
 
 
 def test_carrierx_options_are_checked() -> None:

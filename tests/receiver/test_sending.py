@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+import structlog.testing
 from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
@@ -338,15 +339,15 @@ ERROR_ANSWERS = [
     ("properties", "InvalidParameter", "InvalidParameter", "rejected"),
     ("properties", "Unauthorized", "Unauthorized", "failed"),
     ("properties", "Forbidden", "Forbidden", "failed"),
-    ("properties", "InternalError", "no_answer", "failed"),
+    ("properties", "InternalError", "outcome_unknown", "unknown"),
     ("swift", "unauthorized", "unauthorized", "failed"),
-    ("swift", "internal_error", "no_answer", "failed"),
+    ("swift", "internal_error", "outcome_unknown", "unknown"),
     ("swift", "ACCOUNT_SMS_DISABLED", "ACCOUNT_SMS_DISABLED", "rejected"),
     ("swift", "temporary_error", "temporary_error", "failed"),
     ("carrierx", "400", "400", "rejected"),
     ("carrierx", "401", "401", "rejected"),
     ("carrierx", "403", "403", "rejected"),
-    ("carrierx", "500", "no_answer", "failed"),
+    ("carrierx", "500", "outcome_unknown", "unknown"),
 ]
 
 
@@ -363,8 +364,11 @@ async def test_each_documented_error_answer_end_to_end(
 
     assert response.status == 502, answer
     assert answer["error"]["details"]["provider_error_code"] == code
+    expected_code = "provider_outcome_unknown" if status == "unknown" else "provider_refused"
+    assert answer["error"]["code"] == expected_code
     [recipient] = answer["error"]["details"]["message"]["recipients"]
-    assert (recipient["status"], recipient["final"]) == (status, True)
+    # A provider that did not answer usably may have sent it: not final, reports still count.
+    assert (recipient["status"], recipient["final"]) == (status, status != "unknown")
     stored = await db.fetchrow(
         "SELECT status, error_code FROM events WHERE message_id = $1::uuid",
         answer["error"]["details"]["message"]["id"],
@@ -445,3 +449,115 @@ async def test_the_demo_shows_statuses_arriving(hub: Client, dsn: str) -> None:
     assert "-> delivered" in text
     assert "-> undelivered" in text
     assert text.count("reply from +447700900008: 'YES'") == len(PROVIDERS)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"body": "a\u0000b"},
+        {"ref": "x\u0000"},
+        {"send_at": "0001-01-01T00:00:00+14:00"},
+        {"expires_at": "2024-06-03T10:00:00"},  # no zone
+    ],
+)
+async def test_bad_text_and_times_are_422_not_500(hub: Client, body: dict[str, Any]) -> None:
+    response = await send(hub, provider="carrierx", to=["+447700900001"], **body)
+
+    assert response.status == 422
+    assert (await response.json())["error"]["code"] == "validation_error"
+
+
+async def test_a_carrierx_group_mms_goes_to_one_to_only(hub: Client) -> None:
+    response = await send(
+        hub,
+        provider="carrierx",
+        to=["+447700900001", "+447700900011"],
+        options={"group_recipients": ["+447700900021"]},
+    )
+
+    assert response.status == 422
+    assert (await response.json())["error"]["details"][0]["field"] == "to"
+
+
+async def test_idempotency_replays_a_refusal_too(hub: Client, db: asyncpg.Connection) -> None:
+    key = {"Idempotency-Key": "k-refused"}
+    first = await send(hub, key, provider="pigeon", to=["+447700900001"])
+    again = await send(hub, key, provider="pigeon", to=["+447700900001"])
+
+    assert (first.status, again.status) == (400, 400)
+    assert await again.json() == await first.json()
+
+
+async def test_a_provider_answering_too_late_is_not_retried(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    port = free_port()
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        public_base_url=f"http://127.0.0.1:{port}",
+        sandbox=True,
+        sandbox_delay_s=0.05,
+        send_timeout_s=0.5,
+    )
+    client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
+
+    with structlog.testing.capture_logs() as logs:
+        response = await send(client, provider="telecom23", to=["+447700900001"], body="ERROR:SLOW")
+    answer = await response.json()
+
+    assert response.status == 502
+    assert answer["error"]["code"] == "provider_outcome_unknown"
+    [recipient] = answer["error"]["details"]["message"]["recipients"]
+    assert (recipient["status"], recipient["final"]) == ("unknown", False)
+    calls = [entry for entry in logs if entry["event"] == "provider_call"]
+    assert [call["attempt"] for call in calls] == [1]  # a timeout may hide a sent SMS
+
+
+async def test_a_report_without_the_handset_reaches_the_only_recipient(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    response = await send(hub, provider="telecom23", to=["+447700900007"])  # never reported
+    [recipient] = (await response.json())["recipients"]
+
+    report = {"message_id": recipient["provider_message_id"], "status": "DELIVRD"}
+    assert (await hub.post("/callbacks/telecom23", json=report)).status == 200
+
+    message_id = (await response.json())["id"]
+    assert await statuses(db, message_id) == {"+447700900007": "delivered"}
+    assert await db.fetchval("SELECT count(*) FROM message_recipients WHERE recipient = ''") == 0
+
+
+@pytest.mark.parametrize("provider", ["telecom23", "carrierx", "properties", "swift"])
+async def test_reports_racing_the_send_answer_are_attached(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, provider: str
+) -> None:
+    port = free_port()
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        db_pool_max_size=10,
+        public_base_url=f"http://127.0.0.1:{port}",
+        sandbox=True,
+        sandbox_delay_s=0,
+    )
+    client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
+    numbers = [[f"+4477009{m:03d}{d}1" for d in range(3)] for m in range(12)]
+
+    responses = await asyncio.gather(*(send(client, provider=provider, to=n) for n in numbers))
+
+    assert {r.status for r in responses} == {201}
+    ids = [(await r.json())["id"] for r in responses]
+
+    async def all_delivered() -> bool:
+        rows = await db.fetch(
+            "SELECT status FROM message_recipients WHERE message_id = ANY($1::uuid[])", ids
+        )
+        return len(rows) == 36 and {row["status"] for row in rows} == {"delivered"}
+
+    await eventually(all_delivered)
+    orphans = await db.fetchval(
+        "SELECT count(*) FROM message_recipients WHERE message_id IS NULL AND provider = $1",
+        provider,
+    )
+    assert orphans == 0
