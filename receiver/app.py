@@ -3,6 +3,7 @@ owns (the database pool)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
@@ -13,17 +14,21 @@ import structlog
 from aiohttp import web
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
+from receiver import feed, subscriptions
 from receiver.auth import is_unauthenticated
 from receiver.callbacks import expect_within_limit, handle_callback
 from receiver.config import Settings
 from receiver.context import AppContext
 from receiver.database import create_pool
+from receiver.dispatcher import Dispatcher
 from receiver.errors import make_error_middleware
+from receiver.feed import STOPPING
 from receiver.health import healthz, readyz
 from receiver.migrate import load_migrations, migrations_dir
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
 from receiver.sending import callback_url, handle_send
+from receiver.signal import Signal
 
 log = structlog.get_logger("receiver.http")
 
@@ -86,20 +91,36 @@ def create_app(
     async def resources(app: web.Application) -> AsyncIterator[None]:
         pool = await create_pool(dsn, settings)
         http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
+        signal = Signal()
         app[AppContext.KEY] = AppContext(
             settings=settings,
             registry=registry,
             expected_migrations=expected,
             pool=pool,
             http=http,
+            signal=signal,
         )
-        yield
+        async with signal.connected(pool, dsn):
+            dispatcher = Dispatcher(pool, settings, signal) if settings.dispatcher else None
+            running = asyncio.create_task(dispatcher.run()) if dispatcher else None
+            yield
+            if dispatcher is not None and running is not None:
+                await dispatcher.stop()
+                await running
         await http.close()
         await pool.close()
 
+    async def end_streams(app: web.Application) -> None:
+        app[STOPPING].set()
+        app[AppContext.KEY].signal.fire()
+
+    app[STOPPING] = asyncio.Event()
     app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(end_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/messages", handle_send)
+    subscriptions.add_routes(app)
+    feed.add_routes(app)
     app.router.add_get("/readyz", readyz)
     for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
         app.router.add_route("GET", path, handle_callback, expect_handler=expect_within_limit)

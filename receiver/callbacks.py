@@ -106,6 +106,8 @@ async def handle_callback(request: web.Request) -> web.Response:
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as connection:
         result, kept_error = await store_callback(connection, raw, normalised)
     new_events = len(result.new_events)
+    if new_events:
+        context.signal.new_events()
     structlog.contextvars.bind_contextvars(
         outcome=result.outcome, raw_id=str(raw.id), events=new_events
     )

@@ -1,10 +1,11 @@
-"""The `sms-receiver` command: serve, migrate, reprocess, normalize, demo."""
+"""The `sms-receiver` command: serve, worker, migrate, reprocess, normalize, demo."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
+import signal as signal_module
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -19,11 +20,13 @@ from normalizers.base import CallbackRequest, ParseError, parse_timestamp
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
 from receiver.config import Settings
-from receiver.database import resolve_dsn, wait_for_database
+from receiver.database import create_pool, resolve_dsn, wait_for_database
 from receiver.demo import run_demo
+from receiver.dispatcher import Dispatcher
 from receiver.logs import configure_logging
 from receiver.migrate import apply_migrations, migrations_dir
 from receiver.reprocess import reprocess
+from receiver.signal import Signal
 
 log = structlog.get_logger("receiver.cli")
 
@@ -40,6 +43,7 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     )
 
     commands.add_parser("migrate", help="apply pending migrations and exit")
+    commands.add_parser("worker", help="run the webhook dispatcher alone (no HTTP server)")
 
     again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
     again.add_argument("--provider", choices=sorted(registry), help="only this provider")
@@ -82,6 +86,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     dsn, _server = resolve_dsn(settings)
     if args.command == "migrate":
         return asyncio.run(migrate_command(settings, dsn))
+    if args.command == "worker":
+        return asyncio.run(worker_command(settings, dsn))
     if args.command == "demo":
         return asyncio.run(run_demo(args.url, dsn, args.seconds))
     return asyncio.run(reprocess_command(dsn, registry, args.provider, args.dry_run))
@@ -105,6 +111,23 @@ def serve_command(
         print=None,
     )
     log.info("stopped")
+    return 0
+
+
+async def worker_command(settings: Settings, dsn: str) -> int:
+    """The dispatcher without the HTTP server, until SIGTERM or SIGINT."""
+    await wait_for_database(dsn, settings.db_connect_retry_s)
+    pool = await create_pool(dsn, settings)
+    signal = Signal()
+    dispatcher = Dispatcher(pool, settings, signal)
+    loop = asyncio.get_running_loop()
+    for number in (signal_module.SIGTERM, signal_module.SIGINT):
+        loop.add_signal_handler(number, lambda: loop.create_task(dispatcher.stop()))
+    try:
+        async with signal.connected(pool, dsn):
+            await dispatcher.run()
+    finally:
+        await pool.close()
     return 0
 
 

@@ -99,6 +99,31 @@ class Settings(BaseSettings):
     idempotency_ttl_s: int = Field(
         default=24 * 3600, ge=60, description="How long an Idempotency-Key is remembered."
     )
+    webhook_timeout_s: float = Field(
+        default=15.0, gt=0, description="Longest wait for a subscriber's answer."
+    )
+    webhook_retry_delays_s: Annotated[tuple[float, ...], NoDecode] = Field(
+        default=(5, 300, 1800, 7200, 18000, 36000, 36000),
+        description="Waits before each retry of a delivery (comma separated), with jitter.",
+    )
+    webhook_lease_s: float = Field(
+        default=60.0, gt=0, description="A claimed delivery returns to the queue after this."
+    )
+    webhook_concurrency: int = Field(default=32, ge=1, description="Deliveries in flight.")
+    webhook_per_subscription: int = Field(
+        default=4, ge=1, description="Deliveries in flight to one subscriber."
+    )
+    webhook_poll_s: float = Field(
+        default=2.0, gt=0, description="Dispatcher's polling backstop to LISTEN/NOTIFY."
+    )
+    webhook_disable_after_s: float = Field(
+        default=5 * 86400, gt=0, description="A subscription failing this long is disabled."
+    )
+    webhook_allowed_networks: Annotated[tuple[Network, ...], NoDecode] = Field(
+        default=(),
+        description="Private networks subscribers may be in (e.g. 127.0.0.0/8); none by default.",
+    )
+    dispatcher: bool = Field(default=True, description="Run the dispatcher inside `serve`.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     migrations_dir: Path | None = Field(
         default=None, description="Where the .sql migrations are; found automatically if unset."
@@ -109,6 +134,18 @@ class Settings(BaseSettings):
     properties: ProviderSettings = Field(default_factory=ProviderSettings)
     swift: ProviderSettings = Field(default_factory=ProviderSettings)
     carrierx: ProviderSettings = Field(default_factory=ProviderSettings)
+
+    @field_validator("webhook_retry_delays_s", mode="before")
+    @classmethod
+    def split_delays(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_allowed_networks", mode="before")
+    @classmethod
+    def split_allowed(cls, value: Any) -> Any:
+        return ProviderSettings.split_networks(value)
 
     def provider(self, name: str) -> ProviderSettings:
         found = getattr(self, name, None)

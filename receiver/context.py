@@ -11,6 +11,7 @@ from aiohttp import web
 
 from normalizers.registry import Registry
 from receiver.config import Settings
+from receiver.signal import Signal
 
 
 @dataclass(slots=True)
@@ -22,6 +23,7 @@ class AppContext:
     expected_migrations: frozenset[int]
     pool: asyncpg.Pool
     http: aiohttp.ClientSession  # the one client for every provider's API
+    signal: Signal  # "new events": wakes the dispatcher and event streams
 
 
 AppContext.KEY = web.AppKey("context", AppContext)

@@ -282,6 +282,7 @@ async def _send(
         return outcome
 
     outcomes = await asyncio.gather(*(one(call) for call in calls))
+    context.signal.new_events()
     provider_segments = max((o.segments or 0 for o in outcomes), default=0) or None
     if provider_segments is not None and provider_segments != local.segments:
         log.warning("segment_count_differs", ours=local.segments, provider=provider_segments)

@@ -23,7 +23,7 @@ from receiver.migrate import apply_migrations, migrations_dir
 REPO = Path(__file__).resolve().parent.parent
 TABLES = (
     "deliveries, subscriptions, events, recipient_parts, message_recipients, messages,"
-    " raw_callbacks, idempotency_keys"
+    " raw_callbacks, idempotency_keys, delivery_attempts"
 )
 
 

@@ -20,6 +20,7 @@ EXPECTED_TABLES = {
     "schema_migrations",
     "recipient_parts",
     "idempotency_keys",
+    "delivery_attempts",
 }
 
 

@@ -1,0 +1,212 @@
+"""The dispatcher: claims due deliveries (FOR UPDATE SKIP LOCKED, with a lease), posts each event
+to its subscriber signed as Standard Webhooks 1.0 says, and records every attempt. Runs inside
+`serve` or alone as `sms-receiver worker`; several may run side by side."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import aiohttp
+import asyncpg
+import structlog
+from standardwebhooks.webhooks import Webhook
+
+from receiver import outbox
+from receiver.config import Settings
+from receiver.outbox import Claimed
+from receiver.signal import Signal
+from receiver.ssrf import BlockedAddress, check_literal_host, connector_options
+
+log = structlog.get_logger("receiver.dispatcher")
+
+EXCERPT_BYTES = 4096
+MAX_RETRY_AFTER_S = 86400.0
+
+
+def signature_header(secrets: tuple[str, ...], msg_id: str, timestamp: datetime, body: str) -> str:
+    """`v1,<base64>` for each valid secret, space separated (both while a secret rotates)."""
+    return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
+
+
+def retry_after_s(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None
+
+
+class Dispatcher:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, signal: Signal) -> None:
+        self.pool = pool
+        self.settings = settings
+        self.signal = signal
+        self.in_flight: Counter[uuid.UUID] = Counter()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.session: aiohttp.ClientSession | None = None
+        self.stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        connector = aiohttp.TCPConnector(
+            **connector_options(self.settings.webhook_allowed_networks)
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector, headers={"User-Agent": "sms-receiver-webhooks/0.1"}
+        )
+        log.info("dispatcher_started")
+        try:
+            while not self.stopping.is_set():
+                claimed = await self._claim()
+                for item in claimed:
+                    self._start(item)
+                if not claimed:
+                    await self._idle()
+                elif len(self.tasks) >= self.settings.webhook_concurrency:
+                    await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if self.tasks:
+                await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout_s + 1)
+            await self.session.close()
+            log.info("dispatcher_stopped")
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        self.signal.fire()
+
+    async def _claim(self) -> list[Claimed]:
+        settings = self.settings
+        capacity = settings.webhook_concurrency - len(self.tasks)
+        if capacity <= 0:
+            return []
+        busy = [sid for sid, n in self.in_flight.items() if n >= settings.webhook_per_subscription]
+        try:
+            async with self.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+                return await outbox.claim_deliveries(
+                    connection,
+                    capacity,
+                    settings.webhook_per_subscription,
+                    settings.webhook_lease_s,
+                    busy,
+                )
+        except Exception as error:  # the database is away: try again after the poll interval
+            log.warning("claim_failed", error=repr(error))
+            await self._idle()
+            return []
+
+    async def _idle(self) -> None:
+        """Until woken (new events, a finished delivery), stopped, or the poll interval."""
+        woken = asyncio.ensure_future(self.signal.wait(self.settings.webhook_poll_s))
+        stopped = asyncio.ensure_future(self.stopping.wait())
+        await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        woken.cancel()
+        stopped.cancel()
+
+    def _start(self, claimed: Claimed) -> None:
+        self.in_flight[claimed.subscription_id] += 1
+        task = asyncio.get_running_loop().create_task(self.deliver(claimed))
+        self.tasks.add(task)
+
+        def done(finished: asyncio.Task[None]) -> None:
+            self.tasks.discard(finished)
+            self.in_flight[claimed.subscription_id] -= 1
+            if self.in_flight[claimed.subscription_id] <= 0:
+                del self.in_flight[claimed.subscription_id]
+            self.signal.fire()  # room for another claim
+
+        task.add_done_callback(done)
+
+    async def deliver(self, claimed: Claimed) -> None:
+        settings = self.settings
+        assert self.session is not None
+        body = json.dumps(claimed.event, separators=(",", ":"), ensure_ascii=False)
+        now = datetime.now(UTC)
+        headers = {
+            "Content-Type": "application/json",
+            "webhook-id": claimed.event["id"],
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": signature_header(claimed.secrets, claimed.event["id"], now, body),
+        }
+        status: int | None = None
+        excerpt: str | None = None
+        error: str | None = None
+        retry_after: float | None = None
+        started = time.perf_counter()
+        try:
+            check_literal_host(
+                urlsplit(claimed.url).hostname or "", settings.webhook_allowed_networks
+            )
+            async with self.session.post(
+                claimed.url,
+                data=body.encode(),
+                headers=headers,
+                allow_redirects=False,  # a redirect is a failure, never followed
+                timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_s),
+            ) as answer:
+                status = answer.status
+                excerpt = (await answer.content.read(EXCERPT_BYTES)).decode("utf-8", "replace")
+                if status in (429, 503):
+                    retry_after = retry_after_s(answer.headers.get("Retry-After"))
+        except BlockedAddress as refused:
+            error = f"refused by the address guard: {refused}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as failure:
+            error = f"{type(failure).__name__}: {failure}"[:500]
+        latency_ms = round((time.perf_counter() - started) * 1000, 1)
+
+        outcome, next_in, disable = self._judge(claimed, status, retry_after)
+        try:
+            async with self.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+                owned = await outbox.record_attempt(
+                    connection,
+                    claimed,
+                    started_at=now,
+                    status_code=status,
+                    latency_ms=latency_ms,
+                    excerpt=excerpt,
+                    error=error,
+                    outcome=outcome,
+                    next_attempt_in_s=next_in,
+                    disable_subscription=disable,
+                    disable_after_failing_s=settings.webhook_disable_after_s,
+                )
+        except Exception as failure:
+            # The lease runs out and the delivery is tried again: at least once, never lost.
+            log.warning(
+                "attempt_not_recorded", delivery_id=claimed.delivery_id, error=repr(failure)
+            )
+            return
+        log.info(
+            "delivery_attempt",
+            delivery_id=claimed.delivery_id,
+            event_id=claimed.event["id"],
+            subscription_id=str(claimed.subscription_id),
+            attempt=claimed.attempt,
+            status=status,
+            error=error,
+            outcome=outcome,
+            latency_ms=latency_ms,
+            owned=owned,
+        )
+
+    def _judge(
+        self, claimed: Claimed, status: int | None, retry_after: float | None
+    ) -> tuple[str, float | None, str | None]:
+        """(delivery status, seconds to the next try, reason to disable the subscription)."""
+        if status is not None and 200 <= status < 300:
+            return "delivered", None, None
+        if status == 410:
+            return "failed", None, "the subscriber answered 410 Gone"
+        delays = self.settings.webhook_retry_delays_s
+        if claimed.attempt > len(delays):
+            return "failed", None, None
+        if retry_after is not None:
+            return "pending", retry_after, None
+        delay = delays[claimed.attempt - 1]
+        return "pending", delay * random.uniform(0.9, 1.1), None  # noqa: S311

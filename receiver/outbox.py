@@ -1,0 +1,395 @@
+"""Every SQL statement of re-emission: subscriptions, the deliveries outbox, attempts, and the
+commit-ordered event feed."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from normalizers.events import rfc3339
+from receiver.queries import Connection
+
+# The schema-v1 event, from its stored row.
+EVENT_COLUMNS = """
+    e.id, e.type, e.provider, e.message_id, e.provider_message_id, e.provider_part_id,
+    e.recipient, e.sender, e.status, e.final, e.provider_status, e.error_code, e.error_message,
+    e.occurred_at, e.received_at, e.client_ref, e.segments, e.price, e.text, e.counts, e.raw_id,
+    e.sequence, e.recipient_status, e.failure_kind, e.occurred_at_source, e.synthetic
+"""
+
+
+def event_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "type": row["type"],
+        "provider": row["provider"],
+        "message_id": str(row["message_id"]) if row["message_id"] else None,
+        "provider_message_id": row["provider_message_id"],
+        "provider_part_id": row["provider_part_id"],
+        "recipient": row["recipient"],
+        "sender": row["sender"],
+        "status": row["status"],
+        "final": row["final"],
+        "provider_status": row["provider_status"],
+        "error_code": row["error_code"],
+        "error_message": row["error_message"],
+        "occurred_at": rfc3339(row["occurred_at"]),
+        "received_at": rfc3339(row["received_at"]),
+        "client_ref": row["client_ref"],
+        "segments": row["segments"],
+        "price": json.loads(row["price"]) if row["price"] else None,
+        "text": row["text"],
+        "counts": json.loads(row["counts"]) if row["counts"] else None,
+        "raw_id": str(row["raw_id"]),
+        "sequence": row["sequence"],
+        "recipient_status": row["recipient_status"],
+        "failure_kind": row["failure_kind"],
+        "occurred_at_source": row["occurred_at_source"],
+        "synthetic": row["synthetic"],
+    }
+
+
+# --- subscriptions -----------------------------------------------------------------------------
+
+SUBSCRIPTION_COLUMNS = (
+    "id, url, filters, description, enabled, disabled_reason, failing_since, created_at,"
+    " updated_at, previous_secret_until"
+)
+
+
+async def create_subscription(
+    connection: Connection,
+    subscription_id: uuid.UUID,
+    url: str,
+    secret: str,
+    filters: dict[str, Any],
+    description: str | None,
+    enabled: bool,
+) -> asyncpg.Record:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"""
+        INSERT INTO subscriptions (id, url, secret, filters, description, enabled)
+        VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+        RETURNING {SUBSCRIPTION_COLUMNS}
+        """,
+        subscription_id,
+        url,
+        secret,
+        json.dumps(filters),
+        description,
+        enabled,
+    )
+    assert row is not None
+    return row
+
+
+async def list_subscriptions(connection: Connection) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
+    )
+    return rows
+
+
+async def get_subscription(
+    connection: Connection, subscription_id: uuid.UUID
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1", subscription_id
+    )
+    return row
+
+
+async def update_subscription(
+    connection: Connection, subscription_id: uuid.UUID, changes: dict[str, Any]
+) -> asyncpg.Record | None:
+    """Set the given fields (url, filters, description, enabled); enabling clears the reason."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"""
+        UPDATE subscriptions SET
+            url = coalesce($2, url),
+            filters = coalesce($3::jsonb, filters),
+            description = CASE WHEN $4 THEN $5 ELSE description END,
+            enabled = coalesce($6, enabled),
+            disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END,
+            failing_since = CASE WHEN $6 THEN NULL ELSE failing_since END,
+            updated_at = now()
+        WHERE id = $1
+        RETURNING {SUBSCRIPTION_COLUMNS}
+        """,
+        subscription_id,
+        changes.get("url"),
+        json.dumps(changes["filters"]) if "filters" in changes else None,
+        "description" in changes,
+        changes.get("description"),
+        changes.get("enabled"),
+    )
+    return row
+
+
+async def delete_subscription(connection: Connection, subscription_id: uuid.UUID) -> bool:
+    result: str = await connection.execute(
+        "DELETE FROM subscriptions WHERE id = $1", subscription_id
+    )
+    return result.endswith(" 1")
+
+
+async def rotate_secret(
+    connection: Connection, subscription_id: uuid.UUID, secret: str, overlap_s: int
+) -> bool:
+    """The new secret signs from now on; the old one signs too for `overlap_s`."""
+    result: str = await connection.execute(
+        """
+        UPDATE subscriptions SET
+            previous_secret = secret,
+            previous_secret_until = now() + make_interval(secs => $3),
+            secret = $2,
+            updated_at = now()
+        WHERE id = $1
+        """,
+        subscription_id,
+        secret,
+        overlap_s,
+    )
+    return result.endswith(" 1")
+
+
+async def replay(
+    connection: Connection, subscription_id: uuid.UUID, since: datetime, filters: dict[str, Any]
+) -> int:
+    """Queue again every event stored since `since` that the subscription (and the extra
+    filters) take; returns how many."""
+    result: str = await connection.execute(
+        """
+        INSERT INTO deliveries AS d (subscription_id, event_id)
+        SELECT s.id, e.id FROM subscriptions s JOIN events e ON e.stored_at >= $2
+        WHERE s.id = $1
+          AND subscription_takes(s.filters, e.type, e.provider, e.status)
+          AND subscription_takes($3::jsonb, e.type, e.provider, e.status)
+        ON CONFLICT (subscription_id, event_id) DO UPDATE SET
+            status = 'pending', next_attempt_at = now(), leased_until = NULL,
+            lease_token = NULL, updated_at = now()
+        """,
+        subscription_id,
+        since,
+        json.dumps(filters),
+    )
+    return int(result.split()[-1])
+
+
+async def retry_delivery(connection: Connection, delivery_id: int) -> bool:
+    result: str = await connection.execute(
+        """
+        UPDATE deliveries SET status = 'pending', next_attempt_at = now(), leased_until = NULL,
+            lease_token = NULL, updated_at = now()
+        WHERE id = $1 AND status <> 'delivering'
+        """,
+        delivery_id,
+    )
+    return result.endswith(" 1")
+
+
+# --- the dispatcher ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    delivery_id: int
+    lease_token: uuid.UUID
+    attempt: int
+    subscription_id: uuid.UUID
+    url: str
+    secrets: tuple[str, ...]
+    event: dict[str, Any]
+
+
+async def claim_deliveries(
+    connection: Connection,
+    limit: int,
+    per_subscription: int,
+    lease_s: float,
+    busy: list[uuid.UUID],
+) -> list[Claimed]:
+    """Take due deliveries (and those whose lease ran out: their dispatcher died), at most
+    `per_subscription` of one subscription, so that a slow one never holds the batch."""
+    token = uuid.uuid4()
+    rows = await connection.fetch(
+        f"""
+        WITH due AS (
+            SELECT d.id FROM deliveries d
+            WHERE ((d.status = 'pending' AND d.next_attempt_at <= now())
+                   OR (d.status = 'delivering' AND d.leased_until < now()))
+              AND d.subscription_id <> ALL($5::uuid[])
+            ORDER BY d.next_attempt_at
+            LIMIT $1 * 4
+            FOR UPDATE SKIP LOCKED
+        ), fair AS (
+            SELECT d.id, row_number() OVER (
+                PARTITION BY d.subscription_id ORDER BY d.next_attempt_at, d.id) AS n
+            FROM deliveries d JOIN due USING (id)
+        ), taken AS (
+            UPDATE deliveries d SET
+                status = 'delivering', attempts = d.attempts + 1,
+                leased_until = now() + make_interval(secs => $3), lease_token = $4,
+                updated_at = now()
+            FROM fair
+            WHERE d.id = fair.id AND fair.n <= $2
+            RETURNING d.id, d.attempts, d.subscription_id, d.event_id
+        )
+        SELECT taken.id AS delivery_id, taken.attempts, s.id AS subscription_id, s.url,
+               s.secret, s.previous_secret, s.previous_secret_until > now() AS both_secrets,
+               {EVENT_COLUMNS}
+        FROM taken
+        JOIN subscriptions s ON s.id = taken.subscription_id
+        JOIN events e ON e.id = taken.event_id
+        ORDER BY taken.id
+        LIMIT $1
+        """,
+        limit,
+        per_subscription,
+        lease_s,
+        token,
+        busy,
+    )
+    return [
+        Claimed(
+            delivery_id=row["delivery_id"],
+            lease_token=token,
+            attempt=row["attempts"],
+            subscription_id=row["subscription_id"],
+            url=row["url"],
+            secrets=(
+                (row["secret"], row["previous_secret"])
+                if row["both_secrets"] and row["previous_secret"]
+                else (row["secret"],)
+            ),
+            event=event_json(row),
+        )
+        for row in rows
+    ]
+
+
+async def record_attempt(
+    connection: Connection,
+    claimed: Claimed,
+    *,
+    started_at: datetime,
+    status_code: int | None,
+    latency_ms: float,
+    excerpt: str | None,
+    error: str | None,
+    outcome: str,
+    next_attempt_in_s: float | None,
+    disable_subscription: str | None,
+    disable_after_failing_s: float,
+) -> bool:
+    """Store the attempt and its consequence, if the lease is still ours (else another
+    dispatcher has the delivery now: nothing changes). Returns whether it was ours."""
+    async with connection.transaction():
+        owned = await connection.fetchval(
+            """
+            UPDATE deliveries SET
+                status = $3,
+                next_attempt_at = CASE WHEN $4::double precision IS NULL THEN next_attempt_at
+                                       ELSE now() + make_interval(secs => $4) END,
+                leased_until = NULL, lease_token = NULL, last_status = $5, last_error = $6,
+                delivered_at = CASE WHEN $3 = 'delivered' THEN now() END,
+                updated_at = now()
+            WHERE id = $1 AND lease_token = $2
+            RETURNING true
+            """,
+            claimed.delivery_id,
+            claimed.lease_token,
+            outcome,
+            next_attempt_in_s,
+            status_code,
+            error,
+        )
+        await connection.execute(
+            """
+            INSERT INTO delivery_attempts
+                (delivery_id, attempt, started_at, status_code, latency_ms, response_excerpt,
+                 error)
+            VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """,
+            claimed.delivery_id,
+            claimed.attempt,
+            started_at,
+            status_code,
+            latency_ms,
+            excerpt,
+            error,
+        )
+        if not owned:
+            return False
+        if outcome == "delivered":
+            await connection.execute(
+                "UPDATE subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since"
+                " IS NOT NULL",
+                claimed.subscription_id,
+            )
+        else:
+            await connection.execute(
+                """
+                UPDATE subscriptions SET
+                    failing_since = coalesce(failing_since, now()),
+                    enabled = CASE WHEN $2::text IS NOT NULL
+                                     OR coalesce(failing_since, now())
+                                        < now() - make_interval(secs => $3)
+                                   THEN false ELSE enabled END,
+                    disabled_reason = CASE
+                        WHEN $2::text IS NOT NULL THEN $2
+                        WHEN coalesce(failing_since, now()) < now() - make_interval(secs => $3)
+                            THEN 'failing continuously'
+                        ELSE disabled_reason END,
+                    updated_at = now()
+                WHERE id = $1
+                """,
+                claimed.subscription_id,
+                disable_subscription,
+                disable_after_failing_s,
+            )
+        return True
+
+
+async def subscription_disabled(connection: Connection, subscription_id: uuid.UUID) -> bool:
+    enabled = await connection.fetchval(
+        "SELECT enabled FROM subscriptions WHERE id = $1", subscription_id
+    )
+    return enabled is not True
+
+
+# --- the feed ----------------------------------------------------------------------------------
+
+
+async def feed(
+    connection: Connection,
+    after: tuple[int, int] | None,
+    limit: int,
+    event_type: str | None,
+    provider: str | None,
+) -> list[asyncpg.Record]:
+    """Events in commit-safe order after the cursor (txid, feed_seq): only those of
+    transactions older than every one still running, so none can appear behind it later."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"""
+        SELECT e.txid::text::bigint AS txid, e.feed_seq, {EVENT_COLUMNS}
+        FROM events e
+        WHERE e.txid < pg_snapshot_xmin(pg_current_snapshot())
+          AND ($1::bigint IS NULL OR (e.txid, e.feed_seq) > ($1::text::xid8, $2::bigint))
+          AND ($4::text IS NULL OR e.type = $4)
+          AND ($5::text IS NULL OR e.provider = $5)
+        ORDER BY e.txid, e.feed_seq
+        LIMIT $3
+        """,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+        event_type,
+        provider,
+    )
+    return rows

@@ -1,0 +1,71 @@
+"""Subscriber URLs are chosen by API clients: the dispatcher refuses to connect to this host's
+own network (loopback, private, link-local, CGNAT, ULA, unspecified, IPv4-mapped...) unless a
+network is explicitly allowed. Checked on the addresses actually connected to, after DNS."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
+from typing import Any
+
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from receiver.config import Network
+
+CGNAT = ip_network("100.64.0.0/10")
+
+
+class BlockedAddress(OSError):
+    """The subscriber's address is one the hub does not connect to."""
+
+
+def is_public(address: IPv4Address | IPv6Address, allowed: Sequence[Network]) -> bool:
+    if any(address in network for network in allowed):
+        return True
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        return is_public(address.ipv4_mapped, allowed)
+    return not (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_unspecified
+        or address.is_multicast
+        or address.is_reserved
+        or (isinstance(address, IPv4Address) and address in CGNAT)
+    )
+
+
+def check_literal_host(host: str, allowed: Sequence[Network]) -> None:
+    """A URL with an IP address for host never reaches the resolver: check it here."""
+    try:
+        address = ip_address(host.strip("[]"))
+    except ValueError:
+        return
+    if not is_public(address, allowed):
+        raise BlockedAddress(f"{host} is not a public address")
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves as usual, then drops every address the guard refuses."""
+
+    def __init__(self, allowed: Sequence[Network]) -> None:
+        self._resolver = DefaultResolver()
+        self._allowed = tuple(allowed)
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._resolver.resolve(host, port, family)
+        kept = [r for r in results if is_public(ip_address(r["host"]), self._allowed)]
+        if not kept:
+            raise BlockedAddress(f"{host} resolves only to addresses that are not public")
+        return kept
+
+    async def close(self) -> None:
+        await self._resolver.close()
+
+
+def connector_options(allowed: Sequence[Network]) -> dict[str, Any]:
+    return {"resolver": GuardedResolver(allowed)}
