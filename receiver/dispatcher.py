@@ -35,6 +35,18 @@ def signature_header(secrets: tuple[str, ...], msg_id: str, timestamp: datetime,
     return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
 
 
+def _blocked_cause(error: BaseException) -> BlockedAddress | None:
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, BlockedAddress):
+            return seen
+        nested = getattr(seen, "os_error", None)
+        if isinstance(nested, BlockedAddress):
+            return nested
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 def retry_after_s(value: str | None) -> float | None:
     if value is None:
         return None
@@ -157,7 +169,11 @@ class Dispatcher:
         except BlockedAddress as refused:
             error = f"refused by the address guard: {refused}"
         except (aiohttp.ClientError, TimeoutError, OSError) as failure:
-            error = f"{type(failure).__name__}: {failure}"[:500]
+            blocked = _blocked_cause(failure)
+            if blocked is not None:  # aiohttp wraps what the resolver raised
+                error = f"refused by the address guard: {blocked}"
+            else:
+                error = f"{type(failure).__name__}: {failure}"[:500]
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
 
         outcome, next_in, disable = self._judge(claimed, status, retry_after)
