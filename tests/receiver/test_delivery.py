@@ -509,3 +509,46 @@ async def test_the_stream_is_live_and_resumable(hub: Client) -> None:
     await asyncio.wait_for(read(resumed, 2), timeout=10)
     resumed.close()
     assert [e["provider_message_id"] for _, e in received] == ["s-1", "s-2"]
+
+
+async def test_a_worker_elsewhere_is_woken_by_notify_not_by_polling(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    settings = hub_settings(dsn, dispatcher=False)
+    client = await aiohttp_client(create_app(settings, dsn))
+    await subscribe(client, subscriber.url)
+    worker_settings = hub_settings(dsn, webhook_poll_s=30.0)  # polling alone would take 30 s
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
+    assert pool is not None
+    signal = Signal()
+    worker = Dispatcher(pool, worker_settings, signal)
+    async with signal.connected(pool, dsn):
+        running = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.3)  # the worker is idle, waiting
+        try:
+            started = asyncio.get_running_loop().time()
+            await report(client, "notify-1")
+            await eventually(lambda: len(subscriber.received) == 1, timeout_s=5)
+            assert asyncio.get_running_loop().time() - started < 5
+        finally:
+            await worker.stop()
+            await running
+    await pool.close()
+
+
+async def test_a_subscription_failing_continuously_is_disabled(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    settings = hub_settings(dsn, webhook_disable_after_s=0.5, webhook_retry_delays_s=(0.3,) * 10)
+    client = await aiohttp_client(create_app(settings, dsn))
+    subscriber.answers = [500] * 20
+    await subscribe(client, subscriber.url)
+
+    await report(client, "down-1")
+
+    async def disabled() -> bool:
+        row = await db.fetchrow("SELECT enabled, disabled_reason FROM subscriptions")
+        return row is not None and row["enabled"] is False
+
+    await eventually(disabled)
+    assert await db.fetchval("SELECT disabled_reason FROM subscriptions") == "failing continuously"
