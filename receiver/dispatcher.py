@@ -76,11 +76,12 @@ class Dispatcher:
         log.info("dispatcher_started")
         try:
             while not self.stopping.is_set():
+                wake = self.signal.current()
                 claimed = await self._claim()
                 for item in claimed:
                     self._start(item)
                 if not claimed:
-                    await self._idle()
+                    await self._idle(wake)
                 elif len(self.tasks) >= self.settings.webhook_concurrency:
                     await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -110,12 +111,12 @@ class Dispatcher:
                 )
         except Exception as error:  # the database is away: try again after the poll interval
             log.warning("claim_failed", error=repr(error))
-            await self._idle()
+            await self._idle(self.signal.current())
             return []
 
-    async def _idle(self) -> None:
+    async def _idle(self, wake: asyncio.Event) -> None:
         """Until woken (new events, a finished delivery), stopped, or the poll interval."""
-        woken = asyncio.ensure_future(self.signal.wait(self.settings.webhook_poll_s))
+        woken = asyncio.ensure_future(self.signal.wait(self.settings.webhook_poll_s, wake))
         stopped = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
         woken.cancel()

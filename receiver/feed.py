@@ -64,6 +64,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     stopping = request.app[STOPPING]
     while not stopping.is_set():
+        wake = context.signal.current()
         async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
             rows = await outbox.feed(conn, after, 200, event_type, provider)
         for row in rows:
@@ -75,7 +76,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
             after = (row["txid"], row["feed_seq"])
         if not rows:
             await response.write(b": keep-alive\n\n")
-            await context.signal.wait(KEEPALIVE_S)
+            await context.signal.wait(KEEPALIVE_S, wake)
     return response
 
 

@@ -27,9 +27,14 @@ class Signal:
         event, self._event = self._event, asyncio.Event()
         event.set()
 
-    async def wait(self, timeout_s: float) -> None:
+    def current(self) -> asyncio.Event:
+        """The wake-up to wait for. Take it BEFORE looking for work: a fire that happens while
+        looking then still ends the wait that follows."""
+        return self._event
+
+    async def wait(self, timeout_s: float, wake: asyncio.Event | None = None) -> None:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._event.wait(), timeout_s)
+            await asyncio.wait_for((wake or self._event).wait(), timeout_s)
 
     def new_events(self) -> None:
         """Called after new events are committed: wake here now, and other instances soon."""
