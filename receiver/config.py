@@ -6,7 +6,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Network = IPv4Network | IPv6Network
@@ -146,6 +146,13 @@ class Settings(BaseSettings):
     @classmethod
     def split_allowed(cls, value: Any) -> Any:
         return ProviderSettings.split_networks(value)
+
+    @model_validator(mode="after")
+    def lease_outlasts_an_attempt(self) -> Settings:
+        # A lease shorter than an attempt lets a second dispatcher deliver it again meanwhile.
+        if self.webhook_lease_s <= self.webhook_timeout_s + 1:
+            raise ValueError("WEBHOOK_LEASE_S must exceed WEBHOOK_TIMEOUT_S + 1")
+        return self
 
     def provider(self, name: str) -> ProviderSettings:
         found = getattr(self, name, None)

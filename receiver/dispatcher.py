@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import time
-import uuid
-from collections import Counter
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -21,12 +21,14 @@ from standardwebhooks.webhooks import Webhook
 from receiver import outbox
 from receiver.config import Settings
 from receiver.outbox import Claimed
+from receiver.queries import storable_text
 from receiver.signal import Signal
 from receiver.ssrf import BlockedAddress, check_literal_host, connector_options
 
 log = structlog.get_logger("receiver.dispatcher")
 
 EXCERPT_BYTES = 4096
+SHUTDOWN_GRACE_S = 5.0
 MAX_RETRY_AFTER_S = 86400.0
 
 
@@ -48,12 +50,19 @@ def _blocked_cause(error: BaseException) -> BlockedAddress | None:
 
 
 def retry_after_s(value: str | None) -> float | None:
+    """Retry-After in seconds or as an HTTP date; None when absent or unreadable."""
     if value is None:
         return None
     try:
-        return min(max(float(value), 0.0), MAX_RETRY_AFTER_S)
+        seconds = float(value)
     except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError):
+            return None
+    if not math.isfinite(seconds):
         return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
 class Dispatcher:
@@ -61,7 +70,6 @@ class Dispatcher:
         self.pool = pool
         self.settings = settings
         self.signal = signal
-        self.in_flight: Counter[uuid.UUID] = Counter()
         self.tasks: set[asyncio.Task[None]] = set()
         self.session: aiohttp.ClientSession | None = None
         self.stopping = asyncio.Event()
@@ -83,10 +91,12 @@ class Dispatcher:
                 if not claimed:
                     await self._idle(wake)
                 elif len(self.tasks) >= self.settings.webhook_concurrency:
-                    await asyncio.wait(self.tasks, return_when=asyncio.FIRST_COMPLETED)
+                    await self._idle(wake)  # a finished delivery fires the signal too
         finally:
-            if self.tasks:
-                await asyncio.wait(self.tasks, timeout=self.settings.webhook_timeout_s + 1)
+            if self.tasks:  # deliveries under way get a moment; the others' leases run out
+                _, unfinished = await asyncio.wait(self.tasks, timeout=SHUTDOWN_GRACE_S)
+                for task in unfinished:
+                    task.cancel()
             await self.session.close()
             log.info("dispatcher_stopped")
 
@@ -99,7 +109,6 @@ class Dispatcher:
         capacity = settings.webhook_concurrency - len(self.tasks)
         if capacity <= 0:
             return []
-        busy = [sid for sid, n in self.in_flight.items() if n >= settings.webhook_per_subscription]
         try:
             async with self.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
                 return await outbox.claim_deliveries(
@@ -107,7 +116,6 @@ class Dispatcher:
                     capacity,
                     settings.webhook_per_subscription,
                     settings.webhook_lease_s,
-                    busy,
                 )
         except Exception as error:  # the database is away: try again after the poll interval
             log.warning("claim_failed", error=repr(error))
@@ -123,15 +131,11 @@ class Dispatcher:
         stopped.cancel()
 
     def _start(self, claimed: Claimed) -> None:
-        self.in_flight[claimed.subscription_id] += 1
         task = asyncio.get_running_loop().create_task(self.deliver(claimed))
         self.tasks.add(task)
 
         def done(finished: asyncio.Task[None]) -> None:
             self.tasks.discard(finished)
-            self.in_flight[claimed.subscription_id] -= 1
-            if self.in_flight[claimed.subscription_id] <= 0:
-                del self.in_flight[claimed.subscription_id]
             self.signal.fire()  # room for another claim
 
         task.add_done_callback(done)
@@ -175,6 +179,9 @@ class Dispatcher:
                 error = f"refused by the address guard: {blocked}"
             else:
                 error = f"{type(failure).__name__}: {failure}"[:500]
+        except Exception as failure:  # whatever it is, it is an attempt to record, not a loop
+            log.exception("delivery_crashed", delivery_id=claimed.delivery_id)
+            error = f"{type(failure).__name__}: {failure}"[:500]
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
 
         outcome, next_in, disable = self._judge(claimed, status, retry_after)
@@ -186,13 +193,16 @@ class Dispatcher:
                     started_at=now,
                     status_code=status,
                     latency_ms=latency_ms,
-                    excerpt=excerpt,
-                    error=error,
+                    excerpt=storable_text(excerpt),
+                    error=storable_text(error),
                     outcome=outcome,
                     next_attempt_in_s=next_in,
                     disable_subscription=disable,
                     disable_after_failing_s=settings.webhook_disable_after_s,
                 )
+        except asyncpg.ForeignKeyViolationError:
+            log.info("delivery_gone", delivery_id=claimed.delivery_id)  # subscription deleted
+            return
         except Exception as failure:
             # The lease runs out and the delivery is tried again: at least once, never lost.
             log.warning(

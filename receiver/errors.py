@@ -119,6 +119,12 @@ def make_error_middleware(retry_after_s: int) -> Any:
                 headers={k: v for k, v in error.headers.items() if k.lower() == "allow"},
             )
         except Exception as error:
+            if isinstance(error, asyncpg.PostgresError) and is_data_refusal(error):
+                # A value the database cannot hold (callbacks handle theirs before this).
+                return web.json_response(
+                    error_body("invalid_value", "a value of the request cannot be stored"),
+                    status=400,
+                )
             if is_database_unavailable(error):
                 log.warning("database_unavailable", error=repr(error))
                 return web.json_response(

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import time
 from typing import Any
 
 from aiohttp import web
@@ -17,13 +19,25 @@ MAX_LIMIT = 1000
 KEEPALIVE_S = 15.0
 
 
+CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})", re.ASCII)
+BIGINT_MAX = 2**63 - 1
+IDLE_POLL_S = 0.5  # an event hidden behind a transaction still running shows up this soon
+
+
 def parse_cursor(value: str | None) -> tuple[int, int] | None:
     if not value:
         return None
-    txid, _, seq = value.partition(".")
-    if not (txid.isdigit() and seq.isdigit()):
-        raise BadRequest(f"not a cursor: {value!r}")
-    return int(txid), int(seq)
+    match = CURSOR.fullmatch(value)
+    if match is None or max(int(match[1]), int(match[2])) > BIGINT_MAX:
+        raise BadRequest(f"not a cursor: {value[:60]!r}")
+    return int(match[1]), int(match[2])
+
+
+def text_param(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is not None and ("\x00" in value or len(value) > 100):
+        raise BadRequest(f"{name} is not a valid value")
+    return value
 
 
 def cursor_of(row: Any) -> str:
@@ -39,7 +53,7 @@ async def events(request: web.Request) -> web.Response:
         raise BadRequest("limit must be a number") from None
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
         rows = await outbox.feed(
-            conn, after, limit, request.query.get("type"), request.query.get("provider")
+            conn, after, limit, text_param(request, "type"), text_param(request, "provider")
         )
     next_cursor = cursor_of(rows[-1]) if rows else request.query.get("after")
     return web.json_response(
@@ -53,7 +67,7 @@ async def events(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     context = request.app[AppContext.KEY]
     after = parse_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))
-    event_type, provider = request.query.get("type"), request.query.get("provider")
+    event_type, provider = text_param(request, "type"), text_param(request, "provider")
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",
@@ -63,20 +77,28 @@ async def stream(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
     stopping = request.app[STOPPING]
-    while not stopping.is_set():
-        wake = context.signal.current()
-        async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
-            rows = await outbox.feed(conn, after, 200, event_type, provider)
-        for row in rows:
-            event = outbox.event_json(row)
-            payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-            await response.write(
-                f"id: {cursor_of(row)}\nevent: {event['type']}\ndata: {payload}\n\n".encode()
-            )
-            after = (row["txid"], row["feed_seq"])
-        if not rows:
-            await response.write(b": keep-alive\n\n")
-            await context.signal.wait(KEEPALIVE_S, wake)
+    quiet_since = time.monotonic()
+    try:
+        while not stopping.is_set():
+            wake = context.signal.current()
+            async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
+                rows = await outbox.feed(conn, after, 200, event_type, provider)
+            for row in rows:
+                event = outbox.event_json(row)
+                payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+                await response.write(
+                    f"id: {cursor_of(row)}\nevent: {event['type']}\ndata: {payload}\n\n".encode()
+                )
+                after = (row["txid"], row["feed_seq"])
+            if rows:
+                quiet_since = time.monotonic()
+                continue
+            if time.monotonic() - quiet_since >= KEEPALIVE_S:
+                await response.write(b": keep-alive\n\n")
+                quiet_since = time.monotonic()
+            await context.signal.wait(IDLE_POLL_S, wake)
+    except ConnectionResetError:
+        pass  # the client went away
     return response
 
 

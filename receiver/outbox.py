@@ -171,8 +171,9 @@ async def replay(
           AND subscription_takes(s.filters, e.type, e.provider, e.status)
           AND subscription_takes($3::jsonb, e.type, e.provider, e.status)
         ON CONFLICT (subscription_id, event_id) DO UPDATE SET
-            status = 'pending', next_attempt_at = now(), leased_until = NULL,
+            status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
             lease_token = NULL, updated_at = now()
+        WHERE d.status <> 'delivering' OR d.leased_until < now()  -- never under a live lease
         """,
         subscription_id,
         since,
@@ -184,9 +185,9 @@ async def replay(
 async def retry_delivery(connection: Connection, delivery_id: int) -> bool:
     result: str = await connection.execute(
         """
-        UPDATE deliveries SET status = 'pending', next_attempt_at = now(), leased_until = NULL,
-            lease_token = NULL, updated_at = now()
-        WHERE id = $1 AND status <> 'delivering'
+        UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),
+            leased_until = NULL, lease_token = NULL, updated_at = now()
+        WHERE id = $1 AND (status <> 'delivering' OR leased_until < now())
         """,
         delivery_id,
     )
@@ -208,36 +209,44 @@ class Claimed:
 
 
 async def claim_deliveries(
-    connection: Connection,
-    limit: int,
-    per_subscription: int,
-    lease_s: float,
-    busy: list[uuid.UUID],
+    connection: Connection, limit: int, per_subscription: int, lease_s: float
 ) -> list[Claimed]:
-    """Take due deliveries (and those whose lease ran out: their dispatcher died), at most
-    `per_subscription` of one subscription, so that a slow one never holds the batch."""
+    """Take at most `limit` due deliveries of enabled subscriptions (and those whose lease ran
+    out: their dispatcher died), keeping every subscription under `per_subscription` live leases
+    across all dispatchers, so that a slow subscriber never holds the others."""
     token = uuid.uuid4()
     rows = await connection.fetch(
         f"""
-        WITH due AS (
-            SELECT d.id FROM deliveries d
-            WHERE ((d.status = 'pending' AND d.next_attempt_at <= now())
-                   OR (d.status = 'delivering' AND d.leased_until < now()))
-              AND d.subscription_id <> ALL($5::uuid[])
+        WITH live AS (
+            SELECT subscription_id, count(*) AS leased FROM deliveries
+            WHERE status = 'delivering' AND leased_until >= now()
+            GROUP BY subscription_id
+        ), due AS (
+            SELECT d.id, d.subscription_id, d.next_attempt_at FROM deliveries d
+            JOIN subscriptions s ON s.id = d.subscription_id AND s.enabled
+            WHERE (d.status = 'pending' AND d.next_attempt_at <= now())
+               OR (d.status = 'delivering' AND d.leased_until < now())
             ORDER BY d.next_attempt_at
             LIMIT $1 * 4
-            FOR UPDATE SKIP LOCKED
-        ), fair AS (
-            SELECT d.id, row_number() OVER (
-                PARTITION BY d.subscription_id ORDER BY d.next_attempt_at, d.id) AS n
-            FROM deliveries d JOIN due USING (id)
+            FOR UPDATE OF d SKIP LOCKED
+        ), pick AS (
+            SELECT fair.id FROM (
+                SELECT due.id, due.next_attempt_at, coalesce(live.leased, 0) AS leased,
+                       row_number() OVER (
+                           PARTITION BY due.subscription_id ORDER BY due.next_attempt_at, due.id
+                       ) AS n
+                FROM due LEFT JOIN live USING (subscription_id)
+            ) fair
+            WHERE fair.n + fair.leased <= $2
+            ORDER BY fair.next_attempt_at, fair.id
+            LIMIT $1
         ), taken AS (
             UPDATE deliveries d SET
                 status = 'delivering', attempts = d.attempts + 1,
                 leased_until = now() + make_interval(secs => $3), lease_token = $4,
                 updated_at = now()
-            FROM fair
-            WHERE d.id = fair.id AND fair.n <= $2
+            FROM pick
+            WHERE d.id = pick.id
             RETURNING d.id, d.attempts, d.subscription_id, d.event_id
         )
         SELECT taken.id AS delivery_id, taken.attempts, s.id AS subscription_id, s.url,
@@ -247,13 +256,11 @@ async def claim_deliveries(
         JOIN subscriptions s ON s.id = taken.subscription_id
         JOIN events e ON e.id = taken.event_id
         ORDER BY taken.id
-        LIMIT $1
         """,
         limit,
         per_subscription,
         lease_s,
         token,
-        busy,
     )
     return [
         Claimed(
@@ -356,13 +363,6 @@ async def record_attempt(
         return True
 
 
-async def subscription_disabled(connection: Connection, subscription_id: uuid.UUID) -> bool:
-    enabled = await connection.fetchval(
-        "SELECT enabled FROM subscriptions WHERE id = $1", subscription_id
-    )
-    return enabled is not True
-
-
 # --- the feed ----------------------------------------------------------------------------------
 
 
@@ -380,7 +380,7 @@ async def feed(
         SELECT e.txid::text::bigint AS txid, e.feed_seq, {EVENT_COLUMNS}
         FROM events e
         WHERE e.txid < pg_snapshot_xmin(pg_current_snapshot())
-          AND ($1::bigint IS NULL OR (e.txid, e.feed_seq) > ($1::text::xid8, $2::bigint))
+          AND (e.txid, e.feed_seq) > (coalesce($1::bigint, 0)::text::xid8, coalesce($2::bigint, 0))
           AND ($4::text IS NULL OR e.type = $4)
           AND ($5::text IS NULL OR e.provider = $5)
         ORDER BY e.txid, e.feed_seq

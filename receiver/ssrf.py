@@ -15,6 +15,9 @@ from aiohttp.resolver import DefaultResolver
 from receiver.config import Network
 
 CGNAT = ip_network("100.64.0.0/10")
+# IPv6 ranges that can carry an IPv4 address or a site's network, which `ipaddress` still calls
+# public on Python 3.11: 6to4, deprecated site-local, NAT64.
+TUNNELS = (ip_network("2002::/16"), ip_network("fec0::/10"), ip_network("64:ff9b::/96"))
 
 
 class BlockedAddress(OSError):
@@ -24,8 +27,11 @@ class BlockedAddress(OSError):
 def is_public(address: IPv4Address | IPv6Address, allowed: Sequence[Network]) -> bool:
     if any(address in network for network in allowed):
         return True
-    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
-        return is_public(address.ipv4_mapped, allowed)
+    if isinstance(address, IPv6Address):
+        if address.ipv4_mapped is not None:
+            return False  # IPv4-mapped: refused whatever it maps to
+        if any(address in network for network in TUNNELS):
+            return False
     return not (
         address.is_loopback
         or address.is_private

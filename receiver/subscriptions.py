@@ -7,12 +7,21 @@ import base64
 import json
 import secrets
 import uuid
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from normalizers.events import EventType, Status
 from receiver import outbox
@@ -27,11 +36,22 @@ class Unprocessable(ReceiverError):
     code = "validation_error"
 
 
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
+PlainText = Annotated[str, AfterValidator(_no_nul)]
+ProviderName = Annotated[str, StringConstraints(max_length=50), AfterValidator(_no_nul)]
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 class Filters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     event_types: list[EventType] | None = None
-    providers: list[str] | None = None
+    providers: list[ProviderName] | None = None
     statuses: list[Status] | None = None
 
 
@@ -40,7 +60,7 @@ class SubscriptionIn(BaseModel):
 
     url: AnyHttpUrl
     filters: Filters = Field(default_factory=Filters)
-    description: str | None = Field(default=None, max_length=500)
+    description: PlainText | None = Field(default=None, max_length=500)
     enabled: bool = True
 
 
@@ -49,7 +69,7 @@ class SubscriptionPatch(BaseModel):
 
     url: AnyHttpUrl | None = None
     filters: Filters | None = None
-    description: str | None = Field(default=None, max_length=500)
+    description: PlainText | None = Field(default=None, max_length=500)
     enabled: bool | None = None
 
 
@@ -58,8 +78,17 @@ class ReplayIn(BaseModel):
 
     since: datetime
     event_types: list[EventType] | None = None
-    providers: list[str] | None = None
+    providers: list[ProviderName] | None = None
     statuses: list[Status] | None = None
+
+    @field_validator("since")
+    @classmethod
+    def sane_since(cls, moment: datetime) -> datetime:
+        if moment.tzinfo is None:
+            raise ValueError("needs a time zone (use Z for UTC)")
+        if not EARLIEST <= moment <= datetime.now(UTC):
+            raise ValueError("must be between 1970 and now")
+        return moment
 
 
 def new_secret() -> str:
@@ -195,10 +224,10 @@ async def replay(request: web.Request) -> web.Response:
 
 async def retry(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
-    try:
-        delivery_id = int(request.match_info["id"])
-    except ValueError:
-        raise NotFound("no such delivery") from None
+    raw_id = request.match_info["id"]
+    if not (raw_id.isascii() and raw_id.isdigit() and int(raw_id) <= 2**63 - 1):
+        raise NotFound("no such delivery")
+    delivery_id = int(raw_id)
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
         queued = await outbox.retry_delivery(conn, delivery_id)
     if not queued:

@@ -11,7 +11,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from ipaddress import ip_network
+from email.utils import format_datetime
+from ipaddress import ip_address, ip_network
 from typing import Any
 
 import asyncpg
@@ -20,11 +21,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from receiver import queries
+from receiver import outbox, queries
 from receiver.app import create_app
 from receiver.config import Settings
-from receiver.dispatcher import Dispatcher
+from receiver.dispatcher import Dispatcher, retry_after_s
 from receiver.signal import Signal
+from receiver.ssrf import is_public
 
 Client = TestClient[Any, Any]
 LOOPBACK = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
@@ -37,6 +39,7 @@ class Subscriber:
     answers: list[int | tuple[int, dict[str, str]]] = field(default_factory=list)
     received: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     hold: asyncio.Event | None = None  # while set to an unset Event, requests hang
+    body: bytes = b"ok"
     url: str = ""
 
     async def handle(self, request: web.Request) -> web.Response:
@@ -46,7 +49,7 @@ class Subscriber:
             await self.hold.wait()
         answer = self.answers.pop(0) if self.answers else 200
         status, headers = answer if isinstance(answer, tuple) else (answer, {})
-        return web.Response(status=status, headers=headers, text="ok")
+        return web.Response(status=status, headers=headers, body=self.body)
 
     def ids(self) -> list[str]:
         return [headers["webhook-id"] for headers, _ in self.received]
@@ -74,8 +77,8 @@ def hub_settings(dsn: str, **changes: Any) -> Settings:
         "webhook_allowed_networks": LOOPBACK,
         "webhook_retry_delays_s": (0.1, 0.1, 0.1),
         "webhook_poll_s": 0.2,
-        "webhook_lease_s": 1.0,
-        "webhook_timeout_s": 5.0,
+        "webhook_lease_s": 2.0,
+        "webhook_timeout_s": 0.5,
     }
     return Settings(**(fields | changes))
 
@@ -552,3 +555,134 @@ async def test_a_subscription_failing_continuously_is_disabled(
 
     await eventually(disabled)
     assert await db.fetchval("SELECT disabled_reason FROM subscriptions") == "failing continuously"
+
+
+async def queue_deliveries(db: asyncpg.Connection, client: Client, url: str, count: int) -> None:
+    await subscribe(client, url, enabled=False)  # nothing dispatched while we look
+    for n in range(count):
+        await report(client, f"q-{n}")
+    await db.execute("UPDATE subscriptions SET enabled = true")
+    await db.execute(
+        "INSERT INTO deliveries (subscription_id, event_id) SELECT s.id, e.id"
+        " FROM subscriptions s, events e"
+    )
+
+
+async def test_a_claim_leases_exactly_what_it_returns(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    client = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
+    await queue_deliveries(db, client, subscriber.url, 10)
+
+    claimed = await outbox.claim_deliveries(db, 1, 4, 30.0)
+
+    assert len(claimed) == 1
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 'delivering'") == 1
+    assert await db.fetchval("SELECT sum(attempts) FROM deliveries") == 1
+
+
+async def test_the_per_subscriber_limit_holds_across_dispatchers(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    client = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
+    await queue_deliveries(db, client, subscriber.url, 10)
+
+    first = await outbox.claim_deliveries(db, 10, 3, 30.0)
+    second = await outbox.claim_deliveries(db, 10, 3, 30.0)  # another dispatcher
+
+    assert (len(first), len(second)) == (3, 0)
+
+
+async def test_a_disabled_subscription_gets_nothing_more(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    client = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
+    await queue_deliveries(db, client, subscriber.url, 3)
+    await db.execute("UPDATE subscriptions SET enabled = false")
+
+    assert await outbox.claim_deliveries(db, 10, 4, 30.0) == []
+
+
+async def test_nul_in_a_subscriber_answer_is_recorded_not_looped(
+    hub: Client, subscriber: Subscriber, db: asyncpg.Connection
+) -> None:
+    subscriber.body = b"ok\x00ok"
+    await subscribe(hub, subscriber.url)
+    await report(hub, "nul-1")
+
+    async def delivered() -> bool:
+        return bool(await db.fetchval("SELECT status FROM deliveries") == "delivered")
+
+    await eventually(delivered)
+    assert await db.fetchval("SELECT response_excerpt FROM delivery_attempts") == "okok"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("3", 3.0), ("nan", None), ("inf", None), ("-5", 0.0), ("soon", None), (None, None)],
+)
+def test_retry_after(value: str | None, expected: float | None) -> None:
+    assert retry_after_s(value) == expected
+
+
+def test_retry_after_as_an_http_date() -> None:
+    in_a_minute = format_datetime(datetime.now(UTC) + timedelta(seconds=60), usegmt=True)
+    seconds = retry_after_s(in_a_minute)
+    assert seconds is not None
+    assert 55 <= seconds <= 61
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "2002:7f00:1::1",
+        "fec0::1",
+        "64:ff9b::7f00:1",
+        "::ffff:8.8.8.8",
+        "100.64.1.1",
+        "0.0.0.0",
+        "fd00::1",
+        "169.254.1.1",
+        "10.1.2.3",
+        "::1",
+    ],
+)
+def test_the_guard_refuses(address: str) -> None:
+    assert not is_public(ip_address(address), ())
+
+
+def test_the_guard_lets_public_and_allowed_addresses_through() -> None:
+    assert is_public(ip_address("93.184.216.34"), ())
+    assert is_public(ip_address("127.0.0.1"), LOOPBACK)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/v1/events?after=%C2%B2.1", None),
+        ("GET", "/v1/events?after=99999999999999999999.1", None),
+        ("GET", "/v1/events?type=%00", None),
+        ("GET", "/v1/events/stream?provider=%00", None),
+        ("POST", "/v1/subscriptions", {"url": "http://127.0.0.1:9/x", "description": "a\u0000b"}),
+        (
+            "POST",
+            "/v1/subscriptions",
+            {"url": "http://127.0.0.1:9/x", "filters": {"providers": ["\u0000"]}},
+        ),
+        ("POST", "/v1/deliveries/99999999999999999999/retry", None),
+    ],
+)
+async def test_bad_input_is_4xx_never_500(hub: Client, method: str, path: str, body: Any) -> None:
+    response = await hub.request(method, path, json=body)
+
+    assert 400 <= response.status < 500
+    assert "error" in await response.json()
+
+
+async def test_replay_since_out_of_range_is_422(hub: Client, subscriber: Subscriber) -> None:
+    subscription = await subscribe(hub, subscriber.url)
+    for since in ("9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00"):
+        response = await hub.post(
+            f"/v1/subscriptions/{subscription['id']}/replay", json={"since": since}
+        )
+        assert response.status == 422
