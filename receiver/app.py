@@ -14,7 +14,8 @@ import structlog
 from aiohttp import web
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
-from receiver import feed, subscriptions
+from receiver import feed, messages, subscriptions
+from receiver.apikeys import api_key_middleware
 from receiver.auth import is_unauthenticated
 from receiver.callbacks import expect_within_limit, handle_callback
 from receiver.config import Settings
@@ -81,7 +82,11 @@ def create_app(
     settings: Settings, dsn: str, registry: Registry = DEFAULT_REGISTRY
 ) -> web.Application:
     app = web.Application(
-        middlewares=[request_log_middleware, make_error_middleware(settings.retry_after_s)],
+        middlewares=[
+            request_log_middleware,
+            make_error_middleware(settings.retry_after_s),
+            api_key_middleware,
+        ],
         client_max_size=settings.body_limit_bytes,
     )
     expected = frozenset(
@@ -120,6 +125,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_post("/v1/messages", handle_send)
     subscriptions.add_routes(app)
+    messages.add_routes(app)
     feed.add_routes(app)
     app.router.add_get("/readyz", readyz)
     for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
@@ -127,6 +133,8 @@ def create_app(
         app.router.add_route("POST", path, handle_callback, expect_handler=expect_within_limit)
     if settings.sandbox:
         app.add_subapp("/sandbox", sandbox_app(simulated_providers(settings, registry)))
+    if not settings.api_auth:
+        log.warning("api_keys_not_required", hint="set API_AUTH=true outside a laptop")
     for name in sorted(registry):
         if is_unauthenticated(settings.provider(name)):
             log.warning(

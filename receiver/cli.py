@@ -7,6 +7,7 @@ import asyncio
 import json
 import signal as signal_module
 import sys
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from normalizers.base import CallbackRequest, ParseError, parse_timestamp
 from normalizers.registry import DEFAULT_REGISTRY, Registry
+from receiver.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.app import create_app
 from receiver.config import Settings
 from receiver.database import create_pool, resolve_dsn, wait_for_database
@@ -44,6 +46,21 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
 
     commands.add_parser("migrate", help="apply pending migrations and exit")
     commands.add_parser("worker", help="run the webhook dispatcher alone (no HTTP server)")
+
+    keys = commands.add_parser("keys", help="API keys: create, list, revoke")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="a new key; its secret is printed once")
+    create.add_argument(
+        "--scope",
+        action="append",
+        required=True,
+        choices=list(SCOPES),
+        help="repeatable: send, read, admin (admin can do everything)",
+    )
+    create.add_argument("--name", default="unnamed", help="who or what uses it")
+    key_commands.add_parser("list", help="every key, without secrets")
+    revoke = key_commands.add_parser("revoke", help="a key stops working at once")
+    revoke.add_argument("key_id")
 
     again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
     again.add_argument("--provider", choices=sorted(registry), help="only this provider")
@@ -86,6 +103,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     dsn, _server = resolve_dsn(settings)
     if args.command == "migrate":
         return asyncio.run(migrate_command(settings, dsn))
+    if args.command == "keys":
+        return asyncio.run(keys_command(settings, dsn, args))
     if args.command == "worker":
         return asyncio.run(worker_command(settings, dsn))
     if args.command == "demo":
@@ -112,6 +131,37 @@ def serve_command(
     )
     log.info("stopped")
     return 0
+
+
+async def keys_command(settings: Settings, dsn: str, args: argparse.Namespace) -> int:
+    await wait_for_database(dsn, settings.db_connect_retry_s)
+    connection = await asyncpg.connect(dsn)
+    try:
+        if args.keys_command == "create":
+            key_id, secret = await create_key(connection, args.name, args.scope)
+            print(f"key {key_id} ({', '.join(sorted(set(args.scope)))}): {secret}")
+            print("the secret is shown this once; only its hash is stored")
+            return 0
+        if args.keys_command == "list":
+            for row in await list_keys(connection):
+                state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "active"
+                print(
+                    f"{row['id']}  {row['prefix']}…  {','.join(row['scopes']):<16}"
+                    f"  {state:<18}  {row['name']}"
+                )
+            return 0
+        try:
+            key_id = uuid.UUID(args.key_id)
+        except ValueError:
+            print(f"error: not a key id: {args.key_id}", file=sys.stderr)
+            return 1
+        if not await revoke_key(connection, key_id):
+            print(f"error: no active key {key_id}", file=sys.stderr)
+            return 1
+        print(f"key {key_id} revoked")
+        return 0
+    finally:
+        await connection.close()
 
 
 async def worker_command(settings: Settings, dsn: str) -> int:

@@ -123,6 +123,10 @@ class Settings(BaseSettings):
         default=(),
         description="Private networks subscribers may be in (e.g. 127.0.0.0/8); none by default.",
     )
+    api_auth: bool = Field(
+        default=True,
+        description="Require API keys on /v1 (`make run` turns it off for a laptop).",
+    )
     dispatcher: bool = Field(default=True, description="Run the dispatcher inside `serve`.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     migrations_dir: Path | None = Field(

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from receiver import outbox
+from receiver.apikeys import requires
 from receiver.context import AppContext
 from receiver.errors import BadRequest
 
@@ -44,6 +45,7 @@ def cursor_of(row: Any) -> str:
     return f"{row['txid']}.{row['feed_seq']}"
 
 
+@requires("read")
 async def events(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     after = parse_cursor(request.query.get("after"))
@@ -64,6 +66,7 @@ async def events(request: web.Request) -> web.Response:
     )
 
 
+@requires("read")
 async def stream(request: web.Request) -> web.StreamResponse:
     context = request.app[AppContext.KEY]
     after = parse_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))

@@ -35,6 +35,7 @@ from normalizers.base import (
 from normalizers.encoding import segment
 from normalizers.events import Event
 from receiver import queries
+from receiver.apikeys import requires
 from receiver.callbacks import received_now
 from receiver.config import Settings
 from receiver.context import AppContext
@@ -139,6 +140,7 @@ def callback_url(settings: Settings, provider: str) -> str:
     return f"{url}/{token.get_secret_value()}" if token else url
 
 
+@requires("send")
 async def handle_send(request: web.Request) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
     settings = context.settings

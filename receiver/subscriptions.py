@@ -25,6 +25,7 @@ from pydantic import (
 
 from normalizers.events import EventType, Status
 from receiver import outbox
+from receiver.apikeys import requires
 from receiver.context import AppContext
 from receiver.errors import NotFound, ReceiverError
 
@@ -137,6 +138,7 @@ def _id(request: web.Request) -> uuid.UUID:
         raise NotFound("no such subscription") from None
 
 
+@requires("admin")
 async def create(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     incoming: SubscriptionIn = await _model(request, SubscriptionIn)
@@ -155,6 +157,7 @@ async def create(request: web.Request) -> web.Response:
     return web.json_response(subscription_json(row) | {"secret": secret}, status=201)
 
 
+@requires("admin")
 async def list_all(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
@@ -162,6 +165,7 @@ async def list_all(request: web.Request) -> web.Response:
     return web.json_response({"data": [subscription_json(row) for row in rows]})
 
 
+@requires("admin")
 async def get_one(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
@@ -171,6 +175,7 @@ async def get_one(request: web.Request) -> web.Response:
     return web.json_response(subscription_json(row))
 
 
+@requires("admin")
 async def patch(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     incoming: SubscriptionPatch = await _model(request, SubscriptionPatch)
@@ -191,6 +196,7 @@ async def patch(request: web.Request) -> web.Response:
     return web.json_response(subscription_json(row))
 
 
+@requires("admin")
 async def delete(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
@@ -200,6 +206,7 @@ async def delete(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
+@requires("admin")
 async def rotate(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     secret = new_secret()
@@ -210,6 +217,7 @@ async def rotate(request: web.Request) -> web.Response:
     return web.json_response({"secret": secret, "previous_secret_valid_for_s": SECRET_OVERLAP_S})
 
 
+@requires("admin")
 async def replay(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     incoming: ReplayIn = await _model(request, ReplayIn)
@@ -222,6 +230,7 @@ async def replay(request: web.Request) -> web.Response:
     return web.json_response({"queued": queued}, status=202)
 
 
+@requires("admin")
 async def retry(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     raw_id = request.match_info["id"]

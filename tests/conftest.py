@@ -23,13 +23,19 @@ from receiver.migrate import apply_migrations, migrations_dir
 REPO = Path(__file__).resolve().parent.parent
 TABLES = (
     "deliveries, subscriptions, events, recipient_parts, message_recipients, messages,"
-    " raw_callbacks, idempotency_keys, delivery_attempts"
+    " raw_callbacks, idempotency_keys, delivery_attempts, api_keys"
 )
 
 
 def with_database(dsn: str, name: str) -> str:
     parts = urlsplit(dsn)
     return urlunsplit(parts._replace(path="/" + name))
+
+
+@pytest.fixture(autouse=True)
+def no_api_keys_unless_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests of other areas call the /v1 API without keys; test_apikeys turns them on."""
+    monkeypatch.setenv("API_AUTH", "false")
 
 
 @pytest.fixture(scope="session")

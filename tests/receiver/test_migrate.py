@@ -21,6 +21,7 @@ EXPECTED_TABLES = {
     "recipient_parts",
     "idempotency_keys",
     "delivery_attempts",
+    "api_keys",
 }
 
 
