@@ -1,0 +1,159 @@
+"""The operator's view: inbound replies and what they answer, raw callbacks with secrets
+redacted, statistics per provider."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from receiver.app import create_app
+from receiver.config import Settings
+
+Client = TestClient[Any, Any]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
+    port = free_port()
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        public_base_url=f"http://127.0.0.1:{port}",
+        sandbox=True,
+        sandbox_delay_s=0.05,
+        dispatcher=False,
+    )
+    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
+    return client
+
+
+async def until(check: Any, timeout_s: float = 8.0) -> Any:
+    for _ in range(int(timeout_s / 0.05)):
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(0.05)
+    pytest.fail("not in time")
+
+
+async def test_inbound_replies_name_the_message_they_answer(hub: Client) -> None:
+    sent = await (
+        await hub.post(
+            "/v1/messages",
+            json={
+                "provider": "swift",
+                "to": ["+447700900008"],
+                "from": "+447700900999",
+                "body": "Coming?",
+            },
+        )
+    ).json()
+
+    async def replies() -> list[dict[str, Any]]:
+        page = await (await hub.get("/v1/inbound", params={"provider": "swift"})).json()
+        return list(page["data"])
+
+    [reply] = await until(replies)
+    assert (reply["text"], reply["sender"], reply["recipient"]) == (
+        "YES",
+        "+447700900008",
+        "+447700900999",
+    )
+    assert reply["in_reply_to"] == sent["id"]
+    none = await (await hub.get("/v1/inbound", params={"from": "+447700900001"})).json()
+    assert none["data"] == []
+
+
+async def test_raw_callbacks_list_and_detail_redact_secrets(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    await hub.post(
+        "/callbacks/carrierx?token=s3cret&x=1",
+        data=b"not a report",
+        headers={
+            "Authorization": "Bearer very-secret",
+            "X-Webhook-Signature": "sha256=ab",
+            "Content-Type": "text/plain",
+        },
+    )
+    await hub.post(
+        "/callbacks/carrierx", json={"message_sid": "ok-1", "status": "sent", "to": "15162065574"}
+    )
+
+    unparsed = await (await hub.get("/v1/raw-callbacks", params={"outcome": "unparsed"})).json()
+    [item] = unparsed["data"]
+    detail = await (await hub.get(f"/v1/raw-callbacks/{item['id']}")).json()
+
+    assert item["outcome"] == "unparsed"
+    assert detail["body"] == "not a report"
+    headers = dict(detail["headers"])
+    assert headers["Authorization"] == "[redacted]"
+    assert headers["X-Webhook-Signature"] == "[redacted]"
+    assert headers["Content-Type"] == "text/plain"
+    assert "s3cret" not in detail["query"]
+    assert "x=1" in detail["query"]
+    normalised = await (await hub.get("/v1/raw-callbacks", params={"outcome": "normalised"})).json()
+    shown = await (await hub.get(f"/v1/raw-callbacks/{normalised['data'][0]['id']}")).json()
+    assert [e["provider_message_id"] for e in shown["events"]] == ["ok-1"]
+
+
+async def test_raw_callbacks_bad_parameters(hub: Client) -> None:
+    assert (await hub.get("/v1/raw-callbacks", params={"outcome": "lost"})).status == 400
+    assert (await hub.get("/v1/raw-callbacks/not-an-id")).status == 404
+    assert (await hub.get("/v1/raw-callbacks/00000000-0000-0000-0000-000000000000")).status == 404
+
+
+async def test_raw_callbacks_page(hub: Client) -> None:
+    for n in range(5):
+        await hub.post("/callbacks/carrierx", data=f"junk {n}".encode())
+    seen: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "2"} | ({"cursor": cursor} if cursor else {})
+        page = await (await hub.get("/v1/raw-callbacks", params=params)).json()
+        seen.extend(item["id"] for item in page["data"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) == 5
+
+
+async def test_stats_per_provider(hub: Client, db: asyncpg.Connection) -> None:
+    await hub.post(
+        "/v1/messages",
+        json={
+            "provider": "carrierx",
+            "to": ["+447700900001", "+447700900002"],
+            "from": "+447700900999",
+            "body": "x",
+        },
+    )
+    await hub.post("/callbacks/carrierx", data=b"junk")
+
+    async def settled() -> dict[str, Any] | None:
+        answer: dict[str, Any] = await (await hub.get("/v1/stats")).json()
+        carrierx = answer["providers"]["carrierx"]
+        both_final = {"delivered", "undelivered"} <= set(carrierx["reports_by_status"])
+        return answer if both_final else None
+
+    answer = await until(settled)
+    carrierx = answer["providers"]["carrierx"]
+    assert (carrierx["messages"], carrierx["recipients"]) == (1, 2)
+    assert carrierx["delivery_rate"] == 0.5  # one delivered, one undelivered
+    assert carrierx["reports_by_status"]["delivered"] == 1
+    assert carrierx["unparsed_callbacks"] == 1
+    assert carrierx["final_report_p50_s"] is not None
+    assert set(answer["providers"]) >= {"apicontrol", "telecom23", "properties", "swift"}
+    assert (await hub.get("/v1/stats", params={"since": "someday"})).status == 400
