@@ -25,6 +25,7 @@ from receiver.dispatcher import Dispatcher
 from receiver.errors import make_error_middleware
 from receiver.feed import STOPPING
 from receiver.health import healthz, readyz
+from receiver.metrics import REQUESTS, metrics
 from receiver.migrate import load_migrations, migrations_dir
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
@@ -55,12 +56,16 @@ async def request_log_middleware(
         response.headers["X-Request-ID"] = request_id
         return response
     finally:
+        elapsed = time.perf_counter() - started
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        REQUESTS.labels(request.method, route, str(status)).observe(elapsed)
         log.info(
             "request",
             method=request.method,
             path=request.path,
             status=status,
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            latency_ms=round(elapsed * 1000, 2),
         )
         structlog.contextvars.clear_contextvars()
 
@@ -129,6 +134,7 @@ def create_app(
     operator.add_routes(app)
     feed.add_routes(app)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
     for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
         app.router.add_route("GET", path, handle_callback, expect_handler=expect_within_limit)
         app.router.add_route("POST", path, handle_callback, expect_handler=expect_within_limit)

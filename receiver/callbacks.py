@@ -21,6 +21,7 @@ from receiver.errors import (
     PayloadTooLarge,
     error_body,
 )
+from receiver.metrics import CALLBACKS, EVENTS
 from receiver.pipeline import REJECTED, UNPARSED, Normalised, normalise, store_callback
 from receiver.queries import RawCallback
 
@@ -106,8 +107,12 @@ async def handle_callback(request: web.Request) -> web.Response:
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as connection:
         result, kept_error = await store_callback(connection, raw, normalised)
     new_events = len(result.new_events)
+    CALLBACKS.labels(provider_name, result.outcome).inc()
     if new_events:
         context.signal.new_events()
+        statuses = {event.id: event.status for event in normalised.events}
+        for stored in result.new_events:
+            EVENTS.labels(provider_name, str(statuses.get(stored.event_id, "unknown"))).inc()
     structlog.contextvars.bind_contextvars(
         outcome=result.outcome, raw_id=str(raw.id), events=new_events
     )

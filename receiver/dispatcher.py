@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver import outbox
 from receiver.config import Settings
+from receiver.metrics import ATTEMPTS
 from receiver.outbox import Claimed
 from receiver.queries import storable_text
 from receiver.signal import Signal
@@ -209,6 +210,7 @@ class Dispatcher:
                 "attempt_not_recorded", delivery_id=claimed.delivery_id, error=repr(failure)
             )
             return
+        ATTEMPTS.labels(outcome if owned else "lease_lost").inc()
         log.info(
             "delivery_attempt",
             delivery_id=claimed.delivery_id,
