@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
-from receiver import feed, messages, operator, subscriptions
+from receiver import feed, messages, openapi, operator, subscriptions
 from receiver.apikeys import api_key_middleware
 from receiver.auth import is_unauthenticated
 from receiver.callbacks import expect_within_limit, handle_callback
@@ -132,6 +132,7 @@ def create_app(
     subscriptions.add_routes(app)
     messages.add_routes(app)
     operator.add_routes(app)
+    openapi.add_routes(app)
     feed.add_routes(app)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from normalizers.events import EventType, Status
 
@@ -48,3 +48,192 @@ class EventV1(BaseModel):
     failure_kind: Literal["temporary", "permanent"] | None
     occurred_at_source: Literal["provider", "received"]
     synthetic: bool
+
+
+# --- answers of the HTTP API (the OpenAPI document is generated from these) -------------------
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    details: Any = None
+
+
+class ErrorBody(BaseModel):
+    """The one error shape of every endpoint."""
+
+    error: ErrorDetail
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Ready(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: str
+    database: str
+
+
+class CallbackAnswer(BaseModel):
+    status: Literal["normalised", "duplicate", "unparsed"]
+    raw_id: str
+    events: int
+    duplicates: int
+    error: str | None = None
+
+
+class SendRecipient(BaseModel):
+    to: str | None
+    status: Status
+    final: bool
+    provider_message_id: str | None
+    failure_kind: Literal["temporary", "permanent"] | None
+    error_code: str | None
+    error_message: str | None
+
+
+class SendAnswer(BaseModel):
+    id: str
+    provider: str
+    segments: int
+    encoding: Literal["GSM-7", "UCS-2"]
+    provider_segments: int | None
+    stored: bool
+    recipients: list[SendRecipient]
+
+
+class RecipientView(BaseModel):
+    to: str | None
+    status: Status
+    final: bool
+    failure_kind: Literal["temporary", "permanent"] | None
+    provider_message_id: str | None
+    segments: int | None
+    price: PriceV1 | None
+    sequence: int
+    updated_at: datetime
+
+
+class MessageSummary(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    provider: str
+    from_: str | None = Field(alias="from")
+    body: str | None
+    ref: str | None
+    segments: int | None
+    encoding: str | None
+    provider_segments: int | None
+    send_at: datetime | None
+    expires_at: datetime | None
+    created_at: datetime
+    recipients: list[RecipientView]
+
+
+class MessageView(MessageSummary):
+    events: list[EventV1]
+
+
+class OrphanView(BaseModel):
+    id: None
+    provider: str
+    orphan: bool
+    recipients: list[RecipientView]
+    events: list[EventV1]
+
+
+class MessageList(BaseModel):
+    data: list[MessageSummary]
+    next_cursor: str | None
+
+
+class EventWithCursor(EventV1):
+    cursor: str
+
+
+class EventPage(BaseModel):
+    data: list[EventWithCursor]
+    next_cursor: str | None
+
+
+class InboundEvent(EventV1):
+    in_reply_to: str | None
+
+
+class InboundPage(BaseModel):
+    data: list[InboundEvent]
+    next_cursor: str | None
+
+
+class SubscriptionView(BaseModel):
+    id: str
+    url: str
+    filters: dict[str, list[str]]
+    description: str | None
+    enabled: bool
+    disabled_reason: str | None
+    failing_since: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class SubscriptionCreated(SubscriptionView):
+    secret: str
+
+
+class SubscriptionList(BaseModel):
+    data: list[SubscriptionView]
+
+
+class RotatedSecret(BaseModel):
+    secret: str
+    previous_secret_valid_for_s: int
+
+
+class Queued(BaseModel):
+    queued: int | bool
+
+
+class RawCallbackSummary(BaseModel):
+    id: str
+    provider: str
+    source: Literal["callback", "send_answer"]
+    method: str
+    path: str
+    outcome: Literal["normalised", "duplicate", "unparsed", "rejected"]
+    error: str | None
+    event_count: int
+    remote_addr: str | None
+    received_at: datetime
+
+
+class RawCallbackDetail(RawCallbackSummary):
+    query: str
+    headers: list[list[str]]
+    body: str
+    body_encoding: Literal["utf-8", "base64"]
+    events: list[EventV1]
+
+
+class RawCallbackPage(BaseModel):
+    data: list[RawCallbackSummary]
+    next_cursor: str | None
+
+
+class ProviderStats(BaseModel):
+    messages: int
+    recipients: int
+    delivered: int
+    delivery_rate: float | None
+    reports_by_status: dict[str, int]
+    final_report_p50_s: float | None
+    final_report_p95_s: float | None
+    unparsed_callbacks: int
+    rejected_callbacks: int
+
+
+class Stats(BaseModel):
+    since: datetime | None
+    providers: dict[str, ProviderStats]
