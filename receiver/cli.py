@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal as signal_module
 import sys
 import uuid
@@ -71,6 +72,11 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     )
     demo.add_argument("--url", default="http://127.0.0.1:8080", help="the running hub")
     demo.add_argument("--seconds", type=float, default=8.0, help="how long to watch")
+    demo.add_argument(
+        "--key",
+        default=os.environ.get("SMS_RECEIVER_API_KEY"),
+        help="an API key with the send scope (default SMS_RECEIVER_API_KEY; none with API_AUTH=false)",
+    )
 
     offline = commands.add_parser(
         "normalize", help="run a normaliser on one payload offline, print events as JSON lines"
@@ -108,7 +114,7 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     if args.command == "worker":
         return asyncio.run(worker_command(settings, dsn))
     if args.command == "demo":
-        return asyncio.run(run_demo(args.url, dsn, args.seconds))
+        return asyncio.run(run_demo(args.url, dsn, args.seconds, api_key=args.key))
     return asyncio.run(reprocess_command(dsn, registry, args.provider, args.dry_run))
 
 

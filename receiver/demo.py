@@ -18,11 +18,16 @@ NUMBERS = ("+447700900001", "+447700900002", "+447700900005", "+447700900008")
 
 
 async def run_demo(
-    base_url: str, dsn: str, seconds: float = 8.0, emit: Callable[[str], None] = print
+    base_url: str,
+    dsn: str,
+    seconds: float = 8.0,
+    emit: Callable[[str], None] = print,
+    api_key: str | None = None,
 ) -> int:
     message_ids: dict[str, uuid.UUID] = {}
     started = datetime.now(UTC)
-    async with aiohttp.ClientSession() as http:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    async with aiohttp.ClientSession(headers=headers) as http:
         for provider in PROVIDERS:
             payload = {
                 "provider": provider,
