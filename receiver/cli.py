@@ -75,7 +75,7 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     demo.add_argument(
         "--key",
         default=os.environ.get("SMS_RECEIVER_API_KEY"),
-        help="an API key with the send scope (default SMS_RECEIVER_API_KEY; none with API_AUTH=false)",
+        help="an API key with the send scope (default: SMS_RECEIVER_API_KEY)",
     )
 
     offline = commands.add_parser(
