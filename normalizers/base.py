@@ -361,6 +361,21 @@ def send_answer_event(
     )
 
 
+def missing_result(
+    provider: str, request: SendRequest, recipient: str, received_at: datetime
+) -> Event:
+    """A recipient the provider's answer says nothing about: `unknown`, not a refusal."""
+    return send_answer_event(
+        provider,
+        request,
+        recipient=recipient,
+        status=Status.UNKNOWN,
+        provider_status="missing",
+        received_at=received_at,
+        error_message="the answer has no result for this recipient",
+    )
+
+
 def refused(
     provider: str,
     call: HttpRequest,

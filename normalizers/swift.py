@@ -34,6 +34,7 @@ from normalizers.base import (
     StrictOptions,
     first_present,
     lower_keys,
+    missing_result,
     refused,
     report_objects,
     send_answer_event,
@@ -256,17 +257,7 @@ def _send_results(
     for recipient in call.recipients:
         item = by_number.get(to_e164(recipient))
         if item is None:
-            events.append(
-                send_answer_event(
-                    NAME,
-                    request,
-                    recipient=recipient,
-                    status=Status.UNKNOWN,
-                    provider_status="missing",
-                    received_at=received_at,
-                    error_message="the answer has no result for this recipient",
-                )
-            )
+            events.append(missing_result(NAME, request, recipient, received_at))
             continue
         code = str(item.get("error_code") or "missing")
         message_id = str_or_none(item.get("id"))

@@ -38,6 +38,7 @@ from normalizers.base import (
     first_present,
     int_or_none,
     lower_keys,
+    missing_result,
     refused,
     report_objects,
     send_answer_event,
@@ -267,17 +268,7 @@ def _send_results(
     for recipient in call.recipients:
         item = by_number.get(to_e164(recipient))
         if item is None:
-            events.append(
-                send_answer_event(
-                    NAME,
-                    request,
-                    recipient=recipient,
-                    status=Status.UNKNOWN,
-                    provider_status="missing",
-                    received_at=received_at,
-                    error_message="the answer has no result for this recipient",
-                )
-            )
+            events.append(missing_result(NAME, request, recipient, received_at))
             continue
         word = str(item.get("status") or "")
         status = STATUS_MAP.get(word.lower(), Status.UNKNOWN)

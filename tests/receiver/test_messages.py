@@ -4,7 +4,6 @@ with keyset pagination and filters."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from typing import Any
 
@@ -14,29 +13,15 @@ from aiohttp.test_utils import TestClient
 
 from receiver import queries
 from receiver.app import create_app
-from receiver.config import Settings
+from tests.helpers import free_port, sandbox_settings
 
 Client = TestClient[Any, Any]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
 async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
     port = free_port()
-    settings = Settings(
-        database_url=dsn,
-        db_pool_min_size=0,
-        public_base_url=f"http://127.0.0.1:{port}",
-        sandbox=True,
-        sandbox_delay_s=0.05,
-        dispatcher=False,
-    )
+    settings = sandbox_settings(dsn, port, dispatcher=False)
     client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
     return client
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,13 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from receiver.app import create_app
 from receiver.config import Settings
 from receiver.openapi import document
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.helpers import free_port
 
 
 def test_every_route_is_in_the_document(dsn: str) -> None:

@@ -5,7 +5,6 @@ batching, retries, segments, and each provider's refusals."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,17 +15,11 @@ from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
 from receiver.config import ProviderSettings, Settings
+from tests.helpers import free_port
 
 Client = TestClient[Any, Any]
 PROVIDERS = ["apicontrol", "telecom23", "properties", "swift", "carrierx"]
 SENDER = "+447700900999"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture

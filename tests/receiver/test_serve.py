@@ -17,12 +17,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from tests.helpers import free_port
 
 
 @pytest.fixture
