@@ -34,6 +34,9 @@ from receiver.signal import Signal
 
 log = structlog.get_logger("receiver.http")
 
+# Metric labels must not come from what a client invents.
+KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+
 # A caller's request id is echoed and logged only when it is short and plain.
 _REQUEST_ID = re.compile(r"[\w.:-]{1,128}")
 
@@ -59,7 +62,8 @@ async def request_log_middleware(
         elapsed = time.perf_counter() - started
         resource = request.match_info.route.resource
         route = resource.canonical if resource is not None else "unmatched"
-        REQUESTS.labels(request.method, route, str(status)).observe(elapsed)
+        method = request.method if request.method in KNOWN_METHODS else "OTHER"
+        REQUESTS.labels(method, route, str(status)).observe(elapsed)
         log.info(
             "request",
             method=request.method,

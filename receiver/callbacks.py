@@ -21,7 +21,7 @@ from receiver.errors import (
     PayloadTooLarge,
     error_body,
 )
-from receiver.metrics import CALLBACKS, EVENTS
+from receiver.metrics import CALLBACKS
 from receiver.pipeline import REJECTED, UNPARSED, Normalised, normalise, store_callback
 from receiver.queries import RawCallback
 
@@ -110,9 +110,6 @@ async def handle_callback(request: web.Request) -> web.Response:
     CALLBACKS.labels(provider_name, result.outcome).inc()
     if new_events:
         context.signal.new_events()
-        statuses = {event.id: event.status for event in normalised.events}
-        for stored in result.new_events:
-            EVENTS.labels(provider_name, str(statuses.get(stored.event_id, "unknown"))).inc()
     structlog.contextvars.bind_contextvars(
         outcome=result.outcome, raw_id=str(raw.id), events=new_events
     )

@@ -122,7 +122,11 @@ def make_error_middleware(retry_after_s: int) -> Any:
             if isinstance(error, asyncpg.PostgresError) and is_data_refusal(error):
                 # A value the database cannot hold (callbacks handle theirs before this).
                 return web.json_response(
-                    error_body("invalid_value", "a value of the request cannot be stored"),
+                    error_body(
+                        "invalid_value",
+                        "a value of the request cannot be used (a NUL character, a number or"
+                        " date out of range)",
+                    ),
                     status=400,
                 )
             if is_database_unavailable(error):

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from receiver import outbox
-from receiver.apikeys import requires
+from receiver.apikeys import API_KEY, requires, still_valid
 from receiver.context import AppContext
 from receiver.errors import BadRequest
 
@@ -23,6 +23,7 @@ KEEPALIVE_S = 15.0
 CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})", re.ASCII)
 BIGINT_MAX = 2**63 - 1
 IDLE_POLL_S = 0.5  # an event hidden behind a transaction still running shows up this soon
+KEY_RECHECK_S = 2.0  # a revoked key's stream ends within this
 
 
 def parse_cursor(value: str | None) -> tuple[int, int] | None:
@@ -81,8 +82,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     stopping = request.app[STOPPING]
     quiet_since = time.monotonic()
+    key = request.get(API_KEY)
+    checked_key_at = time.monotonic()
     try:
         while not stopping.is_set():
+            if key is not None and time.monotonic() - checked_key_at >= KEY_RECHECK_S:
+                async with context.pool.acquire(
+                    timeout=context.settings.db_acquire_timeout_s
+                ) as conn:
+                    if not await still_valid(conn, key.id):
+                        break  # revoked: the stream ends
+                checked_key_at = time.monotonic()
             wake = context.signal.current()
             async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
                 rows = await outbox.feed(conn, after, 200, event_type, provider)

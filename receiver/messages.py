@@ -179,6 +179,8 @@ async def list_messages(request: web.Request) -> web.Response:
     if status is not None and status not in {s.value for s in Status}:
         raise BadRequest(f"unknown status {status!r}")
     to = _text(request, "to")
+    if to is not None and to_e164(to) is None:
+        raise BadRequest("to is not a phone number")
     after = _parse_cursor(request.query["cursor"]) if request.query.get("cursor") else None
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
         rows = await conn.fetch(

@@ -124,7 +124,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {"200": schemas.MessageView | schemas.OrphanView},  # type: ignore[dict-item]
         scope="read",
         params=(PROVIDER_PATH, Param("provider_message_id", "path", required=True)),
-        errors=("401", "403", "404", "503"),
+        errors=("400", "401", "403", "404", "503"),
     ),
     Operation(
         "get",
@@ -136,8 +136,8 @@ OPERATIONS: tuple[Operation, ...] = (
             Param("provider"),
             Param("from"),
             Param("to"),
-            Param("since"),
-            Param("until"),
+            Param("since", schema={"type": "string", "format": "date-time"}),
+            Param("until", schema={"type": "string", "format": "date-time"}),
             LIMIT,
             CURSOR,
         ),

@@ -23,7 +23,7 @@ from receiver.outbox import EVENT_COLUMNS, event_json
 MAX_LIMIT = 500
 OUTCOMES = ("normalised", "duplicate", "unparsed", "rejected")
 # Header and query names whose values are secrets: shown as "[redacted]".
-SECRET_NAME = re.compile(r"authorization|signature|secret|token|api[-_]?key|cookie|password", re.I)
+SECRET_NAME = re.compile(r"auth|sig|hmac|secret|token|key|cookie|pass|pwd|cred|session", re.I)
 REDACTED = "[redacted]"
 
 
@@ -39,6 +39,16 @@ def _text(request: web.Request, name: str) -> str | None:
     if value is not None and ("\x00" in value or len(value) > 255):
         raise BadRequest(f"{name} is not a valid value")
     return value
+
+
+def _number(request: web.Request, name: str) -> str | None:
+    value = _text(request, name)
+    if value is None:
+        return None
+    number = to_e164(value)
+    if number is None:
+        raise BadRequest(f"{name} is not a phone number")
+    return number
 
 
 def _moment(request: web.Request, name: str, default: datetime | None = None) -> datetime | None:
@@ -74,8 +84,8 @@ async def inbound(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     limit = _limit(request)
     after = _parse_cursor(request)
-    handset = _text(request, "from")
-    ours = _text(request, "to")
+    handset = _number(request, "from")
+    ours = _number(request, "to")
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
         rows = await conn.fetch(
             f"""
@@ -83,8 +93,8 @@ async def inbound(request: web.Request) -> web.Response:
                 SELECT m.id FROM messages m
                 JOIN message_recipients r ON r.message_id = m.id
                 WHERE r.recipient = e.sender AND m.sender = e.recipient
-                  AND m.created_at <= e.occurred_at
-                ORDER BY m.created_at DESC LIMIT 1
+                  AND m.created_at <= e.received_at
+                ORDER BY m.created_at DESC, m.id DESC LIMIT 1
             ) AS in_reply_to
             FROM events e
             WHERE e.type = 'message.inbound'
@@ -98,8 +108,8 @@ async def inbound(request: web.Request) -> web.Response:
             LIMIT $8
             """,
             _text(request, "provider"),
-            to_e164(handset) if handset else None,
-            to_e164(ours) if ours else None,
+            handset,
+            ours,
             _moment(request, "since"),
             _moment(request, "until"),
             after[0] if after else None,
@@ -127,8 +137,32 @@ def _redacted_headers(headers: Any) -> list[list[str]]:
 
 
 def _redacted_query(query: str) -> str:
-    pairs = parse_qsl(query, keep_blank_values=True)
+    pairs = parse_qsl(query.replace(";", "&"), keep_blank_values=True)
     return urlencode([(k, REDACTED if SECRET_NAME.search(k) else v) for k, v in pairs])
+
+
+def _redacted_body(text: str) -> str:
+    """Secret-looking fields of a JSON or form body, wherever they are."""
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            return json.dumps(_redacted_json(json.loads(stripped)))
+        except ValueError:
+            return text
+    if "=" in stripped and "\n" not in stripped:
+        return _redacted_query(stripped)
+    return text
+
+
+def _redacted_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if SECRET_NAME.search(str(k)) else _redacted_json(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redacted_json(item) for item in value]
+    return value
 
 
 def _raw_summary(row: Any) -> dict[str, Any]:
@@ -208,7 +242,10 @@ async def raw_callback(request: web.Request) -> web.Response:
         raise NotFound("no such raw callback")
     body = bytes(row["body"])
     try:
-        shown: dict[str, Any] = {"body": body.decode("utf-8"), "body_encoding": "utf-8"}
+        shown: dict[str, Any] = {
+            "body": _redacted_body(body.decode("utf-8")),
+            "body_encoding": "utf-8",
+        }
     except UnicodeDecodeError:
         shown = {"body": base64.b64encode(body).decode(), "body_encoding": "base64"}
     return web.json_response(
@@ -231,8 +268,10 @@ async def stats(request: web.Request) -> web.Response:
         messages = await conn.fetch(
             """
             WITH recipients AS (
-                SELECT m.provider, m.id AS message_id, r.id, r.status, r.final, m.created_at,
-                       (SELECT min(e.occurred_at) FROM events e
+                SELECT m.provider, m.id AS message_id, r.id, r.status, r.final,
+                       coalesce(m.send_at, m.created_at) AS created_at,
+                       (SELECT min(e.received_at) FROM events e
+                        JOIN raw_callbacks c ON c.id = e.raw_id AND c.source = 'callback'
                         WHERE e.recipient_id = r.id AND e.final) AS final_at
                 FROM messages m JOIN message_recipients r ON r.message_id = m.id
                 WHERE m.created_at >= $1
@@ -251,8 +290,10 @@ async def stats(request: web.Request) -> web.Response:
             since,
         )
         reports = await conn.fetch(
-            "SELECT provider, status, count(*) AS n FROM events WHERE stored_at >= $1"
-            " GROUP BY provider, status",
+            "SELECT e.provider, e.status, count(*) AS n FROM events e"
+            " JOIN raw_callbacks c ON c.id = e.raw_id AND c.source = 'callback'"
+            " WHERE e.stored_at >= $1 AND e.type = 'message.status' AND NOT e.synthetic"
+            " GROUP BY e.provider, e.status",
             since,
         )
         raw = await conn.fetch(

@@ -12,6 +12,7 @@ from normalizers.base import NormalizerError, Provider
 from normalizers.events import FINAL_STATUSES, Event
 from receiver import queries
 from receiver.errors import DatabaseUnavailable, is_data_refusal, is_database_unavailable
+from receiver.metrics import EVENTS
 from receiver.queries import Connection, IngestResult, RawCallback
 
 log = structlog.get_logger("receiver.pipeline")
@@ -90,7 +91,15 @@ async def store_callback(
             raise DatabaseUnavailable("the callback could not be stored, retry later") from None
         return fallback, reason
     log_conflicting_finals(normalised.events, result)
+    count_events(raw.provider, normalised.events, result)
     return result, normalised.error
+
+
+def count_events(provider: str, events: list[Event], result: IngestResult) -> None:
+    """Every new event, whatever stored it (callback, send answer, reprocess), in /metrics."""
+    statuses = {event.id: event.status for event in events}
+    for stored in result.new_events:
+        EVENTS.labels(provider, str(statuses.get(stored.event_id, "unknown"))).inc()
 
 
 def log_conflicting_finals(events: list[Event], result: IngestResult) -> None:

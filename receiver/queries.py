@@ -13,7 +13,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from normalizers.base import CallbackRequest
+from normalizers.base import CallbackRequest, to_e164
 from normalizers.events import Event
 
 # A connection of its own or one borrowed from the pool: queries run on either.
@@ -347,7 +347,7 @@ async def create_message(
             """,
             message_id,
             provider,
-            sender,
+            to_e164(sender),  # as reports will name it, so that replies find their message
             body,
             client_ref,
             segments,

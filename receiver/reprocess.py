@@ -13,6 +13,7 @@ from receiver import queries
 from receiver.errors import is_data_refusal
 from receiver.pipeline import (
     NORMALISED,
+    count_events,
     describe_storage_error,
     log_conflicting_finals,
     normalise,
@@ -110,6 +111,7 @@ async def _reprocess_one(
         await queries.set_raw_error(connection, raw.id, reason)
         return f"{label}: still unparsed: {reason}"
     log_conflicting_finals(result.events, stored)
+    count_events(raw.provider, result.events, stored)
     fresh = len(stored.new_events)
     report.normalised += 1
     report.new_events += fresh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -136,3 +137,33 @@ def test_the_keys_command(dsn: str, db: asyncpg.Connection) -> None:
         [*run, "revoke", key_id], capture_output=True, env=env, timeout=60, check=False
     )
     assert again.returncode == 1
+
+
+async def test_a_revoked_keys_stream_ends(guarded: Client, db: asyncpg.Connection) -> None:
+    key_id, secret = await create_key(db, "stream", ["read"])
+    response = await guarded.get("/v1/events/stream", headers=bearer(secret))
+    assert response.status == 200
+
+    await revoke_key(db, key_id)
+
+    async def drained() -> None:
+        async for _ in response.content:
+            pass
+
+    await asyncio.wait_for(drained(), timeout=10)  # the server closes it within seconds
+
+
+def test_every_v1_route_declares_a_scope(dsn: str) -> None:
+    from receiver.apikeys import SCOPE_KEY
+
+    app = create_app(Settings(database_url=dsn), dsn)
+    unscoped = [
+        route.resource.canonical
+        for route in app.router.routes()
+        if route.resource is not None
+        and route.resource.canonical.startswith("/v1/")
+        and route.method != "HEAD"
+        and getattr(route.handler, SCOPE_KEY, None) is None
+    ]
+
+    assert unscoped == []

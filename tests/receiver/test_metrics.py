@@ -30,3 +30,12 @@ async def test_metrics_count_callbacks_events_requests_queue_and_pool(
     )
     assert 'smsr_delivery_queue{status="pending"}' in text
     assert 'smsr_db_pool_connections{state="max"} 5.0' in text
+
+
+async def test_invented_methods_do_not_become_label_values(client: TestClient[Any, Any]) -> None:
+    await client.request("PROPFIND", "/healthz")  # a method the parser knows, we do not
+
+    text = await (await client.get("/metrics")).text()
+
+    assert "PROPFIND" not in text
+    assert 'method="OTHER"' in text

@@ -142,3 +142,68 @@ async def test_stats_per_provider(hub: Client, db: asyncpg.Connection) -> None:
     assert carrierx["final_report_p50_s"] is not None
     assert set(answer["providers"]) >= {"apicontrol", "telecom23", "properties", "swift"}
     assert (await hub.get("/v1/stats", params={"since": "someday"})).status == 400
+
+
+async def test_redaction_covers_every_secret_looking_name(hub: Client) -> None:
+    await hub.post(
+        "/callbacks/swift?key=QK1&sig=QS2&pass=QP4&x=1;apikey=QHIDDEN&ok=visible",
+        data=b"user=me&password=BODYPW&api_key=BODYKEY",
+        headers={
+            "X-Auth-Key": "HK1",
+            "X-Hmac": "HH",
+            "X-Credentials": "HC",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+    )
+    await hub.post(
+        "/callbacks/swift",
+        json={"outer": {"client_secret": "JS", "token_list": ["JT"]}, "fine": "shown"},
+    )
+    listed = await (await hub.get("/v1/raw-callbacks")).json()
+    details = [
+        await (await hub.get(f"/v1/raw-callbacks/{item['id']}")).json() for item in listed["data"]
+    ]
+    text = str(details)
+
+    for secret in (
+        "QK1",
+        "QS2",
+        "QP4",
+        "QHIDDEN",
+        "BODYPW",
+        "BODYKEY",
+        "HK1",
+        "HH",
+        "HC",
+        "JS",
+        "JT",
+    ):
+        assert secret not in text, secret
+    assert "visible" in text
+    assert "shown" in text
+
+
+async def test_a_reply_finds_its_message_whatever_the_sender_spelling(hub: Client) -> None:
+    sent = await (
+        await hub.post(
+            "/v1/messages",
+            json={
+                "provider": "swift",
+                "to": ["+447700900008"],
+                "from": "44 7700 900777",
+                "body": "Coming?",
+            },
+        )
+    ).json()
+
+    async def replies() -> list[dict[str, Any]]:
+        page = await (await hub.get("/v1/inbound")).json()
+        return list(page["data"])
+
+    [reply] = await until(replies)
+    assert reply["in_reply_to"] == sent["id"]
+
+
+@pytest.mark.parametrize("path", ["/v1/messages?to=%20%20", "/v1/inbound?from=%20"])
+async def test_a_blank_number_filter_is_400_not_ignored(hub: Client, path: str) -> None:
+    assert (await hub.get(path)).status == 400
