@@ -8,7 +8,6 @@ change of an outbound message and once per inbound message (carrierx.com/documen
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, Literal
@@ -165,16 +164,6 @@ class CarrierX:
         # CarrierX documents no signature: authenticity comes from the secret token in the
         # callback path and the source-address allow-list, both checked by the receiver.
         return True
-
-
-def _decode_object(body: bytes) -> Mapping[str, Any]:
-    try:
-        data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ParseError(f"send answer is not JSON: {error}") from None
-    if not isinstance(data, Mapping):
-        raise ParseError("send answer is not an SMS object")
-    return data
 
 
 def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Event]:
