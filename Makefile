@@ -36,8 +36,10 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench:
-	@echo "make bench is not built yet (issue 7)"; exit 1
+## bench: the callback path against its ceilings (wrk, ~4 minutes); results in bench/results/
+bench: $(VENV)/.dev-deps
+	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+	$(BIN)/python bench/run.py
 
 faults:
 	@echo "make faults is not built yet (issue 8)"; exit 1

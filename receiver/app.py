@@ -14,7 +14,7 @@ import structlog
 from aiohttp import web
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
-from receiver import feed, messages, openapi, operator, subscriptions
+from receiver import benchroutes, feed, messages, openapi, operator, subscriptions
 from receiver.apikeys import api_key_middleware
 from receiver.auth import is_unauthenticated
 from receiver.callbacks import expect_within_limit, handle_callback
@@ -143,6 +143,8 @@ def create_app(
     for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
         app.router.add_route("GET", path, handle_callback, expect_handler=expect_within_limit)
         app.router.add_route("POST", path, handle_callback, expect_handler=expect_within_limit)
+    if settings.bench_routes:
+        benchroutes.add_routes(app)
     if settings.sandbox:
         app.add_subapp("/sandbox", sandbox_app(simulated_providers(settings, registry)))
     if not settings.api_auth:

@@ -127,6 +127,9 @@ class Settings(BaseSettings):
         default=True,
         description="Require API keys on /v1 (`make run` turns it off for a laptop).",
     )
+    bench_routes: bool = Field(
+        default=False, description="Mount /bench/ceiling and /bench/naive (for `make bench`)."
+    )
     dispatcher: bool = Field(default=True, description="Run the dispatcher inside `serve`.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     migrations_dir: Path | None = Field(

@@ -1,0 +1,319 @@
+"""`make bench`: the callback path measured against its ceilings on this machine.
+
+Scenarios, each against a fresh database with the project's migrations (synchronous_commit on),
+driven by wrk (closed loop) at 32 and 128 connections, warm-up discarded, repetitions
+interleaved, medians and spread reported:
+  A  ceiling: an aiohttp handler in the same app set-up that reads the body and answers 200
+  B  naive:   one INSERT of the raw body per request
+  C  real:    POST /callbacks/carrierx (raw row, normalise, events, recipient state, outbox rows
+              for 2 subscribers), answered after commit
+Every run ends with a correctness check (acknowledged = stored, no duplicate events, an outbox row
+per event and subscriber). Writes bench/results/<time>.json and prints a table.
+Still to come (issue 7): E (dispatcher fan-out) and F (end-to-end latency, open loop).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from receiver.migrate import apply_migrations, migrations_dir  # noqa: E402
+
+ROUTES = {"A": "/bench/ceiling", "B": "/bench/naive", "C": "/callbacks/carrierx"}
+NAMES = {"A": "ceiling", "B": "naive insert", "C": "real pipeline"}
+SUBSCRIBERS = 2
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def with_database(dsn: str, name: str) -> str:
+    return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
+
+
+async def fresh_database(admin: str, name: str, subscribers: int) -> str:
+    connection = await asyncpg.connect(admin)
+    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await connection.execute(f'CREATE DATABASE "{name}"')
+    await connection.close()
+    dsn = with_database(admin, name)
+    connection = await asyncpg.connect(dsn)
+    await apply_migrations(connection, migrations_dir())
+    assert await connection.fetchval("SHOW synchronous_commit") == "on"
+    for _ in range(subscribers):
+        await connection.execute(
+            "INSERT INTO subscriptions (id, url, secret) VALUES ($1, 'http://127.0.0.1:9/x', 's')",
+            uuid.uuid4(),
+        )
+    await connection.close()
+    return dsn
+
+
+async def drop_database(admin: str, name: str) -> None:
+    connection = await asyncpg.connect(admin)
+    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await connection.close()
+
+
+async def stored(dsn: str) -> dict[str, int]:
+    connection = await asyncpg.connect(dsn)
+    try:
+        row = await connection.fetchrow(
+            """
+            SELECT (SELECT count(*) FROM raw_callbacks) AS raw,
+                   (SELECT count(*) FROM events) AS events,
+                   (SELECT count(DISTINCT provider_message_id) FROM events) AS distinct_ids,
+                   (SELECT count(*) FROM deliveries) AS deliveries
+            """
+        )
+        assert row is not None
+        return dict(row)
+    finally:
+        await connection.close()
+
+
+def start_server(dsn: str, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "BENCH_ROUTES": "true",
+        "DISPATCHER": "false",
+        "API_AUTH": "false",
+        "LOG_LEVEL": "info",
+        "DB_POOL_MAX_SIZE": "20",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGKILL)
+    raise RuntimeError("serve did not start")
+
+
+def stop_server(process: subprocess.Popen[bytes]) -> None:
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def peak_rss_mib(pid: int) -> float:
+    match = re.search(r"VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    return int(match.group(1)) / 1024 if match else 0.0
+
+
+def wrk(url: str, connections: int, seconds: float, duplicates: bool) -> dict[str, Any]:
+    env = {**os.environ, "DUPLICATES": "1" if duplicates else "0"}
+    result = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(ROOT / "bench" / "carrierx.lua"),
+            url,
+        ],
+        capture_output=True,
+        env=env,
+        timeout=seconds + 60,
+        check=True,
+    )
+    lines = result.stdout.decode().splitlines()
+    line = next(text for text in lines if text.startswith("JSON "))
+    data: dict[str, Any] = json.loads(line[5:])
+    data["ok"] = data["requests"] - data["errors_status"]
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    return data
+
+
+async def one_run(
+    admin: str,
+    scenario: str,
+    connections: int,
+    rep: int,
+    seconds: float,
+    warmup: float,
+    duplicates: bool,
+) -> dict[str, Any]:
+    name = f"bench_{scenario}_{connections}_{rep}".lower()
+    dsn = await fresh_database(admin, name, SUBSCRIBERS if scenario == "C" else 0)
+    port = free_port()
+    process = start_server(dsn, port)
+    url = f"http://127.0.0.1:{port}{ROUTES[scenario]}"
+    try:
+        warm = wrk(url, connections, warmup, duplicates)
+        cpu_before = cpu_seconds(process.pid)
+        run = wrk(url, connections, seconds, duplicates)
+        cpu_after = cpu_seconds(process.pid)
+        memory = peak_rss_mib(process.pid)
+    finally:
+        stop_server(process)
+    counts = await stored(dsn)
+    await drop_database(admin, name)
+    acknowledged = warm["ok"] + run["ok"]
+    # wrk drops the requests still in flight when its time is up (at most one per connection,
+    # twice): those may be stored without having been counted. Every acknowledged one must be.
+    in_flight = 2 * connections
+    check: dict[str, Any] = {"acknowledged": acknowledged, **counts}
+    every_acknowledged_stored = acknowledged <= counts["raw"] <= acknowledged + in_flight
+    if scenario == "B":
+        check["ok"] = every_acknowledged_stored
+    elif scenario == "C":
+        check["ok"] = (
+            every_acknowledged_stored
+            and counts["events"] == counts["distinct_ids"]  # no duplicate event
+            and counts["deliveries"] == SUBSCRIBERS * counts["events"]  # an outbox row each
+            and (duplicates or counts["events"] == counts["raw"])
+        )
+    else:
+        check["ok"] = True
+    return {
+        "scenario": scenario,
+        "connections": connections,
+        "rep": rep,
+        "rps": run["rps"],
+        "p50_ms": run["p50_us"] / 1000,
+        "p99_ms": run["p99_us"] / 1000,
+        "non_2xx": run["errors_status"],
+        "socket_errors": run["errors_other"],
+        "cpu_ms_per_request": 1000 * (cpu_after - cpu_before) / max(run["requests"], 1),
+        "peak_rss_mib": memory,
+        "check": check,
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for key in sorted({(r["scenario"], r["connections"]) for r in runs}):
+        chosen = [r for r in runs if (r["scenario"], r["connections"]) == key]
+        rps = [r["rps"] for r in chosen]
+        summary[f"{key[0]}@{key[1]}"] = {
+            "rps_median": statistics.median(rps),
+            "rps_min": min(rps),
+            "rps_max": max(rps),
+            "p99_ms_median": statistics.median(r["p99_ms"] for r in chosen),
+            "cpu_ms_per_request": statistics.median(r["cpu_ms_per_request"] for r in chosen),
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in chosen),
+            "checks_ok": all(r["check"]["ok"] for r in chosen),
+        }
+    return summary
+
+
+def table(summary: dict[str, Any], connections: list[int]) -> str:
+    lines = [
+        f"{'scenario':<24}{'rps (min-max)':>26}{'p99 ms':>9}{'cpu ms/req':>11}{'rss MiB':>9}  check"
+    ]
+    for key, row in summary.items():
+        scenario, conns = key.split("@")
+        spread = f"{row['rps_median']:.0f} ({row['rps_min']:.0f}-{row['rps_max']:.0f})"
+        lines.append(
+            f"{NAMES[scenario] + ' @' + conns:<24}{spread:>26}{row['p99_ms_median']:>9.1f}"
+            f"{row['cpu_ms_per_request']:>11.3f}{row['peak_rss_mib']:>9.0f}  "
+            f"{'ok' if row['checks_ok'] else 'FAILED'}"
+        )
+    for conns in connections:
+        a, b, c = (summary.get(f"{s}@{conns}", {}).get("rps_median") for s in "ABC")
+        if a and b and c:
+            lines.append(
+                f"@{conns}: C/A = {c / a:.2f} (target >= 0.45)   C/B = {c / b:.2f} (target >= 2.0)"
+            )
+    return "\n".join(lines)
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--connections", default="32,128")
+    parser.add_argument("--scenarios", default="A,B,C")
+    parser.add_argument("--duplicates", action="store_true", help="20% repeated provider ids")
+    args = parser.parse_args()
+    connections = [int(c) for c in args.connections.split(",")]
+    scenarios = args.scenarios.split(",")
+
+    import pgserver
+
+    with tempfile.TemporaryDirectory(prefix="bench-pg-") as data:
+        server = pgserver.get_server(Path(data) / "pg", cleanup_mode="stop")
+        admin = str(server.get_uri())
+        runs = []
+        started = time.monotonic()
+        for rep in range(args.reps):  # interleaved: every scenario once per repetition
+            for conns in connections:
+                for scenario in scenarios:
+                    run = await one_run(
+                        admin, scenario, conns, rep, args.seconds, args.warmup, args.duplicates
+                    )
+                    runs.append(run)
+                    print(
+                        f"  {scenario}@{conns} rep {rep + 1}: {run['rps']:.0f} rps, "
+                        f"p99 {run['p99_ms']:.1f} ms, check {run['check']}",
+                        flush=True,
+                    )
+        server.cleanup()
+    summary = summarise(runs)
+    report = {
+        "when": datetime.now(UTC).isoformat(),
+        "seconds": args.seconds,
+        "reps": args.reps,
+        "duplicates": args.duplicates,
+        "elapsed_s": round(time.monotonic() - started, 1),
+        "cpus": os.cpu_count(),
+        "summary": summary,
+        "runs": runs,
+    }
+    out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(table(summary, connections))
+    print(f"written {out.relative_to(ROOT)}")
+    return 0 if all(row["checks_ok"] for row in summary.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(asyncio.run(main()))
