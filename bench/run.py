@@ -38,6 +38,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import fanout  # noqa: E402
 from receiver.migrate import apply_migrations, migrations_dir  # noqa: E402
 
 ROUTES = {"A": "/bench/ceiling", "B": "/bench/naive", "C": "/callbacks/carrierx"}
@@ -227,6 +228,46 @@ async def one_run(
     }
 
 
+async def fan_out_runs(
+    admin: str, args: argparse.Namespace, scenarios: list[str], runs: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """E and E0 (the dispatcher vs the bare client) and F (latency at half of C's rate)."""
+    results: dict[str, Any] = {}
+    if "E" in scenarios:
+        dsn = await fresh_database(admin, "bench_e", 0)
+        results["E"] = await fanout.scenario_e(dsn, args.events, (free_port(), free_port()))
+        await drop_database(admin, "bench_e")
+        results["E0"] = await fanout.scenario_e0(args.events, (free_port(), free_port()))
+        print(f"  E: {results['E']}\n  E0: {results['E0']}", flush=True)
+    if "F" in scenarios:
+        c_rates = [r["rps"] for r in runs if r["scenario"] == "C"]
+        rate = 0.5 * statistics.median(c_rates) if c_rates else 500.0
+        dsn = await fresh_database(admin, "bench_f", 0)
+        results["F"] = await fanout.scenario_f(dsn, rate, args.seconds, free_port(), free_port())
+        await drop_database(admin, "bench_f")
+        print(f"  F: {results['F']}", flush=True)
+    return results
+
+
+def fan_out_lines(results: dict[str, Any]) -> list[str]:
+    lines = []
+    if "E" in results and "E0" in results:
+        e, e0 = results["E"], results["E0"]
+        lines.append(
+            f"E dispatcher {e['rate']:.0f} deliveries/s vs E0 bare client {e0['rate']:.0f}/s:"
+            f" E/E0 = {e['rate'] / e0['rate']:.2f} (target >= 0.6)"
+            f"  check {'ok' if e['check_ok'] and e0['check_ok'] else 'FAILED'}"
+        )
+    if "F" in results and "p99_ms" in results["F"]:
+        f = results["F"]
+        lines.append(
+            f"F at {f['rate']:.0f} callbacks/s (open loop): callback -> subscriber p50"
+            f" {f['p50_ms']:.1f} ms, p99 {f['p99_ms']:.1f} ms (target <= 100)"
+            f"  check {'ok' if f['check_ok'] else 'FAILED'}"
+        )
+    return lines
+
+
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for key in sorted({(r["scenario"], r["connections"]) for r in runs}):
@@ -271,11 +312,13 @@ async def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--connections", default="32,128")
-    parser.add_argument("--scenarios", default="A,B,C")
+    parser.add_argument("--scenarios", default="A,B,C,E,F")
+    parser.add_argument("--events", type=int, default=1500, help="E: events to fan out")
     parser.add_argument("--duplicates", action="store_true", help="20% repeated provider ids")
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     scenarios = args.scenarios.split(",")
+    closed_loop = [s for s in scenarios if s in ROUTES]
 
     import pgserver
 
@@ -286,7 +329,7 @@ async def main() -> int:
         started = time.monotonic()
         for rep in range(args.reps):  # interleaved: every scenario once per repetition
             for conns in connections:
-                for scenario in scenarios:
+                for scenario in closed_loop:
                     run = await one_run(
                         admin, scenario, conns, rep, args.seconds, args.warmup, args.duplicates
                     )
@@ -296,6 +339,7 @@ async def main() -> int:
                         f"p99 {run['p99_ms']:.1f} ms, check {run['check']}",
                         flush=True,
                     )
+        fan_out = await fan_out_runs(admin, args, scenarios, runs)
         server.cleanup()
     summary = summarise(runs)
     report = {
@@ -307,12 +351,17 @@ async def main() -> int:
         "cpus": os.cpu_count(),
         "summary": summary,
         "runs": runs,
+        "fan_out": fan_out,
     }
     out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     out.write_text(json.dumps(report, indent=2))
     print(table(summary, connections))
+    for line in fan_out_lines(fan_out):
+        print(line)
     print(f"written {out.relative_to(ROOT)}")
-    return 0 if all(row["checks_ok"] for row in summary.values()) else 1
+    checks = [row["checks_ok"] for row in summary.values()]
+    checks += [result["check_ok"] for result in fan_out.values() if isinstance(result, dict)]
+    return 0 if all(checks) else 1
 
 
 if __name__ == "__main__":

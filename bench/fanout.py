@@ -1,0 +1,282 @@
+"""Scenarios E, E0 and F of `make bench` (see run.py): the dispatcher draining events to local
+subscribers, the same HTTP client with no database, and the end-to-end latency at a fixed rate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+from aiohttp import web
+from standardwebhooks.webhooks import Webhook
+
+ROOT = Path(__file__).resolve().parent.parent
+SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
+
+
+class Sink:
+    """A local subscriber that checks every signature and remembers what arrived, when."""
+
+    def __init__(self) -> None:
+        self.received: dict[str, float] = {}
+        self.bad_signatures = 0
+        self.webhook = Webhook(SECRET)
+        self.url = ""
+        self.runner: web.AppRunner | None = None
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        try:
+            event = self.webhook.verify(body, dict(request.headers))
+        except Exception:
+            self.bad_signatures += 1
+            return web.Response(status=400)
+        self.received.setdefault(event["id"], time.perf_counter())
+        return web.Response(text="ok")
+
+    async def start(self, port: int) -> None:
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", port).start()
+        self.url = f"http://127.0.0.1:{port}/hook"
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def seed_events(dsn: str, count: int, sink_urls: list[str]) -> None:
+    """`count` stored events (through the real ingest function) and a subscription per sink."""
+    from normalizers.carrierx import PROVIDER
+    from receiver import queries
+
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute("ALTER TABLE events DISABLE TRIGGER events_queue_deliveries")
+        for start in range(0, count, 500):
+            async with connection.transaction():
+                for n in range(start, min(start + 500, count)):
+                    now = datetime.now(UTC)
+                    body = json.dumps(
+                        {"message_sid": f"e-{n}", "status": "delivered", "to": "15162065574"}
+                    ).encode()
+                    raw = queries.RawCallback(
+                        id=uuid.uuid4(),
+                        provider="carrierx",
+                        method="POST",
+                        path="/callbacks/carrierx",
+                        query="",
+                        headers=[],
+                        body=body,
+                        remote_addr=None,
+                        received_at=now,
+                    )
+                    events = [
+                        e.stored_raw(str(raw.id))
+                        for e in PROVIDER.parse_callback(raw.as_callback_request(), now)
+                    ]
+                    await queries.ingest_callback(
+                        connection, raw, outcome="normalised", error=None, events=events
+                    )
+        await connection.execute("ALTER TABLE events ENABLE TRIGGER events_queue_deliveries")
+        for url in sink_urls:
+            await connection.execute(
+                "INSERT INTO subscriptions (id, url, secret) VALUES ($1, $2, $3)",
+                uuid.uuid4(),
+                url,
+                SECRET,
+            )
+    finally:
+        await connection.close()
+
+
+async def queue_all(dsn: str) -> None:
+    """A delivery of every event to every subscription, at once, and a wake-up."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        await connection.execute(
+            "INSERT INTO deliveries (subscription_id, event_id)"
+            " SELECT s.id, e.id FROM subscriptions s, events e"
+        )
+        await connection.execute("SELECT pg_notify('sms_receiver_events', '')")
+    finally:
+        await connection.close()
+
+
+def worker_env(dsn: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+        "WEBHOOK_CONCURRENCY": "64",
+        "WEBHOOK_PER_SUBSCRIPTION": "32",
+        "LOG_LEVEL": "warning",
+        "API_AUTH": "false",
+    }
+
+
+async def scenario_e(dsn: str, events: int, ports: tuple[int, int]) -> dict[str, Any]:
+    """The dispatcher (`sms-receiver worker`) draining `events` x 2 subscribers."""
+    sinks = [Sink(), Sink()]
+    for sink, port in zip(sinks, ports, strict=True):
+        await sink.start(port)
+    await seed_events(dsn, events, [sink.url for sink in sinks])
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "worker"],
+        env=worker_env(dsn),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    await asyncio.sleep(3)  # the worker is up and idle before the clock starts
+    await queue_all(dsn)
+    started = time.perf_counter()
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if all(len(sink.received) >= events for sink in sinks):
+                break
+            await asyncio.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        for sink in sinks:
+            await sink.stop()
+    delivered = sum(len(sink.received) for sink in sinks)
+    return {
+        "deliveries": delivered,
+        "rate": delivered / elapsed,
+        "check_ok": delivered == 2 * events and not any(s.bad_signatures for s in sinks),
+    }
+
+
+async def scenario_e0(events: int, ports: tuple[int, int]) -> dict[str, Any]:
+    """The same signed bodies posted by one aiohttp client, 64 at once, no database."""
+    sinks = [Sink(), Sink()]
+    for sink, port in zip(sinks, ports, strict=True):
+        await sink.start(port)
+    webhook = Webhook(SECRET)
+    bodies = []
+    for n in range(events):
+        event_id = f"evt_e0_{n}"
+        body = json.dumps({"id": event_id, "type": "message.status", "status": "delivered"})
+        now = datetime.now(UTC)
+        headers = {
+            "webhook-id": event_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": webhook.sign(event_id, now, body),
+            "Content-Type": "application/json",
+        }
+        bodies.extend((sink.url, body, headers) for sink in sinks)
+    limit = asyncio.Semaphore(64)
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as session:
+
+        async def post(url: str, body: str, headers: dict[str, str]) -> None:
+            async with limit, session.post(url, data=body.encode(), headers=headers) as answer:
+                await answer.read()
+
+        await asyncio.gather(*(post(*item) for item in bodies))
+    elapsed = time.perf_counter() - started
+    for sink in sinks:
+        await sink.stop()
+    return {
+        "deliveries": len(bodies),
+        "rate": len(bodies) / elapsed,
+        "check_ok": sum(len(s.received) for s in sinks) == len(bodies),
+    }
+
+
+async def scenario_f(
+    dsn: str, rate: float, seconds: float, serve_port: int, sink_port: int
+) -> dict[str, Any]:
+    """Open loop: callbacks sent at a fixed rate (whatever the answers), each timed from its
+    sending to its arrival at the subscriber."""
+    sink = Sink()
+    await sink.start(sink_port)
+    connection = await asyncpg.connect(dsn)
+    await connection.execute(
+        "INSERT INTO subscriptions (id, url, secret) VALUES ($1, $2, $3)",
+        uuid.uuid4(),
+        sink.url,
+        SECRET,
+    )
+    await connection.close()
+    env = worker_env(dsn) | {"BENCH_ROUTES": "true", "DB_POOL_MAX_SIZE": "20"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve", "--port", str(serve_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    sent: dict[str, float] = {}
+    answered: list[int] = []
+    url = f"http://127.0.0.1:{serve_port}/callbacks/carrierx"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(300):
+                try:
+                    async with session.get(f"http://127.0.0.1:{serve_port}/readyz") as ready:
+                        if ready.status == 200:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+
+            async def fire(n: int) -> None:
+                sid = f"f-{n}"
+                sent[sid] = time.perf_counter()
+                body = {"message_sid": sid, "status": "delivered", "to": "15162065574"}
+                async with session.post(url, json=body) as answer:
+                    answered.append(answer.status)
+
+            total = int(rate * seconds)
+            tasks = []
+            start = time.perf_counter()
+            for n in range(total):
+                delay = start + n / rate - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(fire(n)))
+            await asyncio.gather(*tasks)
+            deadline = time.monotonic() + 30
+            while len(sink.received) < total and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        await sink.stop()
+    # The sink knows event ids; the message sid is inside: map through the database.
+    connection = await asyncpg.connect(dsn)
+    rows = await connection.fetch("SELECT id, provider_message_id FROM events")
+    await connection.close()
+    by_event = {row["id"]: row["provider_message_id"] for row in rows}
+    latencies = sorted(
+        (arrived - sent[by_event[event_id]]) * 1000
+        for event_id, arrived in sink.received.items()
+        if by_event.get(event_id) in sent
+    )
+    if not latencies:
+        return {"rate": rate, "check_ok": False}
+    return {
+        "rate": rate,
+        "sent": len(sent),
+        "delivered": len(latencies),
+        "p50_ms": statistics.median(latencies),
+        "p99_ms": latencies[max(0, int(len(latencies) * 0.99) - 1)],
+        "check_ok": len(latencies) == len(sent) and all(s == 200 for s in answered),
+    }
