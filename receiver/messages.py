@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
-from datetime import datetime
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
-from normalizers.base import parse_timestamp, to_e164
 from normalizers.events import Status, rfc3339
+from receiver import params
 from receiver.apikeys import requires
 from receiver.context import AppContext
 from receiver.errors import BadRequest, NotFound
 from receiver.outbox import EVENT_COLUMNS, event_json
 from receiver.queries import Connection
-
-MAX_LIMIT = 500
 
 MESSAGE_COLUMNS = """
     m.id, m.provider, m.sender, m.body, m.client_ref, m.segments, m.encoding,
@@ -135,53 +131,19 @@ async def by_provider_id(request: web.Request) -> web.Response:
     )
 
 
-def _cursor(created_at: datetime, message_id: uuid.UUID) -> str:
-    raw = f"{created_at.isoformat()}|{message_id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _parse_cursor(value: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        stamp, _, ident = raw.partition("|")
-        moment = datetime.fromisoformat(stamp)
-        return moment, uuid.UUID(ident)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("not a cursor") from None
-
-
-def _text(request: web.Request, name: str) -> str | None:
-    value = request.query.get(name)
-    if value is not None and ("\x00" in value or len(value) > 255):
-        raise BadRequest(f"{name} is not a valid value")
-    return value
-
-
-def _moment(request: web.Request, name: str) -> datetime | None:
-    value = request.query.get(name)
-    if value is None:
-        return None
-    moment = parse_timestamp(value)
-    if moment is None or not 1970 <= moment.year <= 9999:
-        raise BadRequest(f"{name} must be an ISO 8601 time")
-    return moment
-
-
 @requires("read")
 async def list_messages(request: web.Request) -> web.Response:
     """Newest first, keyset-paginated on (created_at, id)."""
     context = request.app[AppContext.KEY]
-    try:
-        limit = min(max(int(request.query.get("limit", "50")), 1), MAX_LIMIT)
-    except ValueError:
-        raise BadRequest("limit must be a number") from None
-    status = _text(request, "status")
+    limit = params.limit(request)
+    status = params.text(request, "status")
     if status is not None and status not in {s.value for s in Status}:
         raise BadRequest(f"unknown status {status!r}")
-    to = _text(request, "to")
-    if to is not None and to_e164(to) is None:
-        raise BadRequest("to is not a phone number")
-    after = _parse_cursor(request.query["cursor"]) if request.query.get("cursor") else None
+    to = params.number(request, "to")
+    after = params.parse_keyset_cursor(request)
+    after_id = _uuid_or_none(after[1]) if after else None
+    if after is not None and after_id is None:
+        raise BadRequest("not a cursor")
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
         rows = await conn.fetch(
             f"""
@@ -199,14 +161,14 @@ async def list_messages(request: web.Request) -> web.Response:
             ORDER BY m.created_at DESC, m.id DESC
             LIMIT $9
             """,
-            _text(request, "ref"),
-            _text(request, "provider"),
+            params.text(request, "ref"),
+            params.text(request, "provider"),
             status,
-            to_e164(to) if to else None,
-            _moment(request, "since"),
-            _moment(request, "until"),
+            to,
+            params.moment(request, "since"),
+            params.moment(request, "until"),
             after[0] if after else None,
-            after[1] if after else None,
+            after_id,
             limit + 1,
         )
         page = rows[:limit]
@@ -220,7 +182,9 @@ async def list_messages(request: web.Request) -> web.Response:
     for recipient in recipients:
         by_message.setdefault(recipient["message_id"], []).append(recipient_json(recipient))
     next_cursor = (
-        _cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit and page else None
+        params.keyset_cursor(page[-1]["created_at"], str(page[-1]["id"]))
+        if len(rows) > limit and page
+        else None
     )
     return web.json_response(
         {
@@ -230,6 +194,13 @@ async def list_messages(request: web.Request) -> web.Response:
             "next_cursor": next_cursor,
         }
     )
+
+
+def _uuid_or_none(text: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None
 
 
 def add_routes(app: web.Application) -> None:

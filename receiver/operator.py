@@ -13,68 +13,17 @@ from urllib.parse import parse_qsl, urlencode
 
 from aiohttp import web
 
-from normalizers.base import parse_timestamp, to_e164
 from normalizers.events import rfc3339
+from receiver import params
 from receiver.apikeys import requires
 from receiver.context import AppContext
 from receiver.errors import BadRequest, NotFound
 from receiver.outbox import EVENT_COLUMNS, event_json
 
-MAX_LIMIT = 500
 OUTCOMES = ("normalised", "duplicate", "unparsed", "rejected")
 # Header and query names whose values are secrets: shown as "[redacted]".
 SECRET_NAME = re.compile(r"auth|sig|hmac|secret|token|key|cookie|pass|pwd|cred|session", re.I)
 REDACTED = "[redacted]"
-
-
-def _limit(request: web.Request, default: int = 50) -> int:
-    try:
-        return min(max(int(request.query.get("limit", str(default))), 1), MAX_LIMIT)
-    except ValueError:
-        raise BadRequest("limit must be a number") from None
-
-
-def _text(request: web.Request, name: str) -> str | None:
-    value = request.query.get(name)
-    if value is not None and ("\x00" in value or len(value) > 255):
-        raise BadRequest(f"{name} is not a valid value")
-    return value
-
-
-def _number(request: web.Request, name: str) -> str | None:
-    value = _text(request, name)
-    if value is None:
-        return None
-    number = to_e164(value)
-    if number is None:
-        raise BadRequest(f"{name} is not a phone number")
-    return number
-
-
-def _moment(request: web.Request, name: str, default: datetime | None = None) -> datetime | None:
-    value = request.query.get(name)
-    if value is None:
-        return default
-    moment = parse_timestamp(value)
-    if moment is None or not 1970 <= moment.year <= 9999:
-        raise BadRequest(f"{name} must be an ISO 8601 time")
-    return moment
-
-
-def _cursor(moment: datetime, key: str) -> str:
-    return base64.urlsafe_b64encode(f"{moment.isoformat()}|{key}".encode()).decode().rstrip("=")
-
-
-def _parse_cursor(request: web.Request) -> tuple[datetime, str] | None:
-    value = request.query.get("cursor")
-    if not value:
-        return None
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
-        stamp, _, key = raw.partition("|")
-        return datetime.fromisoformat(stamp), key
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("not a cursor") from None
 
 
 @requires("read")
@@ -82,10 +31,10 @@ async def inbound(request: web.Request) -> web.Response:
     """Inbound replies, newest first, each with the message it most likely answers: the latest
     one sent to that handset from the number it wrote to."""
     context = request.app[AppContext.KEY]
-    limit = _limit(request)
-    after = _parse_cursor(request)
-    handset = _number(request, "from")
-    ours = _number(request, "to")
+    limit = params.limit(request)
+    after = params.parse_keyset_cursor(request)
+    handset = params.number(request, "from")
+    ours = params.number(request, "to")
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
         rows = await conn.fetch(
             f"""
@@ -107,11 +56,11 @@ async def inbound(request: web.Request) -> web.Response:
             ORDER BY e.stored_at DESC, e.id DESC
             LIMIT $8
             """,
-            _text(request, "provider"),
+            params.text(request, "provider"),
             handset,
             ours,
-            _moment(request, "since"),
-            _moment(request, "until"),
+            params.moment(request, "since"),
+            params.moment(request, "until"),
             after[0] if after else None,
             after[1] if after else None,
             limit + 1,
@@ -125,7 +74,9 @@ async def inbound(request: web.Request) -> web.Response:
                 for row in page
             ],
             "next_cursor": (
-                _cursor(page[-1]["stored_at"], page[-1]["id"]) if len(rows) > limit else None
+                params.keyset_cursor(page[-1]["stored_at"], page[-1]["id"])
+                if len(rows) > limit
+                else None
             ),
         }
     )
@@ -183,11 +134,11 @@ def _raw_summary(row: Any) -> dict[str, Any]:
 @requires("admin")
 async def raw_callbacks(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
-    outcome = _text(request, "outcome")
+    outcome = params.text(request, "outcome")
     if outcome is not None and outcome not in OUTCOMES:
         raise BadRequest(f"outcome is one of {', '.join(OUTCOMES)}")
-    limit = _limit(request)
-    after = _parse_cursor(request)
+    limit = params.limit(request)
+    after = params.parse_keyset_cursor(request)
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
         rows = await conn.fetch(
             """
@@ -201,7 +152,7 @@ async def raw_callbacks(request: web.Request) -> web.Response:
             LIMIT $5
             """,
             outcome,
-            _text(request, "provider"),
+            params.text(request, "provider"),
             after[0] if after else None,
             uuid.UUID(after[1]) if after and _is_uuid(after[1]) else None,
             limit + 1,
@@ -211,7 +162,9 @@ async def raw_callbacks(request: web.Request) -> web.Response:
         {
             "data": [_raw_summary(row) for row in page],
             "next_cursor": (
-                _cursor(page[-1]["received_at"], str(page[-1]["id"])) if len(rows) > limit else None
+                params.keyset_cursor(page[-1]["received_at"], str(page[-1]["id"]))
+                if len(rows) > limit
+                else None
             ),
         }
     )
@@ -263,7 +216,7 @@ async def raw_callback(request: web.Request) -> web.Response:
 async def stats(request: web.Request) -> web.Response:
     """Per provider since `since` (default: the last 24 hours)."""
     context = request.app[AppContext.KEY]
-    since = _moment(request, "since", datetime.now(UTC) - timedelta(days=1))
+    since = params.moment(request, "since", datetime.now(UTC) - timedelta(days=1))
     async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
         messages = await conn.fetch(
             """
