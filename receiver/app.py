@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -24,7 +23,9 @@ from receiver.database import create_pool
 from receiver.dispatcher import Dispatcher
 from receiver.errors import make_error_middleware
 from receiver.feed import STOPPING
+from receiver.groupcommit import CallbackWriter
 from receiver.health import healthz, readyz
+from receiver.ids import request_id as new_request_id
 from receiver.metrics import REQUESTS, metrics
 from receiver.migrate import load_migrations, migrations_dir
 from receiver.sandbox import sandbox_app
@@ -47,7 +48,7 @@ async def request_log_middleware(
 ) -> web.StreamResponse:
     """One JSON log line per request, with whatever the handler bound (provider, outcome...)."""
     given = request.headers.get("X-Request-ID", "")
-    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    request_id = given if _REQUEST_ID.fullmatch(given) else new_request_id()
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
     started = time.perf_counter()
@@ -106,6 +107,13 @@ def create_app(
         pool = await create_pool(dsn, settings)
         http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
         signal = Signal()
+        writer = CallbackWriter(
+            pool,
+            signal,
+            writers=settings.ingest_writers,
+            max_batch=settings.ingest_batch_max,
+            acquire_timeout_s=settings.db_acquire_timeout_s,
+        )
         app[AppContext.KEY] = AppContext(
             settings=settings,
             registry=registry,
@@ -113,6 +121,7 @@ def create_app(
             pool=pool,
             http=http,
             signal=signal,
+            callbacks=writer,
         )
         async with signal.connected(pool, dsn):
             dispatcher = Dispatcher(pool, settings, signal) if settings.dispatcher else None
@@ -121,6 +130,7 @@ def create_app(
             if dispatcher is not None and running is not None:
                 await dispatcher.stop()
                 await running
+        await writer.close()
         await http.close()
         await pool.close()
 

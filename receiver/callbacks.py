@@ -3,7 +3,6 @@ and answer only once it is committed."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import structlog
@@ -21,8 +20,9 @@ from receiver.errors import (
     PayloadTooLarge,
     error_body,
 )
+from receiver.ids import time_ordered_uuid
 from receiver.metrics import CALLBACKS
-from receiver.pipeline import REJECTED, UNPARSED, Normalised, normalise, store_callback
+from receiver.pipeline import REJECTED, UNPARSED, Normalised, normalise
 from receiver.queries import RawCallback
 
 log = structlog.get_logger("receiver.callbacks")
@@ -82,7 +82,7 @@ async def handle_callback(request: web.Request) -> web.Response:
 
     token = request.match_info.get("token")
     raw = RawCallback(
-        id=uuid.uuid4(),
+        id=time_ordered_uuid(),
         provider=provider_name,
         method=request.method,
         path=f"/callbacks/{provider_name}/{REDACTED_TOKEN}" if token else request.rel_url.raw_path,
@@ -104,12 +104,9 @@ async def handle_callback(request: web.Request) -> web.Response:
         normalised = normalise(provider, raw, context.settings.max_events_per_callback)
     else:
         normalised = Normalised(outcome=REJECTED, error=failure.reason)
-    async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as connection:
-        result, kept_error = await store_callback(connection, raw, normalised)
+    result, kept_error = await context.callbacks.store(raw, normalised)
     new_events = len(result.new_events)
     CALLBACKS.labels(provider_name, result.outcome).inc()
-    if new_events:
-        context.signal.new_events()
     structlog.contextvars.bind_contextvars(
         outcome=result.outcome, raw_id=str(raw.id), events=new_events
     )

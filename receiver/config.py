@@ -61,6 +61,15 @@ class Settings(BaseSettings):
     )
     db_pool_min_size: int = Field(default=1, ge=0, description="Connections kept open.")
     db_pool_max_size: int = Field(default=10, ge=1, description="Most connections at once.")
+    ingest_writers: int = Field(
+        default=4,
+        ge=1,
+        description="Transactions storing callbacks at once; callbacks arriving meanwhile are"
+        " stored together by the next one (group commit).",
+    )
+    ingest_batch_max: int = Field(
+        default=100, ge=1, description="Most callbacks stored in one transaction."
+    )
     db_acquire_timeout_s: float = Field(
         default=2.0, gt=0, description="Wait for a free connection before answering 503."
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import aiohttp
 import asyncpg
@@ -12,6 +12,9 @@ from aiohttp import web
 from normalizers.registry import Registry
 from receiver.config import Settings
 from receiver.signal import Signal
+
+if TYPE_CHECKING:  # it needs the pipeline, which needs this module
+    from receiver.groupcommit import CallbackWriter
 
 
 @dataclass(slots=True)
@@ -24,6 +27,7 @@ class AppContext:
     pool: asyncpg.Pool
     http: aiohttp.ClientSession  # the one client for every provider's API
     signal: Signal  # "new events": wakes the dispatcher and event streams
+    callbacks: CallbackWriter  # stores callbacks, those arriving together in one transaction
 
 
 AppContext.KEY = web.AppKey("context", AppContext)

@@ -1,5 +1,5 @@
-"""GET /metrics in Prometheus' text format: callbacks, events, request latency, the delivery
-queue, delivery attempts and the database pool."""
+"""GET /metrics in Prometheus' text format: callbacks, events, request latency, callbacks per
+transaction, the delivery queue, delivery attempts and the database pool."""
 
 from __future__ import annotations
 
@@ -17,6 +17,11 @@ REQUESTS = Histogram(
     "HTTP requests by route and status.",
     ["method", "route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 15),
+)
+INGEST_BATCHES = Histogram(
+    "smsr_ingest_batch_callbacks",
+    "Callbacks stored by one transaction (group commit).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 ATTEMPTS = Counter(
     "smsr_delivery_attempts_total", "Webhook delivery attempts by result.", ["result"]

@@ -50,8 +50,7 @@ def normalise(provider: Provider, raw: RawCallback, max_events: int | None = Non
             outcome=UNPARSED,
             error=f"{len(events)} events in one callback, over the limit of {max_events}",
         )
-    stamped = [event.stored_raw(str(raw.id)) for event in events]
-    return Normalised(outcome=NORMALISED, events=stamped)
+    return Normalised(outcome=NORMALISED, events=events)
 
 
 def _describe(error: Exception) -> str:
@@ -90,9 +89,14 @@ async def store_callback(
             log.exception("raw_callback_refused_by_storage", raw_id=str(raw.id))
             raise DatabaseUnavailable("the callback could not be stored, retry later") from None
         return fallback, reason
+    account_for(raw, normalised, result)
+    return result, normalised.error
+
+
+def account_for(raw: RawCallback, normalised: Normalised, result: IngestResult) -> None:
+    """What a stored callback tells the operator: metrics, and a log line for conflicts."""
     log_conflicting_finals(normalised.events, result)
     count_events(raw.provider, normalised.events, result)
-    return result, normalised.error
 
 
 def count_events(provider: str, events: list[Event], result: IngestResult) -> None:

@@ -69,13 +69,22 @@ def storable_text(value: Any) -> Any:
         return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "")
     if isinstance(value, dict):
         return {storable_text(k): storable_text(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [storable_text(item) for item in value]
     return value
 
 
+def storable_json(value: Any) -> str:
+    """`value` as JSON Postgres takes as jsonb. JSON escapes every NUL and surrogate (`\\u0000`,
+    `\\udXXX`), so a text without those needs no cleaning, which is nearly always."""
+    text = json.dumps(value, separators=(",", ":"))
+    if "\\u0000" in text or "\\ud" in text:
+        text = json.dumps(storable_text(value), separators=(",", ":"))
+    return text
+
+
 def _events_json(events: Sequence[Event]) -> str:
-    return json.dumps([storable_text(event.to_json()) for event in events], separators=(",", ":"))
+    return storable_json([event.to_json() for event in events])
 
 
 def _ingest_result(rows: Sequence[asyncpg.Record]) -> IngestResult:
@@ -113,7 +122,7 @@ async def ingest_callback(
         raw.method,
         storable_text(raw.path),
         storable_text(raw.query),
-        json.dumps(storable_text([list(pair) for pair in raw.headers])),
+        storable_json(raw.headers),
         raw.body,
         raw.remote_addr,
         raw.received_at,
@@ -122,6 +131,48 @@ async def ingest_callback(
         _events_json(events),
     )
     return _ingest_result(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackToStore:
+    raw: RawCallback
+    outcome: str
+    error: str | None
+    events: Sequence[Event]
+
+
+async def ingest_callbacks(
+    connection: Connection, batch: Sequence[CallbackToStore]
+) -> dict[uuid.UUID, IngestResult]:
+    """Stores several callbacks in one call and one transaction (group commit); the result of
+    each, by raw id."""
+    raws = [item.raw for item in batch]
+    events = []
+    for item in batch:
+        raw_id = str(item.raw.id)
+        for event in item.events:
+            serialised = event.to_json()
+            serialised["raw_id"] = raw_id  # which callback the event belongs to
+            events.append(serialised)
+    rows = await connection.fetch(
+        "SELECT * FROM ingest_callbacks($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12::jsonb)",
+        [raw.id for raw in raws],
+        [raw.provider for raw in raws],
+        [raw.method for raw in raws],
+        [storable_text(raw.path) for raw in raws],
+        [storable_text(raw.query) for raw in raws],
+        [storable_json(raw.headers) for raw in raws],
+        [raw.body for raw in raws],
+        [raw.remote_addr for raw in raws],
+        [raw.received_at for raw in raws],
+        [item.outcome for item in batch],
+        [storable_text(item.error) for item in batch],
+        storable_json(events),
+    )
+    by_raw: dict[uuid.UUID, list[asyncpg.Record]] = {raw.id: [] for raw in raws}
+    for row in rows:
+        by_raw[row["raw_id"]].append(row)
+    return {raw_id: _ingest_result(rows_of_raw) for raw_id, rows_of_raw in by_raw.items()}
 
 
 async def ingest_events(

@@ -1,0 +1,229 @@
+"""Group commit: callbacks arriving together are stored in one transaction, and each is still
+answered with its own result; one bad callback in a batch costs only itself."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+import structlog.testing
+from aiohttp.test_utils import TestClient
+
+from normalizers.base import CallbackRequest
+from normalizers.carrierx import CarrierX
+from normalizers.events import Event, EventType, Status, event_id
+from normalizers.registry import DEFAULT_REGISTRY, with_override
+from receiver import queries
+from receiver.config import Settings
+from receiver.metrics import INGEST_BATCHES
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
+Client = TestClient[Any, Any]
+MOMENT = datetime(2024, 6, 14, tzinfo=UTC)
+
+
+def report(sid: str, status: str = "delivered") -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((FIXTURES / "outbound_delivered.json").read_text())
+    body: dict[str, Any] = data["request"]["body"]
+    return body | {"message_sid": sid, "status": status}
+
+
+def batches_observed() -> tuple[float, float]:
+    """(transactions, callbacks) counted by the batch histogram so far."""
+    samples = {s.name: s.value for metric in INGEST_BATCHES.collect() for s in metric.samples}
+    return samples["smsr_ingest_batch_callbacks_count"], samples["smsr_ingest_batch_callbacks_sum"]
+
+
+async def post(client: Client, payload: object) -> tuple[int, dict[str, Any]]:
+    response = await client.post("/callbacks/carrierx", json=payload)
+    return response.status, await response.json()
+
+
+@pytest.fixture
+def settings(dsn: str) -> Settings:
+    # One writer: everything that arrives while it works forms the next batch.
+    return Settings(database_url=dsn, db_pool_min_size=0, db_pool_max_size=5, ingest_writers=1)
+
+
+async def test_concurrent_callbacks_share_transactions_and_get_their_own_answers(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    transactions_before, callbacks_before = batches_observed()
+    payloads = [report(f"sid-{n}") for n in range(40)] + [report("sid-0")] * 5
+
+    answers = await asyncio.gather(*(post(client, payload) for payload in payloads))
+
+    transactions_after, callbacks_after = batches_observed()
+    assert callbacks_after - callbacks_before == 45
+    assert transactions_after - transactions_before < 45  # some were stored together
+    assert all(status == 200 for status, _ in answers)
+    first_report = [
+        answer
+        for (_, answer), p in zip(answers, payloads, strict=True)
+        if p["message_sid"] == "sid-0"
+    ]
+    assert sorted(a["status"] for a in first_report) == ["duplicate"] * 5 + ["normalised"]
+    assert sorted(a["events"] for a in first_report) == [0] * 5 + [1]
+    rows = await db.fetch("SELECT id, outcome, event_count FROM raw_callbacks")
+    stored = {str(row["id"]): (row["outcome"], row["event_count"]) for row in rows}
+    assert stored == {a["raw_id"]: (a["status"], a["events"]) for _, a in answers}
+    events = await db.fetch("SELECT provider_message_id, raw_id, sequence FROM events")
+    assert len(events) == 40
+    by_sid = {e["provider_message_id"]: str(e["raw_id"]) for e in events}
+    for (_, answer), payload in zip(answers, payloads, strict=True):
+        if answer["status"] == "normalised":
+            assert by_sid[payload["message_sid"]] == answer["raw_id"]
+    assert await db.fetchval("SELECT count(*) FROM message_recipients") == 40
+
+
+async def test_reports_of_one_recipient_in_one_batch_keep_their_order(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    statuses = ["queued", "sent", "delivered"]
+    answers = await asyncio.gather(
+        *(post(client, report("sid-ordered", status)) for status in statuses)
+    )
+
+    assert [status for status, _ in answers] == [200, 200, 200]
+    rows = await db.fetch("SELECT status, sequence FROM events ORDER BY sequence")
+    assert [row["sequence"] for row in rows] == [1, 2, 3]
+    assert await db.fetchval("SELECT status FROM message_recipients") == "delivered"
+
+
+class OverflowingOne(CarrierX):
+    """Reports a segment count Postgres cannot hold, for one message id only."""
+
+    def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
+        events = super().parse_callback(request, received_at)
+        return [
+            dataclasses.replace(event, segments=10**12)
+            if event.provider_message_id == "sid-bad"
+            else event
+            for event in events
+        ]
+
+
+@pytest.mark.parametrize("registry", [with_override(DEFAULT_REGISTRY, OverflowingOne())])
+async def test_a_callback_the_database_refuses_costs_only_itself(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    payloads = [report(f"sid-{n}") for n in range(10)] + [report("sid-bad")]
+    with structlog.testing.capture_logs() as logs:
+        answers = await asyncio.gather(*(post(client, payload) for payload in payloads))
+
+    assert [status for status, _ in answers] == [200] * 10 + [202]
+    assert answers[-1][1]["error"].startswith("storage error")
+    assert any(entry["event"] == "batch_stored_one_by_one" for entry in logs)
+    assert await db.fetchval("SELECT count(*) FROM events") == 10
+    assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 11
+    assert (
+        await db.fetchval(
+            "SELECT outcome FROM raw_callbacks WHERE id = $1", uuid.UUID(answers[-1][1]["raw_id"])
+        )
+        == "unparsed"
+    )
+
+
+def raw_callback(raw_id: uuid.UUID | None = None) -> queries.RawCallback:
+    return queries.RawCallback(
+        id=raw_id or uuid.uuid4(),
+        provider="batch",
+        method="POST",
+        path="/callbacks/batch",
+        query="a=\x00b",
+        headers=[("X-Nul", "a\x00b"), ("X-Nul", "second")],
+        body=b"\x00{}",
+        remote_addr="127.0.0.1",
+        received_at=MOMENT,
+    )
+
+
+def inbound(sid: str) -> Event:
+    return Event(
+        id=event_id("batch", "inbound", sid),
+        type=EventType.INBOUND,
+        provider="batch",
+        status=Status.RECEIVED,
+        provider_status="received",
+        occurred_at=MOMENT,
+        received_at=MOMENT,
+        occurred_at_source="provider",
+        provider_message_id=sid,
+        recipient="+15550000001",
+        sender="+15550000002",
+        text="hi\x00there",
+    )
+
+
+async def test_ingest_callbacks_stores_each_raw_row_with_its_own_outcome(
+    db: asyncpg.Connection,
+) -> None:
+    replayed = raw_callback()
+    await queries.ingest_callback(
+        db, replayed, outcome="normalised", error=None, events=[inbound("known")]
+    )
+    fresh, known_only, unparsed = raw_callback(), raw_callback(), raw_callback()
+    batch = [
+        queries.CallbackToStore(replayed, "normalised", None, [inbound("again")]),
+        queries.CallbackToStore(fresh, "normalised", None, [inbound("b"), inbound("a")]),
+        queries.CallbackToStore(known_only, "normalised", None, [inbound("known")]),
+        queries.CallbackToStore(unparsed, "unparsed", "bad \x00 payload", []),
+    ]
+
+    results = await queries.ingest_callbacks(db, batch)
+
+    assert results[replayed.id].outcome == "normalised"  # a replay changes nothing
+    assert results[replayed.id].events == []
+    assert results[fresh.id].outcome == "normalised"
+    assert sorted(e.event_id for e in results[fresh.id].new_events) == sorted(
+        [inbound("a").id, inbound("b").id]
+    )
+    assert results[known_only.id].outcome == "duplicate"
+    assert results[unparsed.id].outcome == "unparsed"
+    rows = await db.fetch("SELECT id, outcome, event_count, error, headers FROM raw_callbacks")
+    by_id = {row["id"]: row for row in rows}
+    assert (by_id[fresh.id]["outcome"], by_id[fresh.id]["event_count"]) == ("normalised", 2)
+    assert (by_id[known_only.id]["outcome"], by_id[known_only.id]["event_count"]) == (
+        "duplicate",
+        0,
+    )
+    assert by_id[unparsed.id]["error"] == "bad  payload"
+    assert json.loads(by_id[fresh.id]["headers"]) == [["X-Nul", "ab"], ["X-Nul", "second"]]
+    owners = await db.fetch("SELECT id, raw_id, text FROM events")
+    assert {row["id"]: row["raw_id"] for row in owners} == {
+        inbound("known").id: replayed.id,
+        inbound("a").id: fresh.id,
+        inbound("b").id: fresh.id,
+    }
+    assert {row["text"] for row in owners} == {"hithere"}
+    assert await db.fetchval("SELECT count(*) FROM events WHERE id = $1", inbound("again").id) == 0
+
+
+async def test_batches_holding_the_same_inbound_reports_never_deadlock(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    first, second = await asyncpg.connect(dsn), await asyncpg.connect(dsn)
+    try:
+        for round_ in range(30):
+            a, b = inbound(f"a{round_}"), inbound(f"b{round_}")
+            forward = [queries.CallbackToStore(raw_callback(), "normalised", None, [a, b])]
+            backward = [
+                queries.CallbackToStore(raw_callback(), "normalised", None, [b]),
+                queries.CallbackToStore(raw_callback(), "normalised", None, [a]),
+            ]
+            results = await asyncio.gather(
+                queries.ingest_callbacks(first, forward),
+                queries.ingest_callbacks(second, backward),
+            )
+            inserted = [e for result in results for r in result.values() for e in r.new_events]
+            assert sorted(e.event_id for e in inserted) == sorted([a.id, b.id])
+    finally:
+        await first.close()
+        await second.close()
