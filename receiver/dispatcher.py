@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver import outbox
 from receiver.config import Settings
+from receiver.groupcommit import Batcher
 from receiver.metrics import ATTEMPTS
 from receiver.outbox import Claimed
 from receiver.queries import storable_text
@@ -31,6 +32,7 @@ log = structlog.get_logger("receiver.dispatcher")
 EXCERPT_BYTES = 4096
 SHUTDOWN_GRACE_S = 5.0
 MAX_RETRY_AFTER_S = 86400.0
+RECORD_BATCH_MAX = 100
 
 
 def signature_header(secrets: tuple[str, ...], msg_id: str, timestamp: datetime, body: str) -> str:
@@ -74,6 +76,10 @@ class Dispatcher:
         self.tasks: set[asyncio.Task[None]] = set()
         self.session: aiohttp.ClientSession | None = None
         self.stopping = asyncio.Event()
+        # Attempts that end together are recorded together, in one statement.
+        self.recorder = Batcher[outbox.Attempt, bool](
+            self._record, writers=2, max_batch=RECORD_BATCH_MAX
+        )
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -83,21 +89,29 @@ class Dispatcher:
             connector=connector, headers={"User-Agent": "sms-receiver-webhooks/0.1"}
         )
         log.info("dispatcher_started")
+        concurrency = self.settings.webhook_concurrency
+        backlog = False  # the last claim took all it asked for: more is probably due
         try:
             while not self.stopping.is_set():
                 wake = self.signal.current()
-                claimed = await self._claim()
+                if backlog and len(self.tasks) > concurrency // 2:
+                    # Claim again once half are done (each finished delivery fires the
+                    # signal), in one batch rather than one claim per finished delivery.
+                    await self._idle(wake)
+                    continue
+                asked = concurrency - len(self.tasks)
+                claimed = await self._claim(asked)
                 for item in claimed:
                     self._start(item)
-                if not claimed:
+                backlog = asked > 0 and len(claimed) == asked
+                if not backlog:
                     await self._idle(wake)
-                elif len(self.tasks) >= self.settings.webhook_concurrency:
-                    await self._idle(wake)  # a finished delivery fires the signal too
         finally:
             if self.tasks:  # deliveries under way get a moment; the others' leases run out
                 _, unfinished = await asyncio.wait(self.tasks, timeout=SHUTDOWN_GRACE_S)
                 for task in unfinished:
                     task.cancel()
+            await self.recorder.close()
             await self.session.close()
             log.info("dispatcher_stopped")
 
@@ -105,9 +119,8 @@ class Dispatcher:
         self.stopping.set()
         self.signal.fire()
 
-    async def _claim(self) -> list[Claimed]:
+    async def _claim(self, capacity: int) -> list[Claimed]:
         settings = self.settings
-        capacity = settings.webhook_concurrency - len(self.tasks)
         if capacity <= 0:
             return []
         try:
@@ -186,21 +199,19 @@ class Dispatcher:
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
 
         outcome, next_in, disable = self._judge(claimed, status, retry_after)
+        attempt = outbox.Attempt(
+            claimed=claimed,
+            started_at=now,
+            status_code=status,
+            latency_ms=latency_ms,
+            excerpt=storable_text(excerpt),
+            error=storable_text(error),
+            outcome=outcome,
+            next_attempt_in_s=next_in,
+            disable_subscription=disable,
+        )
         try:
-            async with self.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
-                owned = await outbox.record_attempt(
-                    connection,
-                    claimed,
-                    started_at=now,
-                    status_code=status,
-                    latency_ms=latency_ms,
-                    excerpt=storable_text(excerpt),
-                    error=storable_text(error),
-                    outcome=outcome,
-                    next_attempt_in_s=next_in,
-                    disable_subscription=disable,
-                    disable_after_failing_s=settings.webhook_disable_after_s,
-                )
+            owned = await self.recorder.submit(attempt)
         except asyncpg.ForeignKeyViolationError:
             log.info("delivery_gone", delivery_id=claimed.delivery_id)  # subscription deleted
             return
@@ -223,6 +234,31 @@ class Dispatcher:
             latency_ms=latency_ms,
             owned=owned,
         )
+
+    async def _record(self, attempts: list[outbox.Attempt]) -> list[bool | Exception]:
+        """Records a batch of attempts; should the batch fail as a whole (a subscription
+        deleted meanwhile, a conflict), each attempt alone, so that each gets its own answer."""
+        settings = self.settings
+        async with self.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
+            try:
+                return list(
+                    await outbox.record_attempts(
+                        connection, attempts, settings.webhook_disable_after_s
+                    )
+                )
+            except asyncpg.PostgresError:
+                if len(attempts) == 1:
+                    raise
+            one_by_one: list[bool | Exception] = []
+            for attempt in attempts:
+                try:
+                    [owned] = await outbox.record_attempts(
+                        connection, [attempt], settings.webhook_disable_after_s
+                    )
+                    one_by_one.append(owned)
+                except Exception as error:
+                    one_by_one.append(error)
+            return one_by_one
 
     def _judge(
         self, claimed: Claimed, status: int | None, retry_after: float | None

@@ -12,21 +12,27 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import asyncpg
 import structlog
+from prometheus_client import Histogram
 
 from receiver import queries
 from receiver.errors import is_data_refusal
 from receiver.metrics import INGEST_BATCHES
 from receiver.pipeline import Normalised, account_for, store_callback
-from receiver.queries import CallbackToStore, IngestResult, RawCallback
+from receiver.queries import CallbackToStore, Connection, IngestResult, RawCallback
 from receiver.signal import Signal
 
 log = structlog.get_logger("receiver.groupcommit")
 
 Stored = tuple[IngestResult, str | None]  # what was stored, and the error kept on the raw row
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 # SQLSTATE class 40: the batch lost a conflict with a concurrent writer (deadlock,
 # serialisation): one callback at a time, each waits its turn instead.
@@ -34,41 +40,41 @@ _CONFLICT_CLASS = "40"
 
 
 @dataclass(slots=True)
-class _Waiting:
-    raw: RawCallback
-    normalised: Normalised
-    answer: asyncio.Future[Stored]
+class _Waiting(Generic[Item, Result]):
+    item: Item
+    answer: asyncio.Future[Result]
 
 
-class CallbackWriter:
+class Batcher(Generic[Item, Result]):
+    """Runs `write` on batches of the items submitted while earlier batches were being written:
+    at most `writers` batches at once, at most `max_batch` items each. `write` answers each
+    item, in order, with its result or the exception it raised."""
+
     def __init__(
         self,
-        pool: asyncpg.Pool,
-        signal: Signal,
+        write: Callable[[list[Item]], Awaitable[Sequence[Result | Exception]]],
         *,
         writers: int,
         max_batch: int,
-        acquire_timeout_s: float,
+        histogram: Histogram | None = None,
     ) -> None:
-        self._pool = pool
-        self._signal = signal
+        self._write = write
         self._writers = writers
         self._max_batch = max_batch
-        self._acquire_timeout_s = acquire_timeout_s
-        self._queue: deque[_Waiting] = deque()
+        self._histogram = histogram
+        self._queue: deque[_Waiting[Item, Result]] = deque()
         self._running: set[asyncio.Task[None]] = set()
 
-    async def store(self, raw: RawCallback, normalised: Normalised) -> Stored:
-        """Stores one callback (with whatever else is waiting) and returns its result once
-        committed; raises what storing it raised."""
-        waiting = _Waiting(raw, normalised, asyncio.get_running_loop().create_future())
+    async def submit(self, item: Item) -> Result:
+        """The item's result once its batch is written; raises what writing it raised."""
+        waiting = _Waiting[Item, Result](item, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         if len(self._running) < self._writers:
             task = asyncio.create_task(self._drain())
             self._running.add(task)
             task.add_done_callback(self._running.discard)
-        # Shielded: a caller that goes away does not take the batch down with it; its callback
-        # is stored all the same (the provider will retry it and find it a duplicate).
+        # Shielded: a caller that goes away does not take the batch down with it; its item is
+        # written all the same.
         return await asyncio.shield(waiting.answer)
 
     async def close(self) -> None:
@@ -80,58 +86,90 @@ class CallbackWriter:
         while self._queue:
             size = min(len(self._queue), self._max_batch)
             batch = [self._queue.popleft() for _ in range(size)]
-            INGEST_BATCHES.observe(size)
+            if self._histogram is not None:
+                self._histogram.observe(size)
             try:
-                outcomes = await self._write(batch)
+                outcomes = await self._write([waiting.item for waiting in batch])
             except Exception as error:
                 outcomes = [error] * len(batch)
-            new_events = False
             for waiting, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, BaseException):
+                if isinstance(outcome, Exception):
                     waiting.answer.set_exception(outcome)
                 else:
-                    new_events = new_events or bool(outcome[0].new_events)
                     waiting.answer.set_result(outcome)
-            if new_events:
-                self._signal.new_events()  # once per batch
 
-    async def _write(self, batch: list[_Waiting]) -> list[Stored | Exception]:
+
+class CallbackWriter:
+    """Stores callbacks, those arriving together in one call and one transaction."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        signal: Signal,
+        *,
+        writers: int,
+        max_batch: int,
+        acquire_timeout_s: float,
+    ) -> None:
+        self._pool = pool
+        self._signal = signal
+        self._acquire_timeout_s = acquire_timeout_s
+        self._batcher = Batcher[tuple[RawCallback, Normalised], Stored](
+            self._write, writers=writers, max_batch=max_batch, histogram=INGEST_BATCHES
+        )
+
+    async def store(self, raw: RawCallback, normalised: Normalised) -> Stored:
+        """Stores one callback (with whatever else is waiting) and returns its result once
+        committed; raises what storing it raised. A caller that goes away does not stop it (the
+        provider will retry it and find it a duplicate)."""
+        return await self._batcher.submit((raw, normalised))
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    async def _write(self, batch: list[tuple[RawCallback, Normalised]]) -> list[Stored | Exception]:
         async with self._pool.acquire(timeout=self._acquire_timeout_s) as connection:
-            if len(batch) > 1:
-                try:
-                    results = await queries.ingest_callbacks(
-                        connection,
-                        [
-                            CallbackToStore(
-                                raw=waiting.raw,
-                                outcome=waiting.normalised.outcome,
-                                error=waiting.normalised.error,
-                                events=waiting.normalised.events,
-                            )
-                            for waiting in batch
-                        ],
-                    )
-                except asyncpg.PostgresError as error:
-                    if not (is_data_refusal(error) or _lost_conflict(error)):
-                        raise
-                    log.warning("batch_stored_one_by_one", callbacks=len(batch), error=repr(error))
-                else:
-                    stored: list[Stored | Exception] = []
-                    for waiting in batch:
-                        result = results[waiting.raw.id]
-                        account_for(waiting.raw, waiting.normalised, result)
-                        stored.append((result, waiting.normalised.error))
-                    return stored
-            one_by_one: list[Stored | Exception] = []
-            for waiting in batch:
-                try:
-                    one_by_one.append(
-                        await store_callback(connection, waiting.raw, waiting.normalised)
-                    )
-                except Exception as error:
-                    one_by_one.append(error)
-            return one_by_one
+            outcomes = await self._store(connection, batch)
+        if any(not isinstance(o, Exception) and o[0].new_events for o in outcomes):
+            self._signal.new_events()  # once per batch
+        return outcomes
+
+    async def _store(
+        self, connection: Connection, batch: list[tuple[RawCallback, Normalised]]
+    ) -> list[Stored | Exception]:
+        if len(batch) > 1:
+            try:
+                results = await queries.ingest_callbacks(
+                    connection,
+                    [
+                        CallbackToStore(
+                            raw=raw,
+                            outcome=normalised.outcome,
+                            error=normalised.error,
+                            events=normalised.events,
+                        )
+                        for raw, normalised in batch
+                    ],
+                )
+            except asyncpg.PostgresError as error:
+                if not (is_data_refusal(error) or lost_conflict(error)):
+                    raise
+                log.warning("batch_stored_one_by_one", callbacks=len(batch), error=repr(error))
+            else:
+                stored: list[Stored | Exception] = []
+                for raw, normalised in batch:
+                    result = results[raw.id]
+                    account_for(raw, normalised, result)
+                    stored.append((result, normalised.error))
+                return stored
+        one_by_one: list[Stored | Exception] = []
+        for raw, normalised in batch:
+            try:
+                one_by_one.append(await store_callback(connection, raw, normalised))
+            except Exception as error:
+                one_by_one.append(error)
+        return one_by_one
 
 
-def _lost_conflict(error: asyncpg.PostgresError) -> bool:
+def lost_conflict(error: asyncpg.PostgresError) -> bool:
     return str(error.sqlstate or "").startswith(_CONFLICT_CLASS)

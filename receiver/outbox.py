@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -280,87 +281,98 @@ async def claim_deliveries(
     ]
 
 
-async def record_attempt(
-    connection: Connection,
-    claimed: Claimed,
-    *,
-    started_at: datetime,
-    status_code: int | None,
-    latency_ms: float,
-    excerpt: str | None,
-    error: str | None,
-    outcome: str,
-    next_attempt_in_s: float | None,
-    disable_subscription: str | None,
-    disable_after_failing_s: float,
-) -> bool:
-    """Store the attempt and its consequence, if the lease is still ours (else another
-    dispatcher has the delivery now: nothing changes). Returns whether it was ours."""
-    async with connection.transaction():
-        owned = await connection.fetchval(
-            """
-            UPDATE deliveries SET
-                status = $3,
-                next_attempt_at = CASE WHEN $4::double precision IS NULL THEN next_attempt_at
-                                       ELSE now() + make_interval(secs => $4) END,
-                leased_until = NULL, lease_token = NULL, last_status = $5, last_error = $6,
-                delivered_at = CASE WHEN $3 = 'delivered' THEN now() END,
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt, as it ended."""
+
+    claimed: Claimed
+    started_at: datetime
+    status_code: int | None
+    latency_ms: float
+    excerpt: str | None
+    error: str | None
+    outcome: str  # the delivery's status from now on: delivered, pending (retry) or failed
+    next_attempt_in_s: float | None
+    disable_subscription: str | None  # why to disable it at once (410 Gone), if so
+
+
+async def record_attempts(
+    connection: Connection, attempts: Sequence[Attempt], disable_after_failing_s: float
+) -> list[bool]:
+    """Stores each attempt and, if its lease is still ours (else another dispatcher has the
+    delivery now: nothing changes), its consequence, all in one statement (one transaction);
+    returns whether each lease was ours. A subscription with a delivered attempt in the batch is
+    healthy again (unless one was answered 410); one whose attempts all failed is failing, and
+    is disabled by a 410 or after failing for `disable_after_failing_s`."""
+    rows = await connection.fetch(
+        """
+        WITH given AS (
+            SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],
+                                 $6::text[], $7::int[], $8::timestamptz[], $9::float8[],
+                                 $10::text[], $11::text[], $12::uuid[])
+                AS g(delivery_id, lease_token, outcome, next_in, status_code, error, attempt,
+                     started_at, latency_ms, excerpt, disable, subscription_id)
+        ), owned AS (
+            UPDATE deliveries d SET
+                status = g.outcome,
+                next_attempt_at = CASE WHEN g.next_in IS NULL THEN d.next_attempt_at
+                                       ELSE now() + make_interval(secs => g.next_in) END,
+                leased_until = NULL, lease_token = NULL, last_status = g.status_code,
+                last_error = g.error,
+                delivered_at = CASE WHEN g.outcome = 'delivered' THEN now() END,
                 updated_at = now()
-            WHERE id = $1 AND lease_token = $2
-            RETURNING true
-            """,
-            claimed.delivery_id,
-            claimed.lease_token,
-            outcome,
-            next_attempt_in_s,
-            status_code,
-            error,
-        )
-        await connection.execute(
-            """
+            FROM given g
+            WHERE d.id = g.delivery_id AND d.lease_token = g.lease_token
+            RETURNING d.id, g.outcome, g.disable, g.subscription_id
+        ), recorded AS (
             INSERT INTO delivery_attempts
                 (delivery_id, attempt, started_at, status_code, latency_ms, response_excerpt,
                  error)
-            VALUES ($1, $2, $3, $4, $5, $6, $7)
-            """,
-            claimed.delivery_id,
-            claimed.attempt,
-            started_at,
-            status_code,
-            latency_ms,
-            excerpt,
-            error,
+            SELECT delivery_id, attempt, started_at, status_code, latency_ms, excerpt, error
+            FROM given
+        ), verdict AS (
+            SELECT subscription_id, bool_or(outcome = 'delivered') AS any_delivered,
+                   max(disable) AS disable
+            FROM owned GROUP BY subscription_id
+        ), healthy AS (
+            UPDATE subscriptions s SET failing_since = NULL
+            FROM verdict v
+            WHERE s.id = v.subscription_id AND v.any_delivered AND v.disable IS NULL
+              AND s.failing_since IS NOT NULL
+        ), failing AS (
+            UPDATE subscriptions s SET
+                failing_since = coalesce(s.failing_since, now()),
+                enabled = CASE WHEN v.disable IS NOT NULL
+                                 OR coalesce(s.failing_since, now())
+                                    < now() - make_interval(secs => $13)
+                               THEN false ELSE s.enabled END,
+                disabled_reason = CASE
+                    WHEN v.disable IS NOT NULL THEN v.disable
+                    WHEN coalesce(s.failing_since, now()) < now() - make_interval(secs => $13)
+                        THEN 'failing continuously'
+                    ELSE s.disabled_reason END,
+                updated_at = now()
+            FROM verdict v
+            WHERE s.id = v.subscription_id AND (NOT v.any_delivered OR v.disable IS NOT NULL)
         )
-        if not owned:
-            return False
-        if outcome == "delivered":
-            await connection.execute(
-                "UPDATE subscriptions SET failing_since = NULL WHERE id = $1 AND failing_since"
-                " IS NOT NULL",
-                claimed.subscription_id,
-            )
-        else:
-            await connection.execute(
-                """
-                UPDATE subscriptions SET
-                    failing_since = coalesce(failing_since, now()),
-                    enabled = CASE WHEN $2::text IS NOT NULL
-                                     OR coalesce(failing_since, now())
-                                        < now() - make_interval(secs => $3)
-                                   THEN false ELSE enabled END,
-                    disabled_reason = CASE
-                        WHEN $2::text IS NOT NULL THEN $2
-                        WHEN coalesce(failing_since, now()) < now() - make_interval(secs => $3)
-                            THEN 'failing continuously'
-                        ELSE disabled_reason END,
-                    updated_at = now()
-                WHERE id = $1
-                """,
-                claimed.subscription_id,
-                disable_subscription,
-                disable_after_failing_s,
-            )
-        return True
+        SELECT id FROM owned
+        """,
+        [a.claimed.delivery_id for a in attempts],
+        [a.claimed.lease_token for a in attempts],
+        [a.outcome for a in attempts],
+        [a.next_attempt_in_s for a in attempts],
+        [a.status_code for a in attempts],
+        [a.error for a in attempts],
+        [a.claimed.attempt for a in attempts],
+        [a.started_at for a in attempts],
+        [a.latency_ms for a in attempts],
+        [a.excerpt for a in attempts],
+        [a.disable_subscription for a in attempts],
+        [a.claimed.subscription_id for a in attempts],
+        disable_after_failing_s,
+    )
+    owned = {row["id"] for row in rows}
+    return [a.claimed.delivery_id in owned for a in attempts]
 
 
 # --- the feed ----------------------------------------------------------------------------------

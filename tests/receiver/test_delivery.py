@@ -686,3 +686,99 @@ async def test_replay_since_out_of_range_is_422(hub: Client, subscriber: Subscri
             f"/v1/subscriptions/{subscription['id']}/replay", json={"since": since}
         )
         assert response.status == 422
+
+
+def ended(
+    claimed: outbox.Claimed, outcome: str, status: int | None, disable: str | None = None
+) -> outbox.Attempt:
+    return outbox.Attempt(
+        claimed=claimed,
+        started_at=datetime.now(UTC),
+        status_code=status,
+        latency_ms=1.0,
+        excerpt="ok",
+        error=None if status else "refused",
+        outcome=outcome,
+        next_attempt_in_s=5.0 if outcome == "pending" else None,
+        disable_subscription=disable,
+    )
+
+
+async def test_attempts_recorded_in_one_batch_each_get_their_own_consequence(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    client = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
+    await queue_deliveries(db, client, subscriber.url, 4)
+    await db.execute("UPDATE subscriptions SET failing_since = now() - interval '1 hour'")
+    claimed = await outbox.claim_deliveries(db, 4, 4, 30.0)
+    stolen = claimed[3]  # its lease ran out and another dispatcher took it
+    await db.execute(
+        "UPDATE deliveries SET lease_token = $1 WHERE id = $2", uuid.uuid4(), stolen.delivery_id
+    )
+
+    owned = await outbox.record_attempts(
+        db,
+        [
+            ended(claimed[0], "delivered", 200),
+            ended(claimed[1], "pending", 500),
+            ended(claimed[2], "pending", None),
+            ended(stolen, "delivered", 200),
+        ],
+        3600.0,
+    )
+
+    assert owned == [True, True, True, False]
+    rows = await db.fetch("SELECT id, status, attempts, last_status FROM deliveries ORDER BY id")
+    by_id = {row["id"]: row for row in rows}
+    assert by_id[claimed[0].delivery_id]["status"] == "delivered"
+    assert by_id[claimed[1].delivery_id]["status"] == "pending"
+    assert by_id[claimed[1].delivery_id]["last_status"] == 500
+    assert by_id[stolen.delivery_id]["status"] == "delivering"  # left to its new holder
+    assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 4
+    # One delivered attempt in the batch: the subscriber is alive again.
+    assert await db.fetchval("SELECT failing_since FROM subscriptions") is None
+
+
+async def test_a_batch_of_failures_marks_the_subscription_failing_then_disabled(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    client = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
+    await queue_deliveries(db, client, subscriber.url, 4)
+    first = await outbox.claim_deliveries(db, 2, 4, 30.0)
+
+    await outbox.record_attempts(db, [ended(c, "pending", 503) for c in first], 3600.0)
+
+    row = await db.fetchrow("SELECT enabled, failing_since FROM subscriptions")
+    assert row is not None
+    assert row["enabled"] is True
+    assert row["failing_since"] is not None
+    await db.execute("UPDATE subscriptions SET failing_since = now() - interval '2 hours'")
+    second = await outbox.claim_deliveries(db, 2, 4, 30.0)
+    await outbox.record_attempts(
+        db, [ended(second[0], "delivered", 200), ended(second[1], "failed", 410, "gone")], 3600.0
+    )
+    row = await db.fetchrow("SELECT enabled, disabled_reason FROM subscriptions")
+    assert row is not None
+    assert (row["enabled"], row["disabled_reason"]) == (False, "gone")  # 410 wins
+
+
+async def test_a_delivery_deleted_mid_batch_costs_only_itself(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    settings = hub_settings(dsn, dispatcher=False)
+    client = await aiohttp_client(create_app(settings, dsn))
+    await queue_deliveries(db, client, subscriber.url, 3)
+    claimed = await outbox.claim_deliveries(db, 3, 4, 30.0)
+    await db.execute("DELETE FROM deliveries WHERE id = $1", claimed[1].delivery_id)
+    pool = await asyncpg.create_pool(dsn, min_size=0, max_size=2)
+    assert pool is not None
+    try:
+        dispatcher = Dispatcher(pool, settings, Signal())
+        answers = await dispatcher._record([ended(c, "delivered", 200) for c in claimed])
+    finally:
+        await pool.close()
+
+    assert answers[0] is True
+    assert isinstance(answers[1], asyncpg.ForeignKeyViolationError)
+    assert answers[2] is True
+    assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 2
