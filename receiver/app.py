@@ -112,6 +112,7 @@ def create_app(
             signal,
             writers=settings.ingest_writers,
             max_batch=settings.ingest_batch_max,
+            max_events=settings.max_events_per_callback,
             acquire_timeout_s=settings.db_acquire_timeout_s,
         )
         app[AppContext.KEY] = AppContext(

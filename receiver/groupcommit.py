@@ -47,8 +47,9 @@ class _Waiting(Generic[Item, Result]):
 
 class Batcher(Generic[Item, Result]):
     """Runs `write` on batches of the items submitted while earlier batches were being written:
-    at most `writers` batches at once, at most `max_batch` items each. `write` answers each
-    item, in order, with its result or the exception it raised."""
+    at most `writers` batches at once, each of at most `max_batch` items and, but for a single
+    heavy item, `max_weight`. `write` answers each item, in order, with its result or the
+    exception it raised."""
 
     def __init__(
         self,
@@ -56,11 +57,15 @@ class Batcher(Generic[Item, Result]):
         *,
         writers: int,
         max_batch: int,
+        max_weight: int | None = None,
+        weight: Callable[[Item], int] = lambda item: 1,
         histogram: Histogram | None = None,
     ) -> None:
         self._write = write
         self._writers = writers
         self._max_batch = max_batch
+        self._max_weight = max_weight
+        self._weight = weight
         self._histogram = histogram
         self._queue: deque[_Waiting[Item, Result]] = deque()
         self._running: set[asyncio.Task[None]] = set()
@@ -70,9 +75,7 @@ class Batcher(Generic[Item, Result]):
         waiting = _Waiting[Item, Result](item, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         if len(self._running) < self._writers:
-            task = asyncio.create_task(self._drain())
-            self._running.add(task)
-            task.add_done_callback(self._running.discard)
+            self._running.add(asyncio.create_task(self._drain()))
         # Shielded: a caller that goes away does not take the batch down with it; its item is
         # written all the same.
         return await asyncio.shield(waiting.answer)
@@ -83,20 +86,41 @@ class Batcher(Generic[Item, Result]):
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _drain(self) -> None:
-        while self._queue:
-            size = min(len(self._queue), self._max_batch)
-            batch = [self._queue.popleft() for _ in range(size)]
-            if self._histogram is not None:
-                self._histogram.observe(size)
-            try:
-                outcomes = await self._write([waiting.item for waiting in batch])
-            except Exception as error:
-                outcomes = [error] * len(batch)
-            for waiting, outcome in zip(batch, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    waiting.answer.set_exception(outcome)
-                else:
-                    waiting.answer.set_result(outcome)
+        try:
+            while self._queue:
+                batch = self._take()
+                if self._histogram is not None:
+                    self._histogram.observe(len(batch))
+                try:
+                    outcomes = await self._write([waiting.item for waiting in batch])
+                except Exception as error:
+                    outcomes = [error] * len(batch)
+                except BaseException:  # cancelled: no one may wait forever for an answer
+                    for waiting in batch:
+                        waiting.answer.cancel()
+                    raise
+                for waiting, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, Exception):
+                        waiting.answer.set_exception(outcome)
+                    else:
+                        waiting.answer.set_result(outcome)
+        finally:
+            # In the same step as finding the queue empty: an item queued from now on sees
+            # a free writer and starts one.
+            current = asyncio.current_task()
+            if current is not None:
+                self._running.discard(current)
+
+    def _take(self) -> list[_Waiting[Item, Result]]:
+        batch = [self._queue.popleft()]
+        weight = self._weight(batch[0].item)
+        while self._queue and len(batch) < self._max_batch:
+            next_weight = self._weight(self._queue[0].item)
+            if self._max_weight is not None and weight + next_weight > self._max_weight:
+                break
+            batch.append(self._queue.popleft())
+            weight += next_weight
+        return batch
 
 
 class CallbackWriter:
@@ -109,13 +133,21 @@ class CallbackWriter:
         *,
         writers: int,
         max_batch: int,
+        max_events: int,
         acquire_timeout_s: float,
     ) -> None:
         self._pool = pool
         self._signal = signal
         self._acquire_timeout_s = acquire_timeout_s
+        # A batch holds no more events than one callback may bring, so that it stays as quick
+        # as the largest callback alone (the command timeout is sized for that).
         self._batcher = Batcher[tuple[RawCallback, Normalised], Stored](
-            self._write, writers=writers, max_batch=max_batch, histogram=INGEST_BATCHES
+            self._write,
+            writers=writers,
+            max_batch=max_batch,
+            max_weight=max_events,
+            weight=lambda item: max(1, len(item[1].events)),
+            histogram=INGEST_BATCHES,
         )
 
     async def store(self, raw: RawCallback, normalised: Normalised) -> Stored:
@@ -151,8 +183,11 @@ class CallbackWriter:
                         for raw, normalised in batch
                     ],
                 )
-            except asyncpg.PostgresError as error:
-                if not (is_data_refusal(error) or lost_conflict(error)):
+            except (asyncpg.PostgresError, TimeoutError) as error:
+                # Refused data, a lost conflict, or too slow together: each alone may pass.
+                if isinstance(error, asyncpg.PostgresError) and not (
+                    is_data_refusal(error) or lost_conflict(error)
+                ):
                     raise
                 log.warning("batch_stored_one_by_one", callbacks=len(batch), error=repr(error))
             else:

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -40,13 +41,16 @@ from receiver.callbacks import received_now
 from receiver.config import Settings
 from receiver.context import AppContext
 from receiver.errors import BadRequest, ReceiverError, error_body
+from receiver.groupcommit import lost_conflict
 from receiver.pipeline import NORMALISED, Normalised, store_callback
-from receiver.queries import RawCallback
+from receiver.queries import Connection, RawCallback
 
 log = structlog.get_logger("receiver.sending")
 
 # Calls to one provider at once for one message (fan-out providers take one recipient a call).
 CALLS_AT_ONCE = 10
+# Tries at storing a send answer that lost a lock conflict with concurrent callbacks.
+STORE_ATTEMPTS = 3
 
 
 class Unprocessable(ReceiverError):
@@ -433,42 +437,68 @@ async def _store_outcome(
         received_at=received_now(),
     )
     settings = context.settings
-    async with (
-        context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection,
-        connection.transaction(),
-    ):
-        events = []
-        for event in outcome.events:
-            provider_id = event.provider_message_id
-            if provider_id and event.recipient is not None:
-                adopted = await queries.adopt_recipient(
-                    connection, message_id, provider.name, provider_id, event.recipient
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            async with (
+                context.pool.acquire(timeout=settings.db_acquire_timeout_s) as connection,
+                connection.transaction(),
+            ):
+                await _store_answer(connection, provider, message_id, pending, raw, outcome)
+            return
+        except asyncpg.PostgresError as error:
+            # Lost a lock conflict with concurrent callbacks (the transaction is undone, the
+            # provider has answered): store it again rather than lose its ids.
+            if not lost_conflict(error) or attempt == STORE_ATTEMPTS:
+                raise
+            log.warning("send_answer_store_retried", attempt=attempt, error=repr(error))
+
+
+async def _store_answer(
+    connection: Connection,
+    provider: Provider,
+    message_id: uuid.UUID,
+    pending: str,
+    raw: RawCallback,
+    outcome: SendOutcome,
+) -> None:
+    events = []
+    # In recipient key order, the order in which callbacks lock recipients too: a send
+    # answer and a batch of callbacks sharing recipients queue instead of deadlocking.
+    for event in sorted(outcome.events, key=_recipient_key):
+        provider_id = event.provider_message_id
+        if provider_id and event.recipient is not None:
+            adopted = await queries.adopt_recipient(
+                connection, message_id, provider.name, provider_id, event.recipient
+            )
+            if adopted is None:
+                log.error(
+                    "provider_id_reused",
+                    provider_message_id=provider_id,
+                    recipient=event.recipient,
                 )
-                if adopted is None:
-                    log.error(
-                        "provider_id_reused",
-                        provider_message_id=provider_id,
-                        recipient=event.recipient,
-                    )
-                    provider_id = None
-                elif adopted == 0:
-                    # Not one of the message's recipients (a CarrierX group handset): its
-                    # reports are kept under the provider's id, unattached.
-                    log.warning(
-                        "recipient_not_in_message",
-                        provider_message_id=provider_id,
-                        recipient=event.recipient,
-                    )
-            if provider_id is None:
-                event = dataclasses.replace(event, provider_message_id=pending)
-            events.append(event.stored_raw(str(raw.id)))
-            part_ids = outcome.parts.get(event.recipient or "")
-            if provider_id is not None and event.recipient is not None and part_ids:
-                await queries.register_parts(
-                    connection, provider.name, provider_id, event.recipient, part_ids
+                provider_id = None
+            elif adopted == 0:
+                # Not one of the message's recipients (a CarrierX group handset): its
+                # reports are kept under the provider's id, unattached.
+                log.warning(
+                    "recipient_not_in_message",
+                    provider_message_id=provider_id,
+                    recipient=event.recipient,
                 )
-        await store_callback(connection, raw, Normalised(outcome=NORMALISED, events=events))
-        await queries.mark_send_answer(connection, raw.id)
+        if provider_id is None:
+            event = dataclasses.replace(event, provider_message_id=pending)
+        events.append(event.stored_raw(str(raw.id)))
+        part_ids = outcome.parts.get(event.recipient or "")
+        if provider_id is not None and event.recipient is not None and part_ids:
+            await queries.register_parts(
+                connection, provider.name, provider_id, event.recipient, part_ids
+            )
+    await store_callback(connection, raw, Normalised(outcome=NORMALISED, events=events))
+    await queries.mark_send_answer(connection, raw.id)
+
+
+def _recipient_key(event: Event) -> tuple[str, str]:
+    return (event.provider_message_id or "", event.recipient or "")
 
 
 def _field_errors(error: ValidationError) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ network is explicitly allowed. Checked on the addresses actually connected to, a
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Sequence
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
@@ -45,12 +46,17 @@ def is_public(address: IPv4Address | IPv6Address, allowed: Sequence[Network]) ->
 
 def check_literal_host(host: str, allowed: Sequence[Network]) -> None:
     """A URL with an IP address for host never reaches the resolver: check it here."""
+    if not _literal_host_allowed(host, tuple(allowed)):
+        raise BlockedAddress(f"{host} is not a public address")
+
+
+@functools.lru_cache(maxsize=4096)  # asked for every delivery, of a few hosts
+def _literal_host_allowed(host: str, allowed: tuple[Network, ...]) -> bool:
     try:
         address = ip_address(host.strip("[]"))
     except ValueError:
-        return
-    if not is_public(address, allowed):
-        raise BlockedAddress(f"{host} is not a public address")
+        return True  # a name: the resolver checks what it resolves to
+    return is_public(address, allowed)
 
 
 class GuardedResolver(AbstractResolver):

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,11 @@ from normalizers.events import Event, EventType, Status, event_id
 from normalizers.registry import DEFAULT_REGISTRY, with_override
 from receiver import queries
 from receiver.config import Settings
+from receiver.database import create_pool
+from receiver.groupcommit import Batcher, CallbackWriter
 from receiver.metrics import INGEST_BATCHES
+from receiver.pipeline import Normalised
+from receiver.signal import Signal
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
 Client = TestClient[Any, Any]
@@ -227,3 +233,92 @@ async def test_batches_holding_the_same_inbound_reports_never_deadlock(
     finally:
         await first.close()
         await second.close()
+
+
+class NoSignal(Signal):
+    def new_events(self) -> None:
+        pass
+
+
+async def test_an_item_queued_as_the_last_writer_leaves_is_still_written() -> None:
+    written: list[int] = []
+
+    async def write(items: list[int]) -> Sequence[int | Exception]:
+        await asyncio.sleep(0.01)  # the database round trip
+        written.extend(items)
+        return items
+
+    batcher = Batcher[int, int](write, writers=1, max_batch=100)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)
+    (writer,) = batcher._running
+
+    async def arriving_as_the_writer_leaves() -> int:
+        # Polled, to land between the writer's last step and its done-callbacks.
+        while not writer.done():  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        return await batcher.submit(2)
+
+    late = asyncio.create_task(arriving_as_the_writer_leaves())
+    assert await first == 1
+    assert await asyncio.wait_for(late, timeout=2) == 2
+    assert written == [1, 2]
+
+
+async def test_a_batch_holds_no_more_weight_than_allowed_but_a_heavy_item_goes_alone() -> None:
+    sizes: list[list[int]] = []
+
+    async def write(items: list[int]) -> Sequence[int | Exception]:
+        sizes.append(items)
+        await asyncio.sleep(0.01)
+        return items
+
+    batcher = Batcher[int, int](
+        write, writers=1, max_batch=100, max_weight=10, weight=lambda item: item
+    )
+    results = await asyncio.gather(*(batcher.submit(n) for n in (1, 4, 4, 4, 30, 2)))
+
+    assert results == [1, 4, 4, 4, 30, 2]
+    assert sizes == [[1, 4, 4], [4], [30], [2]]
+
+
+def many_inbound(tag: str, count: int) -> list[Event]:
+    return [inbound(f"{tag}-{n}") for n in range(count)]
+
+
+async def test_a_batch_too_slow_together_is_stored_one_by_one(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    started = time.perf_counter()
+    await queries.ingest_callback(
+        db, raw_callback(), outcome="normalised", error=None, events=many_inbound("probe", 2000)
+    )
+    alone = time.perf_counter() - started
+    settings = Settings(
+        database_url=dsn, db_pool_min_size=0, db_pool_max_size=2, db_command_timeout_s=alone * 3
+    )
+    pool = await create_pool(dsn, settings)
+    writer = CallbackWriter(
+        pool, NoSignal(), writers=1, max_batch=100, max_events=10**6, acquire_timeout_s=2
+    )
+    try:
+        with structlog.testing.capture_logs() as logs:
+            results = await asyncio.gather(
+                *(
+                    writer.store(
+                        raw_callback(), Normalised("normalised", events=many_inbound(f"c{c}", 2000))
+                    )
+                    for c in range(6)
+                ),
+                return_exceptions=True,
+            )
+    finally:
+        await writer.close()
+        await pool.close()
+
+    assert not [r for r in results if isinstance(r, BaseException)]
+    assert any(
+        entry["event"] == "batch_stored_one_by_one" and "TimeoutError" in entry["error"]
+        for entry in logs
+    )
+    assert await db.fetchval("SELECT count(*) FROM events") == 2000 * 7

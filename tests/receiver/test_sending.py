@@ -13,6 +13,7 @@ import pytest
 import structlog.testing
 from aiohttp.test_utils import TestClient
 
+from receiver import sending
 from receiver.app import create_app
 from receiver.config import ProviderSettings, Settings
 from tests.helpers import free_port
@@ -554,3 +555,35 @@ async def test_reports_racing_the_send_answer_are_attached(
         provider,
     )
     assert orphans == 0
+
+
+async def test_a_send_answer_that_loses_a_lock_conflict_is_stored_again(
+    hub: Client, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = sending._store_answer
+    calls = 0
+
+    async def deadlocked_once(*args: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            await real(*args)  # written, then undone with the transaction
+            raise asyncpg.DeadlockDetectedError("deadlock detected")
+        await real(*args)
+
+    monkeypatch.setattr(sending, "_store_answer", deadlocked_once)
+    with structlog.testing.capture_logs() as logs:
+        response = await send(hub, provider="carrierx", to=["+447700900001", "+447700900003"])
+    answer = await response.json()
+
+    assert response.status == 201, answer
+    assert calls == 3  # CarrierX: one call per recipient, the first stored twice
+    assert any(entry["event"] == "send_answer_store_retried" for entry in logs)
+    assert not any(entry["event"] == "send_answer_not_stored" for entry in logs)
+    provider_ids = await db.fetch(
+        "SELECT provider_message_id FROM message_recipients WHERE message_id = $1::uuid",
+        answer["id"],
+    )
+    assert len(provider_ids) == 2
+    assert not any(row["provider_message_id"].startswith("pending:") for row in provider_ids)
+    assert await db.fetchval("SELECT count(*) FROM raw_callbacks WHERE source = 'send_answer'") == 2
