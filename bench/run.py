@@ -2,14 +2,20 @@
 
 Scenarios, each against a fresh database with the project's migrations (synchronous_commit on),
 driven by wrk (closed loop) at 32 and 128 connections, warm-up discarded, repetitions
-interleaved, medians and spread reported:
+interleaved, medians and spread reported, with the payloads of four providers' real callback
+formats in turn (CarrierX, Swift, 23 Telecom as JSON POSTs, the Properties API's GET receipt):
   A  ceiling: an aiohttp handler in the same app set-up that reads the body and answers 200
   B  naive:   one INSERT of the raw body per request
-  C  real:    POST /callbacks/carrierx (raw row, normalise, events, recipient state, outbox rows
+  C  real:    /callbacks/<provider> (raw row, normalise, events, recipient state, outbox rows
               for 2 subscribers), answered after commit
+  D  C with one request in five repeating an earlier one (at the highest connection count)
+  E  the dispatcher (`sms-receiver worker`) fanning K events out to 2 local subscribers that
+     verify signatures; E0 the same aiohttp client posting the same bodies with no database
+  F  end-to-end latency at a fixed offered rate (open loop), callback sent -> subscriber
+     received, at half of C's rate
 Every run ends with a correctness check (acknowledged = stored, no duplicate events, an outbox row
-per event and subscriber). Writes bench/results/<time>.json and prints a table.
-Still to come (issue 7): E (dispatcher fan-out) and F (end-to-end latency, open loop).
+per event and subscriber, every delivery arrived). Writes bench/results/<time>.json and prints a
+table with the app's and the database's CPU per request.
 """
 
 from __future__ import annotations
@@ -41,8 +47,9 @@ sys.path.insert(0, str(ROOT))
 from bench import fanout  # noqa: E402
 from receiver.migrate import apply_migrations, migrations_dir  # noqa: E402
 
-ROUTES = {"A": "/bench/ceiling", "B": "/bench/naive", "C": "/callbacks/carrierx"}
-NAMES = {"A": "ceiling", "B": "naive insert", "C": "real pipeline"}
+ROUTES = {"A": "/bench/ceiling", "B": "/bench/naive", "C": "/", "D": "/"}
+NAMES = {"A": "ceiling", "B": "naive insert", "C": "real pipeline", "D": "real, 20% repeats"}
+ROUTED = {"C", "D"}  # each request to its provider's /callbacks/<provider>
 SUBSCRIBERS = 2
 
 
@@ -89,7 +96,10 @@ async def stored(dsn: str) -> dict[str, int]:
             SELECT (SELECT count(*) FROM raw_callbacks) AS raw,
                    (SELECT count(*) FROM events) AS events,
                    (SELECT count(DISTINCT provider_message_id) FROM events) AS distinct_ids,
-                   (SELECT count(*) FROM deliveries) AS deliveries
+                   (SELECT count(*) FROM deliveries) AS deliveries,
+                   (SELECT count(*) FROM raw_callbacks WHERE outcome = 'duplicate')
+                       AS duplicates,
+                   (SELECT count(*) FROM raw_callbacks WHERE outcome = 'unparsed') AS unparsed
             """
         )
         assert row is not None
@@ -145,8 +155,30 @@ def peak_rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024 if match else 0.0
 
 
-def wrk(url: str, connections: int, seconds: float, duplicates: bool) -> dict[str, Any]:
-    env = {**os.environ, "DUPLICATES": "1" if duplicates else "0"}
+def database_cpu_seconds(data_dir: Path) -> float:
+    """CPU time of the Postgres server: its postmaster and every backend it started."""
+    postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def wrk(
+    url: str, connections: int, seconds: float, duplicates: bool, routed: bool
+) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "DUPLICATES": "1" if duplicates else "0",
+        "ROUTED": "1" if routed else "0",
+    }
     result = subprocess.run(
         [
             "wrk",
@@ -156,7 +188,7 @@ def wrk(url: str, connections: int, seconds: float, duplicates: bool) -> dict[st
             "--timeout",
             "10s",
             "-s",
-            str(ROOT / "bench" / "carrierx.lua"),
+            str(ROOT / "bench" / "callbacks.lua"),
             url,
         ],
         capture_output=True,
@@ -174,23 +206,24 @@ def wrk(url: str, connections: int, seconds: float, duplicates: bool) -> dict[st
 
 async def one_run(
     admin: str,
+    data_dir: Path,
     scenario: str,
     connections: int,
     rep: int,
     seconds: float,
     warmup: float,
-    duplicates: bool,
 ) -> dict[str, Any]:
     name = f"bench_{scenario}_{connections}_{rep}".lower()
-    dsn = await fresh_database(admin, name, SUBSCRIBERS if scenario == "C" else 0)
+    dsn = await fresh_database(admin, name, SUBSCRIBERS if scenario in ROUTED else 0)
     port = free_port()
     process = start_server(dsn, port)
     url = f"http://127.0.0.1:{port}{ROUTES[scenario]}"
+    duplicates, routed = scenario == "D", scenario in ROUTED
     try:
-        warm = wrk(url, connections, warmup, duplicates)
-        cpu_before = cpu_seconds(process.pid)
-        run = wrk(url, connections, seconds, duplicates)
-        cpu_after = cpu_seconds(process.pid)
+        warm = wrk(url, connections, warmup, duplicates, routed)
+        cpu_before, db_before = cpu_seconds(process.pid), database_cpu_seconds(data_dir)
+        run = wrk(url, connections, seconds, duplicates, routed)
+        cpu_after, db_after = cpu_seconds(process.pid), database_cpu_seconds(data_dir)
         memory = peak_rss_mib(process.pid)
     finally:
         stop_server(process)
@@ -204,15 +237,20 @@ async def one_run(
     every_acknowledged_stored = acknowledged <= counts["raw"] <= acknowledged + in_flight
     if scenario == "B":
         check["ok"] = every_acknowledged_stored
-    elif scenario == "C":
+    elif routed:
         check["ok"] = (
             every_acknowledged_stored
+            and run["errors_status"] == 0
             and counts["events"] == counts["distinct_ids"]  # no duplicate event
             and counts["deliveries"] == SUBSCRIBERS * counts["events"]  # an outbox row each
-            and (duplicates or counts["events"] == counts["raw"])
+            and counts["unparsed"] == 0
+            # every request one new event, or (D) a known one
+            and counts["events"] + counts["duplicates"] == counts["raw"]
+            and (counts["duplicates"] > 0) == duplicates
         )
     else:
         check["ok"] = True
+    requests = max(run["requests"], 1)
     return {
         "scenario": scenario,
         "connections": connections,
@@ -222,7 +260,8 @@ async def one_run(
         "p99_ms": run["p99_us"] / 1000,
         "non_2xx": run["errors_status"],
         "socket_errors": run["errors_other"],
-        "cpu_ms_per_request": 1000 * (cpu_after - cpu_before) / max(run["requests"], 1),
+        "cpu_ms_per_request": 1000 * (cpu_after - cpu_before) / requests,
+        "db_cpu_ms_per_request": 1000 * (db_after - db_before) / requests,
         "peak_rss_mib": memory,
         "check": check,
     }
@@ -279,6 +318,7 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "rps_max": max(rps),
             "p99_ms_median": statistics.median(r["p99_ms"] for r in chosen),
             "cpu_ms_per_request": statistics.median(r["cpu_ms_per_request"] for r in chosen),
+            "db_cpu_ms_per_request": statistics.median(r["db_cpu_ms_per_request"] for r in chosen),
             "peak_rss_mib": max(r["peak_rss_mib"] for r in chosen),
             "checks_ok": all(r["check"]["ok"] for r in chosen),
         }
@@ -287,15 +327,16 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table(summary: dict[str, Any], connections: list[int]) -> str:
     lines = [
-        f"{'scenario':<24}{'rps (min-max)':>26}{'p99 ms':>9}{'cpu ms/req':>11}{'rss MiB':>9}  check"
+        f"{'scenario':<28}{'rps (min-max)':>22}{'p99 ms':>8}{'app ms/req':>11}{'db ms/req':>10}"
+        f"{'rss MiB':>8}  check"
     ]
     for key, row in summary.items():
         scenario, conns = key.split("@")
         spread = f"{row['rps_median']:.0f} ({row['rps_min']:.0f}-{row['rps_max']:.0f})"
         lines.append(
-            f"{NAMES[scenario] + ' @' + conns:<24}{spread:>26}{row['p99_ms_median']:>9.1f}"
-            f"{row['cpu_ms_per_request']:>11.3f}{row['peak_rss_mib']:>9.0f}  "
-            f"{'ok' if row['checks_ok'] else 'FAILED'}"
+            f"{NAMES[scenario] + ' @' + conns:<28}{spread:>22}{row['p99_ms_median']:>8.1f}"
+            f"{row['cpu_ms_per_request']:>11.3f}{row['db_cpu_ms_per_request']:>10.3f}"
+            f"{row['peak_rss_mib']:>8.0f}  {'ok' if row['checks_ok'] else 'FAILED'}"
         )
     for conns in connections:
         a, b, c = (summary.get(f"{s}@{conns}", {}).get("rps_median") for s in "ABC")
@@ -312,9 +353,8 @@ async def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--connections", default="32,128")
-    parser.add_argument("--scenarios", default="A,B,C,E,F")
+    parser.add_argument("--scenarios", default="A,B,C,D,E,F")
     parser.add_argument("--events", type=int, default=5000, help="E: events to fan out")
-    parser.add_argument("--duplicates", action="store_true", help="20% repeated provider ids")
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     scenarios = args.scenarios.split(",")
@@ -323,15 +363,18 @@ async def main() -> int:
     import pgserver
 
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as data:
-        server = pgserver.get_server(Path(data) / "pg", cleanup_mode="stop")
+        data_dir = Path(data) / "pg"
+        server = pgserver.get_server(data_dir, cleanup_mode="stop")
         admin = str(server.get_uri())
         runs = []
         started = time.monotonic()
         for rep in range(args.reps):  # interleaved: every scenario once per repetition
             for conns in connections:
                 for scenario in closed_loop:
+                    if scenario == "D" and conns != max(connections):
+                        continue
                     run = await one_run(
-                        admin, scenario, conns, rep, args.seconds, args.warmup, args.duplicates
+                        admin, data_dir, scenario, conns, rep, args.seconds, args.warmup
                     )
                     runs.append(run)
                     print(
@@ -346,7 +389,6 @@ async def main() -> int:
         "when": datetime.now(UTC).isoformat(),
         "seconds": args.seconds,
         "reps": args.reps,
-        "duplicates": args.duplicates,
         "elapsed_s": round(time.monotonic() - started, 1),
         "cpus": os.cpu_count(),
         "summary": summary,
