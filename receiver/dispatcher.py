@@ -5,6 +5,7 @@ to its subscriber signed as Standard Webhooks 1.0 says, and records every attemp
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import math
 import random
@@ -37,7 +38,12 @@ RECORD_BATCH_MAX = 100
 
 def signature_header(secrets: tuple[str, ...], msg_id: str, timestamp: datetime, body: str) -> str:
     """`v1,<base64>` for each valid secret, space separated (both while a secret rotates)."""
-    return " ".join(Webhook(secret).sign(msg_id, timestamp, body) for secret in secrets)
+    return " ".join(_signer(secret).sign(msg_id, timestamp, body) for secret in secrets)
+
+
+@functools.lru_cache(maxsize=1024)  # one per subscription secret, not one per delivery
+def _signer(secret: str) -> Webhook:
+    return Webhook(secret)
 
 
 def _blocked_cause(error: BaseException) -> BlockedAddress | None:
