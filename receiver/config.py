@@ -64,8 +64,9 @@ class Settings(BaseSettings):
     ingest_writers: int = Field(
         default=4,
         ge=1,
-        description="Transactions storing callbacks at once; callbacks arriving meanwhile are"
-        " stored together by the next one (group commit).",
+        description="Most transactions storing callbacks at once: one, and more only while half"
+        " a batch waits or one is stuck; callbacks arriving meanwhile are stored together by"
+        " the next one (group commit).",
     )
     ingest_batch_max: int = Field(
         default=100, ge=1, description="Most callbacks stored in one transaction."

@@ -34,6 +34,7 @@ EXCERPT_BYTES = 4096
 SHUTDOWN_GRACE_S = 5.0
 MAX_RETRY_AFTER_S = 86400.0
 RECORD_BATCH_MAX = 100
+CLAIM_INTERVAL_S = 0.005
 
 
 def signature_header(secrets: tuple[str, ...], msg_id: str, timestamp: datetime, body: str) -> str:
@@ -97,8 +98,15 @@ class Dispatcher:
         log.info("dispatcher_started")
         concurrency = self.settings.webhook_concurrency
         backlog = False  # the last claim took all it asked for: more is probably due
+        found_at = -math.inf  # when a claim last found work
         try:
             while not self.stopping.is_set():
+                # Claims that find work come at most every CLAIM_INTERVAL_S: each finished
+                # delivery wakes the loop, and a claim per delivery would cost the database more
+                # than the deliveries themselves. A wake after an empty claim is served at once.
+                pause = found_at + CLAIM_INTERVAL_S - time.monotonic()
+                if pause > 0:
+                    await asyncio.sleep(pause)
                 wake = self.signal.current()
                 if backlog and len(self.tasks) > concurrency // 2:
                     # Claim again once half are done (each finished delivery fires the
@@ -109,6 +117,8 @@ class Dispatcher:
                 claimed = await self._claim(asked)
                 for item in claimed:
                     self._start(item)
+                if claimed:
+                    found_at = time.monotonic()
                 backlog = asked > 0 and len(claimed) == asked
                 if not backlog:
                     await self._idle(wake)

@@ -1,16 +1,18 @@
 """Group commit: callbacks that arrive together are stored together.
 
 Each callback handler hands its raw callback and events to the `CallbackWriter` and waits for
-its own result. At most `writers` transactions store callbacks at once; whatever arrives while
-they are all busy waits for the next free one and is stored with the others in one call and one
-transaction (one round trip, one commit flush). Nothing waits on purpose: a callback alone is
-stored at once, and the wait grows only with the load, bounded by one transaction. A batch the
-database refuses as a whole (a value out of range in one callback, a conflict with a concurrent
-writer) is stored again one callback at a time, so that one bad callback costs only itself."""
+its own result. One transaction stores callbacks at a time (more under a backlog, see
+`Batcher`); whatever arrives while it is busy is stored by the next one, with the others, in one
+call and one transaction (one round trip, one commit flush). Nothing waits on purpose: a
+callback alone is stored at once, and the wait grows only with the load, bounded by one
+transaction. A batch the database refuses as a whole (a value out of range in one callback, a
+conflict with a concurrent writer, too slow together) is stored again one callback at a time, so
+that one bad callback costs only itself."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +36,9 @@ Stored = tuple[IngestResult, str | None]  # what was stored, and the error kept 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
+# A batch that neither started nor ended for this long lets another writer start.
+SPREAD_AFTER_S = 0.05
+
 # SQLSTATE class 40: the batch lost a conflict with a concurrent writer (deadlock,
 # serialisation): one callback at a time, each waits its turn instead.
 _CONFLICT_CLASS = "40"
@@ -46,10 +51,14 @@ class _Waiting(Generic[Item, Result]):
 
 
 class Batcher(Generic[Item, Result]):
-    """Runs `write` on batches of the items submitted while earlier batches were being written:
-    at most `writers` batches at once, each of at most `max_batch` items and, but for a single
-    heavy item, `max_weight`. `write` answers each item, in order, with its result or the
-    exception it raised."""
+    """Runs `write` on batches of the items submitted while earlier batches were being written,
+    each of at most `max_batch` items and, but for a single heavy item, `max_weight`. `write`
+    answers each item, in order, with its result or the exception it raised.
+
+    One writer at a time, so that batches are as large as the load makes them (the fewer the
+    transactions, the less each item costs the database); a second and more, up to `writers`,
+    only while half a batch is waiting or no batch has moved for SPREAD_AFTER_S (a transaction
+    stuck on a lock must not hold everything behind it)."""
 
     def __init__(
         self,
@@ -69,12 +78,20 @@ class Batcher(Generic[Item, Result]):
         self._histogram = histogram
         self._queue: deque[_Waiting[Item, Result]] = deque()
         self._running: set[asyncio.Task[None]] = set()
+        self._moved_at = time.monotonic()  # when a batch last started or ended
 
     async def submit(self, item: Item) -> Result:
         """The item's result once its batch is written; raises what writing it raised."""
         waiting = _Waiting[Item, Result](item, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
-        if len(self._running) < self._writers:
+        running = len(self._running)
+        if running == 0 or (
+            running < self._writers
+            and (
+                len(self._queue) >= self._max_batch // 2
+                or time.monotonic() - self._moved_at > SPREAD_AFTER_S
+            )
+        ):
             self._running.add(asyncio.create_task(self._drain()))
         # Shielded: a caller that goes away does not take the batch down with it; its item is
         # written all the same.
@@ -89,6 +106,7 @@ class Batcher(Generic[Item, Result]):
         try:
             while self._queue:
                 batch = self._take()
+                self._moved_at = time.monotonic()
                 if self._histogram is not None:
                     self._histogram.observe(len(batch))
                 try:
@@ -99,6 +117,7 @@ class Batcher(Generic[Item, Result]):
                     for waiting in batch:
                         waiting.answer.cancel()
                     raise
+                self._moved_at = time.monotonic()
                 for waiting, outcome in zip(batch, outcomes, strict=True):
                     if isinstance(outcome, Exception):
                         waiting.answer.set_exception(outcome)

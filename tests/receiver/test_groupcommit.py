@@ -25,7 +25,7 @@ from normalizers.registry import DEFAULT_REGISTRY, with_override
 from receiver import queries
 from receiver.config import Settings
 from receiver.database import create_pool
-from receiver.groupcommit import Batcher, CallbackWriter
+from receiver.groupcommit import SPREAD_AFTER_S, Batcher, CallbackWriter
 from receiver.metrics import INGEST_BATCHES
 from receiver.pipeline import Normalised
 from receiver.signal import Signal
@@ -322,3 +322,33 @@ async def test_a_batch_too_slow_together_is_stored_one_by_one(
         for entry in logs
     )
     assert await db.fetchval("SELECT count(*) FROM events") == 2000 * 7
+
+
+async def test_one_writer_at_a_time_unless_one_is_stuck() -> None:
+    batches: list[list[int]] = []
+    stuck = asyncio.Event()
+
+    async def write(items: list[int]) -> Sequence[int | Exception]:
+        batches.append(items)
+        if items == [0]:
+            await stuck.wait()  # a transaction waiting on a lock
+        else:
+            await asyncio.sleep(0.005)
+        return items
+
+    batcher = Batcher[int, int](write, writers=4, max_batch=100)
+    first = asyncio.create_task(batcher.submit(0))
+    await asyncio.sleep(0)
+    # While the first is young, arrivals wait for it: one writer, batches grow.
+    queued = [asyncio.create_task(batcher.submit(n)) for n in (1, 2, 3)]
+    await asyncio.sleep(0)
+    assert len(batcher._running) == 1
+    # Stuck for longer than SPREAD_AFTER_S: the next arrival starts a second writer.
+    await asyncio.sleep(SPREAD_AFTER_S * 1.5)
+    late = asyncio.create_task(batcher.submit(4))
+
+    assert await asyncio.wait_for(asyncio.gather(*queued, late), timeout=2) == [1, 2, 3, 4]
+    assert not first.done()
+    assert batches[1] == [1, 2, 3, 4]
+    stuck.set()
+    assert await first == 0
