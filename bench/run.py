@@ -157,9 +157,10 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def database_cpu_seconds(data_dir: Path) -> float:
-    """CPU time of the Postgres server: its postmaster and every backend it started."""
+    """CPU time of the Postgres server: its postmaster, the backends it runs and those it has
+    reaped (counted in its children's time)."""
     postmaster = int((data_dir / "postmaster.pid").read_text().split()[0])
-    total = 0.0
+    ticks = 0
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -167,9 +168,11 @@ def database_cpu_seconds(data_dir: Path) -> float:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue  # ended meanwhile
-        if int(entry.name) == postmaster or int(fields[1]) == postmaster:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        if int(entry.name) == postmaster:
+            ticks += sum(int(field) for field in fields[11:15])  # its own and reaped children's
+        elif int(fields[1]) == postmaster:
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def wrk(
