@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import math
 import random
 import time
@@ -173,13 +172,13 @@ class Dispatcher:
     async def deliver(self, claimed: Claimed) -> None:
         settings = self.settings
         assert self.session is not None
-        body = json.dumps(claimed.event, separators=(",", ":"), ensure_ascii=False)
+        body = claimed.body
         now = datetime.now(UTC)
         headers = {
             "Content-Type": "application/json",
-            "webhook-id": claimed.event["id"],
+            "webhook-id": claimed.event_id,
             "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": signature_header(claimed.secrets, claimed.event["id"], now, body),
+            "webhook-signature": signature_header(claimed.secrets, claimed.event_id, now, body),
         }
         status: int | None = None
         excerpt: str | None = None
@@ -241,7 +240,7 @@ class Dispatcher:
         log.info(
             "delivery_attempt",
             delivery_id=claimed.delivery_id,
-            event_id=claimed.event["id"],
+            event_id=claimed.event_id,
             subscription_id=str(claimed.subscription_id),
             attempt=claimed.attempt,
             status=status,

@@ -206,7 +206,8 @@ class Claimed:
     subscription_id: uuid.UUID
     url: str
     secrets: tuple[str, ...]
-    event: dict[str, Any]
+    event_id: str
+    body: str  # the schema-v1 event as JSON, as it is posted and signed
 
 
 async def claim_deliveries(
@@ -263,6 +264,12 @@ async def claim_deliveries(
         lease_s,
         token,
     )
+    bodies: dict[str, str] = {}  # one event claimed for several subscribers: encoded once
+    for row in rows:
+        if row["id"] not in bodies:
+            bodies[row["id"]] = json.dumps(
+                event_json(row), separators=(",", ":"), ensure_ascii=False
+            )
     return [
         Claimed(
             delivery_id=row["delivery_id"],
@@ -275,7 +282,8 @@ async def claim_deliveries(
                 if row["both_secrets"] and row["previous_secret"]
                 else (row["secret"],)
             ),
-            event=event_json(row),
+            event_id=row["id"],
+            body=bodies[row["id"]],
         )
         for row in rows
     ]
