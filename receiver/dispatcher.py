@@ -34,6 +34,7 @@ SHUTDOWN_GRACE_S = 5.0
 MAX_RETRY_AFTER_S = 86400.0
 RECORD_BATCH_MAX = 100
 CLAIM_INTERVAL_S = 0.005
+BACKLOG_WAIT_S = 0.05
 
 
 def signature_header(secrets: tuple[str, ...], msg_id: str, timestamp: datetime, body: str) -> str:
@@ -107,10 +108,13 @@ class Dispatcher:
                 if pause > 0:
                     await asyncio.sleep(pause)
                 wake = self.signal.current()
-                if backlog and len(self.tasks) > concurrency // 2:
+                waited = time.monotonic() - found_at
+                if backlog and len(self.tasks) > concurrency // 2 and waited < BACKLOG_WAIT_S:
                     # Claim again once half are done (each finished delivery fires the
-                    # signal), in one batch rather than one claim per finished delivery.
-                    await self._idle(wake)
+                    # signal), in one batch rather than one claim per finished delivery; but
+                    # not longer than BACKLOG_WAIT_S: slow subscribers must not keep the
+                    # free slots from the others.
+                    await self._idle(wake, BACKLOG_WAIT_S - waited)
                     continue
                 asked = concurrency - len(self.tasks)
                 claimed = await self._claim(asked)
@@ -126,7 +130,10 @@ class Dispatcher:
                 _, unfinished = await asyncio.wait(self.tasks, timeout=SHUTDOWN_GRACE_S)
                 for task in unfinished:
                     task.cancel()
-            await self.recorder.close()
+            try:  # the attempts that ended get their grace to be recorded, no more
+                await asyncio.wait_for(self.recorder.close(), SHUTDOWN_GRACE_S)
+            except TimeoutError:
+                log.warning("attempts_not_recorded_at_stop")  # their leases run out
             await self.session.close()
             log.info("dispatcher_stopped")
 
@@ -151,9 +158,10 @@ class Dispatcher:
             await self._idle(self.signal.current())
             return []
 
-    async def _idle(self, wake: asyncio.Event) -> None:
+    async def _idle(self, wake: asyncio.Event, timeout_s: float | None = None) -> None:
         """Until woken (new events, a finished delivery), stopped, or the poll interval."""
-        woken = asyncio.ensure_future(self.signal.wait(self.settings.webhook_poll_s, wake))
+        timeout_s = self.settings.webhook_poll_s if timeout_s is None else timeout_s
+        woken = asyncio.ensure_future(self.signal.wait(timeout_s, wake))
         stopped = asyncio.ensure_future(self.stopping.wait())
         await asyncio.wait({woken, stopped}, return_when=asyncio.FIRST_COMPLETED)
         woken.cancel()
@@ -261,7 +269,7 @@ class Dispatcher:
                         connection, attempts, settings.webhook_disable_after_s
                     )
                 )
-            except asyncpg.PostgresError:
+            except (asyncpg.PostgresError, TimeoutError):
                 if len(attempts) == 1:
                     raise
             one_by_one: list[bool | Exception] = []

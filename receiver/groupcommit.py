@@ -116,6 +116,9 @@ class Batcher(Generic[Item, Result]):
                 except BaseException:  # cancelled: no one may wait forever for an answer
                     for waiting in batch:
                         waiting.answer.cancel()
+                    if len(self._running) <= 1:  # no other writer will take what is queued
+                        while self._queue:
+                            self._queue.popleft().answer.cancel()
                     raise
                 self._moved_at = time.monotonic()
                 for waiting, outcome in zip(batch, outcomes, strict=True):

@@ -224,24 +224,23 @@ async def claim_deliveries(
             WHERE status = 'delivering' AND leased_until >= now()
             GROUP BY subscription_id
         ), due AS (
-            SELECT d.id, d.subscription_id, d.next_attempt_at FROM deliveries d
-            JOIN subscriptions s ON s.id = d.subscription_id AND s.enabled
-            WHERE (d.status = 'pending' AND d.next_attempt_at <= now())
-               OR (d.status = 'delivering' AND d.leased_until < now())
-            ORDER BY d.next_attempt_at
-            LIMIT $1 * 4
-            FOR UPDATE OF d SKIP LOCKED
+            -- Each subscription's oldest due deliveries, no more than its free slots: one
+            -- subscriber's backlog never fills the claim and leaves the others waiting.
+            SELECT d.id, d.next_attempt_at
+            FROM subscriptions s
+            LEFT JOIN live ON live.subscription_id = s.id
+            CROSS JOIN LATERAL (
+                SELECT d.id, d.next_attempt_at FROM deliveries d
+                WHERE d.subscription_id = s.id
+                  AND ((d.status = 'pending' AND d.next_attempt_at <= now())
+                       OR (d.status = 'delivering' AND d.leased_until < now()))
+                ORDER BY d.next_attempt_at
+                LIMIT greatest($2 - coalesce(live.leased, 0), 0)
+                FOR UPDATE OF d SKIP LOCKED
+            ) d
+            WHERE s.enabled
         ), pick AS (
-            SELECT fair.id FROM (
-                SELECT due.id, due.next_attempt_at, coalesce(live.leased, 0) AS leased,
-                       row_number() OVER (
-                           PARTITION BY due.subscription_id ORDER BY due.next_attempt_at, due.id
-                       ) AS n
-                FROM due LEFT JOIN live USING (subscription_id)
-            ) fair
-            WHERE fair.n + fair.leased <= $2
-            ORDER BY fair.next_attempt_at, fair.id
-            LIMIT $1
+            SELECT due.id FROM due ORDER BY due.next_attempt_at, due.id LIMIT $1
         ), taken AS (
             UPDATE deliveries d SET
                 status = 'delivering', attempts = d.attempts + 1,

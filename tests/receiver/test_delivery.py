@@ -782,3 +782,62 @@ async def test_a_delivery_deleted_mid_batch_costs_only_itself(
     assert isinstance(answers[1], asyncpg.ForeignKeyViolationError)
     assert answers[2] is True
     assert await db.fetchval("SELECT count(*) FROM delivery_attempts") == 2
+
+
+async def test_a_hanging_subscriber_does_not_hold_back_a_healthy_one(
+    aiohttp_client: Any, aiohttp_server: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    # 3 slots, 2 per subscriber: a subscriber that never answers holds more than half of them.
+    settings = hub_settings(
+        dsn,
+        dispatcher=False,
+        webhook_concurrency=3,
+        webhook_per_subscription=2,
+        webhook_timeout_s=6.0,
+        webhook_lease_s=30.0,
+    )
+    client = await aiohttp_client(create_app(settings, dsn))
+    slow, fast = Subscriber(hold=asyncio.Event()), Subscriber()
+    for sub in (slow, fast):
+        app = web.Application()
+        app.router.add_post("/hook", sub.handle)
+        server: TestServer = await aiohttp_server(app)
+        sub.url = str(server.make_url("/hook"))
+        await subscribe(client, sub.url)
+    await report(client, "hang-1")
+    await report(client, "hang-2")  # 4 deliveries: the first claim (3) comes back full
+
+    dispatcher, pool = await dispatcher_for(dsn, settings)
+    running = asyncio.create_task(dispatcher.run())
+    try:
+
+        async def both_arrived() -> bool:
+            return len(fast.received) == 2
+
+        await eventually(both_arrived, timeout_s=3.0)  # not after the slow ones time out
+    finally:
+        assert slow.hold is not None
+        slow.hold.set()
+        await dispatcher.stop()
+        await running
+        await pool.close()
+
+
+async def test_a_subscriber_with_a_backlog_does_not_starve_the_others(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    client = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
+    await subscribe(client, subscriber.url + "?backlogged")
+    for n in range(20):
+        await report(client, f"bl-{n}")
+    fresh = await subscribe(client, subscriber.url + "?fresh")
+    await report(client, "bl-new")  # one delivery for `fresh`, due now, the newest of all
+
+    # Claims of 2 slots, at most 1 in flight per subscriber.
+    first = await outbox.claim_deliveries(db, 2, 1, 30.0)
+    second = await outbox.claim_deliveries(db, 2, 1, 30.0)
+
+    taken = [str(c.subscription_id) for c in first + second]
+    assert fresh["id"] in taken
+    assert len(first) == 2  # one of each: the backlogged one is at its limit after that
+    assert second == []

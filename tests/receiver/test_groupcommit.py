@@ -352,3 +352,27 @@ async def test_one_writer_at_a_time_unless_one_is_stuck() -> None:
     assert batches[1] == [1, 2, 3, 4]
     stuck.set()
     assert await first == 0
+
+
+async def test_a_cancelled_close_leaves_no_one_waiting_forever() -> None:
+    gate = asyncio.Event()
+
+    async def write(items: list[int]) -> Sequence[int | Exception]:
+        await gate.wait()
+        return items
+
+    batcher = Batcher[int, int](write, writers=1, max_batch=1)
+    first = asyncio.create_task(batcher.submit(1))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(batcher.submit(2))  # queued behind the first
+    await asyncio.sleep(0.01)
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0.01)
+    closing.cancel()  # a stop that could not wait
+    await asyncio.gather(closing, return_exceptions=True)
+    gate.set()
+
+    _, pending = await asyncio.wait({first, second}, timeout=1)
+    assert not pending
+    assert first.cancelled()
+    assert second.cancelled()
