@@ -366,7 +366,7 @@ async def main() -> int:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--connections", default="32,128")
     parser.add_argument("--scenarios", default="A,B,C,D,E,F")
-    parser.add_argument("--events", type=int, default=5000, help="E: events to fan out")
+    parser.add_argument("--events", type=int, default=10000, help="E: events to fan out")
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     scenarios = args.scenarios.split(",")
