@@ -36,7 +36,7 @@ format: $(VENV)/.dev-deps
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-## bench: the callback path against its ceilings (wrk, ~4 minutes); results in bench/results/
+## bench: the callback path against its ceilings (wrk, ~5 minutes); results in bench/results/
 bench: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python bench/run.py
