@@ -26,7 +26,7 @@ from receiver.config import Settings
 from receiver.database import create_pool, resolve_dsn, wait_for_database
 from receiver.demo import run_demo
 from receiver.dispatcher import Dispatcher
-from receiver.logs import configure_logging
+from receiver.logs import configure_logging, configured_secrets
 from receiver.migrate import apply_migrations, migrations_dir
 from receiver.reprocess import reprocess
 from receiver.signal import Signal
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     if args.command == "normalize":
         return normalize_command(args, registry)
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, configured_secrets(settings))
     if args.command == "serve":
         if args.sandbox:
             settings = settings.model_copy(update={"sandbox": True})

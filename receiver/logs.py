@@ -1,27 +1,121 @@
-"""structlog set-up: JSON lines on stdout, request context carried by contextvars."""
+"""structlog set-up: JSON lines on stdout, request context carried by contextvars, and secrets
+kept out of every line."""
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import re
 import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
+REDACTED = "[redacted]"
 
-def configure_logging(level: str = "info") -> None:
+# Fields whose value is a secret whatever it looks like.
+SECRET_FIELD = re.compile(
+    r"(secret|token|password|passwd|authorization|api[_-]?key|signature|credential|cookie)",
+    re.IGNORECASE,
+)
+# Secrets recognisable in any text: the hub's API keys and webhook secrets, HTTP credentials,
+# and the password in a connection string.
+SECRET_TEXT = re.compile(
+    r"smsr_[A-Za-z0-9_-]{16,}"
+    r"|whsec_[A-Za-z0-9+/=]{16,}"
+    r"|(?i:\b(?:bearer|basic)\s+)[A-Za-z0-9._~+/=-]{8,}"
+    r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"
+)
+
+
+class SecretRedactor:
+    """Two structlog processors: `fields` (before rendering) masks fields named like secrets,
+    nested ones too; `text` (after rendering) masks every secret of the configuration and text
+    that looks like a secret, anywhere in the line (an exception's message, a URL, a traceback).
+    Working on the rendered line costs a few substring tests per line, not per field."""
+
+    def __init__(self, known: Iterable[str] = ()) -> None:
+        # Short values would mask ordinary words: a secret that short is no secret anyway.
+        values = {value for value in known if len(value) >= 6}
+        values |= {json.dumps(value)[1:-1] for value in values}  # as it appears in JSON text
+        self.known = sorted(values, key=len, reverse=True)
+
+    def fields(
+        self, logger: Any, method: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in event.items():
+            if _secret_field(key):
+                event[key] = REDACTED
+            elif isinstance(value, dict | list | tuple):
+                event[key] = self._clean(value)
+        return event
+
+    def _clean(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {
+                k: REDACTED if _secret_field(str(k)) else self._clean(v) for k, v in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self._clean(item) for item in value]
+        return value
+
+    def text(self, logger: Any, method: str, line: Any) -> Any:
+        return self.mask(line) if isinstance(line, str) else line
+
+    def mask(self, text: str) -> str:
+        for secret in self.known:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        if any(marker in text for marker in _MARKERS):  # the pattern only where it may match
+            text = SECRET_TEXT.sub(REDACTED, text)
+        return text
+
+
+_MARKERS = ("smsr_", "whsec_", "@", "asic ", "ASIC ", "earer ", "EARER ")
+
+
+@functools.lru_cache(maxsize=1024)
+def _secret_field(name: str) -> bool:
+    return SECRET_FIELD.search(name) is not None
+
+
+def configured_secrets(settings: Any) -> list[str]:
+    """Every secret the settings hold: providers' keys, tokens and signing secrets, and the
+    database password."""
+    found: list[str] = []
+    for value in vars(settings).values():
+        for field in ("api_key", "callback_token", "signing_secret"):
+            secret = getattr(value, field, None)
+            if secret is not None and hasattr(secret, "get_secret_value"):
+                found.append(secret.get_secret_value())
+    database_url = getattr(settings, "database_url", None)
+    if database_url:
+        password = urlsplit(database_url).password
+        if password:
+            found.append(password)
+    return found
+
+
+def configure_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
     numeric_level = logging.getLevelName(level.upper())
     if not isinstance(numeric_level, int):
         numeric_level = logging.INFO
     logging.basicConfig(stream=sys.stderr, level=numeric_level, format="%(message)s")
     # The embedded Postgres narrates every pg_ctl call at INFO; only its problems matter here.
     logging.getLogger("pgserver").setLevel(max(numeric_level, logging.WARNING))
+    redactor = SecretRedactor(secrets)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redactor.fields,
             structlog.processors.JSONRenderer(),
+            redactor.text,  # the rendered line, traceback included
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stdout),
