@@ -28,6 +28,7 @@ from receiver.health import healthz, readyz
 from receiver.ids import request_id as new_request_id
 from receiver.metrics import REQUESTS, metrics
 from receiver.migrate import load_migrations, migrations_dir
+from receiver.ratelimit import RateLimiter
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
 from receiver.sending import callback_url, handle_send
@@ -123,6 +124,7 @@ def create_app(
             http=http,
             signal=signal,
             callbacks=writer,
+            send_limiter=RateLimiter(settings.send_rate_per_s, settings.send_burst),
         )
         async with signal.connected(pool, dsn):
             dispatcher = Dispatcher(pool, settings, signal) if settings.dispatcher else None

@@ -106,6 +106,15 @@ class Settings(BaseSettings):
     send_attempts: int = Field(
         default=3, ge=1, le=10, description="Tries of a send, where the provider makes it safe."
     )
+    send_rate_per_s: float = Field(
+        default=50.0,
+        gt=0,
+        description="Send requests per second per API key (per address without keys), sustained;"
+        " more are answered 429 with Retry-After.",
+    )
+    send_burst: int = Field(
+        default=100, ge=1, description="Send requests per API key allowed at once above the rate."
+    )
     idempotency_ttl_s: int = Field(
         default=24 * 3600, ge=60, description="How long an Idempotency-Key is remembered."
     )

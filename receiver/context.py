@@ -11,6 +11,7 @@ from aiohttp import web
 
 from normalizers.registry import Registry
 from receiver.config import Settings
+from receiver.ratelimit import RateLimiter
 from receiver.signal import Signal
 
 if TYPE_CHECKING:  # it needs the pipeline, which needs this module
@@ -28,6 +29,7 @@ class AppContext:
     http: aiohttp.ClientSession  # the one client for every provider's API
     signal: Signal  # "new events": wakes the dispatcher and event streams
     callbacks: CallbackWriter  # stores callbacks, those arriving together in one transaction
+    send_limiter: RateLimiter  # requests to the send API, per API key
 
 
 AppContext.KEY = web.AppKey("context", AppContext)

@@ -43,6 +43,15 @@ class PayloadTooLarge(ReceiverError):
     code = "payload_too_large"
 
 
+class TooManyRequests(ReceiverError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: str) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class DatabaseUnavailable(ReceiverError):
     status = 503
     code = "database_unavailable"
@@ -99,7 +108,11 @@ def make_error_middleware(retry_after_s: int) -> Any:
         try:
             return await handler(request)
         except ReceiverError as error:
-            headers = {"Retry-After": str(retry_after_s)} if error.status == 503 else None
+            headers = None
+            if error.status == 503:
+                headers = {"Retry-After": str(retry_after_s)}
+            elif isinstance(error, TooManyRequests):
+                headers = {"Retry-After": error.retry_after}
             return web.json_response(
                 error_body(error.code, error.message, error.details),
                 status=error.status,

@@ -24,6 +24,7 @@ ERRORS: dict[str, str] = {
     "409": "Conflict",
     "413": "Body too large",
     "422": "Invalid body",
+    "429": "Too many requests for this API key: retry after Retry-After seconds",
     "503": "The database is unavailable: retry later",
 }
 
@@ -88,7 +89,7 @@ OPERATIONS: tuple[Operation, ...] = (
         scope="send",
         body=SendMessageIn,
         params=(Param("Idempotency-Key", "header"),),
-        errors=("400", "401", "403", "409", "413", "422", "503"),
+        errors=("400", "401", "403", "409", "413", "422", "429", "503"),
     ),
     Operation(
         "get",

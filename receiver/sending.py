@@ -36,14 +36,15 @@ from normalizers.base import (
 from normalizers.encoding import segment
 from normalizers.events import Event
 from receiver import queries
-from receiver.apikeys import requires
+from receiver.apikeys import API_KEY, requires
 from receiver.callbacks import received_now
 from receiver.config import Settings
 from receiver.context import AppContext
-from receiver.errors import BadRequest, ReceiverError, error_body
+from receiver.errors import BadRequest, ReceiverError, TooManyRequests, error_body
 from receiver.groupcommit import lost_conflict
 from receiver.pipeline import NORMALISED, Normalised, store_callback
 from receiver.queries import Connection, RawCallback
+from receiver.ratelimit import retry_after_header
 
 log = structlog.get_logger("receiver.sending")
 
@@ -148,6 +149,14 @@ def callback_url(settings: Settings, provider: str) -> str:
 async def handle_send(request: web.Request) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
     settings = context.settings
+    caller = f"key {request[API_KEY].id}" if API_KEY in request else f"address {request.remote}"
+    wait_s = context.send_limiter.take(caller)
+    if wait_s is not None:
+        raise TooManyRequests(
+            f"more than {settings.send_rate_per_s:g} requests per second (burst"
+            f" {settings.send_burst}) for this {caller.split()[0]}",
+            retry_after=retry_after_header(wait_s),
+        )
     raw_body = await request.read()
     try:
         incoming = SendMessageIn.model_validate_json(raw_body)

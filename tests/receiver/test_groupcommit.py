@@ -289,11 +289,18 @@ def many_inbound(tag: str, count: int) -> list[Event]:
 async def test_a_batch_too_slow_together_is_stored_one_by_one(
     dsn: str, db: asyncpg.Connection
 ) -> None:
-    started = time.perf_counter()
-    await queries.ingest_callback(
-        db, raw_callback(), outcome="normalised", error=None, events=many_inbound("probe", 2000)
-    )
-    alone = time.perf_counter() - started
+    timings = []
+    for probe in range(2):  # the second, warm, is what a callback alone takes
+        started = time.perf_counter()
+        await queries.ingest_callback(
+            db,
+            raw_callback(),
+            outcome="normalised",
+            error=None,
+            events=many_inbound(f"p{probe}", 2000),
+        )
+        timings.append(time.perf_counter() - started)
+    alone = min(timings)
     settings = Settings(
         database_url=dsn, db_pool_min_size=0, db_pool_max_size=2, db_command_timeout_s=alone * 3
     )
@@ -308,7 +315,7 @@ async def test_a_batch_too_slow_together_is_stored_one_by_one(
                     writer.store(
                         raw_callback(), Normalised("normalised", events=many_inbound(f"c{c}", 2000))
                     )
-                    for c in range(6)
+                    for c in range(10)  # the nine after the first, together: 9x one alone
                 ),
                 return_exceptions=True,
             )
@@ -321,7 +328,7 @@ async def test_a_batch_too_slow_together_is_stored_one_by_one(
         entry["event"] == "batch_stored_one_by_one" and "TimeoutError" in entry["error"]
         for entry in logs
     )
-    assert await db.fetchval("SELECT count(*) FROM events") == 2000 * 7
+    assert await db.fetchval("SELECT count(*) FROM events") == 2000 * 12
 
 
 async def test_one_writer_at_a_time_unless_one_is_stuck() -> None:

@@ -1,0 +1,52 @@
+"""Rate limiting of the send API, per API key (or per address when keys are off): a token
+bucket each, in this process's memory. Several instances side by side each allow the rate."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+# Buckets untouched for this long are full again: forgotten, so that memory stays bounded.
+FORGET_AFTER_S = 300.0
+PRUNE_ABOVE = 10_000
+
+
+@dataclass(slots=True)
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    def __init__(self, rate_per_s: float, burst: int) -> None:
+        self.rate_per_s = rate_per_s
+        self.burst = burst
+        self._buckets: dict[str, _Bucket] = {}
+
+    def take(self, who: str, now: float | None = None) -> float | None:
+        """Takes one request from `who`'s bucket: None if allowed, else the seconds until it
+        would be."""
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.get(who)
+        if bucket is None:
+            if len(self._buckets) > PRUNE_ABOVE:
+                self._prune(now)
+            bucket = self._buckets[who] = _Bucket(float(self.burst), now)
+        else:
+            refill = (now - bucket.updated) * self.rate_per_s
+            bucket.tokens = min(float(self.burst), bucket.tokens + refill)
+            bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return None
+        return (1.0 - bucket.tokens) / self.rate_per_s
+
+    def _prune(self, now: float) -> None:
+        for who in [w for w, b in self._buckets.items() if now - b.updated > FORGET_AFTER_S]:
+            del self._buckets[who]
+
+
+def retry_after_header(wait_s: float) -> str:
+    """Retry-After in whole seconds, at least 1."""
+    return str(max(1, math.ceil(wait_s)))
