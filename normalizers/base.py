@@ -64,6 +64,8 @@ class CallbackRequest:
                 return json.loads(stripped)
             except json.JSONDecodeError as error:
                 raise ParseError(f"body is not valid JSON: {error.msg} at {error.pos}") from None
+            except RecursionError:
+                raise ParseError("body is JSON nested too deeply") from None
         if stripped and (
             self.content_type == "application/x-www-form-urlencoded" or "=" in stripped
         ):
@@ -122,7 +124,7 @@ class HttpResponse:
     def json(self) -> Any:
         try:
             return json.loads(self.body) if self.body.strip() else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             return None
 
 

@@ -11,6 +11,7 @@ from aiohttp.web_exceptions import HTTPExpectationFailed
 from aiohttp.web_protocol import RequestPayloadError
 
 from receiver.auth import authenticate
+from receiver.bodies import read_body
 from receiver.context import AppContext
 from receiver.errors import (
     AuthError,
@@ -75,7 +76,7 @@ async def handle_callback(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
     try:
-        body = await request.read()
+        body = await read_body(request)
     except (OSError, RequestPayloadError) as error:
         # A body that breaks off or cannot be decoded (a bad Content-Encoding): nothing to store.
         raise BadRequest(f"could not read the request body: {error}") from None

@@ -132,6 +132,7 @@ def serve_command(
         host=listen_host,
         port=listen_port,
         shutdown_timeout=settings.shutdown_timeout_s,
+        keepalive_timeout=settings.http_idle_timeout_s,
         access_log=None,
         print=None,
     )

@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     retry_after_s: int = Field(
         default=5, ge=1, description="Retry-After sent with 503 when the database is down."
     )
+    http_idle_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A connection idle, or with a request head still incomplete, for this long"
+        " is closed (slow clients cannot hold connections).",
+    )
+    body_timeout_s: float = Field(
+        default=30.0, gt=0, description="A request body not received within this is answered 408."
+    )
     shutdown_timeout_s: float = Field(
         default=30.0, ge=0, description="On SIGTERM, how long in-flight requests may finish."
     )

@@ -43,6 +43,11 @@ class PayloadTooLarge(ReceiverError):
     code = "payload_too_large"
 
 
+class RequestTimeout(ReceiverError):
+    status = 408
+    code = "request_timeout"
+
+
 class TooManyRequests(ReceiverError):
     status = 429
     code = "rate_limited"
@@ -113,11 +118,14 @@ def make_error_middleware(retry_after_s: int) -> Any:
                 headers = {"Retry-After": str(retry_after_s)}
             elif isinstance(error, TooManyRequests):
                 headers = {"Retry-After": error.retry_after}
-            return web.json_response(
+            response = web.json_response(
                 error_body(error.code, error.message, error.details),
                 status=error.status,
                 headers=headers,
             )
+            if isinstance(error, RequestTimeout):
+                response.force_close()  # what is left of the body is not worth waiting for
+            return response
         except web.HTTPRequestEntityTooLarge as error:
             return web.json_response(
                 error_body("payload_too_large", error.text or "request body too large"),

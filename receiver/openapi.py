@@ -21,6 +21,7 @@ ERRORS: dict[str, str] = {
     "401": "Missing or wrong API key",
     "403": "The API key lacks the scope",
     "404": "Not found",
+    "408": "The request body did not arrive in time (BODY_TIMEOUT_S)",
     "409": "Conflict",
     "413": "Body too large",
     "422": "Invalid body",
@@ -71,7 +72,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {"200": schemas.CallbackAnswer, "202": schemas.CallbackAnswer},
         any_body=True,
         params=(PROVIDER_PATH,),
-        errors=("400", "401", "403", "404", "413", "503"),
+        errors=("400", "401", "403", "404", "408", "413", "503"),
     ),
     Operation(
         "get",
@@ -89,7 +90,7 @@ OPERATIONS: tuple[Operation, ...] = (
         scope="send",
         body=SendMessageIn,
         params=(Param("Idempotency-Key", "header"),),
-        errors=("400", "401", "403", "409", "413", "422", "429", "503"),
+        errors=("400", "401", "403", "408", "409", "413", "422", "429", "503"),
     ),
     Operation(
         "get",
@@ -169,7 +170,7 @@ OPERATIONS: tuple[Operation, ...] = (
         {"201": schemas.SubscriptionCreated},
         scope="admin",
         body=SubscriptionIn,
-        errors=("401", "403", "422", "503"),
+        errors=("401", "403", "408", "422", "503"),
     ),
     Operation(
         "get",
@@ -196,7 +197,7 @@ OPERATIONS: tuple[Operation, ...] = (
         scope="admin",
         body=SubscriptionPatch,
         params=(ID_PATH,),
-        errors=("401", "403", "404", "422", "503"),
+        errors=("401", "403", "404", "408", "422", "503"),
     ),
     Operation(
         "delete",
@@ -224,7 +225,7 @@ OPERATIONS: tuple[Operation, ...] = (
         scope="admin",
         body=ReplayIn,
         params=(ID_PATH,),
-        errors=("401", "403", "404", "422", "503"),
+        errors=("401", "403", "404", "408", "422", "503"),
     ),
     Operation(
         "post",

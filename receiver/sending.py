@@ -37,6 +37,7 @@ from normalizers.encoding import segment
 from normalizers.events import Event
 from receiver import queries
 from receiver.apikeys import API_KEY, requires
+from receiver.bodies import read_body
 from receiver.callbacks import received_now
 from receiver.config import Settings
 from receiver.context import AppContext
@@ -157,7 +158,7 @@ async def handle_send(request: web.Request) -> web.Response:
             f" {settings.send_burst}) for this {caller.split()[0]}",
             retry_after=retry_after_header(wait_s),
         )
-    raw_body = await request.read()
+    raw_body = await read_body(request)
     try:
         incoming = SendMessageIn.model_validate_json(raw_body)
     except ValidationError as error:

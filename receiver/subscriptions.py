@@ -26,6 +26,7 @@ from pydantic import (
 from normalizers.events import EventType, Status
 from receiver import outbox
 from receiver.apikeys import requires
+from receiver.bodies import read_body
 from receiver.context import AppContext
 from receiver.errors import NotFound, ReceiverError
 
@@ -122,7 +123,7 @@ def _json(value: Any) -> Any:
 
 async def _model(request: web.Request, model: type[BaseModel]) -> Any:
     try:
-        return model.model_validate_json(await request.read())
+        return model.model_validate_json(await read_body(request))
     except ValidationError as error:
         details = [
             {"field": ".".join(map(str, e["loc"])) or "body", "error": e["msg"]}

@@ -1,0 +1,126 @@
+"""Slow and hostile clients: a body that trickles in is answered 408, a connection idle or with
+an incomplete request head is closed, deeply nested JSON is refused cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from receiver.config import Settings
+from tests.helpers import free_port
+
+Client = TestClient[Any, Any]
+
+
+@pytest.fixture
+def settings(dsn: str) -> Settings:
+    return Settings(database_url=dsn, db_pool_min_size=0, body_timeout_s=0.5)
+
+
+async def raw_request(port: int, head: bytes, body: bytes = b"", wait_s: float = 5.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(head + body)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), wait_s)
+    finally:
+        writer.close()
+
+
+async def test_a_body_that_trickles_in_is_answered_408(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    assert client.port is not None
+    head = (
+        b"POST /callbacks/carrierx HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    )
+    started = time.monotonic()
+    answer = await raw_request(client.port, head, b'{"message_sid": ')  # and no more
+
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"request_timeout"' in answer
+    assert b"Connection: close" in answer
+    assert time.monotonic() - started < 3
+    assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 0  # nothing acknowledged
+
+
+async def test_json_nested_too_deeply_is_refused_cleanly(
+    client: Client, db: asyncpg.Connection
+) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+
+    callback = await client.post(
+        "/callbacks/carrierx", data=deep, headers={"Content-Type": "application/json"}
+    )
+    send = await client.post(
+        "/v1/messages", data=deep, headers={"Content-Type": "application/json"}
+    )
+
+    assert callback.status == 202
+    assert (await callback.json())["error"] == "body is JSON nested too deeply"
+    assert send.status == 422
+    assert await db.fetchval("SELECT outcome FROM raw_callbacks") == "unparsed"
+
+
+@pytest.fixture
+def serving(dsn: str) -> Iterator[int]:
+    """A real `serve` with a 1 s idle timeout (the test client's server has its own settings)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "HTTP_IDLE_TIMEOUT_S": "1",
+        "API_AUTH": "false",
+        "DISPATCHER": "false",
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with socket_to(port):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def socket_to(port: int) -> Any:
+    import socket
+
+    return socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [b"", b"POST /callbacks/carrierx HTTP/1.1\r\nHost: 127.0.0.1\r\n"],
+    ids=["idle", "incomplete head"],
+)
+async def test_a_connection_idle_or_with_an_incomplete_head_is_closed(
+    serving: int, sent: bytes
+) -> None:
+    started = time.monotonic()
+    answer = await raw_request(serving, sent, wait_s=5.0)
+
+    assert answer == b""  # closed by the server, without an answer
+    assert 0.8 < time.monotonic() - started < 4
