@@ -4,13 +4,7 @@ breaks its schema."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,7 +20,6 @@ from schemathesis.specs.openapi.checks import (
 from receiver.app import create_app
 from receiver.config import Settings
 from receiver.openapi import document
-from tests.helpers import free_port
 
 
 def test_every_route_is_in_the_document(dsn: str) -> None:
@@ -45,42 +38,6 @@ def test_every_route_is_in_the_document(dsn: str) -> None:
     }
 
     assert served == documented
-
-
-@pytest.fixture(scope="module")
-def served_hub(dsn: str) -> Iterator[str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": dsn,
-        "API_AUTH": "false",
-        "LOG_LEVEL": "warning",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "SANDBOX_DELAY_S": "0.05",
-        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "receiver", "serve", "--sandbox", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
 
 
 @pytest.fixture(scope="module")
