@@ -4,11 +4,11 @@
 
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY receiver ./receiver
 COPY normalizers ./normalizers
 COPY migrations ./migrations
-RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels .
+RUN python -m pip wheel --no-cache-dir --wheel-dir /wheels -c requirements.lock .
 
 FROM python:3.11-slim AS runtime
 RUN useradd --system --uid 10001 --home-dir /app --create-home receiver

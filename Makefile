@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench faults clean
+.PHONY: run test lint format bench faults lock audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -35,6 +35,20 @@ lint: $(VENV)/.dev-deps
 format: $(VENV)/.dev-deps
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## lock: pin the runtime dependencies (requirements.lock) from a fresh install of the project
+lock: | $(BIN)/python
+	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install --quiet .
+	{ echo "# Runtime dependencies as installed from pyproject.toml: make lock writes this."; \
+	  .venv-lock/bin/python -m pip freeze --exclude sms-receiver; } > requirements.lock
+	rm -rf .venv-lock
+
+## audit: known vulnerabilities of the locked dependencies (pip-audit, in a venv of its own)
+audit:
+	test -x .venv-audit/bin/pip-audit || \
+		{ $(PYTHON) -m venv .venv-audit && .venv-audit/bin/python -m pip install --quiet pip-audit; }
+	.venv-audit/bin/pip-audit --strict --no-deps --disable-pip -r requirements.lock
 
 ## bench: the callback path against its ceilings (wrk, ~5 minutes); results in bench/results/
 bench: $(VENV)/.dev-deps
