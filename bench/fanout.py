@@ -169,7 +169,7 @@ async def scenario_e0(events: int, ports: tuple[int, int]) -> dict[str, Any]:
     for sink, port in zip(sinks, ports, strict=True):
         await sink.start(port)
     webhook = Webhook(SECRET)
-    bodies = []
+    bodies: list[tuple[str, str, dict[str, str]]] = []
     for n in range(events):
         event_id = f"evt_e0_{n}"
         body = json.dumps({"id": event_id, "type": "message.status", "status": "delivered"})

@@ -350,11 +350,11 @@ def table(summary: dict[str, Any], connections: list[int]) -> str:
             f"{row['cpu_ms_per_request']:>11.3f}{row['db_cpu_ms_per_request']:>10.3f}"
             f"{row['peak_rss_mib']:>8.0f}  {'ok' if row['checks_ok'] else 'FAILED'}"
         )
-    for conns in connections:
-        a, b, c = (summary.get(f"{s}@{conns}", {}).get("rps_median") for s in "ABC")
+    for count in connections:
+        a, b, c = (summary.get(f"{s}@{count}", {}).get("rps_median") for s in "ABC")
         if a and b and c:
             lines.append(
-                f"@{conns}: C/A = {c / a:.2f} (target >= 0.45)   C/B = {c / b:.2f} (target >= 2.0)"
+                f"@{count}: C/A = {c / a:.2f} (target >= 0.45)   C/B = {c / b:.2f} (target >= 2.0)"
             )
     return "\n".join(lines)
 

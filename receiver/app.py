@@ -114,6 +114,7 @@ def create_app(
             writers=settings.ingest_writers,
             max_batch=settings.ingest_batch_max,
             max_events=settings.max_events_per_callback,
+            max_queue=settings.ingest_queue_max,
             acquire_timeout_s=settings.db_acquire_timeout_s,
         )
         app[AppContext.KEY] = AppContext(

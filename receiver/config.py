@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     ingest_batch_max: int = Field(
         default=100, ge=1, description="Most callbacks stored in one transaction."
     )
+    ingest_queue_max: int = Field(
+        default=1000,
+        ge=1,
+        description="Callbacks waiting to be stored beyond which more are answered 503 at once.",
+    )
     db_acquire_timeout_s: float = Field(
         default=2.0, gt=0, description="Wait for a free connection before answering 503."
     )

@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver import outbox
 from receiver.config import Settings
+from receiver.errors import is_database_unavailable
 from receiver.groupcommit import Batcher
 from receiver.metrics import ATTEMPTS
 from receiver.outbox import Claimed
@@ -280,6 +281,8 @@ class Dispatcher:
                     )
                     one_by_one.append(owned)
                 except Exception as error:
+                    if is_database_unavailable(error):  # each other would wait as long again
+                        return one_by_one + [error] * (len(attempts) - len(one_by_one))
                     one_by_one.append(error)
             return one_by_one
 

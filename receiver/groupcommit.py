@@ -23,7 +23,7 @@ import structlog
 from prometheus_client import Histogram
 
 from receiver import queries
-from receiver.errors import is_data_refusal
+from receiver.errors import DatabaseUnavailable, is_data_refusal, is_database_unavailable
 from receiver.metrics import INGEST_BATCHES
 from receiver.pipeline import Normalised, account_for, store_callback
 from receiver.queries import CallbackToStore, Connection, IngestResult, RawCallback
@@ -69,8 +69,10 @@ class Batcher(Generic[Item, Result]):
         max_weight: int | None = None,
         weight: Callable[[Item], int] = lambda item: 1,
         histogram: Histogram | None = None,
+        max_queue: int | None = None,
     ) -> None:
         self._write = write
+        self._max_queue = max_queue
         self._writers = writers
         self._max_batch = max_batch
         self._max_weight = max_weight
@@ -81,7 +83,11 @@ class Batcher(Generic[Item, Result]):
         self._moved_at = time.monotonic()  # when a batch last started or ended
 
     async def submit(self, item: Item) -> Result:
-        """The item's result once its batch is written; raises what writing it raised."""
+        """The item's result once its batch is written; raises what writing it raised, or
+        DatabaseUnavailable at once when `max_queue` items are waiting already (the database
+        is not keeping up: no queue without end)."""
+        if self._max_queue is not None and len(self._queue) >= self._max_queue:
+            raise DatabaseUnavailable(f"{len(self._queue)} waiting to be stored: retry later")
         waiting = _Waiting[Item, Result](item, asyncio.get_running_loop().create_future())
         self._queue.append(waiting)
         running = len(self._running)
@@ -157,6 +163,7 @@ class CallbackWriter:
         max_batch: int,
         max_events: int,
         acquire_timeout_s: float,
+        max_queue: int | None = None,
     ) -> None:
         self._pool = pool
         self._signal = signal
@@ -170,6 +177,7 @@ class CallbackWriter:
             max_weight=max_events,
             weight=lambda item: max(1, len(item[1].events)),
             histogram=INGEST_BATCHES,
+            max_queue=max_queue,
         )
 
     async def store(self, raw: RawCallback, normalised: Normalised) -> Stored:
@@ -224,6 +232,10 @@ class CallbackWriter:
             try:
                 one_by_one.append(await store_callback(connection, raw, normalised))
             except Exception as error:
+                if is_database_unavailable(error):
+                    # The database itself is stuck or gone: each of the others would wait as
+                    # long again. All answer "retry later" now.
+                    return one_by_one + [error] * (len(batch) - len(one_by_one))
                 one_by_one.append(error)
         return one_by_one
 

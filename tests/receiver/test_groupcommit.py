@@ -25,6 +25,7 @@ from normalizers.registry import DEFAULT_REGISTRY, with_override
 from receiver import queries
 from receiver.config import Settings
 from receiver.database import create_pool
+from receiver.errors import DatabaseUnavailable
 from receiver.groupcommit import SPREAD_AFTER_S, Batcher, CallbackWriter
 from receiver.metrics import INGEST_BATCHES
 from receiver.pipeline import Normalised
@@ -383,3 +384,58 @@ async def test_a_cancelled_close_leaves_no_one_waiting_forever() -> None:
     assert not pending
     assert first.cancelled()
     assert second.cancelled()
+
+
+async def test_a_full_queue_answers_retry_later_at_once() -> None:
+    gate = asyncio.Event()
+
+    async def write(items: list[int]) -> Sequence[int | Exception]:
+        await gate.wait()
+        return items
+
+    batcher = Batcher[int, int](write, writers=1, max_batch=100, max_queue=3)
+    first = asyncio.create_task(batcher.submit(0))  # being written
+    await asyncio.sleep(0)
+    waiting = [asyncio.create_task(batcher.submit(n)) for n in (1, 2, 3)]  # the queue is full
+    await asyncio.sleep(0)
+
+    with pytest.raises(DatabaseUnavailable):
+        await batcher.submit(4)
+    gate.set()
+    assert await asyncio.gather(first, *waiting) == [0, 1, 2, 3]
+
+
+async def test_a_stuck_database_answers_a_batch_within_two_timeouts(
+    dsn: str, db: asyncpg.Connection
+) -> None:
+    settings = Settings(
+        database_url=dsn, db_pool_min_size=0, db_pool_max_size=2, db_command_timeout_s=0.5
+    )
+    pool = await create_pool(dsn, settings)
+    writer = CallbackWriter(
+        pool, NoSignal(), writers=1, max_batch=100, max_events=10_000, acquire_timeout_s=2
+    )
+    holder = await asyncpg.connect(dsn)
+    try:
+        async with holder.transaction():
+            await holder.execute("LOCK TABLE raw_callbacks IN EXCLUSIVE MODE")
+            started = time.monotonic()
+            results = await asyncio.gather(
+                *(
+                    writer.store(
+                        raw_callback(), Normalised("normalised", events=[inbound(f"s{n}")])
+                    )
+                    for n in range(12)
+                ),
+                return_exceptions=True,
+            )
+            elapsed = time.monotonic() - started
+    finally:
+        await holder.close()
+        await writer.close()
+        await pool.close()
+
+    assert all(isinstance(r, TimeoutError) for r in results), results
+    # The first alone (0.5 s), then the other eleven together (0.5 s), then one of them alone
+    # (0.5 s): not eleven times that.
+    assert elapsed < 2.5
