@@ -127,7 +127,7 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
         key = await find_key(conn, secret.strip())
     if key is None:
         raise AuthError("unknown or revoked API key")
-    structlog.contextvars.bind_contextvars(api_key=key.name)
+    structlog.contextvars.bind_contextvars(key_name=key.name)  # not a secret: its name
     request[API_KEY] = key
     if scope not in key.scopes and "admin" not in key.scopes:
         raise Forbidden(f"this key lacks the {scope!r} scope", details={"scopes": key.scopes})

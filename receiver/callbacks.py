@@ -8,14 +8,12 @@ from datetime import UTC, datetime
 import structlog
 from aiohttp import web
 from aiohttp.web_exceptions import HTTPExpectationFailed
-from aiohttp.web_protocol import RequestPayloadError
 
 from receiver.auth import authenticate
 from receiver.bodies import read_body
 from receiver.context import AppContext
 from receiver.errors import (
     AuthError,
-    BadRequest,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -75,11 +73,7 @@ async def handle_callback(request: web.Request) -> web.Response:
     limit = context.settings.body_limit_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
-    try:
-        body = await read_body(request)
-    except (OSError, RequestPayloadError) as error:
-        # A body that breaks off or cannot be decoded (a bad Content-Encoding): nothing to store.
-        raise BadRequest(f"could not read the request body: {error}") from None
+    body = await read_body(request)  # 400 if it breaks off or cannot be decoded, 408 if slow
 
     token = request.match_info.get("token")
     raw = RawCallback(

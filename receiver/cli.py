@@ -133,6 +133,8 @@ def serve_command(
         port=listen_port,
         shutdown_timeout=settings.shutdown_timeout_s,
         keepalive_timeout=settings.http_idle_timeout_s,
+        # A body left unread (a 408, a 413) is not waited for: the connection closes at once.
+        lingering_time=0,
         access_log=None,
         print=None,
     )

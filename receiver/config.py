@@ -17,7 +17,7 @@ class ProviderSettings(BaseModel):
     (all optional; unset means not checked). From the environment as `<PROVIDER>__<FIELD>`,
     e.g. `CARRIERX__API_KEY`; `<PROVIDER>__ALLOWED_IPS` is comma separated."""
 
-    model_config = {"frozen": True}
+    model_config = {"frozen": True, "hide_input_in_errors": True}  # errors print no secrets
 
     base_url: str | None = None
     api_key: SecretStr | None = None
@@ -39,7 +39,11 @@ class ProviderSettings(BaseModel):
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="", extra="ignore", frozen=True, env_nested_delimiter="__"
+        env_prefix="",
+        extra="ignore",
+        frozen=True,
+        env_nested_delimiter="__",
+        hide_input_in_errors=True,  # a wrong setting must not print the secrets beside it
     )
 
     database_url: str | None = Field(

@@ -39,6 +39,11 @@ Result = TypeVar("Result")
 # A batch that neither started nor ended for this long lets another writer start.
 SPREAD_AFTER_S = 0.05
 
+
+class _TooSlowTogether(Exception):
+    """A batch took longer than a database call may: stored again one by one."""
+
+
 # SQLSTATE class 40: the batch lost a conflict with a concurrent writer (deadlock,
 # serialisation): one callback at a time, each waits its turn instead.
 _CONFLICT_CLASS = "40"
@@ -190,8 +195,13 @@ class CallbackWriter:
         await self._batcher.close()
 
     async def _write(self, batch: list[tuple[RawCallback, Normalised]]) -> list[Stored | Exception]:
-        async with self._pool.acquire(timeout=self._acquire_timeout_s) as connection:
-            outcomes = await self._store(connection, batch)
+        try:
+            async with self._pool.acquire(timeout=self._acquire_timeout_s) as connection:
+                outcomes = await self._store(connection, batch)
+        except _TooSlowTogether:
+            # On another connection: asyncpg may close the one whose call timed out.
+            async with self._pool.acquire(timeout=self._acquire_timeout_s) as connection:
+                outcomes = await self._one_by_one(connection, batch)
         if any(not isinstance(o, Exception) and o[0].new_events for o in outcomes):
             self._signal.new_events()  # once per batch
         return outcomes
@@ -213,11 +223,12 @@ class CallbackWriter:
                         for raw, normalised in batch
                     ],
                 )
-            except (asyncpg.PostgresError, TimeoutError) as error:
-                # Refused data, a lost conflict, or too slow together: each alone may pass.
-                if isinstance(error, asyncpg.PostgresError) and not (
-                    is_data_refusal(error) or lost_conflict(error)
-                ):
+            except TimeoutError as error:
+                log.warning("batch_stored_one_by_one", callbacks=len(batch), error=repr(error))
+                raise _TooSlowTogether from error  # each alone may pass
+            except asyncpg.PostgresError as error:
+                # Refused data or a lost conflict: each alone may pass.
+                if not (is_data_refusal(error) or lost_conflict(error)):
                     raise
                 log.warning("batch_stored_one_by_one", callbacks=len(batch), error=repr(error))
             else:
@@ -227,6 +238,11 @@ class CallbackWriter:
                     account_for(raw, normalised, result)
                     stored.append((result, normalised.error))
                 return stored
+        return await self._one_by_one(connection, batch)
+
+    async def _one_by_one(
+        self, connection: Connection, batch: list[tuple[RawCallback, Normalised]]
+    ) -> list[Stored | Exception]:
         one_by_one: list[Stored | Exception] = []
         for raw, normalised in batch:
             try:

@@ -82,6 +82,25 @@ def _secret_field(name: str) -> bool:
     return SECRET_FIELD.search(name) is not None
 
 
+class SecretFilter(logging.Filter):
+    """The same masking for records of the standard `logging` module (aiohttp's own, those of
+    libraries), message and traceback, which do not go through structlog."""
+
+    def __init__(self, redactor: SecretRedactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+        self.formatter = logging.Formatter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.msg = self.redactor.mask(record.getMessage())
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatter.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redactor.mask(record.exc_text)
+        return True
+
+
 def configured_secrets(settings: Any) -> list[str]:
     """Every secret the settings hold: providers' keys, tokens and signing secrets, and the
     database password."""
@@ -107,6 +126,9 @@ def configure_logging(level: str = "info", secrets: Iterable[str] = ()) -> None:
     # The embedded Postgres narrates every pg_ctl call at INFO; only its problems matter here.
     logging.getLogger("pgserver").setLevel(max(numeric_level, logging.WARNING))
     redactor = SecretRedactor(secrets)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, SecretFilter) for f in handler.filters):
+            handler.addFilter(SecretFilter(redactor))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import math
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
-# Buckets untouched for this long are full again: forgotten, so that memory stays bounded.
-FORGET_AFTER_S = 300.0
-PRUNE_ABOVE = 10_000
+# At most this many callers are remembered, the least recently seen forgotten first (a caller
+# forgotten that long ago has a full bucket again, or nearly): memory and time stay bounded
+# whatever the number of callers.
+MAX_BUCKETS = 100_000
 
 
 @dataclass(slots=True)
@@ -22,7 +24,7 @@ class RateLimiter:
     def __init__(self, rate_per_s: float, burst: int) -> None:
         self.rate_per_s = rate_per_s
         self.burst = burst
-        self._buckets: dict[str, _Bucket] = {}
+        self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
 
     def take(self, who: str, now: float | None = None) -> float | None:
         """Takes one request from `who`'s bucket: None if allowed, else the seconds until it
@@ -30,10 +32,11 @@ class RateLimiter:
         now = time.monotonic() if now is None else now
         bucket = self._buckets.get(who)
         if bucket is None:
-            if len(self._buckets) > PRUNE_ABOVE:
-                self._prune(now)
+            if len(self._buckets) >= MAX_BUCKETS:
+                self._buckets.popitem(last=False)
             bucket = self._buckets[who] = _Bucket(float(self.burst), now)
         else:
+            self._buckets.move_to_end(who)
             refill = (now - bucket.updated) * self.rate_per_s
             bucket.tokens = min(float(self.burst), bucket.tokens + refill)
             bucket.updated = now
@@ -41,10 +44,6 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return None
         return (1.0 - bucket.tokens) / self.rate_per_s
-
-    def _prune(self, now: float) -> None:
-        for who in [w for w, b in self._buckets.items() if now - b.updated > FORGET_AFTER_S]:
-            del self._buckets[who]
 
 
 def retry_after_header(wait_s: float) -> str:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
+import pytest
 import structlog
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from receiver.config import ProviderSettings, Settings
-from receiver.logs import REDACTED, SecretRedactor, configure_logging, configured_secrets
+from receiver.logs import (
+    REDACTED,
+    SecretFilter,
+    SecretRedactor,
+    configure_logging,
+    configured_secrets,
+)
 
 API_KEY = "smsr_" + "A" * 43
 WEBHOOK_SECRET = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
@@ -103,3 +111,51 @@ def test_the_configuration_s_secrets_are_known_to_the_logs() -> None:
         assert redactor.mask(f"x {TOKEN} y") == f"x {REDACTED} y"
     finally:
         structlog.configure(**previous)
+
+
+def test_records_of_the_standard_logging_module_are_masked_too() -> None:
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.addFilter(SecretFilter(SecretRedactor([TOKEN])))
+    logger = logging.getLogger("test.aiohttp.server")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.error("bad header: %s", f"Authorization: Bearer {API_KEY}")
+        try:
+            raise ValueError(f"token {TOKEN}")
+        except ValueError:
+            logger.exception("unhandled")
+    finally:
+        logger.removeHandler(handler)
+
+    text = out.getvalue()
+    assert API_KEY not in text
+    assert TOKEN not in text
+    assert "bad header" in text
+    assert "ValueError" in text  # the traceback is kept, masked
+
+
+def test_configure_logging_filters_the_root_handlers() -> None:
+    root = logging.getLogger()
+    handler = logging.StreamHandler(io.StringIO())
+    root.addHandler(handler)
+    previous = structlog.get_config()
+    try:
+        configure_logging("info", [TOKEN])
+        assert any(isinstance(f, SecretFilter) for f in handler.filters)
+    finally:
+        root.removeHandler(handler)
+        structlog.configure(**previous)
+
+
+def test_an_invalid_setting_does_not_print_the_secrets_beside_it() -> None:
+    with pytest.raises(ValidationError) as refused:
+        Settings(
+            database_url="postgresql://u:supersecretpw@127.0.0.1/x",
+            carrierx=ProviderSettings(api_key=SecretStr("cx-api-key-verysecret")),
+            webhook_lease_s=5,  # must exceed the webhook timeout + 1: refused
+        )
+
+    assert "supersecretpw" not in str(refused.value)
+    assert "cx-api-key-verysecret" not in str(refused.value)

@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from receiver import ratelimit
 from receiver.apikeys import create_key
 from receiver.config import Settings
 from receiver.ratelimit import RateLimiter, retry_after_header
@@ -60,3 +61,17 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after(
     error = (await answers[2].json())["error"]
     assert error["code"] == "rate_limited"
     assert (await send(second)).status != 429  # another key, another bucket
+
+
+def test_memory_stays_bounded_and_the_quietest_caller_is_forgotten_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(ratelimit, "MAX_BUCKETS", 3)
+    limiter = RateLimiter(rate_per_s=1.0, burst=1)
+    for who in ("a", "b", "c"):
+        limiter.take(who, now=0.0)
+    limiter.take("a", now=0.1)  # a is active again: b is now the quietest
+
+    limiter.take("d", now=0.2)
+
+    assert set(limiter._buckets) == {"a", "c", "d"}

@@ -4,6 +4,7 @@ an incomplete request head is closed, deeply nested JSON is refused cleanly."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -81,6 +82,7 @@ def serving(dsn: str) -> Iterator[int]:
         **os.environ,
         "DATABASE_URL": dsn,
         "HTTP_IDLE_TIMEOUT_S": "1",
+        "BODY_TIMEOUT_S": "1",
         "API_AUTH": "false",
         "DISPATCHER": "false",
     }
@@ -124,3 +126,38 @@ async def test_a_connection_idle_or_with_an_incomplete_head_is_closed(
 
     assert answer == b""  # closed by the server, without an answer
     assert 0.8 < time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("path", ["/callbacks/carrierx", "/v1/messages", "/v1/subscriptions"])
+async def test_after_a_408_the_connection_closes_at_once(serving: int, path: str) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", serving)
+    started = time.monotonic()
+    try:
+        writer.write(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n{".encode()
+        )
+        await writer.drain()
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):  # a close with unread data is a reset
+            while chunk := await asyncio.wait_for(reader.read(65536), 8):  # until it closes
+                answer += chunk
+    finally:
+        writer.close()
+
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert time.monotonic() - started < 3  # not the 10 s aiohttp lingers by default
+
+
+@pytest.mark.parametrize("path", ["/callbacks/carrierx", "/v1/messages", "/v1/subscriptions"])
+async def test_a_body_that_cannot_be_decoded_is_400_not_500(
+    client: Client, db: asyncpg.Connection, path: str
+) -> None:
+    answer = await client.post(
+        path,
+        data=b"this is not gzip at all",
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+    )
+
+    assert answer.status == 400
+    assert (await answer.json())["error"]["code"] == "bad_request"
