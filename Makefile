@@ -55,7 +55,7 @@ bench: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python bench/run.py
 
-## faults: one fault at a time under load; acknowledged = stored = delivered (~6 minutes)
+## faults: one fault at a time under load; acknowledged = stored = delivered (~3 minutes)
 faults: $(VENV)/.dev-deps
 	$(BIN)/python faults/run.py
 

@@ -108,9 +108,12 @@ class Subscriber:
         self.behaviour: Callable[[], web.Response] = lambda: web.Response(text="ok")
         self.runner: web.AppRunner | None = None
         self.url = ""
+        self.delay_s = 0.0  # before answering (and after recording)
 
     async def handle(self, request: web.Request) -> web.Response:
         await request.read()
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
         answer = self.behaviour()
         if answer.status == 200:
             self.received[request.headers["webhook-id"]] += 1
@@ -290,12 +293,18 @@ async def pool_exhausted(run: Run) -> None:
 
 
 async def dispatcher_killed(run: Run) -> None:
+    """The worker killed while deliveries are under way: posted, not yet marked delivered (the
+    subscriber takes 0.3 s to answer). They must be delivered again, with the same webhook-id,
+    once their leases run out."""
+    run.subscriber.delay_s = 0.3
     for _ in range(2):
         await asyncio.sleep(5)
         run.hub.kill(run.hub.worker)
         await asyncio.sleep(1)
         run.hub.start_worker()
-    run.notes.append("worker SIGKILLed twice (leases of 4 s ran out)")
+    await asyncio.sleep(2)
+    run.subscriber.delay_s = 0.0
+    run.notes.append("worker SIGKILLed twice with deliveries under way (leases of 4 s)")
 
 
 async def subscriber_misbehaves(run: Run) -> None:
