@@ -308,7 +308,8 @@ async def dispatcher_killed(run: Run) -> None:
 
 
 async def subscriber_misbehaves(run: Run) -> None:
-    """The subscriber answers 500, then 429 with Retry-After, then times out, each for 3 s."""
+    """The subscriber answers 500, then 429 with Retry-After, then 302, then too late (after
+    the hub stopped waiting), each for 3 s: every event must still reach it."""
     behaviours: list[tuple[str, Callable[[], web.Response]]] = [
         ("500", lambda: web.Response(status=500)),
         ("429", lambda: web.Response(status=429, headers={"Retry-After": "1"})),
@@ -319,7 +320,10 @@ async def subscriber_misbehaves(run: Run) -> None:
         run.subscriber.behaviour = behaviour
         await asyncio.sleep(3)
     run.subscriber.behaviour = lambda: web.Response(text="ok")
-    run.notes.append("subscriber answered 500, 429 (Retry-After 1), 302, 3 s each")
+    run.subscriber.delay_s = 3.0  # longer than the hub waits (WEBHOOK_TIMEOUT_S 2)
+    await asyncio.sleep(3)
+    run.subscriber.delay_s = 0.0
+    run.notes.append("subscriber answered 500, 429 (Retry-After 1), 302, then too late, 3 s each")
 
 
 FAULTS: dict[str, tuple[Fault, bool]] = {  # name: (fault, separate worker)
@@ -329,7 +333,7 @@ FAULTS: dict[str, tuple[Fault, bool]] = {  # name: (fault, separate worker)
     "connections terminated every second": (connections_terminated, False),
     "pool exhausted (writers locked 8 s)": (pool_exhausted, False),
     "dispatcher SIGKILLed mid-delivery": (dispatcher_killed, True),
-    "subscriber 500 / 429 / 302": (subscriber_misbehaves, False),
+    "subscriber 500 / 429 / 302 / too late": (subscriber_misbehaves, False),
 }
 
 
