@@ -36,6 +36,7 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.fanout import wait_ready  # noqa: E402
 from bench.run import free_port  # noqa: E402
 from receiver.migrate import apply_migrations, migrations_dir  # noqa: E402
 
@@ -191,16 +192,7 @@ class Hub:
         self.worker = spawn(["worker"], self.env() | {"DISPATCHER": "true"})
 
     async def ready(self) -> None:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(600):
-                try:
-                    async with session.get(f"http://127.0.0.1:{self.port}/readyz") as answer:
-                        if answer.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError("serve did not become ready")
+        await wait_ready(self.port)
 
     def kill(self, process: subprocess.Popen[bytes] | None) -> None:
         if process is not None and process.poll() is None:
