@@ -165,6 +165,7 @@ class Hub:
     dsn: str
     port: int
     separate_worker: bool
+    spool_dir: Path | None = None
     serve: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
 
@@ -183,7 +184,8 @@ class Hub:
             "DB_ACQUIRE_TIMEOUT_S": "1",
             "DB_COMMAND_TIMEOUT_S": "5",
             "DB_CONNECT_RETRY_S": "60",
-        }
+            "SPOOL_REPLAY_S": "1",
+        } | ({"SPOOL_DIR": str(self.spool_dir)} if self.spool_dir else {})
 
     def start_serve(self) -> None:
         self.serve = spawn(["serve", "--port", str(self.port)], self.env())
@@ -322,6 +324,7 @@ FAULTS: dict[str, tuple[Fault, bool]] = {  # name: (fault, separate worker)
     "none": (no_fault, False),
     "app SIGKILLed and restarted": (app_killed, False),
     "Postgres stopped (immediate) 10 s": (postgres_restarted, False),
+    "Postgres stopped 10 s (spool on)": (postgres_restarted, False),
     "connections terminated every second": (connections_terminated, False),
     "pool exhausted (writers locked 8 s)": (pool_exhausted, False),
     "dispatcher SIGKILLed mid-delivery": (dispatcher_killed, True),
@@ -352,7 +355,8 @@ async def one_fault(postgres: Postgres, name: str, fault: Fault, separate: bool)
     subscriber = Subscriber()
     await subscriber.start()
     dsn = await fresh_database(postgres, "faults", subscriber.url)
-    hub = Hub(dsn, free_port(), separate)
+    spool_dir = Path(tempfile.mkdtemp(prefix="faults-spool-")) if "spool" in name else None
+    hub = Hub(dsn, free_port(), separate, spool_dir)
     hub.start_serve()
     if separate:
         hub.start_worker()

@@ -4,6 +4,7 @@ owns (the database pool)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -33,6 +34,7 @@ from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
 from receiver.sending import callback_url, handle_send
 from receiver.signal import Signal
+from receiver.spool import Spool, replay_forever
 
 log = structlog.get_logger("receiver.http")
 
@@ -108,6 +110,7 @@ def create_app(
         pool = await create_pool(dsn, settings)
         http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
         signal = Signal()
+        spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
         writer = CallbackWriter(
             pool,
             signal,
@@ -126,11 +129,21 @@ def create_app(
             signal=signal,
             callbacks=writer,
             send_limiter=RateLimiter(settings.send_rate_per_s, settings.send_burst),
+            spool=spool,
         )
         async with signal.connected(pool, dsn):
             dispatcher = Dispatcher(pool, settings, signal) if settings.dispatcher else None
             running = asyncio.create_task(dispatcher.run()) if dispatcher else None
+            replaying = (
+                asyncio.create_task(replay_forever(spool, pool, registry, settings, signal))
+                if spool
+                else None
+            )
             yield
+            if replaying is not None:
+                replaying.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await replaying
             if dispatcher is not None and running is not None:
                 await dispatcher.stop()
                 await running

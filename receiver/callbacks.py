@@ -9,20 +9,23 @@ import structlog
 from aiohttp import web
 from aiohttp.web_exceptions import HTTPExpectationFailed
 
-from receiver.auth import authenticate
+from receiver.auth import AuthFailure, authenticate
 from receiver.bodies import read_body
 from receiver.context import AppContext
 from receiver.errors import (
     AuthError,
+    DatabaseUnavailable,
     Forbidden,
     NotFound,
     PayloadTooLarge,
     error_body,
+    is_database_unavailable,
 )
 from receiver.ids import time_ordered_uuid
 from receiver.metrics import CALLBACKS
 from receiver.pipeline import REJECTED, UNPARSED, Normalised, normalise
 from receiver.queries import RawCallback
+from receiver.spool import Spool
 
 log = structlog.get_logger("receiver.callbacks")
 
@@ -99,7 +102,14 @@ async def handle_callback(request: web.Request) -> web.Response:
         normalised = normalise(provider, raw, context.settings.max_events_per_callback)
     else:
         normalised = Normalised(outcome=REJECTED, error=failure.reason)
-    result, kept_error = await context.callbacks.store(raw, normalised)
+    try:
+        result, kept_error = await context.callbacks.store(raw, normalised)
+    except Exception as error:
+        if context.spool is None or not (
+            isinstance(error, DatabaseUnavailable) or is_database_unavailable(error)
+        ):
+            raise
+        return await _spooled(context.spool, raw, failure, error)
     new_events = len(result.new_events)
     CALLBACKS.labels(provider_name, result.outcome).inc()
     structlog.contextvars.bind_contextvars(
@@ -119,3 +129,21 @@ async def handle_callback(request: web.Request) -> web.Response:
         answer["error"] = kept_error
         return web.json_response(answer, status=202)
     return web.json_response(answer, status=200)
+
+
+async def _spooled(
+    spool: Spool, raw: RawCallback, failure: AuthFailure | None, error: Exception
+) -> web.Response:
+    """Postgres cannot take the callback now: kept in the spool (fsynced) and acknowledged, or,
+    when the spool is full too, "retry later" as before."""
+    rejected = failure.reason if failure is not None else None
+    status = failure.status if failure is not None else None
+    if not await spool.append(raw, rejected, status):
+        log.error("spool_full", raw_id=str(raw.id))
+        raise error
+    CALLBACKS.labels(raw.provider, "spooled").inc()
+    structlog.contextvars.bind_contextvars(outcome="spooled", raw_id=str(raw.id))
+    log.warning("callback_spooled", error=repr(error))
+    if failure is not None:
+        raise (Forbidden if failure.status == 403 else AuthError)(failure.reason)
+    return web.json_response({"status": "spooled", "raw_id": str(raw.id)}, status=202)

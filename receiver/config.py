@@ -80,6 +80,17 @@ class Settings(BaseSettings):
         ge=1,
         description="Callbacks waiting to be stored beyond which more are answered 503 at once.",
     )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="Where callbacks are kept (fsynced, then acknowledged 202) while Postgres"
+        " cannot take them; unset: they are answered 503.",
+    )
+    spool_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="Largest spool; beyond, 503 again."
+    )
+    spool_replay_s: float = Field(
+        default=2.0, gt=0, description="How often spooled callbacks are stored into Postgres."
+    )
     db_acquire_timeout_s: float = Field(
         default=2.0, gt=0, description="Wait for a free connection before answering 503."
     )

@@ -14,8 +14,9 @@ from receiver.config import Settings
 from receiver.ratelimit import RateLimiter
 from receiver.signal import Signal
 
-if TYPE_CHECKING:  # it needs the pipeline, which needs this module
+if TYPE_CHECKING:  # they need the pipeline, which needs this module
     from receiver.groupcommit import CallbackWriter
+    from receiver.spool import Spool
 
 
 @dataclass(slots=True)
@@ -30,6 +31,7 @@ class AppContext:
     signal: Signal  # "new events": wakes the dispatcher and event streams
     callbacks: CallbackWriter  # stores callbacks, those arriving together in one transaction
     send_limiter: RateLimiter  # requests to the send API, per API key
+    spool: Spool | None = None  # callbacks kept while Postgres cannot take them (SPOOL_DIR)
 
 
 AppContext.KEY = web.AppKey("context", AppContext)
