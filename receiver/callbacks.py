@@ -14,7 +14,6 @@ from receiver.bodies import read_body
 from receiver.context import AppContext
 from receiver.errors import (
     AuthError,
-    DatabaseUnavailable,
     Forbidden,
     NotFound,
     PayloadTooLarge,
@@ -105,9 +104,9 @@ async def handle_callback(request: web.Request) -> web.Response:
     try:
         result, kept_error = await context.callbacks.store(raw, normalised)
     except Exception as error:
-        if context.spool is None or not (
-            isinstance(error, DatabaseUnavailable) or is_database_unavailable(error)
-        ):
+        # Only an outage (connection, timeout, server shutting down...): not the data refused,
+        # not an overload (503 sheds it), which the spool would hide.
+        if context.spool is None or not is_database_unavailable(error):
             raise
         return await _spooled(context.spool, raw, failure, error)
     new_events = len(result.new_events)

@@ -26,6 +26,7 @@ import structlog
 
 from normalizers.registry import Registry
 from receiver.config import Settings
+from receiver.errors import is_database_unavailable
 from receiver.ids import time_ordered_uuid
 from receiver.pipeline import REJECTED, UNPARSED, Normalised, normalise, store_callback
 from receiver.queries import RawCallback
@@ -34,6 +35,7 @@ from receiver.signal import Signal
 log = structlog.get_logger("receiver.spool")
 
 SPOOL_FILE = "spool.jsonl"
+FAILED_FILE = "failed.jsonl"
 REPLAYING_SUFFIX = ".replaying"
 
 
@@ -50,10 +52,11 @@ class Spool:
         self.max_bytes = max_bytes
         self.path = directory / SPOOL_FILE
         self._lock = threading.Lock()  # appends come from worker threads
+        self._bytes: int | None = None  # every file of the spool, replaying ones included
 
     async def append(self, raw: RawCallback, rejected: str | None, status: int | None) -> bool:
         """Writes and fsyncs the callback; False when the spool is full (or cannot be written),
-        and then nothing was written."""
+        and then nothing of it stays in the file."""
         line = _encode(raw, rejected, status)
         try:
             return await asyncio.to_thread(self._append, line)
@@ -64,15 +67,29 @@ class Spool:
     def _append(self, line: bytes) -> bool:
         with self._lock:
             self.directory.mkdir(parents=True, exist_ok=True)
-            size = self.path.stat().st_size if self.path.exists() else 0
-            if size + len(line) > self.max_bytes:
+            if self._bytes is None:
+                self._bytes = self.size()
+            if self._bytes + len(line) > self.max_bytes:
                 return False
-            with self.path.open("ab") as spool:
-                spool.write(line)
-                spool.flush()
-                os.fsync(spool.fileno())
-            if size == 0:
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                size = os.fstat(descriptor).st_size
+                kept = _complete_lines(self.path, size)
+                if kept != size:  # a torn line (a crash or a failed write): never acknowledged
+                    os.truncate(self.path, kept)
+                try:
+                    written = 0
+                    while written < len(line):
+                        written += os.write(descriptor, line[written:])
+                    os.fsync(descriptor)
+                except OSError:
+                    os.truncate(self.path, kept)  # nothing of this line stays behind
+                    raise
+            finally:
+                os.close(descriptor)
+            if kept == 0:
                 _fsync_directory(self.directory)  # the new file's name is durable too
+            self._bytes += len(line) - (size - kept)
             return True
 
     def take(self) -> list[Path]:
@@ -88,13 +105,46 @@ class Spool:
         return sorted(self.directory.glob(f"*{REPLAYING_SUFFIX}"))
 
     def done(self, replayed: Path) -> None:
-        replayed.unlink()
-        _fsync_directory(self.directory)
+        with self._lock:
+            size = replayed.stat().st_size
+            replayed.unlink()
+            _fsync_directory(self.directory)
+            if self._bytes is not None:
+                self._bytes = max(0, self._bytes - size)
+
+    def set_aside(self, entry: Spooled) -> None:
+        """Keeps a callback that cannot be stored at all (not even as unparsed) in
+        `failed.jsonl`, out of the way of the others, for an operator to look at."""
+        with self._lock, (self.directory / FAILED_FILE).open("ab") as failed:
+            failed.write(_encode(entry.raw, entry.rejected, entry.status))
+            failed.flush()
+            os.fsync(failed.fileno())
 
     def size(self) -> int:
         if not self.directory.exists():
             return 0
-        return sum(p.stat().st_size for p in self.directory.iterdir() if p.is_file())
+        return sum(
+            p.stat().st_size
+            for p in self.directory.iterdir()
+            if p.is_file() and p.name != FAILED_FILE
+        )
+
+
+def _complete_lines(path: Path, size: int) -> int:
+    """How many bytes of the file end with its last complete line."""
+    if size == 0:
+        return 0
+    with path.open("rb") as spool:
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            spool.seek(start)
+            block = spool.read(end - start)
+            newline = block.rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+        return 0
 
 
 def read(path: Path) -> list[Spooled]:
@@ -189,7 +239,25 @@ async def replay(
             else:
                 normalised = normalise(provider, entry.raw, settings.max_events_per_callback)
             async with pool.acquire(timeout=settings.db_acquire_timeout_s) as connection:
-                result, _ = await store_callback(connection, entry.raw, normalised)
+                try:
+                    result, _ = await store_callback(connection, entry.raw, normalised)
+                except Exception as error:
+                    if is_database_unavailable(error):
+                        raise  # the rest waits for the next round
+                    # Anything else would stop every later line for good: keep this one as
+                    # unparsed, with the reason, for `reprocess` after a fix.
+                    log.exception("spooled_callback_unparsed", raw_id=str(entry.raw.id))
+                    unparsed = Normalised(
+                        outcome=UNPARSED, error=f"replay failed: {error!r}"[:2000]
+                    )
+                    try:
+                        result, _ = await store_callback(connection, entry.raw, unparsed)
+                    except Exception as again:
+                        if is_database_unavailable(again):
+                            raise
+                        log.exception("spooled_callback_set_aside", raw_id=str(entry.raw.id))
+                        await asyncio.to_thread(spool.set_aside, entry)
+                        continue
             stored += 1
             if result.new_events:
                 signal.new_events()

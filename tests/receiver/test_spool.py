@@ -3,7 +3,9 @@ acknowledged 202, then stored once it is back, exactly once."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import resource
 import uuid
 from pathlib import Path
 from typing import Any
@@ -13,10 +15,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from normalizers.registry import DEFAULT_REGISTRY
+from receiver import pipeline
+from receiver import spool as spool_module
 from receiver.config import Settings
 from receiver.context import AppContext
 from receiver.database import create_pool
 from receiver.errors import DatabaseUnavailable
+from receiver.queries import RawCallback
 from receiver.signal import Signal
 from receiver.spool import SPOOL_FILE, Spool, read, replay
 from tests.receiver.test_groupcommit import raw_callback
@@ -28,6 +33,17 @@ FIXTURE = Path(__file__).parent.parent / "fixtures" / "carrierx" / "outbound_del
 @pytest.fixture
 def settings(dsn: str, tmp_path: Path) -> Settings:
     return Settings(database_url=dsn, db_pool_min_size=0, spool_dir=tmp_path / "spool")
+
+
+def carrierx_raw(sid: str) -> RawCallback:
+    body = json.loads(FIXTURE.read_text())["request"]["body"] | {"message_sid": sid}
+    return dataclasses.replace(
+        raw_callback(),
+        provider="carrierx",
+        path="/callbacks/carrierx",
+        headers=[("Content-Type", "application/json")],
+        body=json.dumps(body).encode(),
+    )
 
 
 def database_down(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -141,3 +157,105 @@ async def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
 def test_without_a_spool_dir_there_is_no_spool(dsn: str) -> None:
     assert Settings(database_url=dsn).spool_dir is None
     assert DatabaseUnavailable.status == 503
+
+
+async def test_a_line_that_fails_for_another_reason_is_kept_unparsed_not_stuck(
+    dsn: str, db: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(database_url=dsn, db_pool_min_size=0)
+    spool = Spool(tmp_path, 1024 * 1024)
+    poison, fine = carrierx_raw("poison"), carrierx_raw("fine")
+    assert await spool.append(poison, None, None)
+    assert await spool.append(fine, None, None)
+    real = pipeline.store_callback
+
+    async def crashing(connection: Any, raw: Any, normalised: Any) -> Any:
+        if raw.id == poison.id and normalised.outcome != "unparsed":
+            raise RuntimeError("a bug in storing")
+        return await real(connection, raw, normalised)
+
+    monkeypatch.setattr(spool_module, "store_callback", crashing)
+    pool = await create_pool(dsn, settings)
+    try:
+        assert await replay(spool, pool, DEFAULT_REGISTRY, settings, Signal()) == 2
+    finally:
+        await pool.close()
+
+    rows = {r["id"]: r for r in await db.fetch("SELECT id, outcome, error FROM raw_callbacks")}
+    assert rows[poison.id]["outcome"] == "unparsed"
+    assert "a bug in storing" in rows[poison.id]["error"]
+    assert rows[fine.id]["outcome"] == "normalised"
+    assert list(tmp_path.iterdir()) == []  # noqa: ASYNC240 - a test's own temporary folder
+
+
+async def test_a_torn_tail_does_not_swallow_the_next_callback(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1024 * 1024)
+    first = raw_callback()
+    assert await spool.append(first, None, None)
+    with spool.path.open("ab") as file:  # a crash mid-write: never acknowledged
+        file.write(b'{"id":"' + str(uuid.uuid4()).encode())
+
+    acknowledged = raw_callback()
+    assert await spool.append(acknowledged, None, None)
+
+    assert [entry.raw.id for entry in read(spool.path)] == [first.id, acknowledged.id]
+
+
+async def test_a_write_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, 1024 * 1024)
+    first = raw_callback()
+    assert await spool.append(first, None, None)
+    size = spool.path.stat().st_size
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, hard))  # the disk is full
+    try:
+        assert not await spool.append(raw_callback(), None, None)  # 503: nothing written
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+    acknowledged = raw_callback()
+    assert await spool.append(acknowledged, None, None)
+    assert [entry.raw.id for entry in read(spool.path)] == [first.id, acknowledged.id]
+
+
+async def test_the_bound_counts_the_files_being_replayed_too(tmp_path: Path) -> None:
+    line = len(spool_module._encode(raw_callback(), None, None))
+    spool = Spool(tmp_path, line * 3)
+    accepted = 0
+    for _round in range(5):  # an outage: every replay round moves the file aside, and fails
+        for _ in range(3):
+            accepted += await spool.append(raw_callback(), None, None)
+        spool.take()
+
+    assert accepted == 3
+    assert spool.size() <= spool.max_bytes
+
+
+async def test_a_callback_that_cannot_be_stored_at_all_is_set_aside_not_blocking(
+    dsn: str, db: asyncpg.Connection, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(database_url=dsn, db_pool_min_size=0)
+    spool = Spool(tmp_path, 1024 * 1024)
+    poison = raw_callback()
+    assert await spool.append(poison, None, None)
+    spool.take()
+    later = [raw_callback() for _ in range(3)]
+    for raw in later:
+        assert await spool.append(raw, None, None)
+    real = pipeline.store_callback
+
+    async def refusing(connection: Any, raw: Any, normalised: Any) -> Any:
+        if raw.id == poison.id:
+            raise DatabaseUnavailable("the callback could not be stored, retry later")
+        return await real(connection, raw, normalised)
+
+    monkeypatch.setattr(spool_module, "store_callback", refusing)
+    pool = await create_pool(dsn, settings)
+    try:
+        assert await replay(spool, pool, DEFAULT_REGISTRY, settings, Signal()) == 3
+    finally:
+        await pool.close()
+
+    ids = {row["id"] for row in await db.fetch("SELECT id FROM raw_callbacks")}
+    assert ids == {raw.id for raw in later}
+    assert [entry.raw.id for entry in read(tmp_path / "failed.jsonl")] == [poison.id]
