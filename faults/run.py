@@ -232,6 +232,7 @@ class Run:
     hub: Hub
     subscriber: Subscriber
     notes: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
 
 
 async def no_fault(run: Run) -> None:
@@ -320,6 +321,35 @@ async def subscriber_misbehaves(run: Run) -> None:
     run.notes.append("subscriber answered 500, 429 (Retry-After 1), 302, then too late, 3 s each")
 
 
+async def subscriber_gone(run: Run) -> None:
+    """A second subscriber answers 410 Gone: its subscription is disabled, and the first one
+    still gets every event."""
+    gone = Subscriber()
+    gone.behaviour = lambda: web.Response(status=410)
+    await gone.start()
+    try:
+        connection = await asyncpg.connect(run.hub.dsn)
+        try:
+            await connection.execute(
+                "INSERT INTO subscriptions (id, url, secret) VALUES ($1, $2, $3)",
+                uuid.uuid4(),
+                gone.url,
+                "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=",
+            )
+            await asyncio.sleep(8)
+            row = await connection.fetchrow(
+                "SELECT enabled, disabled_reason FROM subscriptions WHERE url = $1", gone.url
+            )
+        finally:
+            await connection.close()
+    finally:
+        await gone.stop()
+    disabled = row is not None and not row["enabled"]
+    run.notes.append(f"second subscriber answered 410: disabled {disabled}")
+    if not disabled:
+        run.failures.append("the subscription answered 410 is still enabled")
+
+
 FAULTS: dict[str, tuple[Fault, bool]] = {  # name: (fault, separate worker)
     "none": (no_fault, False),
     "app SIGKILLed and restarted": (app_killed, False),
@@ -329,6 +359,7 @@ FAULTS: dict[str, tuple[Fault, bool]] = {  # name: (fault, separate worker)
     "pool exhausted (writers locked 8 s)": (pool_exhausted, False),
     "dispatcher SIGKILLed mid-delivery": (dispatcher_killed, True),
     "subscriber 500 / 429 / 302 / too late": (subscriber_misbehaves, False),
+    "a second subscriber answers 410": (subscriber_gone, False),
 }
 
 
@@ -430,8 +461,10 @@ async def verdict(
         "notes": run.notes,
         "elapsed_s": round(elapsed, 1),
     }
+    result["failures"] = run.failures
     result["ok"] = (
-        result["lost"] == 0
+        not run.failures
+        and result["lost"] == 0
         and result["duplicate_events"] == 0
         and result["not_delivered"] == 0
         and result["gave_up"] == 0
