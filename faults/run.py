@@ -416,7 +416,8 @@ async def all_settled(dsn: str) -> bool:
         return False
     try:
         pending = await connection.fetchval(
-            "SELECT count(*) FROM deliveries WHERE status IN ('pending', 'delivering')"
+            "SELECT count(*) FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
+            " WHERE s.enabled AND d.status IN ('pending', 'delivering')"
         )
         return bool(pending == 0)
     finally:
