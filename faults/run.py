@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.fanout import wait_ready  # noqa: E402
-from bench.run import free_port  # noqa: E402
+from bench.run import free_port, stop_server  # noqa: E402
 from receiver.migrate import apply_migrations, migrations_dir  # noqa: E402
 
 RATE = 150.0  # callbacks per second offered, about 30% of what this machine serves end to end
@@ -204,11 +204,7 @@ class Hub:
     def stop(self) -> None:
         for process in (self.serve, self.worker):
             if process is not None and process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    self.kill(process)
+                stop_server(process)
 
 
 def spawn(arguments: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

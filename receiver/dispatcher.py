@@ -20,8 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver import outbox
 from receiver.config import Settings
-from receiver.errors import is_database_unavailable
-from receiver.groupcommit import Batcher
+from receiver.groupcommit import Batcher, each_alone
 from receiver.metrics import ATTEMPTS
 from receiver.outbox import Claimed
 from receiver.queries import storable_text
@@ -273,18 +272,14 @@ class Dispatcher:
             except (asyncpg.PostgresError, TimeoutError):
                 if len(attempts) == 1:
                     raise
-            one_by_one: list[bool | Exception] = []
-            for attempt in attempts:
-                try:
-                    [owned] = await outbox.record_attempts(
-                        connection, [attempt], settings.webhook_disable_after_s
-                    )
-                    one_by_one.append(owned)
-                except Exception as error:
-                    if is_database_unavailable(error):  # each other would wait as long again
-                        return one_by_one + [error] * (len(attempts) - len(one_by_one))
-                    one_by_one.append(error)
-            return one_by_one
+
+            async def record(attempt: outbox.Attempt) -> bool:
+                [owned] = await outbox.record_attempts(
+                    connection, [attempt], settings.webhook_disable_after_s
+                )
+                return owned
+
+            return await each_alone(attempts, record)
 
     def _judge(
         self, claimed: Claimed, status: int | None, retry_after: float | None

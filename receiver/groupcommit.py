@@ -243,17 +243,27 @@ class CallbackWriter:
     async def _one_by_one(
         self, connection: Connection, batch: list[tuple[RawCallback, Normalised]]
     ) -> list[Stored | Exception]:
-        one_by_one: list[Stored | Exception] = []
-        for raw, normalised in batch:
-            try:
-                one_by_one.append(await store_callback(connection, raw, normalised))
-            except Exception as error:
-                if is_database_unavailable(error):
-                    # The database itself is stuck or gone: each of the others would wait as
-                    # long again. All answer "retry later" now.
-                    return one_by_one + [error] * (len(batch) - len(one_by_one))
-                one_by_one.append(error)
-        return one_by_one
+        async def store(item: tuple[RawCallback, Normalised]) -> Stored:
+            return await store_callback(connection, *item)
+
+        return await each_alone(batch, store)
+
+
+async def each_alone(
+    items: Sequence[Item], write_one: Callable[[Item], Awaitable[Result]]
+) -> list[Result | Exception]:
+    """Writes the items of a batch that failed as a whole one at a time, each answered with its
+    result or the exception it raised. At the first sign that the database itself is stuck or
+    gone, the rest get that answer at once: each would wait as long again."""
+    answers: list[Result | Exception] = []
+    for item in items:
+        try:
+            answers.append(await write_one(item))
+        except Exception as error:
+            if is_database_unavailable(error):
+                return answers + [error] * (len(items) - len(answers))
+            answers.append(error)
+    return answers
 
 
 def lost_conflict(error: asyncpg.PostgresError) -> bool:

@@ -4,11 +4,6 @@ database in it, and clean tables for every test."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,7 +19,7 @@ from receiver.app import create_app
 from receiver.config import Settings
 from receiver.database import start_embedded_postgres
 from receiver.migrate import apply_migrations, migrations_dir
-from tests.helpers import free_port
+from tests.helpers import free_port, running_serve
 
 REPO = Path(__file__).resolve().parent.parent
 TABLES = (
@@ -130,7 +125,6 @@ def served_hub(dsn: str) -> Iterator[str]:
     fuzzing); stopped at the end of the module."""
     port = free_port()
     env = {
-        **os.environ,
         "DATABASE_URL": dsn,
         "API_AUTH": "false",
         "LOG_LEVEL": "warning",
@@ -139,25 +133,5 @@ def served_hub(dsn: str) -> Iterator[str]:
         "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
         "SEND_BURST": "100000",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "receiver", "serve", "--sandbox", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"{url}/healthz", timeout=1):
-                break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
+    with running_serve(port, env, "--sandbox") as url:
+        yield url

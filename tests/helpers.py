@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 from receiver.config import Settings
@@ -26,3 +34,33 @@ def sandbox_settings(dsn: str, port: int, **changes: Any) -> Settings:
         "sandbox_delay_s": 0.05,
     }
     return Settings(**(fields | changes))
+
+
+@contextlib.contextmanager
+def running_serve(port: int, env: dict[str, str], *options: str) -> Iterator[str]:
+    """A real `serve` process (its own process group) on loopback `port`, with `env` over this
+    one's, once it answers /healthz; stopped (SIGTERM, then SIGKILL) on leaving. Yields its URL."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "receiver", "serve", *options, "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=5)

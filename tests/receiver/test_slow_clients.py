@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +14,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver.config import Settings
-from tests.helpers import free_port
+from tests.helpers import free_port, running_serve
 
 Client = TestClient[Any, Any]
 
@@ -79,38 +75,14 @@ def serving(dsn: str) -> Iterator[int]:
     """A real `serve` with a 1 s idle timeout (the test client's server has its own settings)."""
     port = free_port()
     env = {
-        **os.environ,
         "DATABASE_URL": dsn,
         "HTTP_IDLE_TIMEOUT_S": "1",
         "BODY_TIMEOUT_S": "1",
         "API_AUTH": "false",
         "DISPATCHER": "false",
     }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "receiver", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with socket_to(port):
-                    break
-            except OSError:
-                time.sleep(0.1)
+    with running_serve(port, env):
         yield port
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=30)
-
-
-def socket_to(port: int) -> Any:
-    import socket
-
-    return socket.create_connection(("127.0.0.1", port), timeout=1)
 
 
 @pytest.mark.parametrize(
