@@ -60,7 +60,7 @@ class Sink:
 async def seed_events(dsn: str, count: int, sink_urls: list[str]) -> None:
     """`count` stored events (through the real ingest function) and a subscription per sink."""
     from normalizers.carrierx import PROVIDER
-    from receiver import queries
+    from receiver.storage import callbacks
 
     connection = await asyncpg.connect(dsn)
     try:
@@ -72,7 +72,7 @@ async def seed_events(dsn: str, count: int, sink_urls: list[str]) -> None:
                     body = json.dumps(
                         {"message_sid": f"e-{n}", "status": "delivered", "to": "15162065574"}
                     ).encode()
-                    raw = queries.RawCallback(
+                    raw = callbacks.RawCallback(
                         id=uuid.uuid4(),
                         provider="carrierx",
                         method="POST",
@@ -87,7 +87,7 @@ async def seed_events(dsn: str, count: int, sink_urls: list[str]) -> None:
                         e.stored_raw(str(raw.id))
                         for e in PROVIDER.parse_callback(raw.as_callback_request(), now)
                     ]
-                    await queries.ingest_callback(
+                    await callbacks.ingest_callback(
                         connection, raw, outcome="normalised", error=None, events=events
                     )
         await connection.execute("ALTER TABLE events ENABLE TRIGGER events_queue_deliveries")

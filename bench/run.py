@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import fanout  # noqa: E402
-from receiver.migrate import apply_migrations, migrations_dir  # noqa: E402
+from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
 ROUTES = {"A": "/bench/ceiling", "B": "/bench/naive", "C": "/", "D": "/"}
 NAMES = {"A": "ceiling", "B": "naive insert", "C": "real pipeline", "D": "real, 20% repeats"}
@@ -113,15 +113,15 @@ def start_server(dsn: str, port: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "DATABASE_URL": dsn,
-        "BENCH_ROUTES": "true",
         "DISPATCHER": "false",
         "API_AUTH": "false",
         "LOG_LEVEL": "info",
         "DB_POOL_MAX_SIZE": "20",
     }
     process = subprocess.Popen(
-        [sys.executable, "-m", "receiver", "serve", "--port", str(port)],
+        [sys.executable, "-m", "bench.serve", "--port", str(port)],  # the hub + /bench routes
         env=env,
+        cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fanout import wait_ready  # noqa: E402
 from bench.run import free_port, stop_server  # noqa: E402
-from receiver.migrate import apply_migrations, migrations_dir  # noqa: E402
+from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
 RATE = 150.0  # callbacks per second offered, about 30% of what this machine serves end to end
 SECONDS = 20.0  # of load

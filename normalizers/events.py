@@ -56,6 +56,38 @@ class EventType(StrEnum):
     INBOUND = "message.inbound"
 
 
+# The schema-v1 event's fields, in the order every form of it lists them (DESIGN.md): the one
+# declaration. `Event.to_json`, the stored columns (`events`), the API's model (`EventV1`) and
+# the row reader are derived from it or tested against it.
+EVENT_V1_FIELDS: tuple[str, ...] = (
+    "id",
+    "type",
+    "provider",
+    "message_id",
+    "provider_message_id",
+    "provider_part_id",
+    "recipient",
+    "sender",
+    "status",
+    "final",
+    "provider_status",
+    "error_code",
+    "error_message",
+    "occurred_at",
+    "received_at",
+    "client_ref",
+    "segments",
+    "price",
+    "text",
+    "counts",
+    "raw_id",
+    "sequence",
+    "recipient_status",
+    "failure_kind",
+    "occurred_at_source",
+    "synthetic",
+)
+
 FailureKind = Literal["temporary", "permanent"]
 OccurredAtSource = Literal["provider", "received"]
 

@@ -17,7 +17,3 @@ DEFAULT_REGISTRY: Registry = {
     telecom23.NAME: telecom23.PROVIDER,
 }
 
-
-def with_override(base: Registry, provider: Provider) -> Registry:
-    """A registry where `provider` replaces the module of the same name (tests, hot fixes)."""
-    return {**base, provider.name: provider}

@@ -1,81 +1,336 @@
-"""The aiohttp application: routes in one place, middlewares, and the resources its lifecycle
-owns (the database pool)."""
+"""The aiohttp application: the one route table (router, scopes and OpenAPI document all come
+from it), the middlewares, and the resources its lifecycle owns (the database pool, the HTTP
+client, the callback writer, the spool, the dispatcher)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
 from aiohttp import web
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
-from receiver import benchroutes, feed, messages, openapi, operator, subscriptions
-from receiver.apikeys import api_key_middleware
-from receiver.auth import is_unauthenticated
-from receiver.callbacks import expect_within_limit, handle_callback
 from receiver.config import Settings
 from receiver.context import AppContext
-from receiver.database import create_pool
-from receiver.dispatcher import Dispatcher
-from receiver.errors import make_error_middleware
-from receiver.feed import STOPPING
-from receiver.groupcommit import CallbackWriter
-from receiver.health import healthz, readyz
-from receiver.ids import request_id as new_request_id
-from receiver.metrics import REQUESTS, metrics
-from receiver.migrate import load_migrations, migrations_dir
-from receiver.ratelimit import RateLimiter
+from receiver.delivery import feed, subscriptions
+from receiver.delivery.dispatcher import Dispatcher
+from receiver.http import openapi, schemas
+from receiver.http.apikeys import api_key_middleware
+from receiver.http.errors import make_error_middleware
+from receiver.http.requestlog import request_log_middleware
+from receiver.http.routing import Param, Route, add_routes
+from receiver.ingest import route as callback_route
+from receiver.ingest.auth import is_unauthenticated
+from receiver.ingest.groupcommit import CallbackWriter
+from receiver.ingest.spool import Spool, replay_forever
+from receiver.query import health, inbound, messages, raw_callbacks, stats
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
-from receiver.sending import callback_url, handle_send
-from receiver.signal import Signal
-from receiver.spool import Spool, replay_forever
+from receiver.sending import route as send_route
+from receiver.sending.providers import callback_url
+from receiver.sending.ratelimit import RateLimiter
+from receiver.storage.migrate import load_migrations, migrations_dir
+from receiver.storage.notify import Signal
+from receiver.storage.pool import open_database
 
-log = structlog.get_logger("receiver.http")
+log = structlog.get_logger("receiver.app")
 
-# Metric labels must not come from what a client invents.
-KNOWN_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+CURSOR = Param("cursor")
+LIMIT = Param("limit", schema={"type": "integer", "minimum": 1})
+PROVIDER_PATH = Param("provider", "path", required=True)
+TOKEN_PATH = Param("token", "path", required=True)
+ID_PATH = Param("id", "path", required=True)
+CALLBACK_ANSWERS = {"200": schemas.CallbackAnswer, "202": schemas.CallbackAnswer}
 
-# A caller's request id is echoed and logged only when it is short and plain.
-_REQUEST_ID = re.compile(r"[\w.:-]{1,128}")
-
-
-@web.middleware
-async def request_log_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """One JSON log line per request, with whatever the handler bound (provider, outcome...)."""
-    given = request.headers.get("X-Request-ID", "")
-    request_id = given if _REQUEST_ID.fullmatch(given) else new_request_id()
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
-    started = time.perf_counter()
-    # Stays so only if the handler never returned: cancelled (client gone, shutdown timeout).
-    status: int | str = "cancelled"
-    try:
-        response = await handler(request)
-        status = response.status
-        response.headers["X-Request-ID"] = request_id
-        return response
-    finally:
-        elapsed = time.perf_counter() - started
-        resource = request.match_info.route.resource
-        route = resource.canonical if resource is not None else "unmatched"
-        method = request.method if request.method in KNOWN_METHODS else "OTHER"
-        REQUESTS.labels(method, route, str(status)).observe(elapsed)
-        log.info(
-            "request",
-            method=request.method,
-            path=request.path,
-            status=status,
-            latency_ms=round(elapsed * 1000, 2),
-        )
-        structlog.contextvars.clear_contextvars()
+ROUTES: tuple[Route, ...] = (
+    Route(
+        "get",
+        "/healthz",
+        health.healthz,
+        "The process is up",
+        {"200": schemas.Health},
+        errors=(),
+    ),
+    Route(
+        "get",
+        "/readyz",
+        health.readyz,
+        "The database answers and is migrated",
+        {"200": schemas.Ready, "503": schemas.Ready},
+        errors=(),
+    ),
+    Route(
+        "get",
+        "/metrics",
+        health.metrics,
+        "Metrics in Prometheus' text format",
+        {"200": None},
+        errors=(),
+        content_type="text/plain",
+    ),
+    Route(
+        "get",
+        "/openapi.json",
+        openapi.openapi_json,
+        "This document",
+        {"200": None},
+        errors=(),
+    ),
+    Route(
+        "get",
+        "/docs",
+        openapi.docs,
+        "This document as a page",
+        {"200": None},
+        errors=(),
+        content_type="text/html",
+    ),
+    Route(
+        "post",
+        "/callbacks/{provider}",
+        callback_route.handle_callback,
+        "A provider's callback (any format it sends)",
+        CALLBACK_ANSWERS,
+        any_body=True,
+        params=(PROVIDER_PATH,),
+        errors=("400", "401", "403", "404", "408", "413", "503"),
+        expect_handler=callback_route.expect_within_limit,
+    ),
+    Route(
+        "get",
+        "/callbacks/{provider}",
+        callback_route.handle_callback,
+        "A provider's callback by GET (query string)",
+        CALLBACK_ANSWERS,
+        params=(PROVIDER_PATH,),
+        errors=("400", "401", "403", "404", "503"),
+        expect_handler=callback_route.expect_within_limit,
+    ),
+    Route(
+        "post",
+        "/callbacks/{provider}/{token}",
+        callback_route.handle_callback,
+        "A provider's callback, on the URL that carries its secret token",
+        CALLBACK_ANSWERS,
+        any_body=True,
+        params=(PROVIDER_PATH, TOKEN_PATH),
+        errors=("400", "401", "403", "404", "408", "413", "503"),
+        expect_handler=callback_route.expect_within_limit,
+    ),
+    Route(
+        "get",
+        "/callbacks/{provider}/{token}",
+        callback_route.handle_callback,
+        "A provider's callback by GET, on the URL that carries its secret token",
+        CALLBACK_ANSWERS,
+        params=(PROVIDER_PATH, TOKEN_PATH),
+        errors=("400", "401", "403", "404", "503"),
+        expect_handler=callback_route.expect_within_limit,
+    ),
+    Route(
+        "post",
+        "/v1/messages",
+        send_route.handle_send,
+        "Send a message through a provider",
+        {"201": schemas.SendAnswer, "502": schemas.ErrorBody},
+        scope="send",
+        body=send_route.SendMessageIn,
+        params=(Param("Idempotency-Key", "header"),),
+        errors=("400", "401", "403", "408", "409", "413", "422", "429", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/messages",
+        messages.list_messages,
+        "Messages, newest first",
+        {"200": schemas.MessageList},
+        scope="read",
+        params=(
+            Param("ref"),
+            Param("provider"),
+            Param("status"),
+            Param("to"),
+            Param("since", schema={"type": "string", "format": "date-time"}),
+            Param("until", schema={"type": "string", "format": "date-time"}),
+            LIMIT,
+            CURSOR,
+        ),
+        errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/messages/{id}",
+        messages.get_message,
+        "One message, its recipients and event timeline",
+        {"200": schemas.MessageView},
+        scope="read",
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/messages/by-provider-id/{provider}/{provider_message_id}",
+        messages.by_provider_id,
+        "The message a provider's id belongs to (or its orphan reports)",
+        {"200": schemas.MessageView | schemas.OrphanView},
+        scope="read",
+        params=(PROVIDER_PATH, Param("provider_message_id", "path", required=True)),
+        errors=("400", "401", "403", "404", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/inbound",
+        inbound.inbound,
+        "Inbound replies and the message each answers",
+        {"200": schemas.InboundPage},
+        scope="read",
+        params=(
+            Param("provider"),
+            Param("from"),
+            Param("to"),
+            Param("since", schema={"type": "string", "format": "date-time"}),
+            Param("until", schema={"type": "string", "format": "date-time"}),
+            LIMIT,
+            CURSOR,
+        ),
+        errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/events",
+        feed.events,
+        "Every event in commit-safe order (the pull feed)",
+        {"200": schemas.EventPage},
+        scope="read",
+        params=(Param("after"), LIMIT, Param("type"), Param("provider")),
+        errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/events/stream",
+        feed.stream,
+        "The same events, live, as Server-Sent Events",
+        {"200": None},
+        content_type="text/event-stream",
+        scope="read",
+        params=(Param("after"), Param("Last-Event-ID", "header"), Param("type"), Param("provider")),
+        errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/subscriptions",
+        subscriptions.create,
+        "Subscribe a URL (the secret is shown once)",
+        {"201": schemas.SubscriptionCreated},
+        scope="admin",
+        body=subscriptions.SubscriptionIn,
+        errors=("401", "403", "408", "422", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/subscriptions",
+        subscriptions.list_all,
+        "Every subscription",
+        {"200": schemas.SubscriptionList},
+        scope="admin",
+        errors=("401", "403", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/subscriptions/{id}",
+        subscriptions.get_one,
+        "One subscription",
+        {"200": schemas.SubscriptionView},
+        scope="admin",
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "patch",
+        "/v1/subscriptions/{id}",
+        subscriptions.patch,
+        "Change a subscription",
+        {"200": schemas.SubscriptionView},
+        scope="admin",
+        body=subscriptions.SubscriptionPatch,
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "408", "422", "503"),
+    ),
+    Route(
+        "delete",
+        "/v1/subscriptions/{id}",
+        subscriptions.delete,
+        "Delete a subscription",
+        {"204": None},
+        scope="admin",
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/subscriptions/{id}/rotate-secret",
+        subscriptions.rotate,
+        "A new secret; the old one signs too for 24 h",
+        {"200": schemas.RotatedSecret},
+        scope="admin",
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/subscriptions/{id}/replay",
+        subscriptions.replay,
+        "Queue again the events since a time",
+        {"202": schemas.Queued},
+        scope="admin",
+        body=subscriptions.ReplayIn,
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "408", "422", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/deliveries/{id}/retry",
+        subscriptions.retry,
+        "Try one delivery again now",
+        {"202": schemas.Queued},
+        scope="admin",
+        params=(Param("id", "path", {"type": "integer"}, required=True),),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/raw-callbacks",
+        raw_callbacks.raw_callbacks,
+        "Raw callbacks, newest first",
+        {"200": schemas.RawCallbackPage},
+        scope="admin",
+        params=(Param("outcome"), Param("provider"), LIMIT, CURSOR),
+        errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/raw-callbacks/{id}",
+        raw_callbacks.raw_callback,
+        "One raw callback, body shown, secrets redacted",
+        {"200": schemas.RawCallbackDetail},
+        scope="admin",
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/stats",
+        stats.stats,
+        "Per provider: messages, delivery rate, report times",
+        {"200": schemas.Stats},
+        scope="read",
+        params=(Param("since", schema={"type": "string", "format": "date-time"}),),
+        errors=("400", "401", "403", "503"),
+    ),
+)
 
 
 def simulated_providers(settings: Settings, registry: Registry) -> Sandbox:
@@ -107,35 +362,33 @@ def create_app(
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
-        pool = await create_pool(dsn, settings)
+        db = await open_database(dsn, settings)
         http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
         signal = Signal()
         spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
         writer = CallbackWriter(
-            pool,
+            db,
             signal,
             writers=settings.ingest_writers,
             max_batch=settings.ingest_batch_max,
             max_events=settings.max_events_per_callback,
             max_queue=settings.ingest_queue_max,
-            acquire_timeout_s=settings.db_acquire_timeout_s,
         )
         app[AppContext.KEY] = AppContext(
             settings=settings,
             registry=registry,
             expected_migrations=expected,
-            pool=pool,
+            db=db,
             http=http,
             signal=signal,
-            callbacks=writer,
-            send_limiter=RateLimiter(settings.send_rate_per_s, settings.send_burst),
-            spool=spool,
         )
-        async with signal.connected(pool, dsn):
-            dispatcher = Dispatcher(pool, settings, signal) if settings.dispatcher else None
+        app[callback_route.INGESTION] = callback_route.Ingestion(writer=writer, spool=spool)
+        app[send_route.SEND_LIMITER] = RateLimiter(settings.send_rate_per_s, settings.send_burst)
+        async with signal.connected(db.pool, dsn):
+            dispatcher = Dispatcher(db, settings, signal) if settings.dispatcher else None
             running = asyncio.create_task(dispatcher.run()) if dispatcher else None
             replaying = (
-                asyncio.create_task(replay_forever(spool, pool, registry, settings, signal))
+                asyncio.create_task(replay_forever(spool, db, registry, settings, signal))
                 if spool
                 else None
             )
@@ -149,29 +402,17 @@ def create_app(
                 await running
         await writer.close()
         await http.close()
-        await pool.close()
+        await db.close()
 
     async def end_streams(app: web.Application) -> None:
-        app[STOPPING].set()
+        app[feed.STOPPING].set()
         app[AppContext.KEY].signal.fire()
 
-    app[STOPPING] = asyncio.Event()
+    app[feed.STOPPING] = asyncio.Event()
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(end_streams)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_post("/v1/messages", handle_send)
-    subscriptions.add_routes(app)
-    messages.add_routes(app)
-    operator.add_routes(app)
-    openapi.add_routes(app)
-    feed.add_routes(app)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    for path in ("/callbacks/{provider}", "/callbacks/{provider}/{token}"):
-        app.router.add_route("GET", path, handle_callback, expect_handler=expect_within_limit)
-        app.router.add_route("POST", path, handle_callback, expect_handler=expect_within_limit)
-    if settings.bench_routes:
-        benchroutes.add_routes(app)
+    add_routes(app, ROUTES)
+    app[openapi.OPENAPI] = openapi.document(ROUTES)
     if settings.sandbox:
         app.add_subapp("/sandbox", sandbox_app(simulated_providers(settings, registry)))
     if not settings.api_auth:

@@ -9,7 +9,7 @@ import os
 import signal as signal_module
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,16 +20,16 @@ from aiohttp import web
 
 from normalizers.base import CallbackRequest, ParseError, parse_timestamp
 from normalizers.registry import DEFAULT_REGISTRY, Registry
-from receiver.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.app import create_app
 from receiver.config import Settings
-from receiver.database import create_pool, resolve_dsn, wait_for_database
+from receiver.delivery.dispatcher import Dispatcher
 from receiver.demo import run_demo
-from receiver.dispatcher import Dispatcher
+from receiver.ingest.reprocess import reprocess
 from receiver.logs import configure_logging, configured_secrets
-from receiver.migrate import apply_migrations, migrations_dir
-from receiver.reprocess import reprocess
-from receiver.signal import Signal
+from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
+from receiver.storage.migrate import apply_migrations, migrations_dir
+from receiver.storage.notify import Signal
+from receiver.storage.pool import open_database, resolve_dsn, wait_for_database
 
 log = structlog.get_logger("receiver.cli")
 
@@ -101,6 +101,14 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     if args.command == "normalize":
         return normalize_command(args, registry)
     settings = Settings()
+    unknown = settings.unknown_providers(registry)
+    if unknown:
+        print(
+            f"error: settings for unknown providers: {', '.join(unknown)}"
+            f" (<PROVIDER>__<FIELD> variables; known: {', '.join(sorted(registry))})",
+            file=sys.stderr,
+        )
+        return 2
     configure_logging(settings.log_level, configured_secrets(settings))
     if args.command == "serve":
         if args.sandbox:
@@ -119,11 +127,19 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
 
 
 def serve_command(
-    settings: Settings, host: str | None, port: int | None, registry: Registry
+    settings: Settings,
+    host: str | None,
+    port: int | None,
+    registry: Registry,
+    extend: Callable[[web.Application], None] | None = None,
 ) -> int:
+    """Migrate, then serve until SIGTERM or SIGINT; `extend` adds to the app before it starts
+    (the benchmark's reference routes, which the product never mounts)."""
     dsn, _server = resolve_dsn(settings)
     asyncio.run(migrate_command(settings, dsn, quiet=True))
     app = create_app(settings, dsn, registry)
+    if extend is not None:
+        extend(app)
     listen_host = host or settings.listen_host
     listen_port = port if port is not None else settings.listen_port
     log.info("serving", url=f"http://{listen_host}:{listen_port}")
@@ -176,17 +192,17 @@ async def keys_command(settings: Settings, dsn: str, args: argparse.Namespace) -
 async def worker_command(settings: Settings, dsn: str) -> int:
     """The dispatcher without the HTTP server, until SIGTERM or SIGINT."""
     await wait_for_database(dsn, settings.db_connect_retry_s)
-    pool = await create_pool(dsn, settings)
+    db = await open_database(dsn, settings)
     signal = Signal()
-    dispatcher = Dispatcher(pool, settings, signal)
+    dispatcher = Dispatcher(db, settings, signal)
     loop = asyncio.get_running_loop()
     for number in (signal_module.SIGTERM, signal_module.SIGINT):
         loop.add_signal_handler(number, lambda: loop.create_task(dispatcher.stop()))
     try:
-        async with signal.connected(pool, dsn):
+        async with signal.connected(db.pool, dsn):
             await dispatcher.run()
     finally:
-        await pool.close()
+        await db.close()
     return 0
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import re
+from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 Network = IPv4Network | IPv6Network
 
@@ -37,12 +46,33 @@ class ProviderSettings(BaseModel):
         return value
 
 
+# `<PROVIDER>__<FIELD>`: one provider's setting, keyed by the registry's provider name.
+_PROVIDER_VARIABLE = re.compile(r"([A-Za-z][A-Za-z0-9]*)__([A-Za-z_]+)")
+
+
+class ProviderEnvironment(PydanticBaseSettingsSource):
+    """Every `<PROVIDER>__<FIELD>` variable whose field is a ProviderSettings field, gathered
+    into `providers` by provider name (lower case), whatever the name: an unknown one is
+    reported at start (`Settings.unknown_providers`), not silently ignored."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything is given at once by __call__
+
+    def __call__(self) -> dict[str, Any]:
+        found: dict[str, dict[str, str]] = {}
+        for variable, value in os.environ.items():
+            match = _PROVIDER_VARIABLE.fullmatch(variable)
+            if match is None or match[2].lower() not in ProviderSettings.model_fields:
+                continue
+            found.setdefault(match[1].lower(), {})[match[2].lower()] = value
+        return {"providers": found} if found else {}
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="",
         extra="ignore",
         frozen=True,
-        env_nested_delimiter="__",
         hide_input_in_errors=True,  # a wrong setting must not print the secrets beside it
     )
 
@@ -175,20 +205,34 @@ class Settings(BaseSettings):
         default=True,
         description="Require API keys on /v1 (`make run` turns it off for a laptop).",
     )
-    bench_routes: bool = Field(
-        default=False, description="Mount /bench/ceiling and /bench/naive (for `make bench`)."
-    )
     dispatcher: bool = Field(default=True, description="Run the dispatcher inside `serve`.")
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     migrations_dir: Path | None = Field(
         default=None, description="Where the .sql migrations are; found automatically if unset."
     )
 
-    apicontrol: ProviderSettings = Field(default_factory=ProviderSettings)
-    telecom23: ProviderSettings = Field(default_factory=ProviderSettings)
-    properties: ProviderSettings = Field(default_factory=ProviderSettings)
-    swift: ProviderSettings = Field(default_factory=ProviderSettings)
-    carrierx: ProviderSettings = Field(default_factory=ProviderSettings)
+    providers: dict[str, ProviderSettings] = Field(
+        default_factory=dict,
+        description="Each provider's account and callback authentication, by the registry's"
+        " provider name, from `<PROVIDER>__<FIELD>` variables.",
+    )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            ProviderEnvironment(settings_cls),
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+        )
 
     @field_validator("webhook_retry_delays_s", mode="before")
     @classmethod
@@ -210,5 +254,9 @@ class Settings(BaseSettings):
         return self
 
     def provider(self, name: str) -> ProviderSettings:
-        found = getattr(self, name, None)
-        return found if isinstance(found, ProviderSettings) else ProviderSettings()
+        return self.providers.get(name) or ProviderSettings()
+
+    def unknown_providers(self, known: Iterable[str]) -> list[str]:
+        """Provider names configured (`<NAME>__<FIELD>`) that the registry does not know: a
+        typo that would otherwise leave a provider unauthenticated without a word."""
+        return sorted(set(self.providers) - set(known))

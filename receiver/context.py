@@ -1,22 +1,20 @@
-"""What the request handlers share, owned by the application's lifecycle."""
+"""What every request handler shares, owned by the application's lifecycle: the settings, the
+provider registry, the database, the one HTTP client and the new-events signal. What only one
+feature uses (the callback writer, the send rate limiter...) is kept under that feature's own
+application key instead, so that this module depends on the shared layers alone."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import aiohttp
-import asyncpg
 from aiohttp import web
 
 from normalizers.registry import Registry
 from receiver.config import Settings
-from receiver.ratelimit import RateLimiter
-from receiver.signal import Signal
-
-if TYPE_CHECKING:  # they need the pipeline, which needs this module
-    from receiver.groupcommit import CallbackWriter
-    from receiver.spool import Spool
+from receiver.storage.notify import Signal
+from receiver.storage.pool import Database
 
 
 @dataclass(slots=True)
@@ -26,12 +24,9 @@ class AppContext:
     settings: Settings
     registry: Registry
     expected_migrations: frozenset[int]
-    pool: asyncpg.Pool
+    db: Database
     http: aiohttp.ClientSession  # the one client for every provider's API
     signal: Signal  # "new events": wakes the dispatcher and event streams
-    callbacks: CallbackWriter  # stores callbacks, those arriving together in one transaction
-    send_limiter: RateLimiter  # requests to the send API, per API key
-    spool: Spool | None = None  # callbacks kept while Postgres cannot take them (SPOOL_DIR)
 
 
 AppContext.KEY = web.AppKey("context", AppContext)

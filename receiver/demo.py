@@ -12,7 +12,11 @@ from datetime import UTC, datetime
 import aiohttp
 import asyncpg
 
-PROVIDERS = ("apicontrol", "telecom23", "properties", "swift", "carrierx")
+from normalizers.registry import DEFAULT_REGISTRY
+from receiver.storage.events import replies_since
+from receiver.storage.messages import recipient_statuses
+
+PROVIDERS = tuple(DEFAULT_REGISTRY)  # every provider the hub has, each with its simulation
 # Last digits: 1 delivered, 2 undelivered, 5 reported twice and late, 8 replies (README).
 NUMBERS = ("+447700900001", "+447700900002", "+447700900005", "+447700900008")
 
@@ -53,12 +57,7 @@ async def run_demo(
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline:
-            rows = await connection.fetch(
-                "SELECT m.provider, r.recipient, r.status FROM messages m"
-                " JOIN message_recipients r ON r.message_id = m.id"
-                " WHERE m.id = ANY($1::uuid[]) ORDER BY m.provider, r.recipient",
-                list(message_ids.values()),
-            )
+            rows = await recipient_statuses(connection, list(message_ids.values()))
             for row in rows:
                 key = (row["provider"], row["recipient"])
                 if seen.get(key) != row["status"]:
@@ -66,12 +65,7 @@ async def run_demo(
                     emit(f"  {row['provider']:<10} {row['recipient']}  {before} -> {row['status']}")
                     seen[key] = row["status"]
             await asyncio.sleep(0.2)
-        replies = await connection.fetch(
-            "SELECT provider, sender, text FROM events WHERE type = 'message.inbound'"
-            " AND provider = ANY($1::text[]) AND received_at >= $2 ORDER BY provider",
-            list(message_ids),
-            started,
-        )
+        replies = await replies_since(connection, list(message_ids), started)
         for reply in replies:
             emit(f"  {reply['provider']:<10} reply from {reply['sender']}: {reply['text']!r}")
     finally:

@@ -3,7 +3,6 @@ kept out of every line."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import re
@@ -14,13 +13,8 @@ from urllib.parse import urlsplit
 
 import structlog
 
-REDACTED = "[redacted]"
+from receiver.redaction import REDACTED, is_secret_name
 
-# Fields whose value is a secret whatever it looks like.
-SECRET_FIELD = re.compile(
-    r"(secret|token|password|passwd|authorization|api[_-]?key|signature|credential|cookie)",
-    re.IGNORECASE,
-)
 # Secrets recognisable in any text: the hub's API keys and webhook secrets, HTTP credentials,
 # and the password in a connection string.
 SECRET_TEXT = re.compile(
@@ -47,7 +41,7 @@ class SecretRedactor:
         self, logger: Any, method: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
         for key, value in event.items():
-            if _secret_field(key):
+            if is_secret_name(key):
                 event[key] = REDACTED
             elif isinstance(value, dict | list | tuple):
                 event[key] = self._clean(value)
@@ -56,7 +50,7 @@ class SecretRedactor:
     def _clean(self, value: Any) -> Any:
         if isinstance(value, dict):
             return {
-                k: REDACTED if _secret_field(str(k)) else self._clean(v) for k, v in value.items()
+                k: REDACTED if is_secret_name(str(k)) else self._clean(v) for k, v in value.items()
             }
         if isinstance(value, list | tuple):
             return [self._clean(item) for item in value]
@@ -75,11 +69,6 @@ class SecretRedactor:
 
 
 _MARKERS = ("smsr_", "whsec_", "@", "asic ", "ASIC ", "earer ", "EARER ")
-
-
-@functools.lru_cache(maxsize=1024)
-def _secret_field(name: str) -> bool:
-    return SECRET_FIELD.search(name) is not None
 
 
 class SecretFilter(logging.Filter):
@@ -105,7 +94,7 @@ def configured_secrets(settings: Any) -> list[str]:
     """Every secret the settings hold: providers' keys, tokens and signing secrets, and the
     database password."""
     found: list[str] = []
-    for value in vars(settings).values():
+    for value in getattr(settings, "providers", {}).values():
         for field in ("api_key", "callback_token", "signing_secret"):
             secret = getattr(value, field, None)
             if secret is not None and hasattr(secret, "get_secret_value"):

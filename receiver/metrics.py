@@ -1,12 +1,10 @@
-"""GET /metrics in Prometheus' text format: callbacks, events, request latency, callbacks per
-transaction, the delivery queue, delivery attempts and the database pool."""
+"""The hub's Prometheus metrics: callbacks, events, request latency, callbacks per transaction,
+the delivery queue, delivery attempts and the database pool. Only the metric objects (served by
+`query.health`), so that any layer may count without importing anything else."""
 
 from __future__ import annotations
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-
-from receiver.context import AppContext
+from prometheus_client import Counter, Gauge, Histogram
 
 CALLBACKS = Counter(
     "smsr_callbacks_total", "Provider callbacks by outcome.", ["provider", "outcome"]
@@ -28,22 +26,3 @@ ATTEMPTS = Counter(
 )
 QUEUE = Gauge("smsr_delivery_queue", "Deliveries waiting or under way.", ["status"])
 POOL = Gauge("smsr_db_pool_connections", "Database pool connections.", ["state"])
-
-
-async def metrics(request: web.Request) -> web.Response:
-    context: AppContext = request.app[AppContext.KEY]
-    try:
-        async with context.pool.acquire(timeout=context.settings.db_acquire_timeout_s) as conn:
-            rows = await conn.fetch(
-                "SELECT status, count(*) AS n FROM deliveries"
-                " WHERE status IN ('pending', 'delivering') GROUP BY status"
-            )
-        counts = {row["status"]: row["n"] for row in rows}
-        for status in ("pending", "delivering"):
-            QUEUE.labels(status).set(counts.get(status, 0))
-    except Exception:  # metrics answer even while the database does not
-        QUEUE.clear()
-    POOL.labels("open").set(context.pool.get_size())
-    POOL.labels("idle").set(context.pool.get_idle_size())
-    POOL.labels("max").set(context.pool.get_max_size())
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -17,8 +17,8 @@ from aiohttp.test_utils import TestClient
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
 from receiver.config import Settings
-from receiver.database import start_embedded_postgres
-from receiver.migrate import apply_migrations, migrations_dir
+from receiver.storage.migrate import apply_migrations, migrations_dir
+from receiver.storage.pool import start_embedded_postgres
 from tests.helpers import free_port, running_serve
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """Simulated providers (`serve --sandbox`, the default of `make run`): each accepts its real send
 API under /sandbox/<provider>, answers as its documentation says, then calls the hub back in that
 provider's real callback formats. What happens to a recipient is chosen by the number's last
-digit (see outcomes.py and README)."""
+digit (see `common.BY_LAST_DIGIT` and the README)."""
 
 from __future__ import annotations
 

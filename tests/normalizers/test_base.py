@@ -6,8 +6,10 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
+from normalizers import apicontrol
 from normalizers.base import CallbackRequest, decimal_string, int_or_none, parse_timestamp, to_e164
 from normalizers.events import FINAL_STATUSES, STATUS_RANK, Status, event_id
+from tests.normalizers.support import ACCOUNT, NOW, answer, send_request
 
 
 @pytest.mark.parametrize(
@@ -101,3 +103,15 @@ def test_a_byte_order_mark_before_json_is_read() -> None:
 
 def test_event_id_takes_lone_surrogates() -> None:
     assert event_id("p", "a\ud800") != event_id("p", "a")
+
+
+def test_send_answer_event_ids_differ_between_messages() -> None:
+    # send_answer_event puts our message's id in the event id; seen through apicontrol's adapter.
+    first, second = send_request(message_id="m-1"), send_request(message_id="m-2")
+    [call] = apicontrol.PROVIDER.build_send_request(first, ACCOUNT)
+    body = answer(401, {"status_code": 401, "status_msg": "Unauthorized"})
+
+    a = apicontrol.PROVIDER.parse_send_response(call, first, body, NOW)
+    b = apicontrol.PROVIDER.parse_send_response(call, second, body, NOW)
+
+    assert a.events[0].id != b.events[0].id

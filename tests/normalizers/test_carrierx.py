@@ -1,35 +1,69 @@
-"""CarrierX callbacks, from fixtures shaped as the provider documents them."""
+"""CarrierX: its callbacks (fixtures shaped as the provider documents them, and its status
+table) and its send adapter (one call per recipient, MMS options, answers)."""
 
 from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
 
-from normalizers.base import CallbackRequest, ParseError
-from normalizers.carrierx import PROVIDER
+from normalizers.base import CallbackRequest, OptionsError, ParseError
+from normalizers.carrierx import NAME, PROVIDER, STATUS_MAP
 from normalizers.events import EventType, Price, Status
+from tests.corpus import FIXTURES, Case
+from tests.normalizers.support import (
+    ACCOUNT,
+    NOW,
+    PROPERTY_SETTINGS,
+    answer,
+    assert_case_gives_its_expected_events,
+    assert_extra_fields_change_nothing,
+    assert_status_table_entry,
+    extra_fields,
+    for_each_case,
+    json_post,
+    send_request,
+)
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
 RECEIVED_AT = datetime(2023, 12, 6, 15, 30, tzinfo=UTC)
 
 
 def fixture(name: str) -> dict[str, Any]:
     """The body of a corpus case."""
-    data: dict[str, Any] = json.loads((FIXTURES / name).read_text())["request"]["body"]
+    data: dict[str, Any] = json.loads((FIXTURES / NAME / name).read_text())["request"]["body"]
     return data
 
 
+# --- callbacks ---------------------------------------------------------------------------------
+
+
 def post(payload: object) -> CallbackRequest:
-    return CallbackRequest(
-        method="POST",
-        path="/callbacks/carrierx",
-        headers={"Content-Type": "application/json"},
-        body=json.dumps(payload).encode(),
-    )
+    return json_post(NAME, payload)
+
+
+def status_report(word: str) -> CallbackRequest:
+    """A real-shaped CarrierX SMS-object callback carrying `word` (test_every_provider uses it)."""
+    return post({"message_sid": "c1", "direction": "outbound", "to": "15162065574", "status": word})
+
+
+@pytest.mark.parametrize(("word", "expected"), sorted(STATUS_MAP.items()))
+def test_status_table_entry(word: str, expected: Status) -> None:
+    assert_status_table_entry(PROVIDER, status_report, word, expected)
+
+
+@for_each_case(NAME)
+def test_fixture_gives_its_expected_events(case: Case) -> None:
+    assert_case_gives_its_expected_events(case)
+
+
+@for_each_case(NAME, json_body=True)
+@PROPERTY_SETTINGS
+@given(extra=extra_fields)
+def test_unknown_extra_fields_give_the_same_events(case: Case, extra: dict[str, Any]) -> None:
+    assert_extra_fields_change_nothing(case, extra)
 
 
 def test_delivered_report_fills_every_field_the_payload_has() -> None:
@@ -153,3 +187,51 @@ def test_group_recipients_as_text_from_a_form_are_split_on_commas() -> None:
     events = PROVIDER.parse_callback(request, RECEIVED_AT)
 
     assert [e.recipient for e in events] == ["+15162065574", "+15162065576", "+15162065577"]
+
+
+# --- send --------------------------------------------------------------------------------------
+
+
+def test_one_call_per_recipient_with_mms_options() -> None:
+    req = send_request(2, options={"type": "mms", "media_urls": ["https://example.com/a.png"]})
+    calls = PROVIDER.build_send_request(req, ACCOUNT)
+
+    assert [c.recipients for c in calls] == [("+447700900001",), ("+447700900002",)]
+    assert calls[0].json_body == {
+        "from": "447700900999",
+        "to": "447700900001",
+        "message": "Hello",
+        "type": "mms",
+        "media_urls": ["https://example.com/a.png"],
+        "user_data": "ref-1",
+    }
+
+
+def test_answers() -> None:
+    req = send_request()
+    [call] = PROVIDER.build_send_request(req, ACCOUNT)
+    sms = {
+        "message_sid": "sid-1",
+        "status": "queued",
+        "to": "447700900001",
+        "from": "447700900999",
+        "message_segments": 1,
+        "direction": "outbound",
+    }
+    ok = PROVIDER.parse_send_response(call, req, answer(200, sms), NOW)
+    bad = PROVIDER.parse_send_response(call, req, answer(401, {"message": "unauthorized"}), NOW)
+    down = PROVIDER.parse_send_response(call, req, answer(503, {}), NOW)
+
+    assert [(e.status, e.provider_message_id) for e in ok.events] == [(Status.QUEUED, "sid-1")]
+    assert (bad.refused, bad.error_message, bad.events[0].status) == (
+        True,
+        "unauthorized",
+        Status.REJECTED,
+    )
+    assert (down.refused, down.retry, down.events[0].status) == (True, False, Status.UNKNOWN)
+    assert (down.error_code, down.events[0].failure_kind) == ("outcome_unknown", None)
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(OptionsError):
+        PROVIDER.validate_options({"media_urls": ["not a url"]}, send_request(), NOW)

@@ -12,9 +12,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.apikeys import create_key, revoke_key
 from receiver.app import create_app
 from receiver.config import Settings
+from receiver.storage.apikeys import create_key, revoke_key
 
 Client = TestClient[Any, Any]
 
@@ -154,16 +154,29 @@ async def test_a_revoked_keys_stream_ends(guarded: Client, db: asyncpg.Connectio
 
 
 def test_every_v1_route_declares_a_scope(dsn: str) -> None:
-    from receiver.apikeys import SCOPE_KEY
+    from receiver.http.routing import ROUTE_SCOPES
 
     app = create_app(Settings(database_url=dsn), dsn)
+    scopes = app[ROUTE_SCOPES]
     unscoped = [
         route.resource.canonical
         for route in app.router.routes()
         if route.resource is not None
         and route.resource.canonical.startswith("/v1/")
         and route.method != "HEAD"
-        and getattr(route.handler, SCOPE_KEY, None) is None
+        and scopes.get((route.method, route.resource.canonical)) is None
     ]
 
     assert unscoped == []
+
+
+def test_a_v1_route_without_a_scope_cannot_be_added() -> None:
+    from aiohttp import web
+
+    from receiver.http.routing import Route, add_routes
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response()
+
+    with pytest.raises(ValueError, match="declares no scope"):
+        add_routes(web.Application(), (Route("get", "/v1/open", handler, "Open", {"200": None}),))

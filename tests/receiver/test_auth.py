@@ -10,6 +10,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from pydantic import SecretStr
 
+from normalizers.registry import DEFAULT_REGISTRY
 from receiver.app import create_app
 from receiver.config import ProviderSettings, Settings
 
@@ -18,7 +19,7 @@ Client = TestClient[Any, Any]
 
 
 async def client_with(aiohttp_client: Any, dsn: str, carrierx: ProviderSettings) -> Client:
-    settings = Settings(database_url=dsn, db_pool_min_size=0, carrierx=carrierx)
+    settings = Settings(database_url=dsn, db_pool_min_size=0, providers={"carrierx": carrierx})
     client: Client = await aiohttp_client(create_app(settings, dsn))
     return client
 
@@ -106,3 +107,24 @@ def test_provider_settings_come_from_the_environment(monkeypatch: pytest.MonkeyP
     assert [str(n) for n in carrierx.allowed_ips] == ["192.0.2.0/24", "2001:db8::1/128"]
     assert settings.provider("swift").callback_token is None
     assert "from-env" not in repr(settings)  # secrets stay out of logs and tracebacks
+
+
+def test_an_unknown_provider_in_the_environment_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CARIERX__CALLBACK_TOKEN", "a typo")  # not carrierx
+    monkeypatch.setenv("WEBHOOK__NOT_A_PROVIDER_FIELD", "ignored")
+
+    settings = Settings()
+
+    assert settings.unknown_providers(DEFAULT_REGISTRY) == ["carierx"]
+    assert settings.provider("carrierx").callback_token is None
+
+
+def test_serve_refuses_to_start_with_an_unknown_provider(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from receiver.cli import main
+
+    monkeypatch.setenv("CARIERX__CALLBACK_TOKEN", "a typo")
+
+    assert main(["serve"]) == 2
+    assert "unknown providers: carierx" in capsys.readouterr().err

@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestClient
 from normalizers.base import CallbackRequest
 from normalizers.carrierx import CarrierX
 from normalizers.events import STATUS_RANK, Event
-from normalizers.registry import DEFAULT_REGISTRY, with_override
-from receiver import queries
+from normalizers.registry import DEFAULT_REGISTRY
+from receiver.storage import callbacks
+from tests.factories import attach_orphans, insert_message, with_override
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
 Client = TestClient[Any, Any]
@@ -250,9 +251,9 @@ async def test_an_orphan_is_attached_when_its_message_appears(
 ) -> None:
     await post_json(client, fixture("outbound_delivered.json", status="sent"))
     message_id = uuid.uuid4()
-    await queries.insert_message(db, message_id, "carrierx", sender="+15162065575", body="hi")
+    await insert_message(db, message_id, "carrierx", sender="+15162065575", body="hi")
 
-    row_id = await queries.attach_orphans(
+    row_id = await attach_orphans(
         db, message_id, "carrierx", "097b49df-c54e-4eaf-97d0-89cf7d5a655b", "+15162065574"
     )
     await post_json(client, fixture("outbound_delivered.json"))
@@ -287,7 +288,7 @@ async def test_sql_status_rank_mirrors_the_python_table(db: asyncpg.Connection) 
 
 
 async def test_replaying_a_stored_raw_callback_changes_nothing(db: asyncpg.Connection) -> None:
-    raw = queries.RawCallback(
+    raw = callbacks.RawCallback(
         id=uuid.uuid4(),
         provider="carrierx",
         method="POST",
@@ -298,8 +299,8 @@ async def test_replaying_a_stored_raw_callback_changes_nothing(db: asyncpg.Conne
         remote_addr=None,
         received_at=datetime.fromisoformat("2023-12-06T15:30:00+00:00"),
     )
-    first = await queries.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])
-    again = await queries.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])
+    first = await callbacks.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])
+    again = await callbacks.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])
 
     assert (first.outcome, again.outcome) == ("unparsed", "unparsed")
     assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from receiver.schemas import EventV1
+from receiver.http.schemas import EventV1
 from tests.corpus import STORAGE_FIELDS, load_cases
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"

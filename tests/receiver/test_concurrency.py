@@ -11,7 +11,8 @@ import asyncpg
 import pytest
 
 from normalizers.events import Event, EventType, Status, event_id
-from receiver import queries
+from receiver.storage import callbacks
+from tests.factories import attach_orphans, insert_message
 
 MOMENT = datetime(2024, 6, 14, tzinfo=UTC)
 
@@ -31,8 +32,8 @@ def status_event(pmid: str, recipient: str, status: Status, tag: str = "") -> Ev
     )
 
 
-def raw() -> queries.RawCallback:
-    return queries.RawCallback(
+def raw() -> callbacks.RawCallback:
+    return callbacks.RawCallback(
         id=uuid.uuid4(),
         provider="race",
         method="POST",
@@ -45,8 +46,8 @@ def raw() -> queries.RawCallback:
     )
 
 
-async def ingest(connection: asyncpg.Connection, events: list[Event]) -> queries.IngestResult:
-    return await queries.ingest_callback(
+async def ingest(connection: asyncpg.Connection, events: list[Event]) -> callbacks.IngestResult:
+    return await callbacks.ingest_callback(
         connection, raw(), outcome="normalised", error=None, events=events
     )
 
@@ -79,15 +80,13 @@ async def test_an_orphan_stored_while_attach_waits_is_attached(
     dsn: str, db: asyncpg.Connection
 ) -> None:
     message_id = uuid.uuid4()
-    await queries.insert_message(db, message_id, "race")
+    await insert_message(db, message_id, "race")
     writer = await asyncpg.connect(dsn)
     try:
         transaction = writer.transaction()
         await transaction.start()
         await ingest(writer, [status_event("m-late", "+1", Status.SENT)])  # holds the row lock
-        attaching = asyncio.create_task(
-            queries.attach_orphans(db, message_id, "race", "m-late", "+1")
-        )
+        attaching = asyncio.create_task(attach_orphans(db, message_id, "race", "m-late", "+1"))
         await asyncio.sleep(0.3)
         assert not attaching.done()  # waiting for the writer's lock
         await transaction.commit()
@@ -101,9 +100,9 @@ async def test_an_orphan_stored_while_attach_waits_is_attached(
 async def test_a_recipient_of_another_message_is_never_moved(db: asyncpg.Connection) -> None:
     first, second = uuid.uuid4(), uuid.uuid4()
     for message_id in (first, second):
-        await queries.insert_message(db, message_id, "race")
-    await queries.attach_orphans(db, first, "race", "m-1", "+1")
+        await insert_message(db, message_id, "race")
+    await attach_orphans(db, first, "race", "m-1", "+1")
 
     with pytest.raises(asyncpg.UniqueViolationError):
-        await queries.attach_orphans(db, second, "race", "m-1", "+1")
+        await attach_orphans(db, second, "race", "m-1", "+1")
     assert await db.fetchval("SELECT message_id FROM message_recipients") == first

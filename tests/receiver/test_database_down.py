@@ -12,8 +12,8 @@ import asyncpg
 
 from receiver.app import create_app
 from receiver.config import Settings
-from receiver.database import start_embedded_postgres
-from receiver.migrate import apply_migrations, migrations_dir
+from receiver.storage.migrate import apply_migrations, migrations_dir
+from receiver.storage.pool import start_embedded_postgres
 
 REPORT = {"message_sid": "down-1", "status": "delivered", "to": "15162065574"}
 

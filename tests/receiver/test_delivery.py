@@ -21,12 +21,13 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from receiver import outbox, queries
 from receiver.app import create_app
 from receiver.config import Settings
-from receiver.dispatcher import Dispatcher, retry_after_s
-from receiver.signal import Signal
-from receiver.ssrf import is_public
+from receiver.delivery.addresses import is_public
+from receiver.delivery.dispatcher import Dispatcher, retry_after_s
+from receiver.storage import callbacks, outbox
+from receiver.storage.notify import Signal
+from receiver.storage.pool import Database
 
 Client = TestClient[Any, Any]
 LOOPBACK = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
@@ -344,7 +345,7 @@ async def test_a_redirect_is_a_failure_not_followed(
 async def dispatcher_for(dsn: str, settings: Settings) -> tuple[Dispatcher, asyncpg.Pool]:
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     assert pool is not None
-    return Dispatcher(pool, settings, Signal()), pool
+    return Dispatcher(Database(pool, 2.0), settings, Signal()), pool
 
 
 async def test_a_killed_dispatcher_leads_to_redelivery_after_the_lease(
@@ -449,7 +450,7 @@ async def test_the_feed_never_skips_a_transaction_that_commits_late(
     try:
         transaction = slow.transaction()
         await transaction.start()
-        raw = queries.RawCallback(
+        raw = callbacks.RawCallback(
             id=uuid.uuid4(),
             provider="carrierx",
             method="POST",
@@ -471,7 +472,7 @@ async def test_the_feed_never_skips_a_transaction_that_commits_late(
         events = [
             e.stored_raw(str(raw.id)) for e in PROVIDER.parse_callback(request, raw.received_at)
         ]
-        await queries.ingest_callback(slow, raw, outcome="normalised", error=None, events=events)
+        await callbacks.ingest_callback(slow, raw, outcome="normalised", error=None, events=events)
 
         await report(hub, "early")  # commits first, though its transaction started later
         assert await feed_all(hub) == []  # held back while the earlier transaction runs
@@ -524,7 +525,7 @@ async def test_a_worker_elsewhere_is_woken_by_notify_not_by_polling(
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     assert pool is not None
     signal = Signal()
-    worker = Dispatcher(pool, worker_settings, signal)
+    worker = Dispatcher(Database(pool, 2.0), worker_settings, signal)
     async with signal.connected(pool, dsn):
         running = asyncio.create_task(worker.run())
         await asyncio.sleep(0.3)  # the worker is idle, waiting
@@ -773,7 +774,7 @@ async def test_a_delivery_deleted_mid_batch_costs_only_itself(
     pool = await asyncpg.create_pool(dsn, min_size=0, max_size=2)
     assert pool is not None
     try:
-        dispatcher = Dispatcher(pool, settings, Signal())
+        dispatcher = Dispatcher(Database(pool, 2.0), settings, Signal())
         answers = await dispatcher._record([ended(c, "delivered", 200) for c in claimed])
     finally:
         await pool.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import time
 import uuid
 
-from receiver.ids import request_id, time_ordered_uuid
+from receiver.http.requestlog import request_id
+from receiver.storage.ids import time_ordered_uuid
 
 
 def test_raw_ids_are_version_7_uuids_ordered_by_millisecond() -> None:

@@ -13,12 +13,12 @@ from pydantic import SecretStr, ValidationError
 
 from receiver.config import ProviderSettings, Settings
 from receiver.logs import (
-    REDACTED,
     SecretFilter,
     SecretRedactor,
     configure_logging,
     configured_secrets,
 )
+from receiver.redaction import REDACTED
 
 API_KEY = "smsr_" + "A" * 43
 WEBHOOK_SECRET = "whsec_QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
@@ -91,10 +91,12 @@ def test_a_secret_in_an_exception_is_masked_in_the_traceback() -> None:
 def test_the_configuration_s_secrets_are_known_to_the_logs() -> None:
     settings = Settings(
         database_url="postgresql://u:dbpass-123456@127.0.0.1/x",
-        carrierx=ProviderSettings(
-            callback_token=SecretStr(TOKEN), api_key=SecretStr("cx-api-key-123")
-        ),
-        telecom23=ProviderSettings(signing_secret=SecretStr("tc-signing-987654")),
+        providers={
+            "carrierx": ProviderSettings(
+                callback_token=SecretStr(TOKEN), api_key=SecretStr("cx-api-key-123")
+            ),
+            "telecom23": ProviderSettings(signing_secret=SecretStr("tc-signing-987654")),
+        },
     )
 
     found = configured_secrets(settings)
@@ -153,7 +155,7 @@ def test_an_invalid_setting_does_not_print_the_secrets_beside_it() -> None:
     with pytest.raises(ValidationError) as refused:
         Settings(
             database_url="postgresql://u:supersecretpw@127.0.0.1/x",
-            carrierx=ProviderSettings(api_key=SecretStr("cx-api-key-verysecret")),
+            providers={"carrierx": ProviderSettings(api_key=SecretStr("cx-api-key-verysecret"))},
             webhook_lease_s=5,  # must exceed the webhook timeout + 1: refused
         )
 

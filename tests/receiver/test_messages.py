@@ -11,8 +11,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver import queries
 from receiver.app import create_app
+from receiver.storage import messages
 from tests.helpers import free_port, sandbox_settings
 
 Client = TestClient[Any, Any]
@@ -104,7 +104,7 @@ async def make_messages(db: asyncpg.Connection, count: int) -> list[uuid.UUID]:
     ids = []
     for n in range(count):
         message_id = uuid.uuid4()
-        await queries.create_message(
+        await messages.create_message(
             db,
             message_id,
             "swift" if n % 2 else "carrierx",

@@ -8,7 +8,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from receiver.migrate import apply_migrations, load_migrations, migrations_dir
+from receiver.storage.migrate import apply_migrations, load_migrations, migrations_dir
 
 EXPECTED_TABLES = {
     "raw_callbacks",

@@ -11,7 +11,7 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from normalizers.events import Event, EventType, Status, event_id
-from receiver import queries
+from receiver.storage import callbacks
 
 Client = TestClient[Any, Any]
 MESSAGE = "01JDQ02MQ543RTQBT08WY88589"  # seed 003's send answer: message id and its parts
@@ -94,8 +94,8 @@ def part_event(part: str, status: Status, segments: int | None) -> Event:
     )
 
 
-async def ingest(db: asyncpg.Connection, event: Event) -> queries.IngestResult:
-    raw = queries.RawCallback(
+async def ingest(db: asyncpg.Connection, event: Event) -> callbacks.IngestResult:
+    raw = callbacks.RawCallback(
         id=uuid.uuid4(),
         provider="test",
         method="POST",
@@ -106,7 +106,9 @@ async def ingest(db: asyncpg.Connection, event: Event) -> queries.IngestResult:
         remote_addr=None,
         received_at=event.received_at,
     )
-    return await queries.ingest_callback(db, raw, outcome="normalised", error=None, events=[event])
+    return await callbacks.ingest_callback(
+        db, raw, outcome="normalised", error=None, events=[event]
+    )
 
 
 async def test_parts_named_by_the_report_and_a_known_segment_count(db: asyncpg.Connection) -> None:

@@ -132,7 +132,7 @@ async def test_signed_telecom23_callbacks(
     settings = Settings(
         database_url=dsn,
         db_pool_min_size=0,
-        telecom23=ProviderSettings(signing_secret=SecretStr("whsec")),
+        providers={"telecom23": ProviderSettings(signing_secret=SecretStr("whsec"))},
     )
     client = await aiohttp_client(create_app(settings, dsn))
     body = json.dumps({"message_id": "api_8", "status": "DELIVRD"}).encode()

@@ -9,10 +9,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver import ratelimit
-from receiver.apikeys import create_key
 from receiver.config import Settings
-from receiver.ratelimit import RateLimiter, retry_after_header
+from receiver.sending import ratelimit
+from receiver.sending.ratelimit import RateLimiter, retry_after_header
+from receiver.storage.apikeys import create_key
 
 Client = TestClient[Any, Any]
 

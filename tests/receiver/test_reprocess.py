@@ -14,8 +14,9 @@ from aiohttp.test_utils import TestClient
 from normalizers.base import CallbackRequest
 from normalizers.carrierx import CarrierX
 from normalizers.events import Event
-from normalizers.registry import DEFAULT_REGISTRY, with_override
-from receiver.reprocess import reprocess
+from normalizers.registry import DEFAULT_REGISTRY
+from receiver.ingest.reprocess import reprocess
+from tests.factories import with_override
 
 Client = TestClient[Any, Any]
 

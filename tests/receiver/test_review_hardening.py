@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
 from receiver.config import Settings
-from receiver.migrate import apply_migrations, load_migrations, migrations_dir
+from receiver.storage.migrate import apply_migrations, load_migrations, migrations_dir
 
 Client = TestClient[Any, Any]
 REPORT = {"message_sid": "h-1", "status": "delivered", "to": "15162065574"}

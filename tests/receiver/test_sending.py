@@ -13,9 +13,9 @@ import pytest
 import structlog.testing
 from aiohttp.test_utils import TestClient
 
-from receiver import sending
 from receiver.app import create_app
 from receiver.config import ProviderSettings, Settings
+from receiver.sending import providers
 from tests.helpers import free_port
 
 Client = TestClient[Any, Any]
@@ -302,7 +302,7 @@ async def test_an_unreachable_provider_marks_recipients_failed_temporarily(
         database_url=dsn,
         db_pool_min_size=0,
         send_timeout_s=2,
-        carrierx=ProviderSettings(base_url=f"http://127.0.0.1:{free_port()}"),
+        providers={"carrierx": ProviderSettings(base_url=f"http://127.0.0.1:{free_port()}")},
     )
     client = await aiohttp_client(create_app(settings, dsn))
 
@@ -560,7 +560,7 @@ async def test_reports_racing_the_send_answer_are_attached(
 async def test_a_send_answer_that_loses_a_lock_conflict_is_stored_again(
     hub: Client, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = sending._store_answer
+    real = providers._store_answer
     calls = 0
 
     async def deadlocked_once(*args: Any) -> None:
@@ -571,7 +571,7 @@ async def test_a_send_answer_that_loses_a_lock_conflict_is_stored_again(
             raise asyncpg.DeadlockDetectedError("deadlock detected")
         await real(*args)
 
-    monkeypatch.setattr(sending, "_store_answer", deadlocked_once)
+    monkeypatch.setattr(providers, "_store_answer", deadlocked_once)
     with structlog.testing.capture_logs() as logs:
         response = await send(hub, provider="carrierx", to=["+447700900001", "+447700900003"])
     answer = await response.json()

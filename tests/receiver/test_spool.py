@@ -15,15 +15,16 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from normalizers.registry import DEFAULT_REGISTRY
-from receiver import pipeline
-from receiver import spool as spool_module
 from receiver.config import Settings
 from receiver.context import AppContext
-from receiver.database import create_pool
-from receiver.errors import DatabaseUnavailable
-from receiver.queries import RawCallback
-from receiver.signal import Signal
-from receiver.spool import SPOOL_FILE, Spool, read, replay
+from receiver.ingest import pipeline
+from receiver.ingest import spool as spool_module
+from receiver.ingest.route import INGESTION
+from receiver.ingest.spool import SPOOL_FILE, Spool, read, replay
+from receiver.storage.callbacks import RawCallback
+from receiver.storage.errors import DatabaseUnavailable
+from receiver.storage.notify import Signal
+from receiver.storage.pool import open_database
 from tests.receiver.test_groupcommit import raw_callback
 
 Client = TestClient[Any, Any]
@@ -47,12 +48,12 @@ def carrierx_raw(sid: str) -> RawCallback:
 
 
 def database_down(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    context = client.app[AppContext.KEY]
+    ingestion = client.app[INGESTION]
 
     async def refused(*args: Any) -> Any:
         raise ConnectionRefusedError("the database is away")
 
-    monkeypatch.setattr(context.callbacks, "store", refused)
+    monkeypatch.setattr(ingestion.writer, "store", refused)
 
 
 async def test_a_callback_is_spooled_while_the_database_is_down_then_stored_once(
@@ -74,9 +75,10 @@ async def test_a_callback_is_spooled_while_the_database_is_down_then_stored_once
     assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 0
 
     context = client.app[AppContext.KEY]
-    assert context.spool is not None
-    stored = await replay(context.spool, context.pool, DEFAULT_REGISTRY, settings, Signal())
-    again = await replay(context.spool, context.pool, DEFAULT_REGISTRY, settings, Signal())
+    spool = client.app[INGESTION].spool
+    assert spool is not None
+    stored = await replay(spool, context.db, DEFAULT_REGISTRY, settings, Signal())
+    again = await replay(spool, context.db, DEFAULT_REGISTRY, settings, Signal())
 
     assert (stored, again) == (1, 0)
     assert list(settings.spool_dir.iterdir()) == []  # replayed, removed
@@ -98,15 +100,15 @@ async def test_a_replay_cut_short_stores_nothing_twice(
     raws = [raw_callback() for _ in range(3)]
     for raw in raws:
         assert await spool.append(raw, None, None)
-    pool = await create_pool(dsn, settings)
+    database = await open_database(dsn, settings)
     try:
-        await replay(spool, pool, DEFAULT_REGISTRY, settings, Signal())
+        await replay(spool, database, DEFAULT_REGISTRY, settings, Signal())
         # The same file again, as if the process died before removing it.
         for raw in raws:
             assert await spool.append(raw, None, None)
-        await replay(spool, pool, DEFAULT_REGISTRY, settings, Signal())
+        await replay(spool, database, DEFAULT_REGISTRY, settings, Signal())
     finally:
-        await pool.close()
+        await database.close()
 
     ids = {row["id"] for row in await db.fetch("SELECT id FROM raw_callbacks")}
     assert ids == {raw.id for raw in raws}
@@ -119,11 +121,11 @@ async def test_a_rejected_callback_is_spooled_with_its_verdict(
     spool = Spool(tmp_path, 1024 * 1024)
     raw = raw_callback()
     assert await spool.append(raw, "missing or wrong callback token", 401)
-    pool = await create_pool(dsn, settings)
+    database = await open_database(dsn, settings)
     try:
-        await replay(spool, pool, DEFAULT_REGISTRY, settings, Signal())
+        await replay(spool, database, DEFAULT_REGISTRY, settings, Signal())
     finally:
-        await pool.close()
+        await database.close()
 
     row = await db.fetchrow("SELECT outcome, error FROM raw_callbacks WHERE id = $1", raw.id)
     assert row is not None
@@ -133,9 +135,9 @@ async def test_a_rejected_callback_is_spooled_with_its_verdict(
 async def test_a_full_spool_answers_retry_later(
     client: Client, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    context = client.app[AppContext.KEY]
-    assert context.spool is not None
-    context.spool.max_bytes = 10  # nothing fits
+    spool = client.app[INGESTION].spool
+    assert spool is not None
+    spool.max_bytes = 10  # nothing fits
     database_down(client, monkeypatch)
 
     answer = await client.post("/callbacks/carrierx", json={"message_sid": "x"})
@@ -156,7 +158,6 @@ async def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
 
 def test_without_a_spool_dir_there_is_no_spool(dsn: str) -> None:
     assert Settings(database_url=dsn).spool_dir is None
-    assert DatabaseUnavailable.status == 503
 
 
 async def test_a_line_that_fails_for_another_reason_is_kept_unparsed_not_stuck(
@@ -167,19 +168,19 @@ async def test_a_line_that_fails_for_another_reason_is_kept_unparsed_not_stuck(
     poison, fine = carrierx_raw("poison"), carrierx_raw("fine")
     assert await spool.append(poison, None, None)
     assert await spool.append(fine, None, None)
-    real = pipeline.store_callback
+    real = pipeline.store
 
     async def crashing(connection: Any, raw: Any, normalised: Any) -> Any:
         if raw.id == poison.id and normalised.outcome != "unparsed":
             raise RuntimeError("a bug in storing")
         return await real(connection, raw, normalised)
 
-    monkeypatch.setattr(spool_module, "store_callback", crashing)
-    pool = await create_pool(dsn, settings)
+    monkeypatch.setattr(spool_module, "store", crashing)
+    database = await open_database(dsn, settings)
     try:
-        assert await replay(spool, pool, DEFAULT_REGISTRY, settings, Signal()) == 2
+        assert await replay(spool, database, DEFAULT_REGISTRY, settings, Signal()) == 2
     finally:
-        await pool.close()
+        await database.close()
 
     rows = {r["id"]: r for r in await db.fetch("SELECT id, outcome, error FROM raw_callbacks")}
     assert rows[poison.id]["outcome"] == "unparsed"
@@ -242,19 +243,19 @@ async def test_a_callback_that_cannot_be_stored_at_all_is_set_aside_not_blocking
     later = [raw_callback() for _ in range(3)]
     for raw in later:
         assert await spool.append(raw, None, None)
-    real = pipeline.store_callback
+    real = pipeline.store
 
     async def refusing(connection: Any, raw: Any, normalised: Any) -> Any:
         if raw.id == poison.id:
             raise DatabaseUnavailable("the callback could not be stored, retry later")
         return await real(connection, raw, normalised)
 
-    monkeypatch.setattr(spool_module, "store_callback", refusing)
-    pool = await create_pool(dsn, settings)
+    monkeypatch.setattr(spool_module, "store", refusing)
+    database = await open_database(dsn, settings)
     try:
-        assert await replay(spool, pool, DEFAULT_REGISTRY, settings, Signal()) == 3
+        assert await replay(spool, database, DEFAULT_REGISTRY, settings, Signal()) == 3
     finally:
-        await pool.close()
+        await database.close()
 
     ids = {row["id"] for row in await db.fetch("SELECT id FROM raw_callbacks")}
     assert ids == {raw.id for raw in later}

@@ -1,0 +1,110 @@
+"""GET /v1/events (the pull feed) and GET /v1/events/stream (Server-Sent Events): every stored
+event once, in commit-safe order, resumable from a cursor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+from aiohttp import web
+
+from receiver.context import AppContext
+from receiver.http import params
+from receiver.http.apikeys import API_KEY
+from receiver.http.errors import BadRequest
+from receiver.storage.apikeys import still_valid
+from receiver.storage.events import event_json, feed
+
+KEEPALIVE_S = 15.0
+
+
+CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})", re.ASCII)
+BIGINT_MAX = 2**63 - 1
+IDLE_POLL_S = 0.5  # an event hidden behind a transaction still running shows up this soon
+KEY_RECHECK_S = 2.0  # a revoked key's stream ends within this
+
+
+def parse_cursor(value: str | None) -> tuple[int, int] | None:
+    if not value:
+        return None
+    match = CURSOR.fullmatch(value)
+    if match is None or max(int(match[1]), int(match[2])) > BIGINT_MAX:
+        raise BadRequest(f"not a cursor: {value[:60]!r}")
+    return int(match[1]), int(match[2])
+
+
+def cursor_of(row: Any) -> str:
+    return f"{row['txid']}.{row['feed_seq']}"
+
+
+async def events(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    after = parse_cursor(request.query.get("after"))
+    limit = params.limit(request, default=100)
+    async with context.db.connection() as connection:
+        rows = await feed(
+            connection,
+            after,
+            limit,
+            params.text(request, "type"),
+            params.text(request, "provider"),
+        )
+    next_cursor = cursor_of(rows[-1]) if rows else request.query.get("after")
+    return web.json_response(
+        {
+            "data": [event_json(row) | {"cursor": cursor_of(row)} for row in rows],
+            "next_cursor": next_cursor,
+        }
+    )
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    context = request.app[AppContext.KEY]
+    after = parse_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))
+    event_type, provider = params.text(request, "type"), params.text(request, "provider")
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    stopping = request.app[STOPPING]
+    quiet_since = time.monotonic()
+    key = request.get(API_KEY)
+    checked_key_at = time.monotonic()
+    try:
+        while not stopping.is_set():
+            if key is not None and time.monotonic() - checked_key_at >= KEY_RECHECK_S:
+                async with context.db.connection() as connection:
+                    if not await still_valid(connection, key.id):
+                        break  # revoked: the stream ends
+                checked_key_at = time.monotonic()
+            wake = context.signal.current()
+            async with context.db.connection() as connection:
+                rows = await feed(connection, after, 200, event_type, provider)
+            for row in rows:
+                event = event_json(row)
+                payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+                await response.write(
+                    f"id: {cursor_of(row)}\nevent: {event['type']}\ndata: {payload}\n\n".encode()
+                )
+                after = (row["txid"], row["feed_seq"])
+            if rows:
+                quiet_since = time.monotonic()
+                continue
+            if time.monotonic() - quiet_since >= KEEPALIVE_S:
+                await response.write(b": keep-alive\n\n")
+                quiet_since = time.monotonic()
+            await context.signal.wait(IDLE_POLL_S, wake)
+    except ConnectionResetError:
+        pass  # the client went away
+    return response
+
+
+# Set on shutdown, so that open streams end instead of holding the server up.
+STOPPING = web.AppKey("feed_stopping", asyncio.Event)

@@ -1,0 +1,196 @@
+"""/v1/subscriptions and /v1/deliveries: who receives the re-emitted events, and what to
+deliver again."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import uuid
+from typing import Annotated, Any
+
+import asyncpg
+from aiohttp import web
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+
+from normalizers.events import EventType, Status
+from receiver.context import AppContext
+from receiver.http.bodies import read_model
+from receiver.http.errors import NotFound
+from receiver.http.fields import PastMoment, PlainText
+from receiver.storage import outbox
+
+SECRET_OVERLAP_S = 24 * 3600  # the old secret still signs for a day after a rotation
+
+ProviderName = Annotated[PlainText, StringConstraints(max_length=50)]
+
+
+class Filters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    event_types: list[EventType] | None = None
+    providers: list[ProviderName] | None = None
+    statuses: list[Status] | None = None
+
+
+class SubscriptionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl
+    filters: Filters = Field(default_factory=Filters)
+    description: PlainText | None = Field(default=None, max_length=500)
+    enabled: bool = True
+
+
+class SubscriptionPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl | None = None
+    filters: Filters | None = None
+    description: PlainText | None = Field(default=None, max_length=500)
+    enabled: bool | None = None
+
+
+class ReplayIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: PastMoment
+    event_types: list[EventType] | None = None
+    providers: list[ProviderName] | None = None
+    statuses: list[Status] | None = None
+
+
+def new_secret() -> str:
+    """`whsec_` and base64 of 32 random bytes (Standard Webhooks)."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _filters(filters: Filters | ReplayIn) -> dict[str, Any]:
+    data = filters.model_dump(mode="json", include={"event_types", "providers", "statuses"})
+    return {name: value for name, value in data.items() if value is not None}
+
+
+def subscription_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "url": row["url"],
+        "filters": _json(row["filters"]),
+        "description": row["description"],
+        "enabled": row["enabled"],
+        "disabled_reason": row["disabled_reason"],
+        "failing_since": row["failing_since"].isoformat() if row["failing_since"] else None,
+        "created_at": row["created_at"].isoformat(),
+        "updated_at": row["updated_at"].isoformat(),
+    }
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _id(request: web.Request) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.match_info["id"])
+    except ValueError:
+        raise NotFound("no such subscription") from None
+
+
+async def create(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    incoming = await read_model(request, SubscriptionIn)
+    secret = new_secret()
+    async with context.db.connection() as connection:
+        row = await outbox.create_subscription(
+            connection,
+            uuid.uuid4(),
+            str(incoming.url),
+            secret,
+            _filters(incoming.filters),
+            incoming.description,
+            incoming.enabled,
+        )
+    # The secret is shown once, here; it is never returned again.
+    return web.json_response(subscription_json(row) | {"secret": secret}, status=201)
+
+
+async def list_all(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    async with context.db.connection() as connection:
+        rows = await outbox.list_subscriptions(connection)
+    return web.json_response({"data": [subscription_json(row) for row in rows]})
+
+
+async def get_one(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    async with context.db.connection() as connection:
+        row = await outbox.get_subscription(connection, _id(request))
+    if row is None:
+        raise NotFound("no such subscription")
+    return web.json_response(subscription_json(row))
+
+
+async def patch(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    incoming = await read_model(request, SubscriptionPatch)
+    changes: dict[str, Any] = {}
+    fields = incoming.model_fields_set
+    if "url" in fields and incoming.url is not None:
+        changes["url"] = str(incoming.url)
+    if "filters" in fields and incoming.filters is not None:
+        changes["filters"] = _filters(incoming.filters)
+    if "description" in fields:
+        changes["description"] = incoming.description
+    if "enabled" in fields and incoming.enabled is not None:
+        changes["enabled"] = incoming.enabled
+    async with context.db.connection() as connection:
+        row = await outbox.update_subscription(connection, _id(request), changes)
+    if row is None:
+        raise NotFound("no such subscription")
+    return web.json_response(subscription_json(row))
+
+
+async def delete(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    async with context.db.connection() as connection:
+        deleted = await outbox.delete_subscription(connection, _id(request))
+    if not deleted:
+        raise NotFound("no such subscription")
+    return web.Response(status=204)
+
+
+async def rotate(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    secret = new_secret()
+    async with context.db.connection() as connection:
+        rotated = await outbox.rotate_secret(connection, _id(request), secret, SECRET_OVERLAP_S)
+    if not rotated:
+        raise NotFound("no such subscription")
+    return web.json_response({"secret": secret, "previous_secret_valid_for_s": SECRET_OVERLAP_S})
+
+
+async def replay(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    incoming = await read_model(request, ReplayIn)
+    subscription_id = _id(request)
+    async with context.db.connection() as connection:
+        if await outbox.get_subscription(connection, subscription_id) is None:
+            raise NotFound("no such subscription")
+        queued = await outbox.replay(
+            connection, subscription_id, incoming.since, _filters(incoming)
+        )
+    context.signal.fire()
+    return web.json_response({"queued": queued}, status=202)
+
+
+async def retry(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    raw_id = request.match_info["id"]
+    if not (raw_id.isascii() and raw_id.isdigit() and int(raw_id) <= 2**63 - 1):
+        raise NotFound("no such delivery")
+    delivery_id = int(raw_id)
+    async with context.db.connection() as connection:
+        queued = await outbox.retry_delivery(connection, delivery_id)
+    if not queued:
+        raise NotFound("no such delivery, or it is being delivered right now")
+    context.signal.fire()
+    return web.json_response({"queued": True}, status=202)

@@ -1,0 +1,42 @@
+"""API keys on the /v1 API: `Authorization: Bearer smsr_...`, each key with scopes (send, read,
+admin); the scope a route needs comes from the route table. Providers' callback URLs, health
+checks and the docs are not behind keys."""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+
+from receiver.context import AppContext
+from receiver.http.errors import AuthError, Forbidden
+from receiver.http.routing import Handler, scope_of
+from receiver.storage.apikeys import KEY_PREFIX, ApiKey, find_key
+
+log = structlog.get_logger("receiver.http.apikeys")
+
+# The request's key, for handlers that outlive the request's start (event streams).
+API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)
+
+
+@web.middleware
+async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    declared, scope = scope_of(request)
+    context: AppContext = request.app[AppContext.KEY]
+    if not declared and request.path.startswith("/v1/") and request.match_info.route.resource:
+        # Fail closed: a /v1 route outside the route table is nobody's, not everybody's.
+        raise Forbidden("this endpoint declares no scope")
+    if scope is None or not context.settings.api_auth:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    kind, _, secret = header.partition(" ")
+    if kind.lower() != "bearer" or not secret.strip().startswith(KEY_PREFIX):
+        raise AuthError("an API key is required: Authorization: Bearer smsr_...")
+    async with context.db.connection() as connection:
+        key = await find_key(connection, secret.strip())
+    if key is None:
+        raise AuthError("unknown or revoked API key")
+    structlog.contextvars.bind_contextvars(key_name=key.name)  # not a secret: its name
+    request[API_KEY] = key
+    if scope not in key.scopes and "admin" not in key.scopes:
+        raise Forbidden(f"this key lacks the {scope!r} scope", details={"scopes": key.scopes})
+    return await handler(request)

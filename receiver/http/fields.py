@@ -1,0 +1,42 @@
+"""Field types the API's request bodies share, each rule written once: text without a NUL
+character (Postgres cannot hold one), and times with a zone within the years a database and a
+JSON client agree on."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from pydantic import AfterValidator
+
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9999, 12, 30, tzinfo=UTC)
+
+
+def no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain a NUL character")
+    return text
+
+
+def _zoned(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("needs a time zone (use Z for UTC)")
+    return moment
+
+
+def _any_time(moment: datetime) -> datetime:
+    if not EARLIEST <= _zoned(moment) <= LATEST:
+        raise ValueError("must be between 1970 and 9999")
+    return moment
+
+
+def _past_time(moment: datetime) -> datetime:
+    if not EARLIEST <= _zoned(moment) <= datetime.now(UTC):
+        raise ValueError("must be between 1970 and now")
+    return moment
+
+
+PlainText = Annotated[str, AfterValidator(no_nul)]
+Moment = Annotated[datetime, AfterValidator(_any_time)]
+PastMoment = Annotated[datetime, AfterValidator(_past_time)]

@@ -1,0 +1,144 @@
+"""GET /openapi.json (OpenAPI 3.1, generated from the route table: each route's models of its
+body and answers, its parameters and its scope) and GET /docs (the same, rendered as a page,
+with no script to fetch)."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from receiver.http import schemas
+from receiver.http.routing import Route
+
+ERRORS: dict[str, str] = {
+    "400": "Bad request",
+    "401": "Missing or wrong API key",
+    "403": "The API key lacks the scope",
+    "404": "Not found",
+    "408": "The request body did not arrive in time (BODY_TIMEOUT_S)",
+    "409": "Conflict",
+    "413": "Body too large",
+    "422": "Invalid body",
+    "429": "Too many requests for this API key: retry after Retry-After seconds",
+    "503": "The database is unavailable: retry later",
+}
+
+
+def _models(routes: tuple[Route, ...]) -> list[type[BaseModel]]:
+    found: list[type[BaseModel]] = [schemas.ErrorBody]
+    for operation in routes:
+        if operation.body is not None:
+            found.append(operation.body)
+        for model in operation.answers.values():
+            for candidate in getattr(model, "__args__", (model,)):
+                if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+                    found.append(candidate)
+    return list(dict.fromkeys(found))
+
+
+def _ref(model: Any) -> dict[str, Any]:
+    options = getattr(model, "__args__", None)
+    if options:
+        return {"oneOf": [{"$ref": f"#/components/schemas/{m.__name__}"} for m in options]}
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def document(routes: tuple[Route, ...]) -> dict[str, Any]:
+    models = _models(routes)
+    bodies = {route.body for route in routes if route.body is not None}
+    _, definitions = models_json_schema(
+        [(model, "validation" if model in bodies else "serialization") for model in models],
+        ref_template="#/components/schemas/{model}",
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for operation in routes:
+        responses: dict[str, Any] = {}
+        for status, model in operation.answers.items():
+            answer: dict[str, Any] = {"description": "OK" if status < "300" else "See body"}
+            if model is not None:
+                answer["content"] = {"application/json": {"schema": _ref(model)}}
+            elif operation.content_type != "application/json":
+                answer["content"] = {operation.content_type: {"schema": {"type": "string"}}}
+            responses[status] = answer
+        for status in operation.errors:
+            responses.setdefault(
+                status,
+                {
+                    "description": ERRORS[status],
+                    "content": {"application/json": {"schema": _ref(schemas.ErrorBody)}},
+                },
+            )
+        spec: dict[str, Any] = {
+            "summary": operation.summary,
+            "operationId": f"{operation.method}_{operation.path}".replace("/", "_")
+            .replace("{", "")
+            .replace("}", "")
+            .replace("-", "_"),
+            "responses": responses,
+            "parameters": [
+                {"name": p.name, "in": p.where, "required": p.required, "schema": p.schema}
+                for p in operation.params
+            ],
+        }
+        if operation.scope is not None:
+            spec["security"] = [{"apiKey": []}]
+            spec["description"] = f"Needs an API key with the `{operation.scope}` scope."
+        if operation.body is not None:
+            spec["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": _ref(operation.body)}},
+            }
+        elif operation.any_body:
+            spec["requestBody"] = {
+                "content": {
+                    "application/json": {},
+                    "application/x-www-form-urlencoded": {},
+                    "text/plain": {},
+                }
+            }
+        paths.setdefault(operation.path, {})[operation.method] = spec
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "sms-receiver", "version": "1", "description": "SMS delivery-report hub"},
+        "paths": paths,
+        "components": {
+            "schemas": definitions.get("$defs", {}),
+            "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+# The document of the app's route table, made once when the app is made.
+OPENAPI = web.AppKey("openapi", dict[str, Any])
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(request.app[OPENAPI])
+
+
+async def docs(request: web.Request) -> web.Response:
+    rows = []
+    for path, methods in request.app[OPENAPI]["paths"].items():
+        for method, spec in methods.items():
+            params = ", ".join(f"{p['name']} ({p['in']})" for p in spec["parameters"]) or "-"
+            answers = ", ".join(sorted(spec["responses"]))
+            rows.append(
+                f"<tr><td><code>{method.upper()}</code></td><td><code>{html.escape(path)}</code>"
+                f"</td><td>{html.escape(spec['summary'])}</td><td>{html.escape(params)}</td>"
+                f"<td>{answers}</td><td>{html.escape(spec.get('description', ''))}</td></tr>"
+            )
+    page = (
+        "<!doctype html><html><head><meta charset='utf-8'><title>sms-receiver API</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 8px;"
+        "border-bottom:1px solid #ddd;text-align:left;vertical-align:top}</style></head><body>"
+        "<h1>sms-receiver API</h1><p>The machine-readable document: "
+        "<a href='/openapi.json'>/openapi.json</a> (OpenAPI 3.1).</p><table><tr><th>method</th>"
+        "<th>path</th><th>what</th><th>parameters</th><th>answers</th><th>access</th></tr>"
+        + "".join(rows)
+        + "</table></body></html>"
+    )
+    return web.Response(text=page, content_type="text/html")

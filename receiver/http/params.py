@@ -1,0 +1,76 @@
+"""Query parameters of the /v1 list endpoints, read the same way everywhere: a bad value is a
+400 with a JSON error, never a 500."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+
+from aiohttp import web
+
+from normalizers.base import parse_timestamp, to_e164
+from receiver.http.errors import BadRequest
+
+# The largest page of every list endpoint, the event feed's included.
+MAX_LIMIT = 500
+
+
+def limit(request: web.Request, default: int = 50) -> int:
+    try:
+        return min(max(int(request.query.get("limit", str(default))), 1), MAX_LIMIT)
+    except ValueError:
+        raise BadRequest("limit must be a number") from None
+
+
+def text(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name)
+    if value is not None and ("\x00" in value or len(value) > 255):
+        raise BadRequest(f"{name} is not a valid value")
+    return value
+
+
+def number(request: web.Request, name: str) -> str | None:
+    """A phone number filter as E.164; a value that is none (even blank) is a 400."""
+    value = text(request, name)
+    if value is None:
+        return None
+    e164 = to_e164(value)
+    if e164 is None:
+        raise BadRequest(f"{name} is not a phone number")
+    return e164
+
+
+def moment(request: web.Request, name: str, default: datetime | None = None) -> datetime | None:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    parsed = parse_timestamp(value)
+    if parsed is None or not 1970 <= parsed.year <= 9999:
+        raise BadRequest(f"{name} must be an ISO 8601 time")
+    return parsed
+
+
+def keyset_cursor(at: datetime, key: str) -> str:
+    """An opaque keyset cursor: the last row's time and its id."""
+    return base64.urlsafe_b64encode(f"{at.isoformat()}|{key}".encode()).decode().rstrip("=")
+
+
+def parse_keyset_cursor(request: web.Request) -> tuple[datetime, str] | None:
+    value = request.query.get("cursor")
+    if not value:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)).decode()
+        stamp, _, key = raw.partition("|")
+        return datetime.fromisoformat(stamp), key
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("not a cursor") from None
+
+
+def uuid_or_none(text: str) -> uuid.UUID | None:
+    """An id from a path or a cursor: None when it is not one (a 404 or a 400 to the caller)."""
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        return None

@@ -1,0 +1,77 @@
+"""A route as the hub declares it: its handler, its documentation and the scope an API key
+needs for it, in one record. The route table (in `receiver.app`) feeds both the router and the
+OpenAPI document, so that no route exists without its documentation and its scope."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+
+from receiver.storage.apikeys import SCOPES
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ExpectHandler = Callable[[web.Request], Awaitable[web.StreamResponse | None]]
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    where: str = "query"
+    schema: dict[str, Any] = field(default_factory=lambda: {"type": "string"})
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str  # lower case, as OpenAPI writes it
+    path: str
+    handler: Handler
+    summary: str
+    answers: Mapping[str, Any]  # status -> the answer's model (or a union of them), None: none
+    scope: str | None = None  # the scope an API key needs; None: open (callbacks, health, docs)
+    body: type[BaseModel] | None = None
+    any_body: bool = False  # a provider's callback: whatever it sends
+    params: tuple[Param, ...] = ()
+    errors: tuple[str, ...] = ("400", "503")
+    expect_handler: ExpectHandler | None = None
+    content_type: str = "application/json"  # of the 200 answer when it has no model
+
+
+# (method, path pattern) -> the scope its caller's key must hold (None: open).
+ROUTE_SCOPES = web.AppKey("route_scopes", dict[tuple[str, str], str | None])
+
+
+def add_routes(app: web.Application, routes: tuple[Route, ...]) -> None:
+    """Every route of the table on the router, and its scope where the key check finds it."""
+    scopes: dict[tuple[str, str], str | None] = {}
+    for route in routes:
+        if route.scope is None and route.path.startswith("/v1/"):
+            raise ValueError(f"{route.method.upper()} {route.path} declares no scope")
+        if route.scope is not None and route.scope not in SCOPES:
+            raise ValueError(f"{route.method.upper()} {route.path}: unknown scope {route.scope}")
+        method = route.method.upper()
+        if method == "GET" and route.expect_handler is None:
+            app.router.add_get(route.path, route.handler)  # and HEAD
+        else:
+            app.router.add_route(
+                method, route.path, route.handler, expect_handler=route.expect_handler
+            )
+        scopes[(method, route.path)] = route.scope
+    app[ROUTE_SCOPES] = scopes
+
+
+def scope_of(request: web.Request) -> tuple[bool, str | None]:
+    """(declared, scope) of the route a request matched: `declared` is False for a route that is
+    not in the table (the sandbox's, say)."""
+    route = request.match_info.route
+    resource = route.resource
+    if resource is None:
+        return False, None
+    method = "GET" if route.method == "HEAD" else route.method
+    scopes = request.app.get(ROUTE_SCOPES, {})
+    key = (method, resource.canonical)
+    return key in scopes, scopes.get(key)

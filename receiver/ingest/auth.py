@@ -1,0 +1,64 @@
+"""Is a callback really from its provider? The source-address allow-list, the secret token in
+the callback path, then the provider's own documented mechanism (a signature, say)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import datetime
+from ipaddress import ip_address
+
+import structlog
+
+from normalizers.base import CallbackRequest, Provider
+from receiver.config import ProviderSettings
+
+log = structlog.get_logger("receiver.ingest.auth")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    status: int  # 401 for a missing or wrong credential, 403 for a source not allowed
+    reason: str
+
+
+def authenticate(
+    provider: Provider,
+    config: ProviderSettings,
+    request: CallbackRequest,
+    *,
+    token: str | None,
+    remote: str | None,
+    now: datetime,
+) -> AuthFailure | None:
+    """None when the callback may be processed, else why not. Nothing configured means the
+    provider's callbacks are not checked (the app warns at start)."""
+    if config.allowed_ips and not _allowed(remote, config):
+        return AuthFailure(403, f"source address {remote} is not allowed for {provider.name}")
+    if config.callback_token is not None:
+        expected = config.callback_token.get_secret_value().encode()
+        if token is None or not hmac.compare_digest(token.encode(), expected):
+            return AuthFailure(401, "missing or wrong callback token")
+    secret = config.signing_secret.get_secret_value() if config.signing_secret else None
+    try:
+        authentic = provider.verify_callback(request, secret, now)
+    except Exception:
+        log.exception("verify_callback_crashed", provider=provider.name)
+        authentic = False
+    if not authentic:
+        return AuthFailure(401, "the provider's signature check failed")
+    return None
+
+
+def is_unauthenticated(config: ProviderSettings) -> bool:
+    return not (config.allowed_ips or config.callback_token or config.signing_secret)
+
+
+def _allowed(remote: str | None, config: ProviderSettings) -> bool:
+    if remote is None:
+        return False
+    try:
+        address = ip_address(remote)
+    except ValueError:
+        return False
+    return any(address in network for network in config.allowed_ips)

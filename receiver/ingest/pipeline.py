@@ -1,0 +1,88 @@
+"""From a raw callback to what gets stored: the one judgement of its outcome (rejected by
+authentication, unparsed, or normalised into events), made in memory. The callback route, the
+spool's replay and `reprocess` all judge a payload through `judge`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import structlog
+
+from normalizers.base import NormalizerError, Provider
+from normalizers.events import Event
+from normalizers.registry import Registry
+from receiver.storage.callbacks import (
+    NORMALISED,
+    REJECTED,
+    UNPARSED,
+    IngestResult,
+    RawCallback,
+    error_text,
+    store_callback,
+)
+from receiver.storage.pool import Connection
+
+log = structlog.get_logger("receiver.ingest.pipeline")
+
+
+@dataclass(frozen=True, slots=True)
+class Normalised:
+    outcome: str
+    error: str | None = None
+    events: list[Event] = field(default_factory=list)
+
+
+def unparsed(reason: str) -> Normalised:
+    return Normalised(outcome=UNPARSED, error=error_text(reason))
+
+
+def judge(
+    registry: Registry,
+    raw: RawCallback,
+    *,
+    rejected: str | None = None,
+    max_events: int | None = None,
+) -> Normalised:
+    """The outcome of a raw callback: `rejected` when its authentication failed (with that
+    reason), else what its provider's normaliser makes of it."""
+    if rejected is not None:
+        return Normalised(outcome=REJECTED, error=error_text(rejected))
+    provider = registry.get(raw.provider)
+    if provider is None:
+        return unparsed(f"no provider named {raw.provider!r}")
+    return normalise(provider, raw, max_events)
+
+
+def normalise(provider: Provider, raw: RawCallback, max_events: int | None = None) -> Normalised:
+    """Never raises for a bad payload: whatever the normaliser cannot read becomes `unparsed`
+    with the reason kept, so that the callback is stored and can be re-run after a fix."""
+    request = raw.as_callback_request()
+    try:
+        events = provider.parse_callback(request, raw.received_at)
+    except NormalizerError as error:
+        return unparsed(_describe(error))
+    except Exception as error:
+        # A bug in a normaliser must not lose the provider's report: keep it as unparsed.
+        log.exception("normaliser_crashed", provider=raw.provider, raw_id=str(raw.id))
+        return unparsed("normaliser error: " + _describe(error))
+    if max_events is not None and len(events) > max_events:
+        # Storing that many in the provider's time is not possible: keep it for `reprocess`.
+        return unparsed(f"{len(events)} events in one callback, over the limit of {max_events}")
+    return Normalised(outcome=NORMALISED, events=events)
+
+
+def _describe(error: Exception) -> str:
+    return str(error) or type(error).__name__
+
+
+async def store(
+    connection: Connection, raw: RawCallback, normalised: Normalised
+) -> tuple[IngestResult, str | None]:
+    """Stores the callback as judged, alone (see `storage.callbacks.store_callback`)."""
+    return await store_callback(
+        connection,
+        raw,
+        outcome=normalised.outcome,
+        error=normalised.error,
+        events=normalised.events,
+    )

@@ -1,0 +1,150 @@
+"""GET|POST /callbacks/{provider}[/{token}]: store every provider request, normalised or not,
+and answer only once it is committed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from aiohttp.web_exceptions import HTTPExpectationFailed
+
+from receiver.context import AppContext
+from receiver.http.bodies import read_body
+from receiver.http.errors import AuthError, Forbidden, NotFound, PayloadTooLarge, error_body
+from receiver.ingest.auth import AuthFailure, authenticate
+from receiver.ingest.groupcommit import CallbackWriter
+from receiver.ingest.pipeline import judge
+from receiver.ingest.spool import Spool
+from receiver.metrics import CALLBACKS
+from receiver.storage.callbacks import UNPARSED, RawCallback, received_now
+from receiver.storage.errors import is_database_unavailable
+from receiver.storage.ids import time_ordered_uuid
+
+log = structlog.get_logger("receiver.ingest.route")
+
+
+@dataclass(slots=True)
+class Ingestion:
+    """What the callback route needs beyond the shared context, owned by the app's lifecycle."""
+
+    writer: CallbackWriter  # stores callbacks, those arriving together in one transaction
+    spool: Spool | None = None  # callbacks kept while Postgres cannot take them (SPOOL_DIR)
+
+
+INGESTION = web.AppKey("ingestion", Ingestion)
+
+# What is stored in place of the secret token of a callback path.
+REDACTED_TOKEN = "<token>"  # noqa: S105 - a placeholder, not a secret
+
+
+async def expect_within_limit(request: web.Request) -> web.StreamResponse | None:
+    """`Expect: 100-continue`: a body announced over the limit is refused before the client
+    sends it, instead of being invited with `100 Continue` and then refused."""
+    limit = request.app[AppContext.KEY].settings.body_limit_bytes
+    if request.content_length is not None and request.content_length > limit:
+        return web.json_response(
+            error_body(
+                "payload_too_large", f"body of {request.content_length} bytes is over {limit}"
+            ),
+            status=413,
+        )
+    if request.headers.get("Expect", "").lower() != "100-continue":
+        raise HTTPExpectationFailed(text=f"unknown Expect: {request.headers.get('Expect')}")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    request.writer.output_size = 0
+    return None
+
+
+def _header_pairs(request: web.Request) -> list[tuple[str, str]]:
+    return [
+        (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        for name, value in request.raw_headers
+    ]
+
+
+async def handle_callback(request: web.Request) -> web.Response:
+    context: AppContext = request.app[AppContext.KEY]
+    ingestion = request.app[INGESTION]
+    provider_name = request.match_info["provider"]
+    provider = context.registry.get(provider_name)
+    if provider is None:
+        raise NotFound(f"no provider named {provider_name!r}")
+    structlog.contextvars.bind_contextvars(provider=provider_name)
+
+    limit = context.settings.body_limit_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
+    body = await read_body(request)  # 400 if it breaks off or cannot be decoded, 408 if slow
+
+    token = request.match_info.get("token")
+    raw = RawCallback(
+        id=time_ordered_uuid(),
+        provider=provider_name,
+        method=request.method,
+        path=f"/callbacks/{provider_name}/{REDACTED_TOKEN}" if token else request.rel_url.raw_path,
+        query=request.rel_url.raw_query_string,
+        headers=_header_pairs(request),
+        body=body,
+        remote_addr=request.remote,
+        received_at=received_now(),
+    )
+    failure = authenticate(
+        provider,
+        context.settings.provider(provider_name),
+        raw.as_callback_request(),
+        token=token,
+        remote=request.remote,
+        now=raw.received_at,
+    )
+    normalised = judge(
+        context.registry,
+        raw,
+        rejected=failure.reason if failure is not None else None,
+        max_events=context.settings.max_events_per_callback,
+    )
+    try:
+        result, kept_error = await ingestion.writer.store(raw, normalised)
+    except Exception as error:
+        # Only an outage (connection, timeout, server shutting down...): not the data refused,
+        # not an overload (503 sheds it), which the spool would hide.
+        if ingestion.spool is None or not is_database_unavailable(error):
+            raise
+        return await _spooled(ingestion.spool, raw, failure, error)
+    new_events = len(result.new_events)
+    CALLBACKS.labels(provider_name, result.outcome).inc()
+    structlog.contextvars.bind_contextvars(
+        outcome=result.outcome, raw_id=str(raw.id), events=new_events
+    )
+    if failure is not None:
+        log.warning("callback_rejected", reason=failure.reason, remote=request.remote)
+        raise (Forbidden if failure.status == 403 else AuthError)(failure.reason)
+    answer = {
+        "status": result.outcome,
+        "raw_id": str(raw.id),
+        "events": new_events,
+        "duplicates": len(result.events) - new_events,
+    }
+    if result.outcome == UNPARSED:
+        log.warning("callback_unparsed", error=kept_error)
+        answer["error"] = kept_error
+        return web.json_response(answer, status=202)
+    return web.json_response(answer, status=200)
+
+
+async def _spooled(
+    spool: Spool, raw: RawCallback, failure: AuthFailure | None, error: Exception
+) -> web.Response:
+    """Postgres cannot take the callback now: kept in the spool (fsynced) and acknowledged, or,
+    when the spool is full too, "retry later" as before."""
+    rejected = failure.reason if failure is not None else None
+    status = failure.status if failure is not None else None
+    if not await spool.append(raw, rejected, status):
+        log.error("spool_full", raw_id=str(raw.id))
+        raise error
+    CALLBACKS.labels(raw.provider, "spooled").inc()
+    structlog.contextvars.bind_contextvars(outcome="spooled", raw_id=str(raw.id))
+    log.warning("callback_spooled", error=repr(error))
+    if failure is not None:
+        raise (Forbidden if failure.status == 403 else AuthError)(failure.reason)
+    return web.json_response({"status": "spooled", "raw_id": str(raw.id)}, status=202)

@@ -1,0 +1,42 @@
+"""GET /v1/inbound: replies from handsets, newest first, each with the message it most likely
+answers."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from receiver.context import AppContext
+from receiver.http import params
+from receiver.storage import events
+from receiver.storage.events import event_json
+
+
+async def inbound(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    limit = params.limit(request)
+    async with context.db.connection() as connection:
+        rows = await events.inbound(
+            connection,
+            provider=params.text(request, "provider"),
+            handset=params.number(request, "from"),
+            ours=params.number(request, "to"),
+            since=params.moment(request, "since"),
+            until=params.moment(request, "until"),
+            after=params.parse_keyset_cursor(request),
+            limit=limit + 1,
+        )
+    page = rows[:limit]
+    return web.json_response(
+        {
+            "data": [
+                event_json(row)
+                | {"in_reply_to": str(row["in_reply_to"]) if row["in_reply_to"] else None}
+                for row in page
+            ],
+            "next_cursor": (
+                params.keyset_cursor(page[-1]["stored_at"], page[-1]["id"])
+                if len(rows) > limit
+                else None
+            ),
+        }
+    )

@@ -1,0 +1,146 @@
+"""GET /v1/messages[...]: what happened to a message, per recipient, with its event timeline."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from normalizers.events import Status, rfc3339
+from receiver.context import AppContext
+from receiver.http import params
+from receiver.http.errors import BadRequest, NotFound
+from receiver.storage import events, messages
+from receiver.storage.messages import is_pending
+from receiver.storage.pool import Connection
+
+
+def message_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "provider": row["provider"],
+        "from": row["sender"],
+        "body": row["body"],
+        "ref": row["client_ref"],
+        "segments": row["segments"],
+        "encoding": row["encoding"],
+        "provider_segments": row["provider_segments"],
+        "send_at": rfc3339(row["send_at"]) if row["send_at"] else None,
+        "expires_at": rfc3339(row["expires_at"]) if row["expires_at"] else None,
+        "created_at": rfc3339(row["created_at"]),
+    }
+
+
+def recipient_json(row: asyncpg.Record) -> dict[str, Any]:
+    pmid = row["provider_message_id"]
+    return {
+        "to": row["recipient"] or None,
+        "status": row["status"],
+        "final": row["final"],
+        "failure_kind": row["failure_kind"],
+        "provider_message_id": None if is_pending(pmid) else pmid,
+        "segments": row["segments"],
+        "price": json.loads(row["price"]) if row["price"] else None,
+        "sequence": row["sequence"],
+        "updated_at": rfc3339(row["updated_at"]),
+    }
+
+
+async def message_view(connection: Connection, message_id: uuid.UUID) -> dict[str, Any] | None:
+    row = await messages.message(connection, message_id)
+    if row is None:
+        return None
+    recipients = await messages.recipients_of_message(connection, message_id)
+    return message_json(row) | {
+        "recipients": [recipient_json(r) for r in recipients],
+        "events": await events.timeline_of_message(connection, message_id),
+    }
+
+
+async def get_message(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    message_id = params.uuid_or_none(request.match_info["id"])
+    if message_id is None:
+        raise NotFound("no such message")
+    async with context.db.connection() as connection:
+        view = await message_view(connection, message_id)
+    if view is None:
+        raise NotFound("no such message")
+    return web.json_response(view)
+
+
+async def by_provider_id(request: web.Request) -> web.Response:
+    """The message a provider's id belongs to; or, when only its reports are known (orphans:
+    the message was not sent through the hub, or its answer is still on its way), those."""
+    context = request.app[AppContext.KEY]
+    provider = request.match_info["provider"]
+    pmid = request.match_info["provider_message_id"]
+    async with context.db.connection() as connection:
+        recipients = await messages.recipients_of_provider_id(connection, provider, pmid)
+        owner = next((r["message_id"] for r in recipients if r["message_id"]), None)
+        if owner is not None:
+            view = await message_view(connection, owner)
+            if view is not None:
+                return web.json_response(view)
+        if not recipients:
+            raise NotFound(f"nothing known of {provider} id {pmid!r}")
+        timeline = await events.timeline_of_provider_id(connection, provider, pmid)
+    return web.json_response(
+        {
+            "id": None,
+            "provider": provider,
+            "orphan": True,
+            "recipients": [recipient_json(r) for r in recipients],
+            "events": timeline,
+        }
+    )
+
+
+async def list_messages(request: web.Request) -> web.Response:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    context = request.app[AppContext.KEY]
+    limit = params.limit(request)
+    status = params.text(request, "status")
+    if status is not None and status not in {s.value for s in Status}:
+        raise BadRequest(f"unknown status {status!r}")
+    to = params.number(request, "to")
+    cursor = params.parse_keyset_cursor(request)
+    after = None
+    if cursor is not None:
+        after_id = params.uuid_or_none(cursor[1])
+        if after_id is None:
+            raise BadRequest("not a cursor")
+        after = (cursor[0], after_id)
+    async with context.db.connection() as connection:
+        rows = await messages.list_messages(
+            connection,
+            ref=params.text(request, "ref"),
+            provider=params.text(request, "provider"),
+            status=status,
+            to=to,
+            since=params.moment(request, "since"),
+            until=params.moment(request, "until"),
+            after=after,
+            limit=limit + 1,
+        )
+        page = rows[:limit]
+        recipients = await messages.recipients_of_messages(connection, [row["id"] for row in page])
+    by_message: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    for recipient in recipients:
+        by_message.setdefault(recipient["message_id"], []).append(recipient_json(recipient))
+    next_cursor = (
+        params.keyset_cursor(page[-1]["created_at"], str(page[-1]["id"]))
+        if len(rows) > limit and page
+        else None
+    )
+    return web.json_response(
+        {
+            "data": [
+                message_json(row) | {"recipients": by_message.get(row["id"], [])} for row in page
+            ],
+            "next_cursor": next_cursor,
+        }
+    )

@@ -1,0 +1,124 @@
+"""GET /v1/raw-callbacks[/{id}]: every provider request as it arrived, for the operator; values
+of secret-looking headers, query and body fields shown redacted."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+from aiohttp import web
+
+from normalizers.events import rfc3339
+from receiver.context import AppContext
+from receiver.http import params
+from receiver.http.errors import BadRequest, NotFound
+from receiver.redaction import REDACTED, is_secret_name
+from receiver.storage import callbacks, events
+from receiver.storage.callbacks import OUTCOMES
+
+
+def _redacted_headers(headers: Any) -> list[list[str]]:
+    pairs = list(headers.items()) if isinstance(headers, dict) else headers
+    return [[name, REDACTED if is_secret_name(name) else value] for name, value in pairs]
+
+
+def _redacted_query(query: str) -> str:
+    pairs = parse_qsl(query.replace(";", "&"), keep_blank_values=True)
+    return urlencode([(k, REDACTED if is_secret_name(k) else v) for k, v in pairs])
+
+
+def _redacted_body(text: str) -> str:
+    """Secret-looking fields of a JSON or form body, wherever they are."""
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        try:
+            return json.dumps(_redacted_json(json.loads(stripped)))
+        except ValueError:
+            return text
+    if "=" in stripped and "\n" not in stripped:
+        return _redacted_query(stripped)
+    return text
+
+
+def _redacted_json(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: REDACTED if is_secret_name(str(k)) else _redacted_json(v) for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_redacted_json(item) for item in value]
+    return value
+
+
+def _raw_summary(row: Any) -> dict[str, Any]:
+    return {
+        "id": str(row["id"]),
+        "provider": row["provider"],
+        "source": row["source"],
+        "method": row["method"],
+        "path": row["path"],
+        "outcome": row["outcome"],
+        "error": row["error"],
+        "event_count": row["event_count"],
+        "remote_addr": row["remote_addr"],
+        "received_at": rfc3339(row["received_at"]),
+    }
+
+
+async def raw_callbacks(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    outcome = params.text(request, "outcome")
+    if outcome is not None and outcome not in OUTCOMES:
+        raise BadRequest(f"outcome is one of {', '.join(OUTCOMES)}")
+    limit = params.limit(request)
+    cursor = params.parse_keyset_cursor(request)
+    async with context.db.connection() as connection:
+        rows = await callbacks.list_raw_callbacks(
+            connection,
+            outcome=outcome,
+            provider=params.text(request, "provider"),
+            after=(cursor[0], params.uuid_or_none(cursor[1])) if cursor else None,
+            limit=limit + 1,
+        )
+    page = rows[:limit]
+    return web.json_response(
+        {
+            "data": [_raw_summary(row) for row in page],
+            "next_cursor": (
+                params.keyset_cursor(page[-1]["received_at"], str(page[-1]["id"]))
+                if len(rows) > limit
+                else None
+            ),
+        }
+    )
+
+
+async def raw_callback(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    raw_id = params.uuid_or_none(request.match_info["id"])
+    if raw_id is None:
+        raise NotFound("no such raw callback")
+    async with context.db.connection() as connection:
+        row = await callbacks.raw_callback(connection, raw_id)
+        stored_events = await events.events_of_raw(connection, raw_id)
+    if row is None:
+        raise NotFound("no such raw callback")
+    body = bytes(row["body"])
+    try:
+        shown: dict[str, Any] = {
+            "body": _redacted_body(body.decode("utf-8")),
+            "body_encoding": "utf-8",
+        }
+    except UnicodeDecodeError:
+        shown = {"body": base64.b64encode(body).decode(), "body_encoding": "base64"}
+    return web.json_response(
+        _raw_summary(row)
+        | {
+            "query": _redacted_query(row["query"]),
+            "headers": _redacted_headers(json.loads(row["headers"])),
+            "events": stored_events,
+        }
+        | shown
+    )

@@ -1,0 +1,207 @@
+"""Calling a provider's send API through its adapter (retrying only where its API makes that
+safe), and storing what it answered like a callback: the same state machine, the raw answer
+kept."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+import uuid
+
+import aiohttp
+import asyncpg
+import structlog
+
+from normalizers.base import (
+    HttpRequest,
+    HttpResponse,
+    Provider,
+    ProviderAccount,
+    SendOutcome,
+    SendRequest,
+    not_sent,
+    unanswered,
+)
+from normalizers.events import Event
+from receiver.config import Settings
+from receiver.context import AppContext
+from receiver.http.errors import BadRequest
+from receiver.storage import callbacks, messages
+from receiver.storage.callbacks import NORMALISED, RawCallback, received_now
+from receiver.storage.errors import lost_conflict
+from receiver.storage.pool import Connection
+
+log = structlog.get_logger("receiver.sending.providers")
+
+# Tries at storing a send answer that lost a lock conflict with concurrent callbacks.
+STORE_ATTEMPTS = 3
+
+
+def account_of(settings: Settings, provider: str) -> ProviderAccount:
+    config = settings.provider(provider)
+    if config.base_url is None and settings.sandbox:
+        # The simulated provider checks that credentials are given, not what they are.
+        return ProviderAccount(
+            base_url=f"{settings.public_base_url.rstrip('/')}/sandbox/{provider}",
+            api_key="sandbox",
+            account_sid="ACSANDBOX",
+            property_sid="PSSANDBOX",
+        )
+    if config.base_url is None:
+        raise BadRequest(f"no {provider.upper()}__BASE_URL is configured for sending")
+    return ProviderAccount(
+        base_url=config.base_url.rstrip("/"),
+        api_key=config.api_key.get_secret_value() if config.api_key else None,
+        account_sid=config.account_sid,
+        property_sid=config.property_sid,
+    )
+
+
+def callback_url(settings: Settings, provider: str) -> str:
+    token = settings.provider(provider).callback_token
+    url = f"{settings.public_base_url.rstrip('/')}/callbacks/{provider}"
+    return f"{url}/{token.get_secret_value()}" if token else url
+
+
+async def call_provider(
+    context: AppContext,
+    provider: Provider,
+    account: ProviderAccount,
+    call: HttpRequest,
+    send: SendRequest,
+) -> tuple[SendOutcome, HttpResponse | None]:
+    """The provider's answer to one call. It is tried again (bounded, with backoff) only when
+    the answer itself says nothing was sent and a retry is safe (23 Telecom's DB_ERROR): a
+    timeout, a lost connection or an unreadable answer may hide a sent message."""
+    settings = context.settings
+    url = account.base_url + call.path
+    outcome: SendOutcome | None = None
+    response: HttpResponse | None = None
+    for attempt in range(1, settings.send_attempts + 1):
+        started = time.perf_counter()
+        response = None
+        try:
+            async with context.http.request(
+                call.method,
+                url,
+                json=call.json_body,
+                headers=dict(call.headers),
+                timeout=aiohttp.ClientTimeout(total=settings.send_timeout_s),
+                allow_redirects=False,
+            ) as answer:
+                response = HttpResponse(
+                    status=answer.status, body=await answer.read(), headers=dict(answer.headers)
+                )
+            outcome = provider.parse_send_response(call, send, response, received_now())
+        except aiohttp.ClientConnectorError as error:
+            outcome = not_sent(provider.name, call, send, repr(error)[:500], received_now())
+        except (aiohttp.ClientError, TimeoutError) as error:
+            reason = f"{type(error).__name__}: {error}"[:500]
+            outcome = unanswered(provider.name, call, send, reason, received_now())
+        except Exception as error:  # the adapter could not read the answer
+            log.exception("send_answer_unreadable", path=call.path)
+            reason = f"unreadable answer ({type(error).__name__}: {error})"[:500]
+            outcome = unanswered(provider.name, call, send, reason, received_now())
+        log.info(
+            "provider_call",
+            path=call.path,
+            recipients=len(call.recipients),
+            attempt=attempt,
+            status=response.status if response else None,
+            refused=outcome.refused,
+            latency_ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        if not (outcome.refused and outcome.retry) or attempt == settings.send_attempts:
+            break
+        await asyncio.sleep(0.5 * 2 ** (attempt - 1) * (0.5 + random.random()))  # noqa: S311
+    assert outcome is not None
+    return outcome, response
+
+
+async def store_outcome(
+    context: AppContext,
+    provider: Provider,
+    send: SendRequest,
+    message_id: uuid.UUID,
+    call: HttpRequest,
+    outcome: SendOutcome,
+    response: HttpResponse | None,
+) -> None:
+    """Give each recipient the provider's id, then store the answer and its events like a
+    callback: the same state machine, the raw answer kept."""
+    pending = messages.pending_id(message_id)
+    raw = RawCallback(
+        id=uuid.uuid4(),
+        provider=provider.name,
+        method=call.method,
+        path=call.path,
+        query="",
+        headers=list(response.headers.items()) if response else [],
+        body=response.body if response else b"",
+        remote_addr=None,
+        received_at=received_now(),
+    )
+    for attempt in range(1, STORE_ATTEMPTS + 1):
+        try:
+            async with (
+                context.db.connection() as connection,
+                connection.transaction(),
+            ):
+                await _store_answer(connection, provider, message_id, pending, raw, outcome)
+            return
+        except asyncpg.PostgresError as error:
+            # Lost a lock conflict with concurrent callbacks (the transaction is undone, the
+            # provider has answered): store it again rather than lose its ids.
+            if not lost_conflict(error) or attempt == STORE_ATTEMPTS:
+                raise
+            log.warning("send_answer_store_retried", attempt=attempt, error=repr(error))
+
+
+async def _store_answer(
+    connection: Connection,
+    provider: Provider,
+    message_id: uuid.UUID,
+    pending: str,
+    raw: RawCallback,
+    outcome: SendOutcome,
+) -> None:
+    events = []
+    # In recipient key order, the order in which callbacks lock recipients too: a send
+    # answer and a batch of callbacks sharing recipients queue instead of deadlocking.
+    for event in sorted(outcome.events, key=_recipient_key):
+        provider_id = event.provider_message_id
+        if provider_id and event.recipient is not None:
+            adopted = await messages.adopt_recipient(
+                connection, message_id, provider.name, provider_id, event.recipient
+            )
+            if adopted is None:
+                log.error(
+                    "provider_id_reused",
+                    provider_message_id=provider_id,
+                    recipient=event.recipient,
+                )
+                provider_id = None
+            elif adopted == 0:
+                # Not one of the message's recipients (a CarrierX group handset): its
+                # reports are kept under the provider's id, unattached.
+                log.warning(
+                    "recipient_not_in_message",
+                    provider_message_id=provider_id,
+                    recipient=event.recipient,
+                )
+        if provider_id is None:
+            event = dataclasses.replace(event, provider_message_id=pending)
+        events.append(event.stored_raw(str(raw.id)))
+        part_ids = outcome.parts.get(event.recipient or "")
+        if provider_id is not None and event.recipient is not None and part_ids:
+            await messages.register_parts(
+                connection, provider.name, provider_id, event.recipient, part_ids
+            )
+    await callbacks.store_callback(connection, raw, outcome=NORMALISED, error=None, events=events)
+    await callbacks.mark_send_answer(connection, raw.id)
+
+
+def _recipient_key(event: Event) -> tuple[str, str]:
+    return (event.provider_message_id or "", event.recipient or "")

@@ -1,0 +1,300 @@
+"""POST /v1/messages: validate, remember the Idempotency-Key, store the message, call the
+provider through its adapter (see `providers`), and say per recipient what happened."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from normalizers.base import (
+    OUTCOME_UNKNOWN,
+    HttpRequest,
+    OptionsError,
+    Provider,
+    ProviderAccount,
+    SendOutcome,
+    SendRequest,
+    to_e164,
+)
+from normalizers.encoding import segment
+from normalizers.events import Event
+from receiver.context import AppContext
+from receiver.http.apikeys import API_KEY
+from receiver.http.bodies import read_model
+from receiver.http.errors import (
+    BadRequest,
+    Conflict,
+    ReceiverError,
+    TooManyRequests,
+    Unprocessable,
+    error_body,
+)
+from receiver.http.fields import Moment, PlainText
+from receiver.sending.providers import account_of, call_provider, callback_url, store_outcome
+from receiver.sending.ratelimit import RateLimiter, retry_after_header
+from receiver.storage import idempotency, messages
+
+log = structlog.get_logger("receiver.sending.route")
+
+# Calls to one provider at once for one message (fan-out providers take one recipient a call).
+CALLS_AT_ONCE = 10
+
+# Requests to the send API, per API key (or per address without keys).
+SEND_LIMITER = web.AppKey("send_limiter", RateLimiter)
+
+
+@dataclasses.dataclass
+class SendProgress:
+    provider_called: bool = False
+
+
+class SendMessageIn(BaseModel):
+    """The body of POST /v1/messages."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provider: PlainText | None = None
+    to: list[str] = Field(min_length=1, max_length=10_000)
+    sender: PlainText | None = Field(default=None, alias="from", max_length=64)
+    body: PlainText = Field(min_length=1, max_length=4096)
+    ref: PlainText | None = Field(default=None, max_length=255)
+    send_at: Moment | None = None
+    expires_at: Moment | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("to")
+    @classmethod
+    def e164_numbers(cls, numbers: list[str]) -> list[str]:
+        cleaned = []
+        for number in numbers:
+            e164 = to_e164(number)
+            if e164 is None or not e164.startswith("+") or not 8 <= len(e164) <= 16:
+                raise ValueError(f"not an E.164 number: {number!r}")
+            cleaned.append(e164)
+        if len(set(cleaned)) != len(cleaned):
+            raise ValueError("a number is given twice")
+        return cleaned
+
+
+async def handle_send(request: web.Request) -> web.Response:
+    context: AppContext = request.app[AppContext.KEY]
+    settings = context.settings
+    caller = f"key {request[API_KEY].id}" if API_KEY in request else f"address {request.remote}"
+    wait_s = request.app[SEND_LIMITER].take(caller)
+    if wait_s is not None:
+        raise TooManyRequests(
+            f"more than {settings.send_rate_per_s:g} requests per second (burst"
+            f" {settings.send_burst}) for this {caller.split()[0]}",
+            retry_after=retry_after_header(wait_s),
+        )
+    incoming = await read_model(request, SendMessageIn)
+
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        status, answer = await _checked_send(context, incoming, None)
+        return web.json_response(answer, status=status)
+    if not 1 <= len(key) <= 255:
+        raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+    # The key is claimed before anything that depends on time or configuration, so that a
+    # replay answers what the first request answered, refusals included.
+    request_hash = hashlib.sha256(
+        json.dumps(incoming.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+    ).hexdigest()
+    async with context.db.connection() as connection:
+        claim = await idempotency.claim_idempotency(
+            connection, key, request_hash, settings.idempotency_ttl_s
+        )
+    if claim.state == "replay":
+        return web.json_response(claim.body, status=claim.status or 200)
+    if claim.state == "conflict":
+        raise Conflict("this Idempotency-Key was used with another request body")
+    if claim.state == "in_progress":
+        raise Conflict("a request with this Idempotency-Key is still running")
+    progress = SendProgress()
+    try:
+        status, answer = await _checked_send(context, incoming, key, progress)
+    except ReceiverError as error:  # a refusal: answered again to a retry with the key
+        status, answer = error.status, error_body(error.code, error.message, error.details)
+    except BaseException:
+        # Once the provider has been called a retry could send the SMS twice: the key then
+        # stays taken (409 until it expires). Before that (a database unavailable, say: no
+        # answer to remember), the key is free again.
+        if not progress.provider_called:
+            async with context.db.connection() as connection:
+                await idempotency.release_idempotency(connection, key)
+        raise
+    try:
+        async with context.db.connection() as connection:
+            await idempotency.complete_idempotency(
+                connection, key, status, answer, settings.idempotency_ttl_s
+            )
+    except Exception:
+        log.exception("idempotency_answer_not_stored", key=key)
+    return web.json_response(answer, status=status)
+
+
+async def _checked_send(
+    context: AppContext,
+    incoming: SendMessageIn,
+    key: str | None,
+    progress: SendProgress | None = None,
+) -> tuple[int, dict[str, Any]]:
+    settings = context.settings
+    name = incoming.provider or settings.default_provider
+    if name is None:
+        raise BadRequest("no provider given and no DEFAULT_PROVIDER configured")
+    provider = context.registry.get(name)
+    if provider is None:
+        raise BadRequest(f"unknown provider {name!r}", details={"known": sorted(context.registry)})
+    structlog.contextvars.bind_contextvars(provider=name)
+    account = account_of(settings, name)
+    message_id = uuid.uuid4()
+    send = SendRequest(
+        to=incoming.to,
+        sender=incoming.sender,
+        body=incoming.body,
+        message_id=str(message_id),
+        client_ref=incoming.ref,
+        callback_url=callback_url(settings, name),
+        send_at=incoming.send_at,
+        expires_at=incoming.expires_at,
+    )
+    try:
+        options = provider.validate_options(incoming.options, send, datetime.now(UTC))
+    except OptionsError as error:
+        raise Unprocessable("the options are not valid", details=error.details) from None
+    send = dataclasses.replace(send, options=options)
+    return await _send(
+        context, provider, account, send, incoming, message_id, key, progress or SendProgress()
+    )
+
+
+async def _send(
+    context: AppContext,
+    provider: Provider,
+    account: ProviderAccount,
+    send: SendRequest,
+    incoming: SendMessageIn,
+    message_id: uuid.UUID,
+    key: str | None,
+    progress: SendProgress,
+) -> tuple[int, dict[str, Any]]:
+    local = segment(send.body)
+    async with context.db.connection() as connection:
+        await messages.create_message(
+            connection,
+            message_id,
+            provider.name,
+            send.to,
+            sender=send.sender,
+            body=send.body,
+            client_ref=send.client_ref,
+            segments=local.segments,
+            encoding=local.encoding,
+            request=incoming.model_dump(mode="json", by_alias=True),
+            send_at=send.send_at,
+            expires_at=send.expires_at,
+            idempotency_key=key,
+        )
+    structlog.contextvars.bind_contextvars(message_id=str(message_id))
+    calls = provider.build_send_request(send, account)
+    limit = asyncio.Semaphore(CALLS_AT_ONCE)
+    progress.provider_called = True
+    stored = True
+
+    # From here on the provider may have sent: whatever fails on our side, the client gets what
+    # is known (never a "retry" that could send twice), and the log has what was not stored.
+    async def one(call: HttpRequest) -> SendOutcome:
+        nonlocal stored
+        async with limit:
+            outcome, answer = await call_provider(context, provider, account, call, send)
+        try:
+            await store_outcome(context, provider, send, message_id, call, outcome, answer)
+        except Exception:
+            stored = False
+            log.exception(
+                "send_answer_not_stored",
+                recipients=list(call.recipients),
+                provider_ids=[e.provider_message_id for e in outcome.events],
+                statuses=[str(e.status) for e in outcome.events],
+            )
+        return outcome
+
+    outcomes = await asyncio.gather(*(one(call) for call in calls))
+    context.signal.new_events()
+    provider_segments = max((o.segments or 0 for o in outcomes), default=0) or None
+    if provider_segments is not None and provider_segments != local.segments:
+        log.warning("segment_count_differs", ours=local.segments, provider=provider_segments)
+    recipients: list[dict[str, Any]] | None = None
+    try:
+        async with context.db.connection() as connection:
+            if provider_segments is not None:
+                await messages.set_provider_segments(connection, message_id, provider_segments)
+            rows = await messages.recipients_as_answered(connection, message_id)
+        recipients = [
+            {
+                "to": row["recipient"],
+                "status": row["status"],
+                "final": row["final"],
+                "provider_message_id": row["provider_message_id"],
+                "failure_kind": row["failure_kind"],
+                "error_code": row["error_code"],
+                "error_message": row["error_message"],
+            }
+            for row in rows
+        ]
+    except Exception:
+        stored = False
+        log.exception("message_state_not_read")
+    if recipients is None or not stored:
+        recipients = [_as_answered(event) for outcome in outcomes for event in outcome.events]
+    answer: dict[str, Any] = {
+        "id": str(message_id),
+        "provider": provider.name,
+        "segments": local.segments,
+        "encoding": local.encoding,
+        "provider_segments": provider_segments,
+        "stored": stored,
+        "recipients": recipients,
+    }
+    if all(outcome.refused for outcome in outcomes):
+        first = outcomes[0]
+        unknown = first.error_code == OUTCOME_UNKNOWN
+        error = error_body(
+            "provider_outcome_unknown" if unknown else "provider_refused",
+            (
+                f"{provider.name} did not answer usably: the message may or may not have been"
+                " sent (do not send it again blindly; later reports are still recorded)"
+                if unknown
+                else f"{provider.name} refused the message"
+            ),
+            {
+                "provider_error_code": first.error_code,
+                "provider_error_message": first.error_message,
+                "message": answer,
+            },
+        )
+        return 502, error
+    return 201, answer
+
+
+def _as_answered(event: Event) -> dict[str, Any]:
+    """A recipient as the provider's answer says, when the stored state cannot be read."""
+    return {
+        "to": event.recipient,
+        "status": str(event.status),
+        "final": event.final,
+        "provider_message_id": event.provider_message_id,
+        "failure_kind": event.failure_kind,
+        "error_code": event.error_code,
+        "error_message": event.error_message,
+    }

@@ -1,0 +1,249 @@
+"""Messages and their recipients: stored before the provider is called, given the provider's
+ids from its answer, and read back for the query API."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from normalizers.base import to_e164
+from receiver.storage.pool import Connection
+
+# The provisional provider id of a message's recipients until the provider names its own.
+PENDING_PREFIX = "pending:"
+
+
+def pending_id(message_id: uuid.UUID) -> str:
+    return f"{PENDING_PREFIX}{message_id}"
+
+
+def is_pending(provider_message_id: str) -> bool:
+    return provider_message_id.startswith(PENDING_PREFIX)
+
+
+async def create_message(
+    connection: Connection,
+    message_id: uuid.UUID,
+    provider: str,
+    recipients: Sequence[str],
+    *,
+    sender: str | None,
+    body: str,
+    client_ref: str | None,
+    segments: int,
+    encoding: str,
+    request: Any,
+    send_at: datetime | None,
+    expires_at: datetime | None,
+    idempotency_key: str | None,
+) -> None:
+    """The message and its recipients, stored before the provider is called."""
+    async with connection.transaction():
+        await connection.execute(
+            """
+            INSERT INTO messages (id, provider, sender, body, client_ref, segments, encoding,
+                                  request, send_at, expires_at, idempotency_key)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
+            """,
+            message_id,
+            provider,
+            to_e164(sender),  # as reports will name it, so that replies find their message
+            body,
+            client_ref,
+            segments,
+            encoding,
+            json.dumps(request),
+            send_at,
+            expires_at,
+            idempotency_key,
+        )
+        await connection.executemany(
+            """
+            INSERT INTO message_recipients
+                (message_id, provider, provider_message_id, recipient, status, final, sequence,
+                 segments)
+            VALUES ($1, $2, $3, $4, 'unknown', false, 0, $5)
+            """,
+            [(message_id, provider, pending_id(message_id), to, segments) for to in recipients],
+        )
+
+
+async def adopt_recipient(
+    connection: Connection,
+    message_id: uuid.UUID,
+    provider: str,
+    provider_message_id: str,
+    recipient: str,
+) -> int | None:
+    """The recipient row now under the provider's id; None if that id is another message's."""
+    row_id: int | None = await connection.fetchval(
+        "SELECT adopt_recipient($1, $2, $3, $4, $5)",
+        message_id,
+        provider,
+        pending_id(message_id),
+        provider_message_id,
+        recipient,
+    )
+    return row_id
+
+
+async def register_parts(
+    connection: Connection,
+    provider: str,
+    provider_message_id: str,
+    recipient: str,
+    part_ids: Sequence[str],
+) -> None:
+    await connection.execute(
+        "SELECT register_parts($1, $2, $3, $4)",
+        provider,
+        provider_message_id,
+        recipient,
+        list(part_ids),
+    )
+
+
+async def set_provider_segments(
+    connection: Connection, message_id: uuid.UUID, segments: int
+) -> None:
+    await connection.execute(
+        "UPDATE messages SET provider_segments = $2 WHERE id = $1", message_id, segments
+    )
+
+
+async def recipients_as_answered(
+    connection: Connection, message_id: uuid.UUID
+) -> list[asyncpg.Record]:
+    """A message's recipients as the send API answers them, each with its latest error."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        """
+        SELECT r.recipient, r.status, r.final, r.failure_kind, r.segments,
+               CASE WHEN r.provider_message_id LIKE 'pending:%' THEN NULL
+                    ELSE r.provider_message_id END AS provider_message_id,
+               e.error_code, e.error_message
+        FROM message_recipients r
+        LEFT JOIN LATERAL (
+            SELECT error_code, error_message FROM events
+            WHERE recipient_id = r.id AND error_code IS NOT NULL
+            ORDER BY sequence DESC LIMIT 1
+        ) e ON true
+        WHERE r.message_id = $1
+        ORDER BY r.id
+        """,
+        message_id,
+    )
+    return rows
+
+
+# --- the query API -----------------------------------------------------------------------------
+
+MESSAGE_COLUMNS = """
+    m.id, m.provider, m.sender, m.body, m.client_ref, m.segments, m.encoding,
+    m.provider_segments, m.send_at, m.expires_at, m.created_at
+"""
+
+RECIPIENT_COLUMNS = (
+    "r.recipient, r.status, r.final, r.failure_kind, r.provider_message_id, r.segments, r.price,"
+    " r.sequence, r.updated_at, r.message_id"
+)
+
+
+async def message(connection: Connection, message_id: uuid.UUID) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = $1", message_id
+    )
+    return row
+
+
+async def recipients_of_message(
+    connection: Connection, message_id: uuid.UUID
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"SELECT {RECIPIENT_COLUMNS} FROM message_recipients r WHERE r.message_id = $1"
+        " ORDER BY r.id",
+        message_id,
+    )
+    return rows
+
+
+async def recipients_of_provider_id(
+    connection: Connection, provider: str, provider_message_id: str
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"SELECT {RECIPIENT_COLUMNS} FROM message_recipients r"
+        " WHERE r.provider = $1 AND r.provider_message_id = $2 ORDER BY r.id",
+        provider,
+        provider_message_id,
+    )
+    return rows
+
+
+async def recipients_of_messages(
+    connection: Connection, message_ids: Sequence[uuid.UUID]
+) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"SELECT {RECIPIENT_COLUMNS} FROM message_recipients r"
+        " WHERE r.message_id = ANY($1::uuid[]) ORDER BY r.id",
+        list(message_ids),
+    )
+    return rows
+
+
+async def list_messages(
+    connection: Connection,
+    *,
+    ref: str | None,
+    provider: str | None,
+    status: str | None,
+    to: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    after: tuple[datetime, uuid.UUID] | None,
+    limit: int,
+) -> list[asyncpg.Record]:
+    """Newest first, keyset-paginated on (created_at, id)."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"""
+        SELECT {MESSAGE_COLUMNS} FROM messages m
+        WHERE ($1::text IS NULL OR m.client_ref = $1)
+          AND ($2::text IS NULL OR m.provider = $2)
+          AND ($3::text IS NULL OR EXISTS (
+                SELECT 1 FROM message_recipients r WHERE r.message_id = m.id AND r.status = $3))
+          AND ($4::text IS NULL OR EXISTS (
+                SELECT 1 FROM message_recipients r WHERE r.message_id = m.id
+                AND r.recipient = $4))
+          AND ($5::timestamptz IS NULL OR m.created_at >= $5)
+          AND ($6::timestamptz IS NULL OR m.created_at < $6)
+          AND ($7::timestamptz IS NULL OR (m.created_at, m.id) < ($7, $8::uuid))
+        ORDER BY m.created_at DESC, m.id DESC
+        LIMIT $9
+        """,
+        ref,
+        provider,
+        status,
+        to,
+        since,
+        until,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+    return rows
+
+
+async def recipient_statuses(
+    connection: Connection, message_ids: Sequence[uuid.UUID]
+) -> list[asyncpg.Record]:
+    """(provider, recipient, status) of these messages' recipients (the demo's watch)."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        "SELECT m.provider, r.recipient, r.status FROM messages m"
+        " JOIN message_recipients r ON r.message_id = m.id"
+        " WHERE m.id = ANY($1::uuid[]) ORDER BY m.provider, r.recipient",
+        list(message_ids),
+    )
+    return rows

@@ -1,0 +1,72 @@
+"""Wake-ups: new events were stored. In-process waiters (the dispatcher, event streams) are woken
+at once; other instances through Postgres NOTIFY, sent by a small debouncer outside the ingest
+transactions (a NOTIFY inside each of them would serialise their commits)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import asyncpg
+import structlog
+
+log = structlog.get_logger("receiver.storage.notify")
+
+CHANNEL = "sms_receiver_events"
+
+
+class Signal:
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+        self._notify_pending = False
+        self._pool: asyncpg.Pool | None = None
+
+    def fire(self) -> None:
+        """Wake every waiter of this process."""
+        event, self._event = self._event, asyncio.Event()
+        event.set()
+
+    def current(self) -> asyncio.Event:
+        """The wake-up to wait for. Take it BEFORE looking for work: a fire that happens while
+        looking then still ends the wait that follows."""
+        return self._event
+
+    async def wait(self, timeout_s: float, wake: asyncio.Event | None = None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for((wake or self._event).wait(), timeout_s)
+
+    def new_events(self) -> None:
+        """Called after new events are committed: wake here now, and other instances soon."""
+        self.fire()
+        if self._pool is not None and not self._notify_pending:
+            self._notify_pending = True
+            asyncio.get_running_loop().create_task(self._notify_soon())
+
+    async def _notify_soon(self) -> None:
+        await asyncio.sleep(0.01)  # one NOTIFY for every event stored meanwhile
+        self._notify_pending = False
+        if self._pool is None:
+            return
+        try:
+            await self._pool.execute("SELECT pg_notify($1, '')", CHANNEL)
+        except Exception as error:  # the polling backstop covers a lost wake-up
+            log.warning("notify_failed", error=repr(error))
+
+    @contextlib.asynccontextmanager
+    async def connected(self, pool: asyncpg.Pool, dsn: str) -> AsyncIterator[None]:
+        """Send NOTIFYs through `pool`, and LISTEN (own connection) for other instances'."""
+        self._pool = pool
+        listener: asyncpg.Connection | None = None
+        try:
+            listener = await asyncpg.connect(dsn)
+            await listener.add_listener(CHANNEL, lambda *_: self.fire())
+        except Exception as error:
+            log.warning("listen_failed", error=repr(error))
+        try:
+            yield
+        finally:
+            self._pool = None
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.close()

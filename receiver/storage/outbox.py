@@ -1,0 +1,352 @@
+"""Re-emission: subscriptions, the deliveries outbox (claimed with FOR UPDATE SKIP LOCKED under
+a lease), and the attempts made."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from receiver.storage.events import EVENT_COLUMNS, event_json
+from receiver.storage.pool import Connection
+from receiver.storage.values import storable_text
+
+# --- subscriptions -----------------------------------------------------------------------------
+
+SUBSCRIPTION_COLUMNS = (
+    "id, url, filters, description, enabled, disabled_reason, failing_since, created_at,"
+    " updated_at, previous_secret_until"
+)
+
+
+async def create_subscription(
+    connection: Connection,
+    subscription_id: uuid.UUID,
+    url: str,
+    secret: str,
+    filters: dict[str, Any],
+    description: str | None,
+    enabled: bool,
+) -> asyncpg.Record:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"""
+        INSERT INTO subscriptions (id, url, secret, filters, description, enabled)
+        VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+        RETURNING {SUBSCRIPTION_COLUMNS}
+        """,
+        subscription_id,
+        url,
+        secret,
+        json.dumps(filters),
+        description,
+        enabled,
+    )
+    assert row is not None
+    return row
+
+
+async def list_subscriptions(connection: Connection) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
+    )
+    return rows
+
+
+async def get_subscription(
+    connection: Connection, subscription_id: uuid.UUID
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1", subscription_id
+    )
+    return row
+
+
+async def update_subscription(
+    connection: Connection, subscription_id: uuid.UUID, changes: dict[str, Any]
+) -> asyncpg.Record | None:
+    """Set the given fields (url, filters, description, enabled); enabling clears the reason."""
+    row: asyncpg.Record | None = await connection.fetchrow(
+        f"""
+        UPDATE subscriptions SET
+            url = coalesce($2, url),
+            filters = coalesce($3::jsonb, filters),
+            description = CASE WHEN $4 THEN $5 ELSE description END,
+            enabled = coalesce($6, enabled),
+            disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END,
+            failing_since = CASE WHEN $6 THEN NULL ELSE failing_since END,
+            updated_at = now()
+        WHERE id = $1
+        RETURNING {SUBSCRIPTION_COLUMNS}
+        """,
+        subscription_id,
+        changes.get("url"),
+        json.dumps(changes["filters"]) if "filters" in changes else None,
+        "description" in changes,
+        changes.get("description"),
+        changes.get("enabled"),
+    )
+    return row
+
+
+async def delete_subscription(connection: Connection, subscription_id: uuid.UUID) -> bool:
+    result: str = await connection.execute(
+        "DELETE FROM subscriptions WHERE id = $1", subscription_id
+    )
+    return result.endswith(" 1")
+
+
+async def rotate_secret(
+    connection: Connection, subscription_id: uuid.UUID, secret: str, overlap_s: int
+) -> bool:
+    """The new secret signs from now on; the old one signs too for `overlap_s`."""
+    result: str = await connection.execute(
+        """
+        UPDATE subscriptions SET
+            previous_secret = secret,
+            previous_secret_until = now() + make_interval(secs => $3),
+            secret = $2,
+            updated_at = now()
+        WHERE id = $1
+        """,
+        subscription_id,
+        secret,
+        overlap_s,
+    )
+    return result.endswith(" 1")
+
+
+async def replay(
+    connection: Connection, subscription_id: uuid.UUID, since: datetime, filters: dict[str, Any]
+) -> int:
+    """Queue again every event stored since `since` that the subscription (and the extra
+    filters) take; returns how many."""
+    result: str = await connection.execute(
+        """
+        INSERT INTO deliveries AS d (subscription_id, event_id)
+        SELECT s.id, e.id FROM subscriptions s JOIN events e ON e.stored_at >= $2
+        WHERE s.id = $1
+          AND subscription_takes(s.filters, e.type, e.provider, e.status)
+          AND subscription_takes($3::jsonb, e.type, e.provider, e.status)
+        ON CONFLICT (subscription_id, event_id) DO UPDATE SET
+            status = 'pending', attempts = 0, next_attempt_at = now(), leased_until = NULL,
+            lease_token = NULL, updated_at = now()
+        WHERE d.status <> 'delivering' OR d.leased_until < now()  -- never under a live lease
+        """,
+        subscription_id,
+        since,
+        json.dumps(filters),
+    )
+    return int(result.split()[-1])
+
+
+async def retry_delivery(connection: Connection, delivery_id: int) -> bool:
+    result: str = await connection.execute(
+        """
+        UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),
+            leased_until = NULL, lease_token = NULL, updated_at = now()
+        WHERE id = $1 AND (status <> 'delivering' OR leased_until < now())
+        """,
+        delivery_id,
+    )
+    return result.endswith(" 1")
+
+
+# --- the dispatcher ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    delivery_id: int
+    lease_token: uuid.UUID
+    attempt: int
+    subscription_id: uuid.UUID
+    url: str
+    secrets: tuple[str, ...]
+    event_id: str
+    body: str  # the schema-v1 event as JSON, as it is posted and signed
+
+
+async def claim_deliveries(
+    connection: Connection, limit: int, per_subscription: int, lease_s: float
+) -> list[Claimed]:
+    """Take at most `limit` due deliveries of enabled subscriptions (and those whose lease ran
+    out: their dispatcher died), keeping every subscription under `per_subscription` live leases
+    across all dispatchers, so that a slow subscriber never holds the others."""
+    token = uuid.uuid4()
+    rows = await connection.fetch(
+        f"""
+        WITH live AS (
+            SELECT subscription_id, count(*) AS leased FROM deliveries
+            WHERE status = 'delivering' AND leased_until >= now()
+            GROUP BY subscription_id
+        ), due AS (
+            -- Each subscription's oldest due deliveries, no more than its free slots: one
+            -- subscriber's backlog never fills the claim and leaves the others waiting.
+            SELECT d.id, d.next_attempt_at
+            FROM subscriptions s
+            LEFT JOIN live ON live.subscription_id = s.id
+            CROSS JOIN LATERAL (
+                SELECT d.id, d.next_attempt_at FROM deliveries d
+                WHERE d.subscription_id = s.id
+                  AND ((d.status = 'pending' AND d.next_attempt_at <= now())
+                       OR (d.status = 'delivering' AND d.leased_until < now()))
+                ORDER BY d.next_attempt_at
+                LIMIT greatest($2 - coalesce(live.leased, 0), 0)
+                FOR UPDATE OF d SKIP LOCKED
+            ) d
+            WHERE s.enabled
+        ), pick AS (
+            SELECT due.id FROM due ORDER BY due.next_attempt_at, due.id LIMIT $1
+        ), taken AS (
+            UPDATE deliveries d SET
+                status = 'delivering', attempts = d.attempts + 1,
+                leased_until = now() + make_interval(secs => $3), lease_token = $4,
+                updated_at = now()
+            FROM pick
+            WHERE d.id = pick.id
+            RETURNING d.id, d.attempts, d.subscription_id, d.event_id
+        )
+        SELECT taken.id AS delivery_id, taken.attempts, s.id AS subscription_id, s.url,
+               s.secret, s.previous_secret, s.previous_secret_until > now() AS both_secrets,
+               {EVENT_COLUMNS}
+        FROM taken
+        JOIN subscriptions s ON s.id = taken.subscription_id
+        JOIN events e ON e.id = taken.event_id
+        ORDER BY taken.id
+        """,
+        limit,
+        per_subscription,
+        lease_s,
+        token,
+    )
+    bodies: dict[str, str] = {}  # one event claimed for several subscribers: encoded once
+    for row in rows:
+        if row["id"] not in bodies:
+            bodies[row["id"]] = json.dumps(
+                event_json(row), separators=(",", ":"), ensure_ascii=False
+            )
+    return [
+        Claimed(
+            delivery_id=row["delivery_id"],
+            lease_token=token,
+            attempt=row["attempts"],
+            subscription_id=row["subscription_id"],
+            url=row["url"],
+            secrets=(
+                (row["secret"], row["previous_secret"])
+                if row["both_secrets"] and row["previous_secret"]
+                else (row["secret"],)
+            ),
+            event_id=row["id"],
+            body=bodies[row["id"]],
+        )
+        for row in rows
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One delivery attempt, as it ended."""
+
+    claimed: Claimed
+    started_at: datetime
+    status_code: int | None
+    latency_ms: float
+    excerpt: str | None
+    error: str | None
+    outcome: str  # the delivery's status from now on: delivered, pending (retry) or failed
+    next_attempt_in_s: float | None
+    disable_subscription: str | None  # why to disable it at once (410 Gone), if so
+
+
+async def record_attempts(
+    connection: Connection, attempts: Sequence[Attempt], disable_after_failing_s: float
+) -> list[bool]:
+    """Stores each attempt and, if its lease is still ours (else another dispatcher has the
+    delivery now: nothing changes), its consequence, all in one statement (one transaction);
+    returns whether each lease was ours. A subscription with a delivered attempt in the batch is
+    healthy again (unless one was answered 410); one whose attempts all failed is failing, and
+    is disabled by a 410 or after failing for `disable_after_failing_s`."""
+    rows = await connection.fetch(
+        """
+        WITH given AS (
+            SELECT * FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::float8[], $5::int[],
+                                 $6::text[], $7::int[], $8::timestamptz[], $9::float8[],
+                                 $10::text[], $11::text[], $12::uuid[])
+                AS g(delivery_id, lease_token, outcome, next_in, status_code, error, attempt,
+                     started_at, latency_ms, excerpt, disable, subscription_id)
+        ), owned AS (
+            UPDATE deliveries d SET
+                status = g.outcome,
+                next_attempt_at = CASE WHEN g.next_in IS NULL THEN d.next_attempt_at
+                                       ELSE now() + make_interval(secs => g.next_in) END,
+                leased_until = NULL, lease_token = NULL, last_status = g.status_code,
+                last_error = g.error,
+                delivered_at = CASE WHEN g.outcome = 'delivered' THEN now() END,
+                updated_at = now()
+            FROM given g
+            WHERE d.id = g.delivery_id AND d.lease_token = g.lease_token
+            RETURNING d.id, g.outcome, g.disable, g.subscription_id
+        ), recorded AS (
+            INSERT INTO delivery_attempts
+                (delivery_id, attempt, started_at, status_code, latency_ms, response_excerpt,
+                 error)
+            SELECT delivery_id, attempt, started_at, status_code, latency_ms, excerpt, error
+            FROM given
+        ), verdict AS (
+            SELECT subscription_id, bool_or(outcome = 'delivered') AS any_delivered,
+                   max(disable) AS disable
+            FROM owned GROUP BY subscription_id
+        ), healthy AS (
+            UPDATE subscriptions s SET failing_since = NULL
+            FROM verdict v
+            WHERE s.id = v.subscription_id AND v.any_delivered AND v.disable IS NULL
+              AND s.failing_since IS NOT NULL
+        ), failing AS (
+            UPDATE subscriptions s SET
+                failing_since = coalesce(s.failing_since, now()),
+                enabled = CASE WHEN v.disable IS NOT NULL
+                                 OR coalesce(s.failing_since, now())
+                                    < now() - make_interval(secs => $13)
+                               THEN false ELSE s.enabled END,
+                disabled_reason = CASE
+                    WHEN v.disable IS NOT NULL THEN v.disable
+                    WHEN coalesce(s.failing_since, now()) < now() - make_interval(secs => $13)
+                        THEN 'failing continuously'
+                    ELSE s.disabled_reason END,
+                updated_at = now()
+            FROM verdict v
+            WHERE s.id = v.subscription_id AND (NOT v.any_delivered OR v.disable IS NOT NULL)
+        )
+        SELECT id FROM owned
+        """,
+        [a.claimed.delivery_id for a in attempts],
+        [a.claimed.lease_token for a in attempts],
+        [a.outcome for a in attempts],
+        [a.next_attempt_in_s for a in attempts],
+        [a.status_code for a in attempts],
+        [storable_text(a.error) for a in attempts],
+        [a.claimed.attempt for a in attempts],
+        [a.started_at for a in attempts],
+        [a.latency_ms for a in attempts],
+        [storable_text(a.excerpt) for a in attempts],
+        [a.disable_subscription for a in attempts],
+        [a.claimed.subscription_id for a in attempts],
+        disable_after_failing_s,
+    )
+    owned = {row["id"] for row in rows}
+    return [a.claimed.delivery_id in owned for a in attempts]
+
+
+async def queue_counts(connection: Connection) -> dict[str, int]:
+    """Deliveries waiting (`pending`) and under way (`delivering`)."""
+    rows = await connection.fetch(
+        "SELECT status, count(*) AS n FROM deliveries"
+        " WHERE status IN ('pending', 'delivering') GROUP BY status"
+    )
+    return {row["status"]: row["n"] for row in rows}

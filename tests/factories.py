@@ -1,0 +1,57 @@
+"""Rows and registries the tests make: a message stored directly (not through the send API),
+orphan reports linked to it, and a registry with one provider replaced."""
+
+from __future__ import annotations
+
+import uuid
+
+from normalizers.base import Provider
+from normalizers.registry import Registry
+from receiver.storage.pool import Connection
+
+
+async def insert_message(
+    connection: Connection,
+    message_id: uuid.UUID,
+    provider: str,
+    *,
+    provider_message_id: str | None = None,
+    sender: str | None = None,
+    body: str | None = None,
+    client_ref: str | None = None,
+) -> None:
+    await connection.execute(
+        """
+        INSERT INTO messages (id, provider, provider_message_id, sender, body, client_ref)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        """,
+        message_id,
+        provider,
+        provider_message_id,
+        sender,
+        body,
+        client_ref,
+    )
+
+
+async def attach_orphans(
+    connection: Connection,
+    message_id: uuid.UUID,
+    provider: str,
+    provider_message_id: str,
+    recipient: str | None,
+) -> int:
+    """Link the reports that arrived before the message was known; returns the recipient row."""
+    row_id: int = await connection.fetchval(
+        "SELECT attach_orphans($1, $2, $3, $4)",
+        message_id,
+        provider,
+        provider_message_id,
+        recipient,
+    )
+    return row_id
+
+
+def with_override(base: Registry, provider: Provider) -> Registry:
+    """A registry where `provider` replaces the module of the same name."""
+    return {**base, provider.name: provider}

@@ -1,0 +1,166 @@
+"""telecom23 (23 Telecom): its callbacks (fixtures and status table), its HMAC callback signature,
+and its send adapter (batches of 100, per-recipient results, documented error codes)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import given
+
+from normalizers.base import CallbackRequest
+from normalizers.events import Status
+from normalizers.telecom23 import NAME, PROVIDER, STATUS_MAP
+from tests.corpus import Case
+from tests.normalizers.support import (
+    ACCOUNT,
+    NOW,
+    PROPERTY_SETTINGS,
+    answer,
+    assert_case_gives_its_expected_events,
+    assert_extra_fields_change_nothing,
+    assert_status_table_entry,
+    extra_fields,
+    for_each_case,
+    json_post,
+    send_request,
+)
+
+# --- callbacks ---------------------------------------------------------------------------------
+
+
+def status_report(word: str) -> CallbackRequest:
+    """A real-shaped telecom23 delivery webhook carrying `word` (test_every_provider uses it)."""
+    return json_post(NAME, {"message_id": "api_1", "recipient": "+14155551234", "status": word})
+
+
+@pytest.mark.parametrize(("word", "expected"), sorted(STATUS_MAP.items()))
+def test_status_table_entry(word: str, expected: Status) -> None:
+    assert_status_table_entry(PROVIDER, status_report, word, expected)
+
+
+@for_each_case(NAME)
+def test_fixture_gives_its_expected_events(case: Case) -> None:
+    assert_case_gives_its_expected_events(case)
+
+
+@for_each_case(NAME, json_body=True)
+@PROPERTY_SETTINGS
+@given(extra=extra_fields)
+def test_unknown_extra_fields_give_the_same_events(case: Case, extra: dict[str, Any]) -> None:
+    assert_extra_fields_change_nothing(case, extra)
+
+
+# --- the callback signature --------------------------------------------------------------------
+
+BODY = b'{"message_id":"api_1","status":"DELIVRD"}'
+SECRET = "whsec-23"
+
+
+def signed_request(secret: str, stamp: datetime, body: bytes = BODY) -> CallbackRequest:
+    """A callback signed as documented: HMAC-SHA256(secret, "{timestamp}.{raw body}")."""
+    timestamp = str(int(stamp.timestamp()))
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return CallbackRequest(
+        method="POST",
+        path="/callbacks/telecom23",
+        headers={"X-Webhook-Timestamp": timestamp, "X-Webhook-Signature": f"sha256={digest}"},
+        body=body,
+    )
+
+
+def test_accepts_its_documented_signature() -> None:
+    assert PROVIDER.verify_callback(signed_request(SECRET, NOW), SECRET, NOW)
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        signed_request("another-secret", NOW),
+        signed_request(SECRET, NOW - timedelta(minutes=6)),  # stale
+        signed_request(SECRET, NOW + timedelta(minutes=6)),  # from the future
+        CallbackRequest(method="POST", path="/callbacks/telecom23", body=BODY),  # unsigned
+    ],
+    ids=["wrong-secret", "stale", "future", "unsigned"],
+)
+def test_refuses_bad_signatures(request_: CallbackRequest) -> None:
+    assert not PROVIDER.verify_callback(request_, SECRET, NOW)
+
+
+def test_refuses_a_body_changed_after_signing() -> None:
+    signed = signed_request(SECRET, NOW)
+    tampered = CallbackRequest(
+        method="POST",
+        path=signed.path,
+        headers=signed.headers,
+        body=BODY.replace(b"DELIVRD", b"UNDELIV"),
+    )
+
+    assert not PROVIDER.verify_callback(tampered, SECRET, NOW)
+
+
+# --- send --------------------------------------------------------------------------------------
+
+
+def test_splits_into_batches_of_100() -> None:
+    calls = PROVIDER.build_send_request(send_request(250), ACCOUNT)
+
+    assert [len(call.recipients) for call in calls] == [100, 100, 50]
+    assert calls[0].headers == {"X-API-Key": "k3y"}
+    assert calls[2].json_body == {
+        "to": list(calls[2].recipients),
+        "message": "Hello",
+        "sender_id": "+447700900999",
+    }
+
+
+def test_reads_per_recipient_results() -> None:
+    req = send_request(3)
+    [call] = PROVIDER.build_send_request(req, ACCOUNT)
+    body = {
+        "status": True,
+        "results": [
+            {"dnis": "+447700900001", "message_id": "api_1", "segments": 1, "status": "accepted"},
+            {"dnis": "+447700900002", "segments": 1, "status": "blocked_country"},
+            {"dnis": "+447700900003", "segments": 1, "status": "queue_error"},
+        ],
+        "summary": {"total_segments": 3},
+    }
+    outcome = PROVIDER.parse_send_response(call, req, answer(200, body), NOW)
+
+    assert [(e.status, e.failure_kind, e.provider_message_id) for e in outcome.events] == [
+        (Status.ACCEPTED, None, "api_1"),
+        (Status.REJECTED, "permanent", None),
+        (Status.FAILED, "temporary", None),
+    ]
+    assert outcome.segments == 1  # per message, not the summary's total for three
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "expected", "retry"),
+    [
+        (400, "INVALID_TO", Status.REJECTED, False),
+        (400, "INVALID_MESSAGE", Status.REJECTED, False),
+        (400, "INVALID_SENDER", Status.REJECTED, False),
+        (400, "INVALID_BODY", Status.REJECTED, False),
+        (400, "TOO_MANY_RECIPIENTS", Status.REJECTED, False),
+        (402, "INSUFFICIENT_BALANCE", Status.FAILED, False),
+        (403, "NO_SMS_ACCESS", Status.FAILED, False),
+        (403, "CONFIG_ERROR", Status.FAILED, False),
+        (403, "WORKSPACE_NOT_AVAILABLE", Status.FAILED, False),
+        (500, "DB_ERROR", Status.FAILED, True),
+    ],
+)
+def test_errors(status: int, code: str, expected: Status, retry: bool) -> None:
+    req = send_request()
+    [call] = PROVIDER.build_send_request(req, ACCOUNT)
+    body = {"status": False, "error_code": code, "description": "explained"}
+    outcome = PROVIDER.parse_send_response(call, req, answer(status, body), NOW)
+
+    assert outcome.refused
+    assert outcome.retry is retry
+    assert outcome.error_code == code
+    assert [e.status for e in outcome.events] == [expected]
