@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format bench faults lock audit clean
+.PHONY: run test lint format schema bench faults lock audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -35,6 +35,10 @@ lint: $(VENV)/.dev-deps
 format: $(VENV)/.dev-deps
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+## schema: write migrations/schema.sql, the schema as the migrations leave it (pg_dump)
+schema: $(VENV)/.dev-deps
+	$(BIN)/python -m tests.schema
 
 ## lock: pin the runtime dependencies (requirements.lock) from a fresh install of the project
 lock: | $(BIN)/python

@@ -1,0 +1,1 @@
+"""`make bench`: the benchmark's scenarios, reference routes and their serve (dev only)."""

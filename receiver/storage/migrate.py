@@ -19,6 +19,8 @@ log = structlog.get_logger("receiver.storage.migrate")
 MIGRATION_LOCK_KEY = 0x736D7372
 
 _FILE_NAME = re.compile(r"^(\d{4})_[\w-]+\.sql$")
+# The schema as the migrations leave it, written by `make schema` for readers: not a migration.
+SCHEMA_FILE = "schema.sql"
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,8 @@ def migrations_dir(configured: Path | None = None) -> Path:
 def load_migrations(directory: Path) -> list[Migration]:
     found = []
     for path in sorted(directory.glob("*.sql")):
+        if path.name == SCHEMA_FILE:
+            continue
         match = _FILE_NAME.match(path.name)
         if match is None:
             raise ValueError(f"migration file name must look like 0001_name.sql: {path.name}")

@@ -48,7 +48,7 @@ async def test_a_body_that_trickles_in_is_answered_408(
     assert answer.startswith(b"HTTP/1.1 408")
     assert b'"request_timeout"' in answer
     assert b"Connection: close" in answer
-    assert time.monotonic() - started < 3
+    assert time.monotonic() - started < 7  # the body timeout is 0.5 s here; generous for a busy CI
     assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 0  # nothing acknowledged
 
 
@@ -118,7 +118,7 @@ async def test_after_a_408_the_connection_closes_at_once(serving: int, path: str
         writer.close()
 
     assert answer.startswith(b"HTTP/1.1 408")
-    assert time.monotonic() - started < 3  # not the 10 s aiohttp lingers by default
+    assert time.monotonic() - started < 7  # not the 10 s aiohttp lingers by default
 
 
 @pytest.mark.parametrize("path", ["/callbacks/carrierx", "/v1/messages", "/v1/subscriptions"])
