@@ -16,4 +16,3 @@ DEFAULT_REGISTRY: Registry = {
     swift.NAME: swift.PROVIDER,
     telecom23.NAME: telecom23.PROVIDER,
 }
-
