@@ -11,9 +11,12 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from receiver.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:

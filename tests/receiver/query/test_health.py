@@ -8,7 +8,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
-from receiver.config import ProviderSettings, Settings
+from receiver.config import Settings
 from receiver.storage.migrate import migrations_dir
 
 
@@ -51,25 +51,3 @@ async def test_an_unreasonable_request_id_is_replaced(client: TestClient[Any, An
     response = await client.get("/healthz", headers={"X-Request-ID": "x" * 500})
 
     assert len(response.headers["X-Request-ID"]) == 32
-
-
-def test_the_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-
-    for name in Settings.model_fields:
-        if name == "providers":  # as `<PROVIDER>__<FIELD>` variables, below
-            continue
-        assert f"`{name.upper()}`" in readme, name
-    for name in ProviderSettings.model_fields:
-        assert f"`<PROVIDER>__{name.upper()}`" in readme, name
-
-
-def test_the_readme_shows_every_status_mapping() -> None:
-    from normalizers import apicontrol, carrierx, properties, swift, telecom23
-
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    for module in (apicontrol, telecom23, properties, swift, carrierx):
-        section = readme.split(f"**{module.NAME}**", 1)[1].split("\n\n", 2)[1]
-        for word, status in module.STATUS_MAP.items():
-            row = next(line for line in section.splitlines() if f"`{word}`" in line)
-            assert row.endswith(f"| `{status}` |"), (module.NAME, word)

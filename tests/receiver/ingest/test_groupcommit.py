@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -32,9 +31,10 @@ from receiver.storage.batcher import SPREAD_AFTER_S, Batcher
 from receiver.storage.errors import DatabaseUnavailable
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
+from tests.corpus import FIXTURES as CORPUS
 from tests.factories import with_override
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
+FIXTURES = CORPUS / "carrierx"
 Client = TestClient[Any, Any]
 MOMENT = datetime(2024, 6, 14, tzinfo=UTC)
 

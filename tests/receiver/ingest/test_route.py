@@ -7,7 +7,6 @@ import dataclasses
 import json
 import uuid
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -20,9 +19,10 @@ from normalizers.carrierx import CarrierX
 from normalizers.events import STATUS_RANK, Event
 from normalizers.registry import DEFAULT_REGISTRY
 from receiver.storage import callbacks
+from tests.corpus import FIXTURES as CORPUS
 from tests.factories import attach_orphans, insert_message, with_override
 
-FIXTURES = Path(__file__).parent.parent / "fixtures" / "carrierx"
+FIXTURES = CORPUS / "carrierx"
 Client = TestClient[Any, Any]
 
 

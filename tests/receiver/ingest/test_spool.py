@@ -25,10 +25,11 @@ from receiver.storage.callbacks import RawCallback
 from receiver.storage.errors import DatabaseUnavailable
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
-from tests.receiver.test_groupcommit import raw_callback
+from tests.corpus import FIXTURES as CORPUS
+from tests.receiver.ingest.test_groupcommit import raw_callback
 
 Client = TestClient[Any, Any]
-FIXTURE = Path(__file__).parent.parent / "fixtures" / "carrierx" / "outbound_delivered.json"
+FIXTURE = CORPUS / "carrierx" / "outbound_delivered.json"
 
 
 @pytest.fixture

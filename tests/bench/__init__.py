@@ -1,0 +1,1 @@
+"""Tests of bench/: its reference routes."""
