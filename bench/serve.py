@@ -8,17 +8,14 @@ import sys
 
 from bench import routes
 from normalizers.registry import DEFAULT_REGISTRY
-from receiver.cli import serve_command
-from receiver.config import Settings
-from receiver.logs import configure_logging, configured_secrets
+from receiver.cli import serve_command, settings_at_start
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="bench.serve")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    settings = Settings()
-    configure_logging(settings.log_level, configured_secrets(settings))
+    settings = settings_at_start(DEFAULT_REGISTRY)
     return serve_command(settings, "127.0.0.1", args.port, DEFAULT_REGISTRY, routes.add_routes)
 
 

@@ -56,9 +56,9 @@ class EventType(StrEnum):
     INBOUND = "message.inbound"
 
 
-# The schema-v1 event's fields, in the order every form of it lists them (DESIGN.md): the one
-# declaration. `Event.to_json`, the stored columns (`events`), the API's model (`EventV1`) and
-# the row reader are derived from it or tested against it.
+# The schema-v1 event's fields, in the order every form of it lists them: the one declaration.
+# `Event.to_json`, the stored columns (`events`), the API's model (`EventV1`) and the row reader
+# are derived from it or tested against it.
 EVENT_V1_FIELDS: tuple[str, ...] = (
     "id",
     "type",

@@ -384,7 +384,7 @@ def create_app(
         )
         app[callback_route.INGESTION] = callback_route.Ingestion(writer=writer, spool=spool)
         app[send_route.SEND_LIMITER] = RateLimiter(settings.send_rate_per_s, settings.send_burst)
-        async with signal.connected(db.pool, dsn):
+        async with signal.connected(db, dsn):
             dispatcher = Dispatcher(db, settings, signal) if settings.dispatcher else None
             running = asyncio.create_task(dispatcher.run()) if dispatcher else None
             replaying = (

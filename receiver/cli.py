@@ -100,16 +100,7 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     args = build_parser(registry).parse_args(argv)
     if args.command == "normalize":
         return normalize_command(args, registry)
-    settings = Settings()
-    unknown = settings.unknown_providers(registry)
-    if unknown:
-        print(
-            f"error: settings for unknown providers: {', '.join(unknown)}"
-            f" (<PROVIDER>__<FIELD> variables; known: {', '.join(sorted(registry))})",
-            file=sys.stderr,
-        )
-        return 2
-    configure_logging(settings.log_level, configured_secrets(settings))
+    settings = settings_at_start(registry)
     if args.command == "serve":
         if args.sandbox:
             settings = settings.model_copy(update={"sandbox": True})
@@ -124,6 +115,23 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     if args.command == "demo":
         return asyncio.run(run_demo(args.url, dsn, args.seconds, api_key=args.key))
     return asyncio.run(reprocess_command(dsn, registry, args.provider, args.dry_run))
+
+
+def settings_at_start(registry: Registry) -> Settings:
+    """The settings from the environment, with logging set up; a setting for a provider the
+    registry does not know (a typo that would leave the real one unchecked) stops the command
+    (exit status 2), naming it."""
+    settings = Settings()
+    unknown = settings.unknown_providers(registry)
+    if unknown:
+        print(
+            f"error: settings for unknown providers: {', '.join(unknown)}"
+            f" (<PROVIDER>__<FIELD> variables; known: {', '.join(sorted(registry))})",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    configure_logging(settings.log_level, configured_secrets(settings))
+    return settings
 
 
 def serve_command(
@@ -199,7 +207,7 @@ async def worker_command(settings: Settings, dsn: str) -> int:
     for number in (signal_module.SIGTERM, signal_module.SIGINT):
         loop.add_signal_handler(number, lambda: loop.create_task(dispatcher.stop()))
     try:
-        async with signal.connected(db.pool, dsn):
+        async with signal.connected(db, dsn):
             await dispatcher.run()
     finally:
         await db.close()

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
-from receiver.redaction import REDACTED, is_secret_name
+from receiver.redaction import REDACTED, is_secret_name, redacted
 
 # Secrets recognisable in any text: the hub's API keys and webhook secrets, HTTP credentials,
 # and the password in a connection string.
@@ -44,17 +44,8 @@ class SecretRedactor:
             if is_secret_name(key):
                 event[key] = REDACTED
             elif isinstance(value, dict | list | tuple):
-                event[key] = self._clean(value)
+                event[key] = redacted(value)
         return event
-
-    def _clean(self, value: Any) -> Any:
-        if isinstance(value, dict):
-            return {
-                k: REDACTED if is_secret_name(str(k)) else self._clean(v) for k, v in value.items()
-            }
-        if isinstance(value, list | tuple):
-            return [self._clean(item) for item in value]
-        return value
 
     def text(self, logger: Any, method: str, line: Any) -> Any:
         return self.mask(line) if isinstance(line, str) else line

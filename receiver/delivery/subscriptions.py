@@ -11,18 +11,21 @@ from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
 
 from normalizers.events import EventType, Status
 from receiver.context import AppContext
+from receiver.http import params
 from receiver.http.bodies import read_model
 from receiver.http.errors import NotFound
-from receiver.http.fields import PastMoment, PlainText
+from receiver.http.fields import PastMoment, no_nul
 from receiver.storage import outbox
 
 SECRET_OVERLAP_S = 24 * 3600  # the old secret still signs for a day after a rotation
 
-ProviderName = Annotated[PlainText, StringConstraints(max_length=50)]
+# The length first, then the text: an error names the first rule broken.
+ProviderName = Annotated[str, StringConstraints(max_length=50), AfterValidator(no_nul)]
+Description = Annotated[str, StringConstraints(max_length=500), AfterValidator(no_nul)]
 
 
 class Filters(BaseModel):
@@ -38,7 +41,7 @@ class SubscriptionIn(BaseModel):
 
     url: AnyHttpUrl
     filters: Filters = Field(default_factory=Filters)
-    description: PlainText | None = Field(default=None, max_length=500)
+    description: Description | None = None
     enabled: bool = True
 
 
@@ -47,7 +50,7 @@ class SubscriptionPatch(BaseModel):
 
     url: AnyHttpUrl | None = None
     filters: Filters | None = None
-    description: PlainText | None = Field(default=None, max_length=500)
+    description: Description | None = None
     enabled: bool | None = None
 
 
@@ -89,10 +92,10 @@ def _json(value: Any) -> Any:
 
 
 def _id(request: web.Request) -> uuid.UUID:
-    try:
-        return uuid.UUID(request.match_info["id"])
-    except ValueError:
-        raise NotFound("no such subscription") from None
+    subscription_id = params.uuid_or_none(request.match_info["id"])
+    if subscription_id is None:
+        raise NotFound("no such subscription")
+    return subscription_id
 
 
 async def create(request: web.Request) -> web.Response:

@@ -1,3 +1,4 @@
 """The web layer every route shares: the route record and its scope, API keys, request bodies
 and list parameters, the error hierarchy and its one mapping to HTTP answers, the answers'
-schemas and the OpenAPI document. Imports `context`, `storage` and `normalizers`; no feature."""
+schemas and the OpenAPI document. Imports `context`, `storage`, the leaves (`config`,
+`metrics`) and `normalizers`; no feature."""

@@ -79,6 +79,13 @@ def error_body(code: str, message: str, details: Any = None) -> dict[str, Any]:
 
 
 def make_error_middleware(retry_after_s: int) -> Any:
+    def unavailable(message: str) -> web.Response:
+        return web.json_response(
+            error_body("database_unavailable", message),
+            status=503,
+            headers={"Retry-After": str(retry_after_s)},
+        )
+
     @web.middleware
     async def error_middleware(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -98,11 +105,7 @@ def make_error_middleware(retry_after_s: int) -> Any:
                 response.force_close()  # what is left of the body is not worth waiting for
             return response
         except DatabaseUnavailable as error:  # the hub's own "not now": its reason is told
-            return web.json_response(
-                error_body("database_unavailable", str(error)),
-                status=503,
-                headers={"Retry-After": str(retry_after_s)},
-            )
+            return unavailable(str(error))
         except web.HTTPRequestEntityTooLarge as error:
             return web.json_response(
                 error_body("payload_too_large", error.text or "request body too large"),
@@ -129,11 +132,7 @@ def make_error_middleware(retry_after_s: int) -> Any:
                 )
             if is_database_unavailable(error):
                 log.warning("database_unavailable", error=repr(error))
-                return web.json_response(
-                    error_body("database_unavailable", "the database is unavailable, retry later"),
-                    status=503,
-                    headers={"Retry-After": str(retry_after_s)},
-                )
+                return unavailable("the database is unavailable, retry later")
             log.exception("unhandled_error")
             return web.json_response(
                 error_body("internal_error", "internal error; it has been logged"), status=500

@@ -1,6 +1,6 @@
-"""Field types the API's request bodies share, each rule written once: text without a NUL
-character (Postgres cannot hold one), and times with a zone within the years a database and a
-JSON client agree on."""
+"""The rules on values the API takes, each written once and shared by request bodies (as field
+types) and query parameters: text without a NUL character (Postgres cannot hold one), and times
+with a zone within the years a database and a JSON client agree on."""
 
 from __future__ import annotations
 
@@ -13,8 +13,17 @@ EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 LATEST = datetime(9999, 12, 30, tzinfo=UTC)
 
 
+def has_nul(text: str) -> bool:
+    return "\x00" in text
+
+
+def in_years(moment: datetime) -> bool:
+    """Whether a time with a zone lies from 1970 to 9999."""
+    return EARLIEST <= moment <= LATEST
+
+
 def no_nul(text: str) -> str:
-    if "\x00" in text:
+    if has_nul(text):
         raise ValueError("must not contain a NUL character")
     return text
 
@@ -26,7 +35,7 @@ def _zoned(moment: datetime) -> datetime:
 
 
 def _any_time(moment: datetime) -> datetime:
-    if not EARLIEST <= _zoned(moment) <= LATEST:
+    if not in_years(_zoned(moment)):
         raise ValueError("must be between 1970 and 9999")
     return moment
 
@@ -37,6 +46,5 @@ def _past_time(moment: datetime) -> datetime:
     return moment
 
 
-PlainText = Annotated[str, AfterValidator(no_nul)]
 Moment = Annotated[datetime, AfterValidator(_any_time)]
 PastMoment = Annotated[datetime, AfterValidator(_past_time)]

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from normalizers.base import parse_timestamp, to_e164
 from receiver.http.errors import BadRequest
+from receiver.http.fields import has_nul, in_years
 
 # The largest page of every list endpoint, the event feed's included.
 MAX_LIMIT = 500
@@ -25,7 +26,7 @@ def limit(request: web.Request, default: int = 50) -> int:
 
 def text(request: web.Request, name: str) -> str | None:
     value = request.query.get(name)
-    if value is not None and ("\x00" in value or len(value) > 255):
+    if value is not None and (has_nul(value) or len(value) > 255):
         raise BadRequest(f"{name} is not a valid value")
     return value
 
@@ -46,7 +47,7 @@ def moment(request: web.Request, name: str, default: datetime | None = None) -> 
     if value is None:
         return default
     parsed = parse_timestamp(value)
-    if parsed is None or not 1970 <= parsed.year <= 9999:
+    if parsed is None or not in_years(parsed):
         raise BadRequest(f"{name} must be an ISO 8601 time")
     return parsed
 

@@ -1,6 +1,7 @@
 """A route as the hub declares it: its handler, its documentation and the scope an API key
 needs for it, in one record. The route table (in `receiver.app`) feeds both the router and the
-OpenAPI document, so that no route exists without its documentation and its scope."""
+OpenAPI document, so that no route of the hub's API exists without its documentation and its
+scope (the simulated providers' sub-app and the bench's reference routes are not the API)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """From a raw callback to what gets stored: the one judgement of its outcome (rejected by
-authentication, unparsed, or normalised into events), made in memory. The callback route, the
-spool's replay and `reprocess` all judge a payload through `judge`."""
+authentication, unparsed, or normalised into events), made in memory, and storing a callback as
+judged. The callback route, the spool's replay and `reprocess` all judge a payload through
+`judge`."""
 
 from __future__ import annotations
 

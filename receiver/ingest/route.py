@@ -118,7 +118,7 @@ async def handle_callback(request: web.Request) -> web.Response:
     )
     if failure is not None:
         log.warning("callback_rejected", reason=failure.reason, remote=request.remote)
-        raise (Forbidden if failure.status == 403 else AuthError)(failure.reason)
+        raise _refusal(failure)
     answer = {
         "status": result.outcome,
         "raw_id": str(raw.id),
@@ -146,5 +146,11 @@ async def _spooled(
     structlog.contextvars.bind_contextvars(outcome="spooled", raw_id=str(raw.id))
     log.warning("callback_spooled", error=repr(error))
     if failure is not None:
-        raise (Forbidden if failure.status == 403 else AuthError)(failure.reason)
+        raise _refusal(failure)
     return web.json_response({"status": "spooled", "raw_id": str(raw.id)}, status=202)
+
+
+def _refusal(failure: AuthFailure) -> Exception:
+    """What a callback that failed authentication is answered: 403 for a source address not
+    allowed, else 401."""
+    return (Forbidden if failure.status == 403 else AuthError)(failure.reason)

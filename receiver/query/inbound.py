@@ -14,15 +14,20 @@ from receiver.storage.events import event_json
 async def inbound(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     limit = params.limit(request)
+    after = params.parse_keyset_cursor(request)
+    handset = params.number(request, "from")
+    ours = params.number(request, "to")
+    provider = params.text(request, "provider")
+    since, until = params.moment(request, "since"), params.moment(request, "until")
     async with context.db.connection() as connection:
         rows = await events.inbound(
             connection,
-            provider=params.text(request, "provider"),
-            handset=params.number(request, "from"),
-            ours=params.number(request, "to"),
-            since=params.moment(request, "since"),
-            until=params.moment(request, "until"),
-            after=params.parse_keyset_cursor(request),
+            provider=provider,
+            handset=handset,
+            ours=ours,
+            since=since,
+            until=until,
+            after=after,
             limit=limit + 1,
         )
     page = rows[:limit]

@@ -114,15 +114,17 @@ async def list_messages(request: web.Request) -> web.Response:
         if after_id is None:
             raise BadRequest("not a cursor")
         after = (cursor[0], after_id)
+    ref, provider = params.text(request, "ref"), params.text(request, "provider")
+    since, until = params.moment(request, "since"), params.moment(request, "until")
     async with context.db.connection() as connection:
         rows = await messages.list_messages(
             connection,
-            ref=params.text(request, "ref"),
-            provider=params.text(request, "provider"),
+            ref=ref,
+            provider=provider,
             status=status,
             to=to,
-            since=params.moment(request, "since"),
-            until=params.moment(request, "until"),
+            since=since,
+            until=until,
             after=after,
             limit=limit + 1,
         )

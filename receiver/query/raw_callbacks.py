@@ -14,7 +14,7 @@ from normalizers.events import rfc3339
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.errors import BadRequest, NotFound
-from receiver.redaction import REDACTED, is_secret_name
+from receiver.redaction import REDACTED, is_secret_name, redacted
 from receiver.storage import callbacks, events
 from receiver.storage.callbacks import OUTCOMES
 
@@ -34,22 +34,12 @@ def _redacted_body(text: str) -> str:
     stripped = text.strip()
     if stripped[:1] in ("{", "["):
         try:
-            return json.dumps(_redacted_json(json.loads(stripped)))
+            return json.dumps(redacted(json.loads(stripped)))
         except ValueError:
             return text
     if "=" in stripped and "\n" not in stripped:
         return _redacted_query(stripped)
     return text
-
-
-def _redacted_json(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {
-            k: REDACTED if is_secret_name(str(k)) else _redacted_json(v) for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [_redacted_json(item) for item in value]
-    return value
 
 
 def _raw_summary(row: Any) -> dict[str, Any]:
@@ -74,11 +64,12 @@ async def raw_callbacks(request: web.Request) -> web.Response:
         raise BadRequest(f"outcome is one of {', '.join(OUTCOMES)}")
     limit = params.limit(request)
     cursor = params.parse_keyset_cursor(request)
+    provider = params.text(request, "provider")
     async with context.db.connection() as connection:
         rows = await callbacks.list_raw_callbacks(
             connection,
             outcome=outcome,
-            provider=params.text(request, "provider"),
+            provider=provider,
             after=(cursor[0], params.uuid_or_none(cursor[1])) if cursor else None,
             limit=limit + 1,
         )

@@ -38,7 +38,7 @@ from receiver.http.errors import (
     Unprocessable,
     error_body,
 )
-from receiver.http.fields import Moment, PlainText
+from receiver.http.fields import Moment, no_nul
 from receiver.sending.providers import account_of, call_provider, callback_url, store_outcome
 from receiver.sending.ratelimit import RateLimiter, retry_after_header
 from receiver.storage import idempotency, messages
@@ -62,11 +62,11 @@ class SendMessageIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    provider: PlainText | None = None
+    provider: str | None = None
     to: list[str] = Field(min_length=1, max_length=10_000)
-    sender: PlainText | None = Field(default=None, alias="from", max_length=64)
-    body: PlainText = Field(min_length=1, max_length=4096)
-    ref: PlainText | None = Field(default=None, max_length=255)
+    sender: str | None = Field(default=None, alias="from", max_length=64)
+    body: str = Field(min_length=1, max_length=4096)
+    ref: str | None = Field(default=None, max_length=255)
     send_at: Moment | None = None
     expires_at: Moment | None = None
     options: dict[str, Any] = Field(default_factory=dict)
@@ -83,6 +83,12 @@ class SendMessageIn(BaseModel):
         if len(set(cleaned)) != len(cleaned):
             raise ValueError("a number is given twice")
         return cleaned
+
+    @field_validator("provider", "sender", "body", "ref")
+    @classmethod
+    def plain_text(cls, text: str | None) -> str | None:
+        # After the length checks, so that an error names the first rule broken, as always.
+        return no_nul(text) if text is not None else None
 
 
 async def handle_send(request: web.Request) -> web.Response:
@@ -138,7 +144,7 @@ async def handle_send(request: web.Request) -> web.Response:
                 connection, key, status, answer, settings.idempotency_ttl_s
             )
     except Exception:
-        log.exception("idempotency_answer_not_stored", key=key)
+        log.exception("idempotency_answer_not_stored", idempotency_key=key)
     return web.json_response(answer, status=status)
 
 

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator
 import asyncpg
 import structlog
 
+from receiver.storage.pool import Database
+
 log = structlog.get_logger("receiver.storage.notify")
 
 CHANNEL = "sms_receiver_events"
@@ -20,7 +22,7 @@ class Signal:
     def __init__(self) -> None:
         self._event = asyncio.Event()
         self._notify_pending = False
-        self._pool: asyncpg.Pool | None = None
+        self._db: Database | None = None
 
     def fire(self) -> None:
         """Wake every waiter of this process."""
@@ -39,24 +41,25 @@ class Signal:
     def new_events(self) -> None:
         """Called after new events are committed: wake here now, and other instances soon."""
         self.fire()
-        if self._pool is not None and not self._notify_pending:
+        if self._db is not None and not self._notify_pending:
             self._notify_pending = True
             asyncio.get_running_loop().create_task(self._notify_soon())
 
     async def _notify_soon(self) -> None:
         await asyncio.sleep(0.01)  # one NOTIFY for every event stored meanwhile
         self._notify_pending = False
-        if self._pool is None:
+        if self._db is None:
             return
         try:
-            await self._pool.execute("SELECT pg_notify($1, '')", CHANNEL)
+            async with self._db.connection() as connection:
+                await connection.execute("SELECT pg_notify($1, '')", CHANNEL)
         except Exception as error:  # the polling backstop covers a lost wake-up
             log.warning("notify_failed", error=repr(error))
 
     @contextlib.asynccontextmanager
-    async def connected(self, pool: asyncpg.Pool, dsn: str) -> AsyncIterator[None]:
-        """Send NOTIFYs through `pool`, and LISTEN (own connection) for other instances'."""
-        self._pool = pool
+    async def connected(self, db: Database, dsn: str) -> AsyncIterator[None]:
+        """Send NOTIFYs through `db`'s pool, and LISTEN (own connection) for other instances'."""
+        self._db = db
         listener: asyncpg.Connection | None = None
         try:
             listener = await asyncpg.connect(dsn)
@@ -66,7 +69,7 @@ class Signal:
         try:
             yield
         finally:
-            self._pool = None
+            self._db = None
             if listener is not None:
                 with contextlib.suppress(Exception):
                     await listener.close()

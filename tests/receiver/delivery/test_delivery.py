@@ -283,6 +283,36 @@ async def test_a_rotated_secret_signs_with_both_for_a_while(
     Webhook(subscription["secret"]).verify(body, headers)
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "error"),
+    [
+        (
+            {"url": "http://127.0.0.1:9/hook", "filters": {"providers": ["p" * 51]}},
+            "filters.providers.0",
+            "String should have at most 50 characters",
+        ),
+        (
+            {"url": "http://127.0.0.1:9/hook", "filters": {"providers": ["a\u0000"]}},
+            "filters.providers.0",
+            "Value error, must not contain a NUL character",
+        ),
+        (
+            {"url": "http://127.0.0.1:9/hook", "description": "d" * 501},
+            "description",
+            "String should have at most 500 characters",
+        ),
+    ],
+)
+async def test_a_subscription_422_names_the_field_and_the_rule(
+    hub: Client, body: dict[str, Any], field: str, error: str
+) -> None:
+    response = await hub.post("/v1/subscriptions", json=body)
+
+    assert response.status == 422
+    [detail] = (await response.json())["error"]["details"]
+    assert (detail["field"], detail["error"]) == (field, error)
+
+
 async def test_subscriptions_crud_and_validation(hub: Client) -> None:
     bad = await hub.post("/v1/subscriptions", json={"url": "ftp://example.com/x"})
     assert bad.status == 422
@@ -525,8 +555,9 @@ async def test_a_worker_elsewhere_is_woken_by_notify_not_by_polling(
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
     assert pool is not None
     signal = Signal()
-    worker = Dispatcher(Database(pool, 2.0), worker_settings, signal)
-    async with signal.connected(pool, dsn):
+    database = Database(pool, 2.0)
+    worker = Dispatcher(database, worker_settings, signal)
+    async with signal.connected(database, dsn):
         running = asyncio.create_task(worker.run())
         await asyncio.sleep(0.3)  # the worker is idle, waiting
         try:

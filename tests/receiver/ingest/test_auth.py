@@ -126,5 +126,8 @@ def test_serve_refuses_to_start_with_an_unknown_provider(
 
     monkeypatch.setenv("CARIERX__CALLBACK_TOKEN", "a typo")
 
-    assert main(["serve"]) == 2
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve"])
+
+    assert stopped.value.code == 2
     assert "unknown providers: carierx" in capsys.readouterr().err

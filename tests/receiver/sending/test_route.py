@@ -461,6 +461,28 @@ async def test_bad_text_and_times_are_422_not_500(hub: Client, body: dict[str, A
     assert (await response.json())["error"]["code"] == "validation_error"
 
 
+@pytest.mark.parametrize(
+    ("body", "field", "error"),
+    [
+        ({"from": "+4" + "4" * 69}, "from", "String should have at most 64 characters"),
+        ({"from": "+4\u0000" + "4" * 69}, "from", "String should have at most 64 characters"),
+        ({"body": "a\u0000b"}, "body", "Value error, must not contain a NUL character"),
+        ({"ref": "r" * 256}, "ref", "String should have at most 255 characters"),
+        ({"send_at": "2024-06-03T10:00:00"}, "send_at", "Value error, needs a time zone"),
+        ({"send_at": "0001-01-01T00:00:00Z"}, "send_at", "Value error, must be between 1970"),
+    ],
+)
+async def test_a_422_names_the_field_and_the_first_rule_it_breaks(
+    hub: Client, body: dict[str, Any], field: str, error: str
+) -> None:
+    response = await send(hub, provider="carrierx", to=["+447700900001"], **body)
+
+    assert response.status == 422
+    [detail] = (await response.json())["error"]["details"]
+    assert detail["field"] == field
+    assert detail["error"].startswith(error)
+
+
 async def test_a_carrierx_group_mms_goes_to_one_to_only(hub: Client) -> None:
     response = await send(
         hub,
