@@ -130,8 +130,11 @@ async def test_stats_per_provider(hub: Client, db: asyncpg.Connection) -> None:
     async def settled() -> dict[str, Any] | None:
         answer: dict[str, Any] = await (await hub.get("/v1/stats")).json()
         carrierx = answer["providers"]["carrierx"]
-        both_final = {"delivered", "undelivered"} <= set(carrierx["reports_by_status"])
-        return answer if both_final else None
+        both_reported = {"delivered", "undelivered"} <= set(carrierx["reports_by_status"])
+        # A report can arrive before the send answer names its recipient: it is adopted when
+        # the answer is stored, and only then counts for the message.
+        both_final = carrierx["delivery_rate"] is not None and carrierx["final_report_p50_s"]
+        return answer if both_reported and both_final else None
 
     answer = await until(settled)
     carrierx = answer["providers"]["carrierx"]
