@@ -1,13 +1,34 @@
-"""Rows and registries the tests make: a message stored directly (not through the send API),
-orphan reports linked to it, and a registry with one provider replaced."""
+"""Rows and registries the tests make: a raw callback, a message stored directly (not through the
+send API), orphan reports linked to it, and a registry with one provider replaced."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
 from normalizers.base import Provider
 from normalizers.registry import Registry
+from receiver.storage.callbacks import RawCallback
 from receiver.storage.pool import Connection
+
+
+def a_raw_callback(provider: str = "carrierx", **changes: Any) -> RawCallback:
+    """A POST of `{}` to /callbacks/<provider>, received now, with a fresh id; `changes` replace
+    any field."""
+    raw = RawCallback(
+        id=uuid.uuid4(),
+        provider=provider,
+        method="POST",
+        path=f"/callbacks/{provider}",
+        query="",
+        headers=[],
+        body=b"{}",
+        remote_addr=None,
+        received_at=datetime.now(UTC),
+    )
+    return dataclasses.replace(raw, **changes)
 
 
 async def insert_message(

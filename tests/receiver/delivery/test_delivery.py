@@ -28,6 +28,7 @@ from receiver.delivery.dispatcher import Dispatcher, retry_after_s
 from receiver.storage import callbacks, outbox
 from receiver.storage.notify import Signal
 from receiver.storage.pool import Database
+from tests.factories import a_raw_callback
 
 Client = TestClient[Any, Any]
 LOOPBACK = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
@@ -480,17 +481,7 @@ async def test_the_feed_never_skips_a_transaction_that_commits_late(
     try:
         transaction = slow.transaction()
         await transaction.start()
-        raw = callbacks.RawCallback(
-            id=uuid.uuid4(),
-            provider="carrierx",
-            method="POST",
-            path="/callbacks/carrierx",
-            query="",
-            headers=[],
-            body=b"{}",
-            remote_addr=None,
-            received_at=datetime.now(UTC),
-        )
+        raw = a_raw_callback()
         from normalizers.base import CallbackRequest
         from normalizers.carrierx import PROVIDER
 

@@ -20,7 +20,7 @@ from normalizers.events import STATUS_RANK, Event
 from normalizers.registry import DEFAULT_REGISTRY
 from receiver.storage import callbacks
 from tests.corpus import FIXTURES as CORPUS
-from tests.factories import attach_orphans, insert_message, with_override
+from tests.factories import a_raw_callback, attach_orphans, insert_message, with_override
 
 FIXTURES = CORPUS / "carrierx"
 Client = TestClient[Any, Any]
@@ -288,17 +288,7 @@ async def test_sql_status_rank_mirrors_the_python_table(db: asyncpg.Connection) 
 
 
 async def test_replaying_a_stored_raw_callback_changes_nothing(db: asyncpg.Connection) -> None:
-    raw = callbacks.RawCallback(
-        id=uuid.uuid4(),
-        provider="carrierx",
-        method="POST",
-        path="/callbacks/carrierx",
-        query="",
-        headers=[],
-        body=b"{}",
-        remote_addr=None,
-        received_at=datetime.fromisoformat("2023-12-06T15:30:00+00:00"),
-    )
+    raw = a_raw_callback(received_at=datetime.fromisoformat("2023-12-06T15:30:00+00:00"))
     first = await callbacks.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])
     again = await callbacks.ingest_callback(db, raw, outcome="unparsed", error="x", events=[])
 

@@ -12,7 +12,7 @@ import pytest
 
 from normalizers.events import Event, EventType, Status, event_id
 from receiver.storage import callbacks
-from tests.factories import attach_orphans, insert_message
+from tests.factories import a_raw_callback, attach_orphans, insert_message
 
 MOMENT = datetime(2024, 6, 14, tzinfo=UTC)
 
@@ -33,17 +33,7 @@ def status_event(pmid: str, recipient: str, status: Status, tag: str = "") -> Ev
 
 
 def raw() -> callbacks.RawCallback:
-    return callbacks.RawCallback(
-        id=uuid.uuid4(),
-        provider="race",
-        method="POST",
-        path="/callbacks/race",
-        query="",
-        headers=[],
-        body=b"{}",
-        remote_addr=None,
-        received_at=MOMENT,
-    )
+    return a_raw_callback("race", received_at=MOMENT)
 
 
 async def ingest(connection: asyncpg.Connection, events: list[Event]) -> callbacks.IngestResult:

@@ -3,7 +3,6 @@ normaliser's JSON, the API's model, the stored columns and the row reader, agree
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 import asyncpg
@@ -12,6 +11,7 @@ from normalizers.events import EVENT_V1_FIELDS, Event, EventType, Price, Status,
 from receiver.http.schemas import EventV1
 from receiver.storage import callbacks
 from receiver.storage.events import EVENT_COLUMNS, event_json
+from tests.factories import a_raw_callback
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, 123000, tzinfo=UTC)
 
@@ -53,17 +53,7 @@ def test_the_api_model_lists_the_declared_fields_in_order() -> None:
 
 async def test_a_stored_event_reads_back_as_it_was_normalised(db: asyncpg.Connection) -> None:
     event = a_full_event()
-    raw = callbacks.RawCallback(
-        id=uuid.uuid4(),
-        provider="carrierx",
-        method="POST",
-        path="/callbacks/carrierx",
-        query="",
-        headers=[],
-        body=b"{}",
-        remote_addr="127.0.0.1",
-        received_at=NOW,
-    )
+    raw = a_raw_callback(remote_addr="127.0.0.1", received_at=NOW)
     await callbacks.ingest_callback(db, raw, outcome="normalised", error=None, events=[event])
 
     row = await db.fetchrow(f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.id = $1", event.id)

@@ -3,7 +3,6 @@ failure is the recipient's; per-part events stay in the timeline."""
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from normalizers.events import Event, EventType, Status, event_id
 from receiver.storage import callbacks
+from tests.factories import a_raw_callback
 
 Client = TestClient[Any, Any]
 MESSAGE = "01JDQ02MQ543RTQBT08WY88589"  # seed 003's send answer: message id and its parts
@@ -95,17 +95,7 @@ def part_event(part: str, status: Status, segments: int | None) -> Event:
 
 
 async def ingest(db: asyncpg.Connection, event: Event) -> callbacks.IngestResult:
-    raw = callbacks.RawCallback(
-        id=uuid.uuid4(),
-        provider="test",
-        method="POST",
-        path="/callbacks/test",
-        query="",
-        headers=[],
-        body=b"{}",
-        remote_addr=None,
-        received_at=event.received_at,
-    )
+    raw = a_raw_callback("test", received_at=event.received_at)
     return await callbacks.ingest_callback(
         db, raw, outcome="normalised", error=None, events=[event]
     )
