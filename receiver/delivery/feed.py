@@ -11,6 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
+from normalizers.events import EventType
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.apikeys import API_KEY
@@ -36,6 +37,14 @@ def parse_cursor(value: str | None) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
+def _filters(request: web.Request, context: AppContext) -> tuple[str | None, str | None]:
+    """The event type and provider filters, each one of the known values."""
+    return (
+        params.choice(request, "type", {str(kind) for kind in EventType}),
+        params.choice(request, "provider", context.registry.keys()),
+    )
+
+
 def cursor_of(row: Any) -> str:
     return f"{row['txid']}.{row['feed_seq']}"
 
@@ -44,14 +53,9 @@ async def events(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     after = parse_cursor(request.query.get("after"))
     limit = params.limit(request, default=100)
+    event_type, provider = _filters(request, context)
     async with context.db.connection() as connection:
-        rows = await feed(
-            connection,
-            after,
-            limit,
-            params.text(request, "type"),
-            params.text(request, "provider"),
-        )
+        rows = await feed(connection, after, limit, event_type, provider)
     next_cursor = cursor_of(rows[-1]) if rows else request.query.get("after")
     return web.json_response(
         {
@@ -64,7 +68,7 @@ async def events(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     context = request.app[AppContext.KEY]
     after = parse_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))
-    event_type, provider = params.text(request, "type"), params.text(request, "provider")
+    event_type, provider = _filters(request, context)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/event-stream",

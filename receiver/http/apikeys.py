@@ -10,7 +10,7 @@ from aiohttp import web
 from receiver.context import AppContext
 from receiver.http.errors import AuthError, Forbidden
 from receiver.http.routing import Handler, scope_of
-from receiver.storage.apikeys import KEY_PREFIX, ApiKey, find_key
+from receiver.storage.apikeys import KEY_PREFIX, ApiKey, find_key, has_key_shape
 
 log = structlog.get_logger("receiver.http.apikeys")
 
@@ -29,10 +29,13 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     header = request.headers.get("Authorization", "")
     kind, _, secret = header.partition(" ")
-    if kind.lower() != "bearer" or not secret.strip().startswith(KEY_PREFIX):
+    secret = secret.strip()
+    if kind.lower() != "bearer" or not secret.startswith(KEY_PREFIX):
         raise AuthError("an API key is required: Authorization: Bearer smsr_...")
+    if not has_key_shape(secret):
+        raise AuthError("unknown or revoked API key")  # not one of ours: no lookup
     async with context.db.connection() as connection:
-        key = await find_key(connection, secret.strip())
+        key = await find_key(connection, secret)
     if key is None:
         raise AuthError("unknown or revoked API key")
     structlog.contextvars.bind_contextvars(key_name=key.name)  # not a secret: its name

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Collection
 from datetime import datetime
 
 from aiohttp import web
@@ -28,6 +29,15 @@ def text(request: web.Request, name: str) -> str | None:
     value = request.query.get(name)
     if value is not None and (has_nul(value) or len(value) > 255):
         raise BadRequest(f"{name} is not a valid value")
+    return value
+
+
+def choice(request: web.Request, name: str, known: Collection[str]) -> str | None:
+    """A filter that takes one of `known` values; any other is a 400 listing them (a typo must
+    not look like "nothing matches")."""
+    value = text(request, name)
+    if value is not None and value not in known:
+        raise BadRequest(f"unknown {name} {value[:60]!r}", details={"known": sorted(known)})
     return value
 
 

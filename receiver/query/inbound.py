@@ -17,7 +17,7 @@ async def inbound(request: web.Request) -> web.Response:
     after = params.parse_keyset_cursor(request)
     handset = params.number(request, "from")
     ours = params.number(request, "to")
-    provider = params.text(request, "provider")
+    provider = params.choice(request, "provider", context.registry.keys())
     since, until = params.moment(request, "since"), params.moment(request, "until")
     async with context.db.connection() as connection:
         rows = await events.inbound(

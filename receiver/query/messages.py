@@ -103,9 +103,7 @@ async def list_messages(request: web.Request) -> web.Response:
     """Newest first, keyset-paginated on (created_at, id)."""
     context = request.app[AppContext.KEY]
     limit = params.limit(request)
-    status = params.text(request, "status")
-    if status is not None and status not in {s.value for s in Status}:
-        raise BadRequest(f"unknown status {status!r}")
+    status = params.choice(request, "status", {str(s) for s in Status})
     to = params.number(request, "to")
     cursor = params.parse_keyset_cursor(request)
     after = None
@@ -114,7 +112,8 @@ async def list_messages(request: web.Request) -> web.Response:
         if after_id is None:
             raise BadRequest("not a cursor")
         after = (cursor[0], after_id)
-    ref, provider = params.text(request, "ref"), params.text(request, "provider")
+    ref = params.text(request, "ref")
+    provider = params.choice(request, "provider", context.registry.keys())
     since, until = params.moment(request, "since"), params.moment(request, "until")
     async with context.db.connection() as connection:
         rows = await messages.list_messages(

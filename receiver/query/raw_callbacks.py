@@ -13,10 +13,14 @@ from aiohttp import web
 from normalizers.events import rfc3339
 from receiver.context import AppContext
 from receiver.http import params
-from receiver.http.errors import BadRequest, NotFound
+from receiver.http.errors import NotFound
 from receiver.redaction import REDACTED, is_secret_name, redacted
 from receiver.storage import callbacks, events
 from receiver.storage.callbacks import OUTCOMES
+
+# In place of a JSON body nested too deeply to be searched for secrets (a stranger's garbage,
+# stored `unparsed`): shown, it could reveal what the redaction is there to hide.
+TOO_DEEP_TO_SHOW = "[not shown: JSON nested too deeply to redact]"
 
 
 def _redacted_headers(headers: Any) -> list[list[str]]:
@@ -37,6 +41,8 @@ def _redacted_body(text: str) -> str:
             return json.dumps(redacted(json.loads(stripped)))
         except ValueError:
             return text
+        except RecursionError:  # nested deeper than it can be walked: nothing can be checked
+            return TOO_DEEP_TO_SHOW
     if "=" in stripped and "\n" not in stripped:
         return _redacted_query(stripped)
     return text
@@ -59,12 +65,10 @@ def _raw_summary(row: Any) -> dict[str, Any]:
 
 async def raw_callbacks(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
-    outcome = params.text(request, "outcome")
-    if outcome is not None and outcome not in OUTCOMES:
-        raise BadRequest(f"outcome is one of {', '.join(OUTCOMES)}")
+    outcome = params.choice(request, "outcome", OUTCOMES)
     limit = params.limit(request)
     cursor = params.parse_keyset_cursor(request)
-    provider = params.text(request, "provider")
+    provider = params.choice(request, "provider", context.registry.keys())
     async with context.db.connection() as connection:
         rows = await callbacks.list_raw_callbacks(
             connection,

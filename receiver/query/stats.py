@@ -11,12 +11,20 @@ from aiohttp import web
 from normalizers.events import rfc3339
 from receiver.context import AppContext
 from receiver.http import params
+from receiver.http.errors import BadRequest
 from receiver.storage import stats as queries
+
+# The longest window asked for: each question scans every message and event since `since`, and
+# one reader must not hold the database with a scan of its whole history.
+MAX_WINDOW = timedelta(days=31)
 
 
 async def stats(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
-    since = params.moment(request, "since", datetime.now(UTC) - timedelta(days=1))
+    now = datetime.now(UTC)
+    since = params.moment(request, "since", now - timedelta(days=1))
+    if since is not None and since < now - MAX_WINDOW:
+        raise BadRequest(f"since is at most {MAX_WINDOW.days} days ago")
     async with context.db.connection() as connection:
         messages = await queries.message_stats(connection, since)
         reports = await queries.reports_by_status(connection, since)

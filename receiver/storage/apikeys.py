@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import re
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from receiver.storage.pool import Connection
 
 SCOPES = ("send", "read", "admin")
 KEY_PREFIX = "smsr_"
+# Every key this hub makes: the prefix and 32 random bytes in URL-safe base64 (43 characters).
+KEY_SHAPE = re.compile(r"smsr_[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +29,12 @@ class ApiKey:
 
 def new_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def has_key_shape(secret: str) -> bool:
+    """Whether `secret` could be a key of ours: anything else is refused without asking the
+    database (a stranger's guesses cost it nothing)."""
+    return KEY_SHAPE.fullmatch(secret) is not None
 
 
 def digest(secret: str) -> bytes:

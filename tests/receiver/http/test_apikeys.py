@@ -40,6 +40,32 @@ async def test_no_key_or_a_wrong_one_is_401_with_a_json_error(guarded: Client) -
 
 
 @pytest.mark.parametrize(
+    "secret",
+    ["smsr_short", "smsr_" + "A" * 44, "smsr_" + "A" * 42 + "!", "smsr_" + "\u00e9" * 43],
+)
+async def test_a_malformed_key_is_refused_without_a_database_lookup(
+    guarded: Client, monkeypatch: pytest.MonkeyPatch, secret: str
+) -> None:
+    from receiver.http import apikeys
+
+    async def looked_up(*args: Any) -> None:
+        raise AssertionError("the database was asked")
+
+    monkeypatch.setattr(apikeys, "find_key", looked_up)
+
+    answer = await guarded.get("/v1/events", headers={"Authorization": f"Bearer {secret}"})
+
+    assert answer.status == 401
+    assert (await answer.json())["error"]["code"] == "unauthorized"
+
+
+def test_every_key_made_has_the_shape_checked_before_a_lookup() -> None:
+    from receiver.storage.apikeys import has_key_shape, new_secret
+
+    assert all(has_key_shape(new_secret()) for _ in range(200))
+
+
+@pytest.mark.parametrize(
     ("scopes", "method", "path", "allowed"),
     [
         (["read"], "GET", "/v1/events", True),

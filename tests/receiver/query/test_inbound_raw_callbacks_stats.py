@@ -4,6 +4,7 @@ redacted, statistics per provider."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -210,3 +211,47 @@ async def test_a_reply_finds_its_message_whatever_the_sender_spelling(hub: Clien
 @pytest.mark.parametrize("path", ["/v1/messages?to=%20%20", "/v1/inbound?from=%20"])
 async def test_a_blank_number_filter_is_400_not_ignored(hub: Client, path: str) -> None:
     assert (await hub.get(path)).status == 400
+
+
+async def test_a_body_nested_too_deeply_is_shown_as_such_not_a_500(hub: Client) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    stored = await hub.post(
+        "/callbacks/carrierx", data=deep, headers={"Content-Type": "application/json"}
+    )
+    raw_id = (await stored.json())["raw_id"]
+
+    view = await hub.get(f"/v1/raw-callbacks/{raw_id}")
+
+    assert view.status == 200
+    assert (await view.json())["body"] == "[not shown: JSON nested too deeply to redact]"
+
+
+async def test_a_stats_window_is_capped(hub: Client) -> None:
+    now = datetime.now(UTC)
+    month = await hub.get("/v1/stats", params={"since": (now - timedelta(days=30)).isoformat()})
+    years = await hub.get("/v1/stats", params={"since": "1970-01-01T00:00:00Z"})
+
+    assert month.status == 200
+    assert years.status == 400
+    assert (await years.json())["error"]["message"] == "since is at most 31 days ago"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/events?type=message.typo",
+        "/v1/events?provider=carierx",
+        "/v1/events/stream?type=message.typo",
+        "/v1/messages?provider=carierx",
+        "/v1/messages?status=deliverd",
+        "/v1/inbound?provider=carierx",
+        "/v1/raw-callbacks?provider=carierx",
+    ],
+)
+async def test_a_filter_takes_only_known_values(hub: Client, path: str) -> None:
+    answer = await hub.get(path)
+
+    assert answer.status == 400
+    error = (await answer.json())["error"]
+    assert error["message"].startswith("unknown ")
+    assert error["details"]["known"]
