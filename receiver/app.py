@@ -362,10 +362,12 @@ def create_app(
     )
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
+        spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
+        if spool is not None:
+            spool.hold()  # SpoolInUse: another instance has it; nothing is opened yet
         db = await open_database(dsn, settings)
         http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
         signal = Signal()
-        spool = Spool(settings.spool_dir, settings.spool_max_bytes) if settings.spool_dir else None
         writer = CallbackWriter(
             db,
             signal,
@@ -403,6 +405,8 @@ def create_app(
         await writer.close()
         await http.close()
         await db.close()
+        if spool is not None:
+            spool.release()
 
     async def end_streams(app: web.Application) -> None:
         app[feed.STOPPING].set()

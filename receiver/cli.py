@@ -25,6 +25,7 @@ from receiver.config import Settings
 from receiver.delivery.dispatcher import Dispatcher
 from receiver.demo import run_demo
 from receiver.ingest.reprocess import reprocess
+from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
 from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.storage.migrate import apply_migrations, migrations_dir
@@ -151,17 +152,21 @@ def serve_command(
     listen_host = host or settings.listen_host
     listen_port = port if port is not None else settings.listen_port
     log.info("serving", url=f"http://{listen_host}:{listen_port}")
-    web.run_app(
-        app,
-        host=listen_host,
-        port=listen_port,
-        shutdown_timeout=settings.shutdown_timeout_s,
-        keepalive_timeout=settings.http_idle_timeout_s,
-        # A body left unread (a 408, a 413) is not waited for: the connection closes at once.
-        lingering_time=0,
-        access_log=None,
-        print=None,
-    )
+    try:
+        web.run_app(
+            app,
+            host=listen_host,
+            port=listen_port,
+            shutdown_timeout=settings.shutdown_timeout_s,
+            keepalive_timeout=settings.http_idle_timeout_s,
+            # A body left unread (a 408, a 413) is not waited for: the connection closes at once.
+            lingering_time=0,
+            access_log=None,
+            print=None,
+        )
+    except SpoolInUse as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     log.info("stopped")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import fcntl
 import json
 import os
 import threading
@@ -37,6 +38,14 @@ log = structlog.get_logger("receiver.ingest.spool")
 SPOOL_FILE = "spool.jsonl"
 FAILED_FILE = "failed.jsonl"
 REPLAYING_SUFFIX = ".replaying"
+LOCK_FILE = ".lock"  # held (flock) by the one instance that owns the spool
+# The spool holds providers' requests as received: only the hub's own user may read them.
+DIRECTORY_MODE = 0o700
+FILE_MODE = 0o600
+
+
+class SpoolInUse(Exception):
+    """Another process holds the spool directory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,7 @@ class Spool:
         self.max_bytes = max_bytes
         self.path = directory / SPOOL_FILE
         self._lock = threading.Lock()  # appends come from worker threads
+        self._owner: int | None = None  # the descriptor of the held lock file
         self._bytes: int | None = None  # every file of the spool, replaying ones included
 
     async def append(self, raw: RawCallback, rejected: str | None, status: int | None) -> bool:
@@ -66,12 +76,12 @@ class Spool:
 
     def _append(self, line: bytes) -> bool:
         with self._lock:
-            self.directory.mkdir(parents=True, exist_ok=True)
+            self._make_directory()
             if self._bytes is None:
                 self._bytes = self.size()
             if self._bytes + len(line) > self.max_bytes:
                 return False
-            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            descriptor = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
             try:
                 size = os.fstat(descriptor).st_size
                 kept = _complete_lines(self.path, size)
@@ -91,6 +101,33 @@ class Spool:
                 _fsync_directory(self.directory)  # the new file's name is durable too
             self._bytes += len(line) - (size - kept)
             return True
+
+    def hold(self) -> None:
+        """Takes the spool for this process until `release` (or its end, however it ends): a
+        second instance on the same directory could remove a file the first just wrote to.
+        Raises SpoolInUse when another process holds it."""
+        self._make_directory()
+        descriptor = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise SpoolInUse(
+                f"the spool directory {self.directory} is used by another running instance:"
+                " give each instance a SPOOL_DIR of its own"
+            ) from None
+        self._owner = descriptor
+
+    def release(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)  # and with it the lock
+            self._owner = None
+
+    def _make_directory(self) -> None:
+        """The directory, only the hub's user's (an existing one is made so too)."""
+        self.directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+        if self.directory.stat().st_mode & 0o777 != DIRECTORY_MODE:
+            self.directory.chmod(DIRECTORY_MODE)
 
     def take(self) -> list[Path]:
         """Moves the current spool aside (new callbacks go to a new file) and returns every
@@ -115,10 +152,14 @@ class Spool:
     def set_aside(self, entry: Spooled) -> None:
         """Keeps a callback that cannot be stored at all (not even as unparsed) in
         `failed.jsonl`, out of the way of the others, for an operator to look at."""
-        with self._lock, (self.directory / FAILED_FILE).open("ab") as failed:
-            failed.write(_encode(entry.raw, entry.rejected, entry.status))
-            failed.flush()
-            os.fsync(failed.fileno())
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        with self._lock:
+            self._make_directory()
+            descriptor = os.open(self.directory / FAILED_FILE, flags, FILE_MODE)
+            with os.fdopen(descriptor, "ab") as failed:
+                failed.write(_encode(entry.raw, entry.rejected, entry.status))
+                failed.flush()
+                os.fsync(failed.fileno())
 
     def size(self) -> int:
         if not self.directory.exists():
@@ -126,7 +167,7 @@ class Spool:
         return sum(
             p.stat().st_size
             for p in self.directory.iterdir()
-            if p.is_file() and p.name != FAILED_FILE
+            if p.is_file() and p.name not in (FAILED_FILE, LOCK_FILE)
         )
 
 

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import resource
+import stat
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -26,6 +30,7 @@ from receiver.storage.errors import DatabaseUnavailable
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
 from tests.corpus import FIXTURES as CORPUS
+from tests.helpers import free_port, running_serve
 from tests.receiver.ingest.test_groupcommit import raw_callback
 
 Client = TestClient[Any, Any]
@@ -82,7 +87,8 @@ async def test_a_callback_is_spooled_while_the_database_is_down_then_stored_once
     again = await replay(spool, context.db, DEFAULT_REGISTRY, settings, Signal())
 
     assert (stored, again) == (1, 0)
-    assert list(settings.spool_dir.iterdir()) == []  # replayed, removed
+    # Replayed and removed: only the lock of the instance that holds the spool is left.
+    assert [p.name for p in settings.spool_dir.iterdir()] == [spool_module.LOCK_FILE]
     row = await db.fetchrow("SELECT id, outcome, query FROM raw_callbacks")
     assert row is not None
     assert (str(row["id"]), row["outcome"], row["query"]) == (
@@ -261,3 +267,47 @@ async def test_a_callback_that_cannot_be_stored_at_all_is_set_aside_not_blocking
     ids = {row["id"] for row in await db.fetch("SELECT id FROM raw_callbacks")}
     assert ids == {raw.id for raw in later}
     assert [entry.raw.id for entry in read(tmp_path / "failed.jsonl")] == [poison.id]
+
+
+async def test_the_spool_is_only_the_hubs_users(tmp_path: Path) -> None:
+    previous = os.umask(0o022)  # a usual umask, which would leave files readable by all
+    try:
+        spool = Spool(tmp_path / "spool", 1024 * 1024)
+        assert await spool.append(raw_callback(), None, None)
+        spool.set_aside(spool_module.read(spool.path)[0])
+    finally:
+        os.umask(previous)
+
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+    for name in (SPOOL_FILE, spool_module.FAILED_FILE):
+        assert stat.S_IMODE((tmp_path / "spool" / name).stat().st_mode) == 0o600, name
+
+
+def test_an_existing_spool_directory_is_closed_to_others(tmp_path: Path) -> None:
+    (tmp_path / "spool").mkdir(mode=0o755)
+
+    Spool(tmp_path / "spool", 1024).hold()
+
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+
+
+def test_a_second_serve_on_the_same_spool_refuses_to_start(dsn: str, tmp_path: Path) -> None:
+    env = {
+        "DATABASE_URL": dsn,
+        "SPOOL_DIR": str(tmp_path / "spool"),
+        "API_AUTH": "false",
+        "DISPATCHER": "false",
+    }
+    with running_serve(free_port(), env):
+        second = subprocess.run(
+            [sys.executable, "-m", "receiver", "serve", "--port", str(free_port())],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert second.returncode == 2
+    assert "used by another running instance" in second.stderr
+    assert "SPOOL_DIR of its own" in second.stderr
