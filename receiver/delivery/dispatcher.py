@@ -34,6 +34,8 @@ SHUTDOWN_GRACE_S = 5.0
 MAX_RETRY_AFTER_S = 86400.0
 RECORD_BATCH_MAX = 100
 CLAIM_INTERVAL_S = 0.005
+# How often rotated-out subscription secrets are looked for and cleared once their window ends.
+SECRET_SWEEP_S = 60.0
 BACKLOG_WAIT_S = 0.05
 
 
@@ -100,7 +102,11 @@ class Dispatcher:
         backlog = False  # the last claim took all it asked for: more is probably due
         found_at = -math.inf  # when a claim last found work
         try:
+            swept_at = -math.inf
             while not self.stopping.is_set():
+                if time.monotonic() - swept_at >= SECRET_SWEEP_S:
+                    swept_at = time.monotonic()
+                    await self._forget_expired_secrets()
                 # Claims that find work come at most every CLAIM_INTERVAL_S: each finished
                 # delivery wakes the loop, and a claim per delivery would cost the database more
                 # than the deliveries themselves. A wake after an empty claim is served at once.
@@ -140,6 +146,16 @@ class Dispatcher:
     async def stop(self) -> None:
         self.stopping.set()
         self.signal.fire()
+
+    async def _forget_expired_secrets(self) -> None:
+        try:
+            async with self.db.connection() as connection:
+                cleared = await outbox.forget_expired_secrets(connection)
+        except Exception as error:  # the database is away: next sweep
+            log.warning("secret_sweep_failed", error=repr(error))
+            return
+        if cleared:
+            log.info("previous_secrets_cleared", subscriptions=cleared)
 
     async def _claim(self, capacity: int) -> list[Claimed]:
         settings = self.settings

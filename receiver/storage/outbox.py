@@ -100,6 +100,16 @@ async def delete_subscription(connection: Connection, subscription_id: uuid.UUID
     return result.endswith(" 1")
 
 
+async def forget_expired_secrets(connection: Connection) -> int:
+    """Clears every previous secret whose rotation window has ended: a credential is kept no
+    longer than it signs. Returns how many."""
+    result: str = await connection.execute(
+        "UPDATE subscriptions SET previous_secret = NULL, previous_secret_until = NULL"
+        " WHERE previous_secret IS NOT NULL AND previous_secret_until < now()"
+    )
+    return int(result.split()[-1])
+
+
 async def rotate_secret(
     connection: Connection, subscription_id: uuid.UUID, secret: str, overlap_s: int
 ) -> bool:

@@ -269,6 +269,37 @@ async def test_retry_one_delivery_now(
     await eventually(lambda: len(subscriber.received) == 2)
 
 
+async def test_a_rotated_out_secret_is_cleared_when_its_window_ends(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    quiet = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
+    subscription = await subscribe(quiet, "http://127.0.0.1:9/hook")
+    still, ended = subscription["id"], (await subscribe(quiet, "http://127.0.0.1:9/h2"))["id"]
+    for subscription_id in (still, ended):
+        assert (await quiet.post(f"/v1/subscriptions/{subscription_id}/rotate-secret")).ok
+    await db.execute(
+        "UPDATE subscriptions SET previous_secret_until = now() - interval '1 second'"
+        " WHERE id = $1::uuid",
+        ended,
+    )
+
+    dispatcher, pool = await dispatcher_for(dsn, hub_settings(dsn))
+    running = asyncio.create_task(dispatcher.run())  # it sweeps as it starts
+    try:
+
+        async def cleared() -> bool:
+            rows = await db.fetch(
+                "SELECT id::text, previous_secret IS NULL AS gone FROM subscriptions"
+            )
+            return {row["id"]: row["gone"] for row in rows} == {still: False, ended: True}
+
+        await eventually(cleared)
+    finally:
+        await dispatcher.stop()
+        await running
+        await pool.close()
+
+
 async def test_a_rotated_secret_signs_with_both_for_a_while(
     hub: Client, subscriber: Subscriber
 ) -> None:
