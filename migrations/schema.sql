@@ -603,7 +603,8 @@ CREATE TABLE public.idempotency_keys (
     response_status integer,
     response_body jsonb,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
-    expires_at timestamp with time zone NOT NULL
+    expires_at timestamp with time zone NOT NULL,
+    owner text DEFAULT ''::text NOT NULL
 );
 
 -- TABLE message_recipients
@@ -743,7 +744,7 @@ ALTER TABLE ONLY public.events
 -- CONSTRAINT idempotency_keys idempotency_keys_pkey
 
 ALTER TABLE ONLY public.idempotency_keys
-    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (key);
+    ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (owner, key);
 
 -- CONSTRAINT message_recipients message_recipients_pkey
 
@@ -823,6 +824,10 @@ CREATE INDEX events_recipient_idx ON public.events USING btree (recipient_id, se
 -- INDEX events_stored_idx
 
 CREATE INDEX events_stored_idx ON public.events USING btree (stored_at);
+
+-- INDEX idempotency_keys_expires_at_idx
+
+CREATE INDEX idempotency_keys_expires_at_idx ON public.idempotency_keys USING btree (expires_at);
 
 -- INDEX idempotency_keys_expiry_idx
 

@@ -175,7 +175,15 @@ class Settings(BaseSettings):
         default=100, ge=1, description="Send requests per API key allowed at once above the rate."
     )
     idempotency_ttl_s: int = Field(
-        default=24 * 3600, ge=60, description="How long an Idempotency-Key is remembered."
+        default=24 * 3600,
+        ge=60,
+        description="How long an Idempotency-Key's answer is kept (replayed), then purged.",
+    )
+    idempotency_stale_s: float = Field(
+        default=600.0,
+        gt=0,
+        description="A key whose first request never answered (it died mid-way) is released"
+        " after this, instead of answering 409 for ever.",
     )
     webhook_timeout_s: float = Field(
         default=15.0, gt=0, description="Longest wait for a subscriber's answer."

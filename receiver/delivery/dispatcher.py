@@ -21,7 +21,7 @@ from standardwebhooks.webhooks import Webhook
 from receiver.config import Settings
 from receiver.delivery.addresses import BlockedAddress, check_literal_host, connector_options
 from receiver.metrics import ATTEMPTS
-from receiver.storage import outbox
+from receiver.storage import idempotency, outbox
 from receiver.storage.batcher import Batcher, each_alone
 from receiver.storage.notify import Signal
 from receiver.storage.outbox import Claimed
@@ -34,8 +34,9 @@ SHUTDOWN_GRACE_S = 5.0
 MAX_RETRY_AFTER_S = 86400.0
 RECORD_BATCH_MAX = 100
 CLAIM_INTERVAL_S = 0.005
-# How often rotated-out subscription secrets are looked for and cleared once their window ends.
-SECRET_SWEEP_S = 60.0
+# How often what has outlived its use is cleared: subscription secrets rotated out whose window
+# has ended, Idempotency-Key answers past their retention and claims that never answered.
+SWEEP_S = 60.0
 BACKLOG_WAIT_S = 0.05
 
 
@@ -104,9 +105,9 @@ class Dispatcher:
         try:
             swept_at = -math.inf
             while not self.stopping.is_set():
-                if time.monotonic() - swept_at >= SECRET_SWEEP_S:
+                if time.monotonic() - swept_at >= SWEEP_S:
                     swept_at = time.monotonic()
-                    await self._forget_expired_secrets()
+                    await self._sweep()
                 # Claims that find work come at most every CLAIM_INTERVAL_S: each finished
                 # delivery wakes the loop, and a claim per delivery would cost the database more
                 # than the deliveries themselves. A wake after an empty claim is served at once.
@@ -147,15 +148,18 @@ class Dispatcher:
         self.stopping.set()
         self.signal.fire()
 
-    async def _forget_expired_secrets(self) -> None:
+    async def _sweep(self) -> None:
         try:
             async with self.db.connection() as connection:
-                cleared = await outbox.forget_expired_secrets(connection)
+                secrets = await outbox.forget_expired_secrets(connection)
+                keys = await idempotency.purge_idempotency(
+                    connection, self.settings.idempotency_stale_s
+                )
         except Exception as error:  # the database is away: next sweep
-            log.warning("secret_sweep_failed", error=repr(error))
+            log.warning("sweep_failed", error=repr(error))
             return
-        if cleared:
-            log.info("previous_secrets_cleared", subscriptions=cleared)
+        if secrets or keys:
+            log.info("swept", previous_secrets=secrets, idempotency_keys=keys)
 
     async def _claim(self, capacity: int) -> list[Claimed]:
         settings = self.settings

@@ -91,6 +91,13 @@ class SendMessageIn(BaseModel):
         return no_nul(text) if text is not None else None
 
 
+def hash_of(incoming: SendMessageIn) -> str:
+    """What tells a retry (the same body) from another request under the same key."""
+    return hashlib.sha256(
+        json.dumps(incoming.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+    ).hexdigest()
+
+
 async def handle_send(request: web.Request) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
     settings = context.settings
@@ -110,14 +117,18 @@ async def handle_send(request: web.Request) -> web.Response:
         return web.json_response(answer, status=status)
     if not 1 <= len(key) <= 255:
         raise BadRequest("Idempotency-Key must be 1 to 255 characters")
+    owner = str(request[API_KEY].id) if API_KEY in request else ""  # a key is its caller's
     # The key is claimed before anything that depends on time or configuration, so that a
     # replay answers what the first request answered, refusals included.
-    request_hash = hashlib.sha256(
-        json.dumps(incoming.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
-    ).hexdigest()
+    request_hash = hash_of(incoming)
     async with context.db.connection() as connection:
         claim = await idempotency.claim_idempotency(
-            connection, key, request_hash, settings.idempotency_ttl_s
+            connection,
+            owner,
+            key,
+            request_hash,
+            settings.idempotency_ttl_s,
+            settings.idempotency_stale_s,
         )
     if claim.state == "replay":
         return web.json_response(claim.body, status=claim.status or 200)
@@ -136,12 +147,12 @@ async def handle_send(request: web.Request) -> web.Response:
         # answer to remember), the key is free again.
         if not progress.provider_called:
             async with context.db.connection() as connection:
-                await idempotency.release_idempotency(connection, key)
+                await idempotency.release_idempotency(connection, owner, key)
         raise
     try:
         async with context.db.connection() as connection:
             await idempotency.complete_idempotency(
-                connection, key, status, answer, settings.idempotency_ttl_s
+                connection, owner, key, status, answer, settings.idempotency_ttl_s
             )
     except Exception:
         log.exception("idempotency_answer_not_stored", idempotency_key=key)

@@ -269,7 +269,7 @@ async def test_retry_one_delivery_now(
     await eventually(lambda: len(subscriber.received) == 2)
 
 
-async def test_a_rotated_out_secret_is_cleared_when_its_window_ends(
+async def test_the_sweep_clears_ended_secrets_and_expired_idempotency_answers(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
     quiet = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
@@ -282,6 +282,10 @@ async def test_a_rotated_out_secret_is_cleared_when_its_window_ends(
         " WHERE id = $1::uuid",
         ended,
     )
+    await db.execute(  # an Idempotency-Key answer past its retention goes in the same sweep
+        "INSERT INTO idempotency_keys (key, request_hash, response_status, expires_at)"
+        " VALUES ('expired', 'h', 201, now() - interval '1 second')"
+    )
 
     dispatcher, pool = await dispatcher_for(dsn, hub_settings(dsn))
     running = asyncio.create_task(dispatcher.run())  # it sweeps as it starts
@@ -291,7 +295,8 @@ async def test_a_rotated_out_secret_is_cleared_when_its_window_ends(
             rows = await db.fetch(
                 "SELECT id::text, previous_secret IS NULL AS gone FROM subscriptions"
             )
-            return {row["id"]: row["gone"] for row in rows} == {still: False, ended: True}
+            kept = await db.fetchval("SELECT count(*) FROM idempotency_keys")
+            return kept == 0 and {r["id"]: r["gone"] for r in rows} == {still: False, ended: True}
 
         await eventually(cleared)
     finally:

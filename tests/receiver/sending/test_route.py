@@ -16,7 +16,9 @@ from aiohttp.test_utils import TestClient
 from receiver.app import create_app
 from receiver.config import ProviderSettings, Settings
 from receiver.sending import providers
-from tests.helpers import free_port
+from receiver.sending.route import SendMessageIn, hash_of
+from receiver.storage.apikeys import create_key
+from tests.helpers import free_port, sandbox_settings
 
 Client = TestClient[Any, Any]
 PROVIDERS = ["apicontrol", "telecom23", "properties", "swift", "carrierx"]
@@ -177,6 +179,56 @@ async def test_idempotency_key_replays_and_refuses_another_body(
     assert await db.fetchval("SELECT count(*) FROM messages") == 1
     sent = await db.fetchval("SELECT count(*) FROM raw_callbacks WHERE source = 'send_answer'")
     assert sent == 1
+
+
+async def test_an_idempotency_key_belongs_to_the_api_key_that_sent_it(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    port = free_port()
+    settings = sandbox_settings(dsn, port, api_auth=True, send_timeout_s=5)
+    keyed: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
+    _, first = await create_key(db, "first", ["send"])
+    _, second = await create_key(db, "second", ["send"])
+
+    def headers(secret: str) -> dict[str, str]:
+        return {"Idempotency-Key": "order-8", "Authorization": f"Bearer {secret}"}
+
+    mine = await send(keyed, headers(first), provider="carrierx", to=["+447700900001"])
+    theirs = await send(keyed, headers(second), provider="carrierx", to=["+447700900001"])
+    mine_again = await send(keyed, headers(first), provider="carrierx", to=["+447700900001"])
+
+    assert (mine.status, theirs.status, mine_again.status) == (201, 201, 201)
+    ids = [(await answer.json())["id"] for answer in (mine, theirs, mine_again)]
+    assert ids[0] == ids[2] != ids[1]  # the second key never reads the first one's answer
+    assert await db.fetchval("SELECT count(*) FROM messages") == 2
+
+
+async def test_a_key_whose_request_died_mid_way_is_released_after_a_while(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    body = {"from": SENDER, "body": "Hello from the hub", "provider": "carrierx"}
+    same = hash_of(SendMessageIn.model_validate(body | {"to": ["+447700900001"]}))
+    for key, age in (("died-long-ago", 1200), ("still-running", 1)):
+        await db.execute(
+            "INSERT INTO idempotency_keys (owner, key, request_hash, created_at, expires_at)"
+            " VALUES ('', $1, $2, now() - make_interval(secs => $3), now() + interval '1 day')",
+            key,
+            same,
+            age,
+        )
+
+    retried = await send(
+        hub, {"Idempotency-Key": "died-long-ago"}, provider="carrierx", to=["+447700900001"]
+    )
+    running = await send(
+        hub, {"Idempotency-Key": "still-running"}, provider="carrierx", to=["+447700900001"]
+    )
+
+    assert retried.status == 201  # IDEMPOTENCY_STALE_S (10 min) passed: the key is free again
+    assert running.status == 409
+    assert (await running.json())["error"]["message"] == (
+        "a request with this Idempotency-Key is still running"
+    )
 
 
 async def test_telecom23_sends_over_100_recipients_in_batches(
