@@ -5,6 +5,7 @@ functions are in migrations/ (current state: migrations/schema.sql)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ import structlog
 from normalizers.base import CallbackRequest
 from normalizers.events import FINAL_STATUSES, Event
 from receiver.metrics import EVENTS
+from receiver.redaction import is_secret_name
 from receiver.storage.errors import DatabaseUnavailable, is_data_refusal, is_database_unavailable
 from receiver.storage.pool import Connection
 from receiver.storage.values import storable_json, storable_text
@@ -37,6 +39,20 @@ MAX_ERROR_LENGTH = 2000
 def error_text(reason: str) -> str:
     """A reason as kept on the raw row: bounded."""
     return reason[:MAX_ERROR_LENGTH]
+
+
+def headers_at_rest(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The headers as stored: a credential (Authorization, a signature, a cookie, an API key:
+    every secret-named header) is never kept; its name and a short hash of its value are, so
+    that one can see it was there, and tell two apart, without being able to use it."""
+    return [
+        (name, _fingerprint(value) if is_secret_name(name) else value) for name, value in headers
+    ]
+
+
+def _fingerprint(value: str) -> str:
+    digest = hashlib.sha256(value.encode("utf-8", "surrogateescape")).hexdigest()
+    return f"sha256:{digest[:12]}"
 
 
 def received_now() -> datetime:
@@ -125,7 +141,7 @@ async def ingest_callback(
         raw.method,
         storable_text(raw.path),
         storable_text(raw.query),
-        storable_json(raw.headers),
+        storable_json(headers_at_rest(raw.headers)),
         raw.body,
         raw.remote_addr,
         raw.received_at,
@@ -164,7 +180,7 @@ async def ingest_callbacks(
         [raw.method for raw in raws],
         [storable_text(raw.path) for raw in raws],
         [storable_text(raw.query) for raw in raws],
-        [storable_json(raw.headers) for raw in raws],
+        [storable_json(headers_at_rest(raw.headers)) for raw in raws],
         [raw.body for raw in raws],
         [raw.remote_addr for raw in raws],
         [raw.received_at for raw in raws],

@@ -353,3 +353,26 @@ async def test_a_second_different_final_report_is_kept_and_logged(
     assert [(c["reported"], c["kept"]) for c in conflicts] == [("failed", "delivered")]
     assert await db.fetchval("SELECT status FROM message_recipients") == "delivered"
     assert await db.fetchval("SELECT count(*) FROM events") == 2
+
+
+async def test_no_credential_is_kept_at_rest(client: Client, db: asyncpg.Connection) -> None:
+    secrets = {
+        "Authorization": "Bearer provider-credential-1",
+        "X-Telecom-Signature": "sig-value-2",
+        "Cookie": "session=cookie-value-3",
+        "X-Api-Key": "api-key-value-4",
+    }
+    answer = await client.post(
+        "/callbacks/carrierx",
+        json={"message_sid": "rest-1", "status": "delivered"},
+        headers=secrets | {"X-Request-Tag": "kept-as-is"},
+    )
+    assert answer.status in (200, 202)
+
+    headers = dict(json.loads(await db.fetchval("SELECT headers FROM raw_callbacks")))
+    for name, value in secrets.items():
+        assert headers[name].startswith("sha256:"), name  # there, but not usable
+        assert value not in headers[name]
+    assert headers["X-Request-Tag"] == "kept-as-is"
+    raw = await db.fetchval("SELECT headers::text FROM raw_callbacks")
+    assert not any(value in raw for value in secrets.values())
