@@ -366,10 +366,11 @@ def create_app(
         if spool is not None:
             spool.hold()  # SpoolInUse: another instance has it; nothing is opened yet
         db = await open_database(dsn, settings)
+        ingest_db = await open_database(dsn, settings, max_size=settings.ingest_pool_size)
         http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
         signal = Signal()
         writer = CallbackWriter(
-            db,
+            ingest_db,
             signal,
             writers=settings.ingest_writers,
             max_batch=settings.ingest_batch_max,
@@ -390,7 +391,7 @@ def create_app(
             dispatcher = Dispatcher(db, settings, signal) if settings.dispatcher else None
             running = asyncio.create_task(dispatcher.run()) if dispatcher else None
             replaying = (
-                asyncio.create_task(replay_forever(spool, db, registry, settings, signal))
+                asyncio.create_task(replay_forever(spool, ingest_db, registry, settings, signal))
                 if spool
                 else None
             )
@@ -404,6 +405,7 @@ def create_app(
                 await running
         await writer.close()
         await http.close()
+        await ingest_db.close()
         await db.close()
         if spool is not None:
             spool.release()

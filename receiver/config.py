@@ -102,6 +102,12 @@ class Settings(BaseSettings):
         " a batch waits or one is stuck; callbacks arriving meanwhile are stored together by"
         " the next one (group commit).",
     )
+    ingest_pool_size: int = Field(
+        default=5,
+        ge=1,
+        description="Connections of the callback path's own (its writers and the spool's"
+        " replay), apart from DB_POOL_MAX_SIZE: API readers can never starve it.",
+    )
     ingest_batch_max: int = Field(
         default=100, ge=1, description="Most callbacks stored in one transaction."
     )

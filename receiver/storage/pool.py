@@ -67,15 +67,19 @@ def resolve_dsn(settings: Settings) -> tuple[str, Any]:
     return dsn, server
 
 
-async def open_database(dsn: str, settings: Settings) -> Database:
-    return Database(await create_pool(dsn, settings), settings.db_acquire_timeout_s)
+async def open_database(dsn: str, settings: Settings, max_size: int | None = None) -> Database:
+    """A pool of DB_POOL_MAX_SIZE connections, or of `max_size` (a pool of its own for one
+    use: callbacks are stored on connections no API reader can take)."""
+    pool = await create_pool(dsn, settings, max_size)
+    return Database(pool, settings.db_acquire_timeout_s)
 
 
-async def create_pool(dsn: str, settings: Settings) -> asyncpg.Pool:
+async def create_pool(dsn: str, settings: Settings, max_size: int | None = None) -> asyncpg.Pool:
+    size = settings.db_pool_max_size if max_size is None else max_size
     pool = await asyncpg.create_pool(
         dsn,
-        min_size=settings.db_pool_min_size,
-        max_size=settings.db_pool_max_size,
+        min_size=min(settings.db_pool_min_size, size),
+        max_size=size,
         command_timeout=settings.db_command_timeout_s,
         # Idle connections are recycled so that a restarted server is not met by stale ones.
         max_inactive_connection_lifetime=60.0,

@@ -18,6 +18,9 @@ from normalizers.base import CallbackRequest
 from normalizers.carrierx import CarrierX
 from normalizers.events import STATUS_RANK, Event
 from normalizers.registry import DEFAULT_REGISTRY
+from receiver.app import create_app
+from receiver.config import Settings
+from receiver.context import AppContext
 from receiver.storage import callbacks
 from tests.corpus import FIXTURES as CORPUS
 from tests.factories import a_raw_callback, attach_orphans, insert_message, with_override
@@ -376,3 +379,26 @@ async def test_no_credential_is_kept_at_rest(client: Client, db: asyncpg.Connect
     assert headers["X-Request-Tag"] == "kept-as-is"
     raw = await db.fetchval("SELECT headers::text FROM raw_callbacks")
     assert not any(value in raw for value in secrets.values())
+
+
+async def test_api_readers_cannot_starve_the_storing_of_callbacks(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    settings = Settings(
+        database_url=dsn, db_pool_min_size=0, db_pool_max_size=2, db_acquire_timeout_s=0.5
+    )
+    client: Client = await aiohttp_client(create_app(settings, dsn))
+    api_pool = client.app[AppContext.KEY].db.pool
+    held = [await api_pool.acquire() for _ in range(2)]  # every API connection is busy
+    try:
+        reading = await client.get("/v1/messages")
+        stored = await client.post(
+            "/callbacks/carrierx", json={"message_sid": "starved-1", "status": "delivered"}
+        )
+    finally:
+        for connection in held:
+            await api_pool.release(connection)
+
+    assert reading.status == 503  # the reader waits its turn
+    assert stored.status == 200  # the provider does not
+    assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 1
