@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
@@ -415,6 +416,7 @@ def create_app(
         app[AppContext.KEY].signal.fire()
 
     app[feed.STOPPING] = asyncio.Event()
+    app[feed.OPEN_STREAMS] = Counter()
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(end_streams)
     add_routes(app, ROUTES)

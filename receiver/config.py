@@ -215,6 +215,12 @@ class Settings(BaseSettings):
         default=(),
         description="Private networks subscribers may be in (e.g. 127.0.0.0/8); none by default.",
     )
+    streams_per_key: int = Field(
+        default=5,
+        ge=1,
+        description="Event streams (/v1/events/stream) open at once per API key (per address"
+        " without keys), per instance; more are answered 429.",
+    )
     api_auth: bool = Field(
         default=True,
         description="Require API keys on /v1 (`make run` turns it off for a laptop).",

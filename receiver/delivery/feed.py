@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import time
+from collections import Counter
 from typing import Any
 
 from aiohttp import web
@@ -15,7 +16,7 @@ from normalizers.events import EventType
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.apikeys import API_KEY
-from receiver.http.errors import BadRequest
+from receiver.http.errors import BadRequest, TooManyRequests
 from receiver.storage.apikeys import still_valid
 from receiver.storage.events import event_json, feed
 
@@ -66,7 +67,28 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
+    """The stream, at most STREAMS_PER_KEY of them open at once per API key (per address
+    without keys): each holds a connection and polls the database."""
     context = request.app[AppContext.KEY]
+    key = request.get(API_KEY)
+    caller = f"key {key.id}" if key is not None else f"address {request.remote}"
+    open_streams = request.app[OPEN_STREAMS]
+    limit = context.settings.streams_per_key
+    if open_streams[caller] >= limit:
+        raise TooManyRequests(
+            f"{limit} event streams are open for this {caller.split()[0]} already",
+            retry_after=str(int(KEEPALIVE_S)),
+        )
+    open_streams[caller] += 1
+    try:
+        return await _stream(request, context)
+    finally:
+        open_streams[caller] -= 1
+        if open_streams[caller] <= 0:
+            del open_streams[caller]  # only callers with a stream open are remembered
+
+
+async def _stream(request: web.Request, context: AppContext) -> web.StreamResponse:
     after = parse_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))
     event_type, provider = _filters(request, context)
     response = web.StreamResponse(
@@ -83,6 +105,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
     checked_key_at = time.monotonic()
     try:
         while not stopping.is_set():
+            if request.transport is None or request.transport.is_closing():
+                break  # the client went away: its place (STREAMS_PER_KEY) is free within a poll
             if key is not None and time.monotonic() - checked_key_at >= KEY_RECHECK_S:
                 async with context.db.connection() as connection:
                     if not await still_valid(connection, key.id):
@@ -112,3 +136,5 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 # Set on shutdown, so that open streams end instead of holding the server up.
 STOPPING = web.AppKey("feed_stopping", asyncio.Event)
+# Event streams open now, per caller (this process's).
+OPEN_STREAMS = web.AppKey("open_streams", Counter[str])

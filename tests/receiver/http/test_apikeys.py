@@ -206,3 +206,39 @@ def test_a_v1_route_without_a_scope_cannot_be_added() -> None:
 
     with pytest.raises(ValueError, match="declares no scope"):
         add_routes(web.Application(), (Route("get", "/v1/open", handler, "Open", {"200": None}),))
+
+
+async def test_open_event_streams_are_capped_per_key(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    settings = Settings(
+        database_url=dsn, db_pool_min_size=0, api_auth=True, dispatcher=False, streams_per_key=2
+    )
+    client: Client = await aiohttp_client(create_app(settings, dsn))
+    _, mine = await create_key(db, "streams", ["read"])
+    _, other = await create_key(db, "other", ["read"])
+
+    first = await client.get("/v1/events/stream", headers=bearer(mine))
+    second = await client.get("/v1/events/stream", headers=bearer(mine))
+    third = await client.get("/v1/events/stream", headers=bearer(mine))
+    another_key = await client.get("/v1/events/stream", headers=bearer(other))
+
+    assert (first.status, second.status, third.status, another_key.status) == (200, 200, 429, 200)
+    assert (await third.json())["error"]["code"] == "rate_limited"
+    assert third.headers["Retry-After"]
+    first.close()  # a stream that ends frees its place
+
+    async def reopened() -> int:
+        answer = await client.get("/v1/events/stream", headers=bearer(mine))
+        status = answer.status
+        answer.close()
+        return status
+
+    for _ in range(100):
+        if await reopened() == 200:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the closed stream's place was not freed")
+    for response in (second, another_key):
+        response.close()
