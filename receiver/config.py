@@ -221,6 +221,11 @@ class Settings(BaseSettings):
         description="Event streams (/v1/events/stream) open at once per API key (per address"
         " without keys), per instance; more are answered 429.",
     )
+    trusted_proxies: Annotated[tuple[Network, ...], NoDecode] = Field(
+        default=(),
+        description="Proxies in front of the hub (comma-separated networks): the client is the"
+        " right-most X-Forwarded-For hop that is not one of them; none: the TCP peer.",
+    )
     api_auth: bool = Field(
         default=True,
         description="Require API keys on /v1 (`make run` turns it off for a laptop).",
@@ -261,7 +266,7 @@ class Settings(BaseSettings):
             return tuple(float(part) for part in value.split(",") if part.strip())
         return value
 
-    @field_validator("webhook_allowed_networks", mode="before")
+    @field_validator("webhook_allowed_networks", "trusted_proxies", mode="before")
     @classmethod
     def split_allowed(cls, value: Any) -> Any:
         return ProviderSettings.split_networks(value)

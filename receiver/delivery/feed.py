@@ -16,6 +16,7 @@ from normalizers.events import EventType
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.apikeys import API_KEY
+from receiver.http.clients import client_address
 from receiver.http.errors import BadRequest, TooManyRequests
 from receiver.storage.apikeys import still_valid
 from receiver.storage.events import event_json, feed
@@ -71,7 +72,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
     without keys): each holds a connection and polls the database."""
     context = request.app[AppContext.KEY]
     key = request.get(API_KEY)
-    caller = f"key {key.id}" if key is not None else f"address {request.remote}"
+    caller = (
+        f"key {key.id}"
+        if key is not None
+        else f"address {client_address(request, context.settings.trusted_proxies)}"
+    )
     open_streams = request.app[OPEN_STREAMS]
     limit = context.settings.streams_per_key
     if open_streams[caller] >= limit:

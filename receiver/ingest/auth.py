@@ -6,12 +6,12 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
-from ipaddress import ip_address
 
 import structlog
 
 from normalizers.base import CallbackRequest, Provider
 from receiver.config import ProviderSettings
+from receiver.http.clients import parse_address
 
 log = structlog.get_logger("receiver.ingest.auth")
 
@@ -55,10 +55,5 @@ def is_unauthenticated(config: ProviderSettings) -> bool:
 
 
 def _allowed(remote: str | None, config: ProviderSettings) -> bool:
-    if remote is None:
-        return False
-    try:
-        address = ip_address(remote)
-    except ValueError:
-        return False
-    return any(address in network for network in config.allowed_ips)
+    address = parse_address(remote)  # `::ffff:a.b.c.d` is a.b.c.d, as IPv4 allow-lists mean
+    return address is not None and any(address in network for network in config.allowed_ips)

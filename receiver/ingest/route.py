@@ -11,6 +11,7 @@ from aiohttp.web_exceptions import HTTPExpectationFailed
 
 from receiver.context import AppContext
 from receiver.http.bodies import read_body
+from receiver.http.clients import client_address
 from receiver.http.errors import AuthError, Forbidden, NotFound, PayloadTooLarge, error_body
 from receiver.ingest.auth import AuthFailure, authenticate
 from receiver.ingest.groupcommit import CallbackWriter
@@ -76,6 +77,7 @@ async def handle_callback(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body of {request.content_length} bytes is over {limit} bytes")
     body = await read_body(request)  # 400 if it breaks off or cannot be decoded, 408 if slow
+    remote = client_address(request, context.settings.trusted_proxies)
 
     token = request.match_info.get("token")
     raw = RawCallback(
@@ -86,7 +88,7 @@ async def handle_callback(request: web.Request) -> web.Response:
         query=request.rel_url.raw_query_string,
         headers=_header_pairs(request),
         body=body,
-        remote_addr=request.remote,
+        remote_addr=remote,
         received_at=received_now(),
     )
     failure = authenticate(
@@ -94,7 +96,7 @@ async def handle_callback(request: web.Request) -> web.Response:
         context.settings.provider(provider_name),
         raw.as_callback_request(),
         token=token,
-        remote=request.remote,
+        remote=remote,
         now=raw.received_at,
     )
     normalised = judge(
@@ -117,7 +119,7 @@ async def handle_callback(request: web.Request) -> web.Response:
         outcome=result.outcome, raw_id=str(raw.id), events=new_events
     )
     if failure is not None:
-        log.warning("callback_rejected", reason=failure.reason, remote=request.remote)
+        log.warning("callback_rejected", reason=failure.reason, remote=remote)
         raise _refusal(failure)
     answer = {
         "status": result.outcome,

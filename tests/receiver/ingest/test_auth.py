@@ -3,6 +3,7 @@ provider's own check; every refused callback is still stored, as `rejected`."""
 
 from __future__ import annotations
 
+from ipaddress import ip_network
 from typing import Any
 
 import asyncpg
@@ -131,3 +132,69 @@ def test_serve_refuses_to_start_with_an_unknown_provider(
 
     assert stopped.value.code == 2
     assert "unknown providers: carierx" in capsys.readouterr().err
+
+
+async def proxied_client(aiohttp_client: Any, dsn: str, **changes: Any) -> Client:
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        providers={"carrierx": ProviderSettings(allowed_ips=(ip_network("192.0.2.0/24"),))},
+        **changes,
+    )
+    client: Client = await aiohttp_client(create_app(settings, dsn))
+    return client
+
+
+async def test_without_trusted_proxies_x_forwarded_for_is_not_believed(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await proxied_client(aiohttp_client, dsn)
+
+    forged = await client.post(
+        "/callbacks/carrierx", json=REPORT, headers={"X-Forwarded-For": "192.0.2.5"}
+    )
+
+    assert forged.status == 403  # the TCP peer (127.0.0.1) is what counts
+    assert await db.fetchval("SELECT remote_addr FROM raw_callbacks") == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    ("forwarded", "status", "client"),
+    [
+        ("192.0.2.5", 200, "192.0.2.5"),  # the proxy saw the provider
+        ("198.51.100.7, 192.0.2.5", 200, "192.0.2.5"),  # whatever the provider itself sent
+        ("192.0.2.5, 198.51.100.7", 403, "198.51.100.7"),  # a forged hop left of the real one
+        ("192.0.2.5, 10.0.0.2", 200, "192.0.2.5"),  # two trusted proxies in a row
+    ],
+)
+async def test_behind_a_trusted_proxy_the_client_is_the_right_most_untrusted_hop(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, forwarded: str, status: int, client: str
+) -> None:
+    proxied = await proxied_client(
+        aiohttp_client, dsn, trusted_proxies=(ip_network("127.0.0.0/8"), ip_network("10.0.0.0/8"))
+    )
+
+    answer = await proxied.post(
+        "/callbacks/carrierx", json=REPORT, headers={"X-Forwarded-For": forwarded}
+    )
+
+    assert answer.status == status
+    assert await db.fetchval("SELECT remote_addr FROM raw_callbacks") == client
+
+
+def test_trusted_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRUSTED_PROXIES", "10.0.0.0/8, 127.0.0.1")
+
+    assert [str(n) for n in Settings().trusted_proxies] == ["10.0.0.0/8", "127.0.0.1/32"]
+
+
+@pytest.mark.parametrize(
+    ("remote", "allowed"),
+    [("::ffff:192.0.2.5", True), ("192.0.2.5", True), ("::ffff:198.51.100.7", False), ("x", False)],
+)
+def test_an_ipv4_mapped_peer_matches_an_ipv4_allow_list(remote: str, allowed: bool) -> None:
+    from receiver.ingest.auth import _allowed
+
+    config = ProviderSettings(allowed_ips=(ip_network("192.0.2.0/24"),))
+
+    assert _allowed(remote, config) is allowed
