@@ -224,6 +224,9 @@ class ApiControl:
         # Barritel documents no callback signature: the receiver's path token and allow-list.
         return True
 
+    def replay_key(self, request: CallbackRequest) -> str | None:
+        return None  # its callbacks carry no signed time to replay
+
 
 def _report_events(report: dict[str, Any], received_at: datetime) -> list[Event]:
     message_id = str_or_none(first_present(report, "messageid", "message_id", "id"))

@@ -183,6 +183,12 @@ class Provider(Protocol):
         self, request: CallbackRequest, secret: str | None, now: datetime
     ) -> bool: ...
 
+    def replay_key(self, request: CallbackRequest) -> str | None:
+        """What tells one signed delivery from another (a timestamp and its signature), for a
+        provider whose signature carries a time: the same key again within the signature's
+        tolerance is a replay. None where the provider signs nothing of the kind."""
+        ...
+
 
 _PHONE_LIKE = re.compile(r"^\+?[\d\s().-]{6,}$", re.ASCII)
 

@@ -165,6 +165,9 @@ class CarrierX:
         # callback path and the source-address allow-list, both checked by the receiver.
         return True
 
+    def replay_key(self, request: CallbackRequest) -> str | None:
+        return None  # its callbacks carry no signed time to replay
+
 
 def _sms_object_events(raw: Mapping[str, Any], received_at: datetime) -> list[Event]:
     sms = lower_keys(raw)

@@ -201,6 +201,9 @@ class Properties:
         # Fone Dynamics documents no webhook authentication: the receiver's token and allow-list.
         return True
 
+    def replay_key(self, request: CallbackRequest) -> str | None:
+        return None  # its callbacks carry no signed time to replay
+
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"Message": {"Sid": 1}}` and `{"Message.Sid": 1}` both become `{"message.sid": 1}`."""

@@ -184,6 +184,9 @@ class Swift:
             return hmac.compare_digest(password, secret.encode())
         return False
 
+    def replay_key(self, request: CallbackRequest) -> str | None:
+        return None  # its callbacks carry no signed time to replay
+
 
 def _webhook_event(fields: dict[str, Any], received_at: datetime) -> Event:
     kind = str(fields.get("type") or "").lower()

@@ -7,7 +7,8 @@ Documented (docs.23telecom.co.uk /webhooks/delivery, /webhooks/postbacks, /webho
 recipient, sender_id, status, status_code, num_parts, cost, timestamp; optional
 telecom_message_id, workspace_id), so any of them may be missing. A postback URL may carry
 placeholders in its query (`?phone=...&status=...`) while the JSON body is still POSTed: the body
-wins, the query fills what it lacks. Signing is optional: `X-Webhook-Timestamp` (Unix seconds) and
+wins, the query fills what it lacks, unless the callback is signed (the signature does not cover
+the query). Signing is optional: `X-Webhook-Timestamp` (Unix seconds) and
 `X-Webhook-Signature: sha256=<hex>` = HMAC-SHA256(secret, "{timestamp}.{raw body}"). They wait 5 s
 for a 2xx, then retry twice (10 s, 30 s).
 
@@ -180,7 +181,10 @@ class Telecom23:
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields() if request.body.strip() else {}
-        query = {k.lower(): v for k, v in request.query_params().items()}
+        # A signed callback's query is not covered by its signature (timestamp and body only):
+        # anyone could add fields there, so it fills nothing.
+        signed = request.header("x-webhook-signature") is not None
+        query = {} if signed else {k.lower(): v for k, v in request.query_params().items()}
         events: list[Event] = []
         for report in report_objects(payload, "a report object"):
             fields = lower_keys(report)
@@ -206,6 +210,17 @@ class Telecom23:
             secret.encode(), timestamp.encode() + b"." + request.body, hashlib.sha256
         ).hexdigest()
         return hmac.compare_digest(signature.removeprefix("sha256=").lower(), expected)
+
+    def replay_key(self, request: CallbackRequest) -> str | None:
+        return _replay_key(request)
+
+
+def _replay_key(request: CallbackRequest) -> str | None:
+    timestamp = request.header("x-webhook-timestamp")
+    signature = request.header("x-webhook-signature")
+    if not timestamp or not signature:
+        return None
+    return f"{timestamp}.{signature.lower()}"
 
 
 def _report_event(fields: dict[str, Any], received_at: datetime) -> Event:

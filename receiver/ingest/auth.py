@@ -4,6 +4,8 @@ the callback path, then the provider's own documented mechanism (a signature, sa
 from __future__ import annotations
 
 import hmac
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -57,3 +59,46 @@ def is_unauthenticated(config: ProviderSettings) -> bool:
 def _allowed(remote: str | None, config: ProviderSettings) -> bool:
     address = parse_address(remote)  # `::ffff:a.b.c.d` is a.b.c.d, as IPv4 allow-lists mean
     return address is not None and any(address in network for network in config.allowed_ips)
+
+
+# How long a signed callback's key is remembered: longer than any provider's tolerance of a
+# signature's age (23 Telecom: 5 minutes), after which the signature itself is refused as stale.
+REPLAY_WINDOW_S = 600.0
+# Keys remembered at most (the oldest forgotten first): memory stays bounded whatever arrives.
+MAX_REPLAY_KEYS = 100_000
+
+
+class ReplayGuard:
+    """The signed callbacks this instance has stored recently, by (provider, replay key): the
+    same signed request again is refused. Remembered only once stored, so that a provider's
+    retry of a callback answered 503 is not taken for a replay."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[tuple[str, str], float] = OrderedDict()
+
+    def seen(self, provider: str, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        self._forget_before(now)
+        return (provider, key) in self._seen
+
+    def remember(self, provider: str, key: str, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        self._seen[(provider, key)] = now + REPLAY_WINDOW_S
+        self._seen.move_to_end((provider, key))
+        while len(self._seen) > MAX_REPLAY_KEYS:
+            self._seen.popitem(last=False)
+
+    def _forget_before(self, now: float) -> None:
+        while self._seen:
+            oldest, until = next(iter(self._seen.items()))
+            if until > now:
+                return
+            del self._seen[oldest]
+
+
+def replay_of(provider: Provider, config: ProviderSettings, request: CallbackRequest) -> str | None:
+    """The replay key of a callback whose signature was checked (a signing secret is set), if
+    its provider signs with a time; None otherwise (nothing to guard)."""
+    if config.signing_secret is None:
+        return None
+    return provider.replay_key(request)

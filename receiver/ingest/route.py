@@ -3,7 +3,7 @@ and answer only once it is committed."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
@@ -13,7 +13,7 @@ from receiver.context import AppContext
 from receiver.http.bodies import read_body
 from receiver.http.clients import client_address
 from receiver.http.errors import AuthError, Forbidden, NotFound, PayloadTooLarge, error_body
-from receiver.ingest.auth import AuthFailure, authenticate
+from receiver.ingest.auth import AuthFailure, ReplayGuard, authenticate, replay_of
 from receiver.ingest.groupcommit import CallbackWriter
 from receiver.ingest.pipeline import judge
 from receiver.ingest.spool import Spool
@@ -31,6 +31,7 @@ class Ingestion:
 
     writer: CallbackWriter  # stores callbacks, those arriving together in one transaction
     spool: Spool | None = None  # callbacks kept while Postgres cannot take them (SPOOL_DIR)
+    replays: ReplayGuard = field(default_factory=ReplayGuard)  # signed callbacks stored lately
 
 
 INGESTION = web.AppKey("ingestion", Ingestion)
@@ -91,14 +92,14 @@ async def handle_callback(request: web.Request) -> web.Response:
         remote_addr=remote,
         received_at=received_now(),
     )
+    config = context.settings.provider(provider_name)
+    callback_request = raw.as_callback_request()
     failure = authenticate(
-        provider,
-        context.settings.provider(provider_name),
-        raw.as_callback_request(),
-        token=token,
-        remote=remote,
-        now=raw.received_at,
+        provider, config, callback_request, token=token, remote=remote, now=raw.received_at
     )
+    replay = replay_of(provider, config, callback_request) if failure is None else None
+    if replay is not None and ingestion.replays.seen(provider_name, replay):
+        failure = AuthFailure(401, "a replay of a signed callback already received")
     normalised = judge(
         context.registry,
         raw,
@@ -121,6 +122,8 @@ async def handle_callback(request: web.Request) -> web.Response:
     if failure is not None:
         log.warning("callback_rejected", reason=failure.reason, remote=remote)
         raise _refusal(failure)
+    if replay is not None:
+        ingestion.replays.remember(provider_name, replay)  # stored: the same again is a replay
     answer = {
         "status": result.outcome,
         "raw_id": str(raw.id),

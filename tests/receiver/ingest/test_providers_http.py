@@ -153,3 +153,60 @@ async def test_signed_telecom23_callbacks(
     assert (good.status, bad.status) == (200, 401)
     outcomes = await db.fetch("SELECT outcome FROM raw_callbacks ORDER BY received_at")
     assert [r["outcome"] for r in outcomes] == ["normalised", "rejected"]
+
+
+def signed_telecom23(body: bytes, stamp: str) -> dict[str, str]:
+    signature = hmac.new(b"whsec", stamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return {"X-Webhook-Timestamp": stamp, "X-Webhook-Signature": f"sha256={signature}"}
+
+
+async def test_a_signed_telecom23_callback_sent_again_is_a_replay(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        providers={"telecom23": ProviderSettings(signing_secret=SecretStr("whsec"))},
+    )
+    client = await aiohttp_client(create_app(settings, dsn))
+    body = json.dumps({"message_id": "api_replay", "status": "DELIVRD"}).encode()
+    now = int(time.time())
+
+    first = await client.post(
+        "/callbacks/telecom23", data=body, headers=signed_telecom23(body, str(now))
+    )
+    again = await client.post(
+        "/callbacks/telecom23", data=body, headers=signed_telecom23(body, str(now))
+    )
+    resigned = await client.post(
+        "/callbacks/telecom23", data=body, headers=signed_telecom23(body, str(now + 1))
+    )
+
+    assert (first.status, again.status, resigned.status) == (200, 401, 200)
+    assert (await again.json())["error"]["message"] == (
+        "a replay of a signed callback already received"
+    )
+    assert await db.fetchval("SELECT count(*) FROM events") == 1  # the re-signed one: a duplicate
+
+
+async def test_a_signed_telecom23_callback_takes_nothing_from_its_query(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        providers={"telecom23": ProviderSettings(signing_secret=SecretStr("whsec"))},
+    )
+    client = await aiohttp_client(create_app(settings, dsn))
+    body = json.dumps({"message_id": "api_query", "status": "UNDELIV"}).encode()
+
+    answer = await client.post(
+        "/callbacks/telecom23?status=DELIVRD&message_id=someone_elses",
+        data=body,
+        headers=signed_telecom23(body, str(int(time.time()))),
+    )
+
+    assert answer.status == 200
+    event = await db.fetchrow("SELECT provider_message_id, status FROM events")
+    assert event is not None
+    assert (event["provider_message_id"], event["status"]) == ("api_query", "undelivered")
