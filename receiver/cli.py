@@ -21,7 +21,7 @@ from aiohttp import web
 from normalizers.base import CallbackRequest, ParseError, parse_timestamp
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
-from receiver.config import Settings
+from receiver.config import MIN_TOKEN_LENGTH, Settings
 from receiver.delivery.dispatcher import Dispatcher
 from receiver.demo import run_demo
 from receiver.ingest.reprocess import reprocess
@@ -128,6 +128,16 @@ def settings_at_start(registry: Registry) -> Settings:
         print(
             f"error: settings for unknown providers: {', '.join(unknown)}"
             f" (<PROVIDER>__<FIELD> variables; known: {', '.join(sorted(registry))})",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    short = settings.short_callback_tokens()
+    if short:
+        names = ", ".join(f"{name.upper()}__CALLBACK_TOKEN" for name in short)
+        print(
+            f"error: {names}: a callback token must be at least {MIN_TOKEN_LENGTH} characters"
+            " (it is all that stands between a stranger and a forged report); make one with"
+            " `python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
             file=sys.stderr,
         )
         raise SystemExit(2)

@@ -20,6 +20,10 @@ from pydantic_settings import (
 
 Network = IPv4Network | IPv6Network
 
+# The shortest callback path token `serve` accepts: 32 characters of secrets.token_urlsafe are
+# 192 bits, beyond guessing.
+MIN_TOKEN_LENGTH = 32
+
 
 class ProviderSettings(BaseModel):
     """One provider's account (its API, for sending) and how its callbacks are authenticated
@@ -280,6 +284,15 @@ class Settings(BaseSettings):
 
     def provider(self, name: str) -> ProviderSettings:
         return self.providers.get(name) or ProviderSettings()
+
+    def short_callback_tokens(self) -> list[str]:
+        """Providers whose callback token is shorter than MIN_TOKEN_LENGTH: guessable."""
+        return sorted(
+            name
+            for name, config in self.providers.items()
+            if config.callback_token is not None
+            and len(config.callback_token.get_secret_value()) < MIN_TOKEN_LENGTH
+        )
 
     def unknown_providers(self, known: Iterable[str]) -> list[str]:
         """Provider names configured (`<NAME>__<FIELD>`) that the registry does not know: a

@@ -198,3 +198,21 @@ def test_an_ipv4_mapped_peer_matches_an_ipv4_allow_list(remote: str, allowed: bo
     config = ProviderSettings(allowed_ips=(ip_network("192.0.2.0/24"),))
 
     assert _allowed(remote, config) is allowed
+
+
+def test_serve_refuses_a_callback_token_shorter_than_32_characters(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from receiver.cli import main
+
+    monkeypatch.setenv("SWIFT__CALLBACK_TOKEN", "x" * 31)
+    monkeypatch.setenv("CARRIERX__CALLBACK_TOKEN", "x" * 32)  # long enough
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["serve"])
+
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "SWIFT__CALLBACK_TOKEN: a callback token must be at least 32 characters" in error
+    assert "CARRIERX" not in error
+    assert "secrets.token_urlsafe(32)" in error
