@@ -15,10 +15,9 @@ from aiohttp import web
 from normalizers.events import EventType
 from receiver.context import AppContext
 from receiver.http import params
-from receiver.http.apikeys import API_KEY
-from receiver.http.clients import client_address
+from receiver.http.apikeys import API_KEY, caller_of
 from receiver.http.errors import BadRequest, TooManyRequests
-from receiver.storage.apikeys import still_valid
+from receiver.storage.apikeys import ApiKey, still_valid
 from receiver.storage.events import event_json, feed
 
 KEEPALIVE_S = 15.0
@@ -71,12 +70,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """The stream, at most STREAMS_PER_KEY of them open at once per API key (per address
     without keys): each holds a connection and polls the database."""
     context = request.app[AppContext.KEY]
-    key = request.get(API_KEY)
-    caller = (
-        f"key {key.id}"
-        if key is not None
-        else f"address {client_address(request, context.settings.trusted_proxies)}"
-    )
+    caller = caller_of(request)
     open_streams = request.app[OPEN_STREAMS]
     limit = context.settings.streams_per_key
     if open_streams[caller] >= limit:
@@ -86,14 +80,16 @@ async def stream(request: web.Request) -> web.StreamResponse:
         )
     open_streams[caller] += 1
     try:
-        return await _stream(request, context)
+        return await _stream(request, context, request.get(API_KEY))
     finally:
         open_streams[caller] -= 1
         if open_streams[caller] <= 0:
             del open_streams[caller]  # only callers with a stream open are remembered
 
 
-async def _stream(request: web.Request, context: AppContext) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, context: AppContext, key: ApiKey | None
+) -> web.StreamResponse:
     after = parse_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))
     event_type, provider = _filters(request, context)
     response = web.StreamResponse(
@@ -106,7 +102,6 @@ async def _stream(request: web.Request, context: AppContext) -> web.StreamRespon
     await response.prepare(request)
     stopping = request.app[STOPPING]
     quiet_since = time.monotonic()
-    key = request.get(API_KEY)
     checked_key_at = time.monotonic()
     try:
         while not stopping.is_set():

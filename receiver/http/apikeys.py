@@ -8,6 +8,7 @@ import structlog
 from aiohttp import web
 
 from receiver.context import AppContext
+from receiver.http.clients import client_address
 from receiver.http.errors import AuthError, Forbidden
 from receiver.http.routing import Handler, scope_of
 from receiver.storage.apikeys import KEY_PREFIX, ApiKey, find_key, has_key_shape
@@ -16,6 +17,15 @@ log = structlog.get_logger("receiver.http.apikeys")
 
 # The request's key, for handlers that outlive the request's start (event streams).
 API_KEY: web.RequestKey[ApiKey] = web.RequestKey("api_key", ApiKey)
+
+
+def caller_of(request: web.Request) -> str:
+    """Who a per-caller limit counts: `key <id>`, or `address <client>` when keys are off."""
+    key = request.get(API_KEY)
+    if key is not None:
+        return f"key {key.id}"
+    trusted = request.app[AppContext.KEY].settings.trusted_proxies
+    return f"address {client_address(request, trusted)}"
 
 
 @web.middleware

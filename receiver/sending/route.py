@@ -28,9 +28,8 @@ from normalizers.base import (
 from normalizers.encoding import segment
 from normalizers.events import Event
 from receiver.context import AppContext
-from receiver.http.apikeys import API_KEY
+from receiver.http.apikeys import API_KEY, caller_of
 from receiver.http.bodies import read_model
-from receiver.http.clients import client_address
 from receiver.http.errors import (
     BadRequest,
     Conflict,
@@ -102,11 +101,7 @@ def hash_of(incoming: SendMessageIn) -> str:
 async def handle_send(request: web.Request) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
     settings = context.settings
-    caller = (
-        f"key {request[API_KEY].id}"
-        if API_KEY in request
-        else f"address {client_address(request, settings.trusted_proxies)}"
-    )
+    caller = caller_of(request)
     wait_s = request.app[SEND_LIMITER].take(caller)
     if wait_s is not None:
         raise TooManyRequests(
