@@ -1,13 +1,18 @@
 -- Real callback formats of four providers in turn, each with a provider id unique to the request
 -- (thread, counter, random): CarrierX's SMS object, Swift's sms_dlr, 23 Telecom's delivery
 -- webhook (JSON POSTs) and the Properties API's receipt (a GET with a query string).
--- ROUTED=1 sends each to its provider's /callbacks/<provider> route; otherwise every request is
--- a POST of the same bodies to wrk's URL (the ceiling and naive-insert handlers).
+-- ROUTED=1 sends each to its provider's /callbacks/<provider>/<CALLBACK_TOKEN> route; otherwise
+-- every request is a POST of the same bodies to wrk's URL (the ceiling and naive-insert handlers).
 -- DUPLICATES=1: one request in five repeats an earlier one of the same thread.
 local counter = 0
 local thread_id = 0
 local dup_share = tonumber(os.getenv("DUPLICATES") or "0")
 local routed = os.getenv("ROUTED") == "1"
+local token = os.getenv("CALLBACK_TOKEN") or ""
+
+local function callback(provider)
+  return "/callbacks/" .. provider .. "/" .. token
+end
 
 function setup(thread)
   thread:set("id", thread_id)
@@ -23,21 +28,21 @@ local json = {["Content-Type"] = "application/json"}
 local form = {["Content-Type"] = "application/x-www-form-urlencoded"}
 
 local function carrierx(sid)
-  return "POST", "/callbacks/carrierx", json,
+  return "POST", callback("carrierx"), json,
     '{"message_sid":"' .. sid .. '","direction":"outbound","status":"delivered",'
     .. '"from":"15162065575","to":"15162065574","message_segments":1,"price":"0.0025",'
     .. '"date_status_changed":"2024-06-14T00:00:00.000Z","type":"sms"}'
 end
 
 local function swift(sid)
-  return "POST", "/callbacks/swift", json,
+  return "POST", callback("swift"), json,
     '{"delivery_status":"delivered","from":"12003004000","id":"dlr-' .. sid .. '",'
     .. '"sms":{"id":"' .. sid .. '"},"timestamp":"2024-06-14T00:00:00.000000Z",'
     .. '"to":"12003004001","type":"sms_dlr"}'
 end
 
 local function telecom23(sid)
-  return "POST", "/callbacks/telecom23", json,
+  return "POST", callback("telecom23"), json,
     '{"message_id":"' .. sid .. '","recipient":"+14155551234","sender_id":"MyApp",'
     .. '"status":"DELIVRD","status_code":"000","num_parts":1,"cost":0.0085,'
     .. '"timestamp":"2026-02-13T10:30:04Z"}'
@@ -49,7 +54,7 @@ local function properties(sid)
     .. "&Message.Sid=" .. sid .. "&Message.From=%2B61499111222&Message.To=%2B61488023555"
     .. "&Message.Text=Your+booking+is+confirmed"
   if routed then
-    return "GET", "/callbacks/properties?" .. query, {}, nil
+    return "GET", callback("properties") .. "?" .. query, {}, nil
   end
   return "POST", nil, form, query
 end

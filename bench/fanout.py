@@ -20,6 +20,8 @@ import asyncpg
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
+from bench.tokens import callback_path, token_env
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk="
 
@@ -124,6 +126,7 @@ def worker_env(dsn: str) -> dict[str, str]:
         "WEBHOOK_PER_SUBSCRIPTION": "32",
         "LOG_LEVEL": "warning",
         "API_AUTH": "false",
+        **token_env(),
     }
 
 
@@ -239,7 +242,7 @@ def carrierx_request(port: int, sid: str) -> bytes:
         {"message_sid": sid, "status": "delivered", "to": "15162065574", "type": "sms"}
     ).encode()
     return (
-        f"POST /callbacks/carrierx HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        f"POST {callback_path('carrierx')} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 

@@ -6,8 +6,8 @@ interleaved, medians and spread reported, with the payloads of four providers' r
 formats in turn (CarrierX, Swift, 23 Telecom as JSON POSTs, the Properties API's GET receipt):
   A  ceiling: an aiohttp handler in the same app set-up that reads the body and answers 200
   B  naive:   one INSERT of the raw body per request
-  C  real:    /callbacks/<provider> (raw row, normalise, events, recipient state, outbox rows
-              for 2 subscribers), answered after commit
+  C  real:    /callbacks/<provider>/<token> (raw row, normalise, events, recipient state,
+              outbox rows for 2 subscribers), answered after commit
   D  C with one request in five repeating an earlier one (at the highest connection count)
   E  the dispatcher (`sms-receiver worker`) fanning K events out to 2 local subscribers that
      verify signatures; E0 the same aiohttp client posting the same bodies with no database
@@ -45,11 +45,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench import fanout  # noqa: E402
+from bench.tokens import CALLBACK_TOKEN, token_env  # noqa: E402
 from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
 ROUTES = {"A": "/bench/ceiling", "B": "/bench/naive", "C": "/", "D": "/"}
 NAMES = {"A": "ceiling", "B": "naive insert", "C": "real pipeline", "D": "real, 20% repeats"}
-ROUTED = {"C", "D"}  # each request to its provider's /callbacks/<provider>
+ROUTED = {"C", "D"}  # each request to its provider's /callbacks/<provider>/<token>
 SUBSCRIBERS = 2
 F_LOADS = (0.25, 0.4, 0.5)  # F's offered rates, as shares of C's
 
@@ -117,6 +118,7 @@ def start_server(dsn: str, port: int) -> subprocess.Popen[bytes]:
         "API_AUTH": "false",
         "LOG_LEVEL": "info",
         "DB_POOL_MAX_SIZE": "20",
+        **token_env(),
     }
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.serve", "--port", str(port)],  # the hub + /bench routes
@@ -182,6 +184,7 @@ def wrk(
         **os.environ,
         "DUPLICATES": "1" if duplicates else "0",
         "ROUTED": "1" if routed else "0",
+        "CALLBACK_TOKEN": CALLBACK_TOKEN,
     }
     result = subprocess.run(
         [

@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.fanout import wait_ready  # noqa: E402
 from bench.run import free_port, stop_server  # noqa: E402
+from bench.tokens import callback_path, token_env  # noqa: E402
 from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
 RATE = 150.0  # callbacks per second offered, about 30% of what this machine serves end to end
@@ -59,7 +60,7 @@ class Generator:
     """Open loop, with a provider's retries; every attempt and answer recorded."""
 
     def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}/callbacks/carrierx"
+        self.url = f"http://127.0.0.1:{port}{callback_path('carrierx')}"
         self.sent: list[Sent] = []
 
     async def run(self, rate: float, seconds: float) -> None:
@@ -177,6 +178,7 @@ class Hub:
             "LOG_LEVEL": "warning",
             "DISPATCHER": "false" if self.separate_worker else "true",
             "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+            **token_env(),
             "WEBHOOK_RETRY_DELAYS_S": "0.5,1,2,2,2,2,2,2,2,2",
             "WEBHOOK_TIMEOUT_S": "2",
             "WEBHOOK_LEASE_S": "4",

@@ -495,6 +495,20 @@ CREATE TABLE public.api_keys (
     CONSTRAINT api_keys_scopes_check CHECK (((scopes <@ ARRAY['send'::text, 'read'::text, 'admin'::text]) AND (cardinality(scopes) > 0)))
 );
 
+-- TABLE callback_refusals
+
+CREATE TABLE public.callback_refusals (
+    id uuid NOT NULL,
+    received_at timestamp with time zone NOT NULL,
+    provider text NOT NULL,
+    method text NOT NULL,
+    remote_addr text,
+    reason text NOT NULL,
+    status smallint NOT NULL,
+    size_bytes integer NOT NULL,
+    body_sha256 bytea NOT NULL
+);
+
 -- TABLE deliveries
 
 CREATE TABLE public.deliveries (
@@ -671,7 +685,7 @@ CREATE TABLE public.raw_callbacks (
     event_count integer DEFAULT 0 NOT NULL,
     processed_at timestamp with time zone DEFAULT now() NOT NULL,
     source text DEFAULT 'callback'::text NOT NULL,
-    CONSTRAINT raw_callbacks_outcome_check CHECK ((outcome = ANY (ARRAY['normalised'::text, 'duplicate'::text, 'unparsed'::text, 'rejected'::text]))),
+    CONSTRAINT raw_callbacks_outcome_check CHECK ((outcome = ANY (ARRAY['normalised'::text, 'duplicate'::text, 'unparsed'::text]))),
     CONSTRAINT raw_callbacks_source_check CHECK ((source = ANY (ARRAY['callback'::text, 'send_answer'::text])))
 );
 
@@ -720,6 +734,11 @@ ALTER TABLE ONLY public.api_keys
 
 ALTER TABLE ONLY public.api_keys
     ADD CONSTRAINT api_keys_secret_hash_key UNIQUE (secret_hash);
+
+-- CONSTRAINT callback_refusals callback_refusals_pkey
+
+ALTER TABLE ONLY public.callback_refusals
+    ADD CONSTRAINT callback_refusals_pkey PRIMARY KEY (id);
 
 -- CONSTRAINT deliveries deliveries_pkey
 
@@ -780,6 +799,14 @@ ALTER TABLE ONLY public.schema_migrations
 
 ALTER TABLE ONLY public.subscriptions
     ADD CONSTRAINT subscriptions_pkey PRIMARY KEY (id);
+
+-- INDEX callback_refusals_provider_idx
+
+CREATE INDEX callback_refusals_provider_idx ON public.callback_refusals USING btree (provider, received_at);
+
+-- INDEX callback_refusals_received_at_idx
+
+CREATE INDEX callback_refusals_received_at_idx ON public.callback_refusals USING btree (received_at);
 
 -- INDEX deliveries_due_by_subscription_idx
 

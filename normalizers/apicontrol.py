@@ -105,6 +105,7 @@ class Options(StrictOptions):
 
 class ApiControl:
     name = NAME
+    signs_callbacks = False  # no documented signature: token and allow-list only
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

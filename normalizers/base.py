@@ -161,6 +161,9 @@ class Provider(Protocol):
     """One provider's pure translation layer (one module per provider)."""
 
     name: str
+    # Whether verify_callback checks a signing secret: where it does not, a secret configured
+    # for the provider authenticates nothing.
+    signs_callbacks: bool
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

@@ -74,6 +74,7 @@ PRICE_CURRENCY = "USD"  # "The price in US dollars determined for the message to
 
 class CarrierX:
     name = NAME
+    signs_callbacks = False  # no documented signature: token and allow-list only
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

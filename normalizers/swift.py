@@ -103,6 +103,7 @@ class Options(StrictOptions):
 
 class Swift:
     name = NAME
+    signs_callbacks = True  # a signing secret is checked (verify_callback)
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
 from aiohttp import web
+from pydantic import SecretStr
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.config import Settings
@@ -24,15 +26,16 @@ from receiver.http.errors import make_error_middleware
 from receiver.http.requestlog import request_log_middleware
 from receiver.http.routing import Param, Route, add_routes
 from receiver.ingest import route as callback_route
-from receiver.ingest.auth import is_unauthenticated
+from receiver.ingest.auth import is_authenticated
 from receiver.ingest.groupcommit import CallbackWriter
+from receiver.ingest.refusals import Refusals
 from receiver.ingest.spool import Spool, replay_forever
 from receiver.query import health, inbound, messages, raw_callbacks, stats
+from receiver.ratelimit import RateLimiter
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
 from receiver.sending import route as send_route
 from receiver.sending.providers import callback_url
-from receiver.sending.ratelimit import RateLimiter
 from receiver.storage.migrate import load_migrations, migrations_dir
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
@@ -323,6 +326,16 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "get",
+        "/v1/callback-refusals",
+        raw_callbacks.callback_refusals,
+        "Callbacks refused by authentication, newest first: metadata only",
+        {"200": schemas.CallbackRefusalPage},
+        scope="admin",
+        params=(Param("provider"), LIMIT, CURSOR),
+        errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "get",
         "/v1/stats",
         stats.stats,
         "Per provider: messages, delivery rate, report times",
@@ -332,6 +345,52 @@ ROUTES: tuple[Route, ...] = (
         errors=("400", "401", "403", "503"),
     ),
 )
+
+
+def with_sandbox_tokens(settings: Settings, registry: Registry) -> Settings:
+    """The simulated providers call back on the token path, as real ones are told to: with the
+    token configured for a provider, else a random one for this run (so that `make run` needs
+    no set-up and its callbacks are checked as in production). A provider opened on purpose
+    (`ALLOW_UNAUTHENTICATED`) with no token stays open."""
+    providers = dict(settings.providers)
+    for name in registry:
+        config = settings.provider(name)
+        if config.callback_token is None and not config.allow_unauthenticated:
+            token = SecretStr(secrets.token_urlsafe(32))
+            providers[name] = config.model_copy(update={"callback_token": token})
+    return settings.model_copy(update={"providers": providers})
+
+
+def log_callback_auth(settings: Settings, registry: Registry) -> None:
+    """At start, each provider whose callbacks nothing checks: an error when they are therefore
+    refused, a warning when opened on purpose."""
+    for name in sorted(registry):
+        provider, config = registry[name], settings.provider(name)
+        variable = name.upper()
+        if config.signing_secret is not None and not provider.signs_callbacks:
+            log.warning(
+                "signing_secret_ignored",
+                provider=name,
+                hint=f"{name} signs no callback: {variable}__SIGNING_SECRET checks nothing",
+            )
+        if is_authenticated(provider, config):
+            continue
+        if config.allow_unauthenticated:
+            log.warning(
+                "callbacks_open_without_authentication",
+                provider=name,
+                hint=f"anyone may post its reports; set {variable}__CALLBACK_TOKEN and unset"
+                f" {variable}__ALLOW_UNAUTHENTICATED",
+            )
+        else:
+            log.error(
+                "callbacks_refused_no_authentication",
+                provider=name,
+                hint=f"its callbacks are answered 401 callback_auth_not_configured: set"
+                f" {variable}__CALLBACK_TOKEN (and/or {variable}__ALLOWED_IPS,"
+                f" {variable}__SIGNING_SECRET where it signs), or"
+                f" {variable}__ALLOW_UNAUTHENTICATED=true to accept anyone's",
+            )
 
 
 def simulated_providers(settings: Settings, registry: Registry) -> Sandbox:
@@ -350,6 +409,8 @@ def simulated_providers(settings: Settings, registry: Registry) -> Sandbox:
 def create_app(
     settings: Settings, dsn: str, registry: Registry = DEFAULT_REGISTRY
 ) -> web.Application:
+    if settings.sandbox:
+        settings = with_sandbox_tokens(settings, registry)
     app = web.Application(
         middlewares=[
             request_log_middleware,
@@ -386,7 +447,10 @@ def create_app(
             http=http,
             signal=signal,
         )
-        app[callback_route.INGESTION] = callback_route.Ingestion(writer=writer, spool=spool)
+        refusals = Refusals(db, RateLimiter(settings.refusal_rate_per_s, settings.refusal_burst))
+        app[callback_route.INGESTION] = callback_route.Ingestion(
+            writer=writer, refusals=refusals, spool=spool
+        )
         app[send_route.SEND_LIMITER] = RateLimiter(settings.send_rate_per_s, settings.send_burst)
         async with signal.connected(db, dsn):
             dispatcher = Dispatcher(db, settings, signal) if settings.dispatcher else None
@@ -396,7 +460,11 @@ def create_app(
                 if spool
                 else None
             )
+            recording = asyncio.create_task(refusals.run())
             yield
+            recording.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await recording
             if replaying is not None:
                 replaying.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -425,11 +493,5 @@ def create_app(
         app.add_subapp("/sandbox", sandbox_app(simulated_providers(settings, registry)))
     if not settings.api_auth:
         log.warning("api_keys_not_required", hint="set API_AUTH=true outside a laptop")
-    for name in sorted(registry):
-        if is_unauthenticated(settings.provider(name)):
-            log.warning(
-                "callbacks_not_authenticated",
-                provider=name,
-                hint=f"set {name.upper()}__CALLBACK_TOKEN and/or {name.upper()}__ALLOWED_IPS",
-            )
+    log_callback_auth(settings, registry)
     return app

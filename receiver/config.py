@@ -26,9 +26,11 @@ MIN_TOKEN_LENGTH = 32
 
 
 class ProviderSettings(BaseModel):
-    """One provider's account (its API, for sending) and how its callbacks are authenticated
-    (all optional; unset means not checked). From the environment as `<PROVIDER>__<FIELD>`,
-    e.g. `CARRIERX__API_KEY`; `<PROVIDER>__ALLOWED_IPS` is comma separated."""
+    """One provider's account (its API, for sending) and how its callbacks are authenticated: a
+    path token, a source allow-list, a signing secret (where the provider signs). With none of
+    them its callbacks are refused, unless `allow_unauthenticated` opens them on purpose. From
+    the environment as `<PROVIDER>__<FIELD>`, e.g. `CARRIERX__API_KEY`;
+    `<PROVIDER>__ALLOWED_IPS` is comma separated."""
 
     model_config = {"frozen": True, "hide_input_in_errors": True}  # errors print no secrets
 
@@ -39,6 +41,7 @@ class ProviderSettings(BaseModel):
     callback_token: SecretStr | None = None
     allowed_ips: Annotated[tuple[Network, ...], NoDecode] = ()
     signing_secret: SecretStr | None = None
+    allow_unauthenticated: bool = False
 
     @field_validator("allowed_ips", mode="before")
     @classmethod
@@ -183,6 +186,19 @@ class Settings(BaseSettings):
     )
     send_burst: int = Field(
         default=100, ge=1, description="Send requests per API key allowed at once above the rate."
+    )
+    refusal_rate_per_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="Refused callbacks (authentication failed) per second per source address,"
+        " sustained; beyond, its callbacks are answered 429 with Retry-After before their body"
+        " is read. Behind a proxy, set TRUSTED_PROXIES: else the proxy is the one source.",
+    )
+    refusal_burst: int = Field(
+        default=30, ge=1, description="Refused callbacks per source address allowed at once."
+    )
+    refusal_retention_days: int = Field(
+        default=30, ge=1, description="How long the record of a refused callback is kept."
     )
     idempotency_ttl_s: int = Field(
         default=24 * 3600,

@@ -8,6 +8,8 @@ import re
 from typing import Any
 
 REDACTED = "[redacted]"
+# What is stored and logged in place of the secret token of a callback path.
+TOKEN_PLACEHOLDER = "<token>"  # noqa: S105 - a placeholder, not a secret
 
 # Names (log fields, headers, query and body fields) whose value is a secret whatever it looks
 # like: credentials, signatures, tokens, keys, cookies and sessions.
@@ -31,3 +33,12 @@ def redacted(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [redacted(item) for item in value]
     return value
+
+
+def path_without_token(path: str, token: str | None) -> str:
+    """A callback path as it may be logged or stored: its last segment, the token (right or
+    wrong), replaced by a placeholder."""
+    if not token:
+        return path
+    head, _, _ = path.rpartition("/")
+    return f"{head}/{TOKEN_PLACEHOLDER}"

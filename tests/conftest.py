@@ -22,9 +22,15 @@ from receiver.storage.pool import start_embedded_postgres
 from tests.helpers import free_port, running_serve
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Callbacks are refused when their provider has no authentication configured. Tests of other
+# areas post callbacks without credentials: every provider is opened on purpose, in this process
+# and in the serves it starts (tests/receiver/ingest/test_closed_by_default.py closes them).
+for _name in DEFAULT_REGISTRY:
+    os.environ.setdefault(f"{_name.upper()}__ALLOW_UNAUTHENTICATED", "true")
 TABLES = (
     "deliveries, subscriptions, events, recipient_parts, message_recipients, messages,"
-    " raw_callbacks, idempotency_keys, delivery_attempts, api_keys"
+    " raw_callbacks, idempotency_keys, delivery_attempts, api_keys, callback_refusals"
 )
 
 

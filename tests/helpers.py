@@ -12,7 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from receiver.config import Settings
 
@@ -40,14 +40,18 @@ def sandbox_settings(dsn: str, port: int, **changes: Any) -> Settings:
 
 
 @contextlib.contextmanager
-def running_serve(port: int, env: dict[str, str], *options: str) -> Iterator[str]:
+def running_serve(
+    port: int, env: dict[str, str], *options: str, output: Path | None = None
+) -> Iterator[str]:
     """A real `serve` process (its own process group) on loopback `port`, with `env` over this
-    one's, once it answers /healthz; stopped (SIGTERM, then SIGKILL) on leaving. Yields its URL."""
+    one's, once it answers /healthz; stopped (SIGTERM, then SIGKILL) on leaving. Yields its URL.
+    Its output (the logs) goes to `output` when given."""
+    sink: IO[bytes] | int = output.open("wb") if output is not None else subprocess.DEVNULL
     process = subprocess.Popen(
         [sys.executable, "-m", "receiver", "serve", *options, "--port", str(port)],
         env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=sink,
+        stderr=subprocess.STDOUT if output is not None else subprocess.DEVNULL,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
@@ -67,3 +71,5 @@ def running_serve(port: int, env: dict[str, str], *options: str) -> Iterator[str
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=5)
+        if not isinstance(sink, int):
+            sink.close()

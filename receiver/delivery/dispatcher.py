@@ -26,6 +26,7 @@ from receiver.storage.batcher import Batcher, each_alone
 from receiver.storage.notify import Signal
 from receiver.storage.outbox import Claimed
 from receiver.storage.pool import Database
+from receiver.storage.refusals import purge_refusals
 
 log = structlog.get_logger("receiver.delivery.dispatcher")
 
@@ -35,7 +36,8 @@ MAX_RETRY_AFTER_S = 86400.0
 RECORD_BATCH_MAX = 100
 CLAIM_INTERVAL_S = 0.005
 # How often what has outlived its use is cleared: subscription secrets rotated out whose window
-# has ended, Idempotency-Key answers past their retention and claims that never answered.
+# has ended, Idempotency-Key answers past their retention and claims that never answered, and
+# records of refused callbacks past REFUSAL_RETENTION_DAYS.
 SWEEP_S = 60.0
 BACKLOG_WAIT_S = 0.05
 
@@ -155,11 +157,12 @@ class Dispatcher:
                 keys = await idempotency.purge_idempotency(
                     connection, self.settings.idempotency_stale_s
                 )
+                refusals = await purge_refusals(connection, self.settings.refusal_retention_days)
         except Exception as error:  # the database is away: next sweep
             log.warning("sweep_failed", error=repr(error))
             return
-        if secrets or keys:
-            log.info("swept", previous_secrets=secrets, idempotency_keys=keys)
+        if secrets or keys or refusals:
+            log.info("swept", previous_secrets=secrets, idempotency_keys=keys, refusals=refusals)
 
     async def _claim(self, capacity: int) -> list[Claimed]:
         settings = self.settings

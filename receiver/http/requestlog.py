@@ -12,6 +12,7 @@ from aiohttp import web
 
 from receiver.http.routing import Handler
 from receiver.metrics import REQUESTS
+from receiver.redaction import path_without_token
 
 log = structlog.get_logger("receiver.http")
 
@@ -50,7 +51,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
         log.info(
             "request",
             method=request.method,
-            path=request.path,
+            path=path_without_token(request.path, request.match_info.get("token")),
             status=status,
             latency_ms=round(elapsed * 1000, 2),
         )

@@ -202,7 +202,7 @@ class RawCallbackSummary(BaseModel):
     source: Literal["callback", "send_answer"]
     method: str
     path: str
-    outcome: Literal["normalised", "duplicate", "unparsed", "rejected"]
+    outcome: Literal["normalised", "duplicate", "unparsed"]
     error: str | None
     event_count: int
     remote_addr: str | None
@@ -222,6 +222,25 @@ class RawCallbackPage(BaseModel):
     next_cursor: str | None
 
 
+class CallbackRefusal(BaseModel):
+    """A callback refused by authentication: what it was, never what it said."""
+
+    id: str
+    provider: str
+    method: str
+    remote_addr: str | None
+    reason: str
+    status: int
+    size_bytes: int
+    body_sha256: str
+    received_at: datetime
+
+
+class CallbackRefusalPage(BaseModel):
+    data: list[CallbackRefusal]
+    next_cursor: str | None
+
+
 class ProviderStats(BaseModel):
     messages: int
     recipients: int
@@ -231,7 +250,7 @@ class ProviderStats(BaseModel):
     final_report_p50_s: float | None
     final_report_p95_s: float | None
     unparsed_callbacks: int
-    rejected_callbacks: int
+    rejected_callbacks: int  # refused by authentication (GET /v1/callback-refusals)
 
 
 class Stats(BaseModel):

@@ -22,6 +22,14 @@ log = structlog.get_logger("receiver.ingest.auth")
 class AuthFailure:
     status: int  # 401 for a missing or wrong credential, 403 for a source not allowed
     reason: str
+    code: str = "unauthorized"
+
+
+NOT_CONFIGURED = AuthFailure(
+    401,
+    "no authentication is configured for this provider's callbacks",
+    "callback_auth_not_configured",
+)
 
 
 def authenticate(
@@ -33,8 +41,10 @@ def authenticate(
     remote: str | None,
     now: datetime,
 ) -> AuthFailure | None:
-    """None when the callback may be processed, else why not. Nothing configured means the
-    provider's callbacks are not checked (the app warns at start)."""
+    """None when the callback may be processed, else why not. A provider with nothing
+    configured is refused, unless opened on purpose (`allow_unauthenticated`)."""
+    if not is_authenticated(provider, config) and not config.allow_unauthenticated:
+        return NOT_CONFIGURED
     if config.allowed_ips and not _allowed(remote, config):
         return AuthFailure(403, f"source address {remote} is not allowed for {provider.name}")
     if config.callback_token is not None:
@@ -52,8 +62,11 @@ def authenticate(
     return None
 
 
-def is_unauthenticated(config: ProviderSettings) -> bool:
-    return not (config.allowed_ips or config.callback_token or config.signing_secret)
+def is_authenticated(provider: Provider, config: ProviderSettings) -> bool:
+    """Whether anything checks who sent the provider's callbacks: a path token, an allow-list,
+    or a signing secret the provider signs with (elsewhere a secret proves nothing)."""
+    signed = config.signing_secret is not None and provider.signs_callbacks
+    return bool(config.allowed_ips or config.callback_token or signed)
 
 
 def _allowed(remote: str | None, config: ProviderSettings) -> bool:

@@ -1,7 +1,6 @@
-"""From a raw callback to what gets stored: the one judgement of its outcome (rejected by
-authentication, unparsed, or normalised into events), made in memory, and storing a callback as
-judged. The callback route, the spool's replay and `reprocess` all judge a payload through
-`judge`."""
+"""From an authenticated raw callback to what gets stored: the one judgement of its outcome
+(unparsed, or normalised into events), made in memory, and storing a callback as judged. The
+callback route, the spool's replay and `reprocess` all judge a payload through `judge`."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from normalizers.events import Event
 from normalizers.registry import Registry
 from receiver.storage.callbacks import (
     NORMALISED,
-    REJECTED,
     UNPARSED,
     IngestResult,
     RawCallback,
@@ -37,17 +35,8 @@ def unparsed(reason: str) -> Normalised:
     return Normalised(outcome=UNPARSED, error=error_text(reason))
 
 
-def judge(
-    registry: Registry,
-    raw: RawCallback,
-    *,
-    rejected: str | None = None,
-    max_events: int | None = None,
-) -> Normalised:
-    """The outcome of a raw callback: `rejected` when its authentication failed (with that
-    reason), else what its provider's normaliser makes of it."""
-    if rejected is not None:
-        return Normalised(outcome=REJECTED, error=error_text(rejected))
+def judge(registry: Registry, raw: RawCallback, *, max_events: int | None = None) -> Normalised:
+    """The outcome of a raw callback: what its provider's normaliser makes of it."""
     provider = registry.get(raw.provider)
     if provider is None:
         return unparsed(f"no provider named {raw.provider!r}")

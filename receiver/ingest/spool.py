@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -50,9 +51,7 @@ class SpoolInUse(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Spooled:
-    raw: RawCallback
-    rejected: str | None  # the authentication's refusal, decided on arrival (signatures expire)
-    status: int | None  # the answer given for a refusal (401 or 403)
+    raw: RawCallback  # authenticated on arrival: a refused callback is never spooled
 
 
 class Spool:
@@ -64,10 +63,10 @@ class Spool:
         self._owner: int | None = None  # the descriptor of the held lock file
         self._bytes: int | None = None  # every file of the spool, replaying ones included
 
-    async def append(self, raw: RawCallback, rejected: str | None, status: int | None) -> bool:
+    async def append(self, raw: RawCallback) -> bool:
         """Writes and fsyncs the callback; False when the spool is full (or cannot be written),
         and then nothing of it stays in the file."""
-        line = _encode(raw, rejected, status)
+        line = _encode(raw)
         try:
             return await asyncio.to_thread(self._append, line)
         except OSError as error:
@@ -157,7 +156,7 @@ class Spool:
             self._make_directory()
             descriptor = os.open(self.directory / FAILED_FILE, flags, FILE_MODE)
             with os.fdopen(descriptor, "ab") as failed:
-                failed.write(_encode(entry.raw, entry.rejected, entry.status))
+                failed.write(_encode(entry.raw))
                 failed.flush()
                 os.fsync(failed.fileno())
 
@@ -194,13 +193,18 @@ def read(path: Path) -> list[Spooled]:
     entries = []
     for number, line in enumerate(path.read_bytes().splitlines(), start=1):
         try:
-            entries.append(_decode(line))
-        except (ValueError, KeyError, TypeError) as error:
+            record = json.loads(line)
+            if record.get("rejected"):
+                # Spooled by an earlier version, which spooled refusals too: not stored now.
+                log.warning("spooled_refusal_dropped", file=str(path), line=number)
+                continue
+            entries.append(_decode(record))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             log.error("spool_line_unreadable", file=str(path), line=number, error=repr(error))
     return entries
 
 
-def _encode(raw: RawCallback, rejected: str | None, status: int | None) -> bytes:
+def _encode(raw: RawCallback) -> bytes:
     record = {
         "id": str(raw.id),
         "provider": raw.provider,
@@ -211,15 +215,12 @@ def _encode(raw: RawCallback, rejected: str | None, status: int | None) -> bytes
         "body": base64.b64encode(raw.body).decode(),
         "remote_addr": raw.remote_addr,
         "received_at": raw.received_at.isoformat(),
-        "rejected": rejected,
-        "status": status,
     }
     # Surrogates (undecodable header bytes) survive as escapes; they are cleaned when stored.
     return json.dumps(record, separators=(",", ":")).encode() + b"\n"
 
 
-def _decode(line: bytes) -> Spooled:
-    record = json.loads(line)
+def _decode(record: dict[str, Any]) -> Spooled:
     raw = RawCallback(
         id=uuid.UUID(record["id"]),
         provider=record["provider"],
@@ -231,7 +232,7 @@ def _decode(line: bytes) -> Spooled:
         remote_addr=record["remote_addr"],
         received_at=datetime.fromisoformat(record["received_at"]),
     )
-    return Spooled(raw=raw, rejected=record["rejected"], status=record["status"])
+    return Spooled(raw=raw)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -272,12 +273,7 @@ async def replay(
     for path in await asyncio.to_thread(spool.take):
         entries = await asyncio.to_thread(read, path)
         for entry in entries:
-            normalised = judge(
-                registry,
-                entry.raw,
-                rejected=entry.rejected,
-                max_events=settings.max_events_per_callback,
-            )
+            normalised = judge(registry, entry.raw, max_events=settings.max_events_per_callback)
             async with db.connection() as connection:
                 try:
                     result, _ = await store(connection, entry.raw, normalised)

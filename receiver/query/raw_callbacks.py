@@ -1,5 +1,6 @@
-"""GET /v1/raw-callbacks[/{id}]: every provider request as it arrived, for the operator; values
-of secret-looking headers, query and body fields shown redacted."""
+"""GET /v1/raw-callbacks[/{id}]: every accepted provider request as it arrived, for the
+operator; values of secret-looking headers, query and body fields shown redacted. GET
+/v1/callback-refusals: the requests refused by authentication, as metadata."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.errors import NotFound
 from receiver.redaction import REDACTED, is_secret_name, redacted
-from receiver.storage import callbacks, events
+from receiver.storage import callbacks, events, refusals
 from receiver.storage.callbacks import OUTCOMES
 
 # In place of a JSON body nested too deeply to be searched for secrets (a stranger's garbage,
@@ -116,4 +117,42 @@ async def raw_callback(request: web.Request) -> web.Response:
             "events": stored_events,
         }
         | shown
+    )
+
+
+async def callback_refusals(request: web.Request) -> web.Response:
+    context = request.app[AppContext.KEY]
+    limit = params.limit(request)
+    cursor = params.parse_keyset_cursor(request)
+    provider = params.choice(request, "provider", context.registry.keys())
+    async with context.db.connection() as connection:
+        rows = await refusals.list_refusals(
+            connection,
+            provider=provider,
+            after=(cursor[0], params.uuid_or_none(cursor[1])) if cursor else None,
+            limit=limit + 1,
+        )
+    page = rows[:limit]
+    return web.json_response(
+        {
+            "data": [
+                {
+                    "id": str(row["id"]),
+                    "provider": row["provider"],
+                    "method": row["method"],
+                    "remote_addr": row["remote_addr"],
+                    "reason": row["reason"],
+                    "status": row["status"],
+                    "size_bytes": row["size_bytes"],
+                    "body_sha256": bytes(row["body_sha256"]).hex(),
+                    "received_at": rfc3339(row["received_at"]),
+                }
+                for row in page
+            ],
+            "next_cursor": (
+                params.keyset_cursor(page[-1]["received_at"], str(page[-1]["id"]))
+                if len(rows) > limit
+                else None
+            ),
+        }
     )

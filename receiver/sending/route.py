@@ -39,8 +39,8 @@ from receiver.http.errors import (
     error_body,
 )
 from receiver.http.fields import Moment, no_nul
+from receiver.ratelimit import RateLimiter, retry_after_header
 from receiver.sending.providers import account_of, call_provider, callback_url, store_outcome
-from receiver.sending.ratelimit import RateLimiter, retry_after_header
 from receiver.storage import idempotency, messages
 
 log = structlog.get_logger("receiver.sending.route")

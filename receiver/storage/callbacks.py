@@ -28,9 +28,8 @@ log = structlog.get_logger("receiver.storage.callbacks")
 # Outcomes of a raw callback (raw_callbacks.outcome); `duplicate` is decided by storage.
 NORMALISED = "normalised"
 UNPARSED = "unparsed"
-REJECTED = "rejected"
 DUPLICATE = "duplicate"
-OUTCOMES = (NORMALISED, DUPLICATE, UNPARSED, REJECTED)
+OUTCOMES = (NORMALISED, DUPLICATE, UNPARSED)  # a refused callback is not one (storage.refusals)
 
 # The longest reason kept on a raw callback (raw_callbacks.error).
 MAX_ERROR_LENGTH = 2000

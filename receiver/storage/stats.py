@@ -1,5 +1,5 @@
 """Per-provider statistics over a window: messages, delivery rate, final-report latency, reports
-by status, and callbacks that were unparsed or rejected."""
+by status, and callbacks that were unparsed or refused (rejected)."""
 
 from __future__ import annotations
 
@@ -53,9 +53,11 @@ async def unusable_callbacks(
     connection: Connection, since: datetime | None
 ) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await connection.fetch(
-        "SELECT provider, outcome, count(*) AS n FROM raw_callbacks"
-        " WHERE received_at >= $1 AND outcome IN ('unparsed', 'rejected')"
-        " GROUP BY provider, outcome",
+        "SELECT provider, 'unparsed' AS outcome, count(*) AS n FROM raw_callbacks"
+        " WHERE received_at >= $1 AND outcome = 'unparsed' GROUP BY provider"
+        " UNION ALL"
+        " SELECT provider, 'rejected' AS outcome, count(*) AS n FROM callback_refusals"
+        " WHERE received_at >= $1 GROUP BY provider",
         since,
     )
     return rows

@@ -21,6 +21,7 @@ from normalizers.registry import DEFAULT_REGISTRY
 from receiver.app import create_app
 from receiver.config import Settings
 from receiver.context import AppContext
+from receiver.ingest.route import INGESTION
 from receiver.storage import callbacks
 from tests.corpus import FIXTURES as CORPUS
 from tests.factories import a_raw_callback, attach_orphans, insert_message, with_override
@@ -186,15 +187,17 @@ class RefusingCarrierX(CarrierX):
 
 
 @pytest.mark.parametrize("registry", [with_override(DEFAULT_REGISTRY, RefusingCarrierX())])
-async def test_a_callback_failing_authentication_is_stored_as_rejected_and_answered_401(
+async def test_a_callback_failing_authentication_is_answered_401_and_not_stored(
     client: Client, db: asyncpg.Connection
 ) -> None:
     status, answer = await post_json(client, fixture("outbound_delivered.json"))
 
     assert status == 401
     assert answer["error"]["code"] == "unauthorized"
-    assert await db.fetchval("SELECT outcome FROM raw_callbacks") == "rejected"
+    assert await db.fetchval("SELECT count(*) FROM raw_callbacks") == 0
     assert await db.fetchval("SELECT count(*) FROM events") == 0
+    await client.app[INGESTION].refusals.flush()
+    assert await db.fetchval("SELECT count(*) FROM callback_refusals") == 1
 
 
 async def test_a_get_callback_with_a_query_string_is_normalised(

@@ -17,9 +17,11 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
 from normalizers.registry import DEFAULT_REGISTRY
-from receiver.config import Settings
+from receiver.app import create_app
+from receiver.config import ProviderSettings, Settings
 from receiver.context import AppContext
 from receiver.ingest import pipeline
 from receiver.ingest import spool as spool_module
@@ -106,13 +108,13 @@ async def test_a_replay_cut_short_stores_nothing_twice(
     spool = Spool(tmp_path, 1024 * 1024)
     raws = [raw_callback() for _ in range(3)]
     for raw in raws:
-        assert await spool.append(raw, None, None)
+        assert await spool.append(raw)
     database = await open_database(dsn, settings)
     try:
         await replay(spool, database, DEFAULT_REGISTRY, settings, Signal())
         # The same file again, as if the process died before removing it.
         for raw in raws:
-            assert await spool.append(raw, None, None)
+            assert await spool.append(raw)
         await replay(spool, database, DEFAULT_REGISTRY, settings, Signal())
     finally:
         await database.close()
@@ -121,22 +123,50 @@ async def test_a_replay_cut_short_stores_nothing_twice(
     assert ids == {raw.id for raw in raws}
 
 
-async def test_a_rejected_callback_is_spooled_with_its_verdict(
+async def test_a_refused_callback_is_never_spooled(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    settings = Settings(
+        database_url=dsn,
+        db_pool_min_size=0,
+        spool_dir=tmp_path / "spool",
+        providers={"carrierx": ProviderSettings(callback_token=SecretStr("t" * 32))},
+    )
+    client: Client = await aiohttp_client(create_app(settings, dsn))
+    body = json.loads(FIXTURE.read_text())["request"]["body"]
+
+    async def refused(*args: Any) -> Any:
+        raise ConnectionRefusedError("the database is away")
+
+    client.app[INGESTION].writer.store = refused
+
+    answer = await client.post("/callbacks/carrierx/wrong", json=body)
+
+    assert answer.status == 401
+    assert not (tmp_path / "spool" / SPOOL_FILE).exists()
+
+
+async def test_a_refusal_spooled_by_an_earlier_version_is_dropped_not_stored(
     dsn: str, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     settings = Settings(database_url=dsn, db_pool_min_size=0)
     spool = Spool(tmp_path, 1024 * 1024)
-    raw = raw_callback()
-    assert await spool.append(raw, "missing or wrong callback token", 401)
+    refused, accepted = raw_callback(), raw_callback()
+    assert await spool.append(accepted)
+    old_line = json.loads(spool_module._encode(refused)) | {
+        "rejected": "missing or wrong callback token",
+        "status": 401,
+    }
+    with spool.path.open("ab") as file:
+        file.write(json.dumps(old_line).encode() + b"\n")
     database = await open_database(dsn, settings)
     try:
-        await replay(spool, database, DEFAULT_REGISTRY, settings, Signal())
+        stored = await replay(spool, database, DEFAULT_REGISTRY, settings, Signal())
     finally:
         await database.close()
 
-    row = await db.fetchrow("SELECT outcome, error FROM raw_callbacks WHERE id = $1", raw.id)
-    assert row is not None
-    assert (row["outcome"], row["error"]) == ("rejected", "missing or wrong callback token")
+    assert stored == 1
+    assert [r["id"] for r in await db.fetch("SELECT id FROM raw_callbacks")] == [accepted.id]
 
 
 async def test_a_full_spool_answers_retry_later(
@@ -156,7 +186,7 @@ async def test_a_full_spool_answers_retry_later(
 async def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 1024 * 1024)
     raw = raw_callback()
-    assert await spool.append(raw, None, None)
+    assert await spool.append(raw)
     with spool.path.open("ab") as file:
         file.write(b'{"id": "' + str(uuid.uuid4()).encode())  # a crash mid-write
 
@@ -173,8 +203,8 @@ async def test_a_line_that_fails_for_another_reason_is_kept_unparsed_not_stuck(
     settings = Settings(database_url=dsn, db_pool_min_size=0)
     spool = Spool(tmp_path, 1024 * 1024)
     poison, fine = carrierx_raw("poison"), carrierx_raw("fine")
-    assert await spool.append(poison, None, None)
-    assert await spool.append(fine, None, None)
+    assert await spool.append(poison)
+    assert await spool.append(fine)
     real = pipeline.store
 
     async def crashing(connection: Any, raw: Any, normalised: Any) -> Any:
@@ -199,12 +229,12 @@ async def test_a_line_that_fails_for_another_reason_is_kept_unparsed_not_stuck(
 async def test_a_torn_tail_does_not_swallow_the_next_callback(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 1024 * 1024)
     first = raw_callback()
-    assert await spool.append(first, None, None)
+    assert await spool.append(first)
     with spool.path.open("ab") as file:  # a crash mid-write: never acknowledged
         file.write(b'{"id":"' + str(uuid.uuid4()).encode())
 
     acknowledged = raw_callback()
-    assert await spool.append(acknowledged, None, None)
+    assert await spool.append(acknowledged)
 
     assert [entry.raw.id for entry in read(spool.path)] == [first.id, acknowledged.id]
 
@@ -212,27 +242,27 @@ async def test_a_torn_tail_does_not_swallow_the_next_callback(tmp_path: Path) ->
 async def test_a_write_that_fails_half_way_leaves_nothing_behind(tmp_path: Path) -> None:
     spool = Spool(tmp_path, 1024 * 1024)
     first = raw_callback()
-    assert await spool.append(first, None, None)
+    assert await spool.append(first)
     size = spool.path.stat().st_size
     soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
     resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, hard))  # the disk is full
     try:
-        assert not await spool.append(raw_callback(), None, None)  # 503: nothing written
+        assert not await spool.append(raw_callback())  # 503: nothing written
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
 
     acknowledged = raw_callback()
-    assert await spool.append(acknowledged, None, None)
+    assert await spool.append(acknowledged)
     assert [entry.raw.id for entry in read(spool.path)] == [first.id, acknowledged.id]
 
 
 async def test_the_bound_counts_the_files_being_replayed_too(tmp_path: Path) -> None:
-    line = len(spool_module._encode(raw_callback(), None, None))
+    line = len(spool_module._encode(raw_callback()))
     spool = Spool(tmp_path, line * 3)
     accepted = 0
     for _round in range(5):  # an outage: every replay round moves the file aside, and fails
         for _ in range(3):
-            accepted += await spool.append(raw_callback(), None, None)
+            accepted += await spool.append(raw_callback())
         spool.take()
 
     assert accepted == 3
@@ -245,11 +275,11 @@ async def test_a_callback_that_cannot_be_stored_at_all_is_set_aside_not_blocking
     settings = Settings(database_url=dsn, db_pool_min_size=0)
     spool = Spool(tmp_path, 1024 * 1024)
     poison = raw_callback()
-    assert await spool.append(poison, None, None)
+    assert await spool.append(poison)
     spool.take()
     later = [raw_callback() for _ in range(3)]
     for raw in later:
-        assert await spool.append(raw, None, None)
+        assert await spool.append(raw)
     real = pipeline.store
 
     async def refusing(connection: Any, raw: Any, normalised: Any) -> Any:
@@ -273,7 +303,7 @@ async def test_the_spool_is_only_the_hubs_users(tmp_path: Path) -> None:
     previous = os.umask(0o022)  # a usual umask, which would leave files readable by all
     try:
         spool = Spool(tmp_path / "spool", 1024 * 1024)
-        assert await spool.append(raw_callback(), None, None)
+        assert await spool.append(raw_callback())
         spool.set_aside(spool_module.read(spool.path)[0])
     finally:
         os.umask(previous)

@@ -12,6 +12,7 @@ from receiver.storage.migrate import apply_migrations, load_migrations, migratio
 
 EXPECTED_TABLES = {
     "raw_callbacks",
+    "callback_refusals",
     "messages",
     "message_recipients",
     "events",

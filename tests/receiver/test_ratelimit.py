@@ -1,5 +1,5 @@
-"""The send API's rate limit: per API key, a burst then the sustained rate, 429 with
-Retry-After beyond."""
+"""Token buckets per caller, and the send API's rate limit: per API key, a burst then the
+sustained rate, 429 with Retry-After beyond."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
+from receiver import ratelimit
 from receiver.config import Settings
-from receiver.sending import ratelimit
-from receiver.sending.ratelimit import RateLimiter, retry_after_header
+from receiver.ratelimit import RateLimiter, retry_after_header
 from receiver.storage.apikeys import create_key
 
 Client = TestClient[Any, Any]
@@ -27,6 +27,18 @@ def test_a_bucket_allows_the_burst_then_the_rate() -> None:
     assert limiter.take("a", now=0.6) == pytest.approx(0.4)  # 0.2 of a token back
     assert limiter.take("a", now=100.0) is None  # refilled, never above the burst
     assert [limiter.take("a", now=100.0) for _ in range(3)][-1] is not None
+
+
+def test_wait_tells_without_taking_and_remembers_no_stranger() -> None:
+    limiter = RateLimiter(rate_per_s=1.0, burst=2)
+
+    assert limiter.wait("a", now=0.0) is None
+    assert "a" not in limiter._buckets  # asking costs no memory
+    limiter.take("a", now=0.0)
+    limiter.take("a", now=0.0)
+    assert limiter.wait("a", now=0.0) == pytest.approx(1.0)
+    assert limiter.wait("a", now=0.0) == pytest.approx(1.0)  # asking took nothing
+    assert limiter.wait("a", now=1.0) is None
 
 
 def test_retry_after_is_whole_seconds_at_least_one() -> None:

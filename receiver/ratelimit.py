@@ -1,5 +1,6 @@
-"""Rate limiting of the send API, per API key (or per address when keys are off): a token
-bucket each, in this process's memory. Several instances side by side each allow the rate."""
+"""Rate limiting by caller: a token bucket each, in this process's memory (several instances
+side by side each allow the rate). The send API's, per API key (or per address when keys are
+off), and the callback refusals', per source address."""
 
 from __future__ import annotations
 
@@ -25,6 +26,16 @@ class RateLimiter:
         self.rate_per_s = rate_per_s
         self.burst = burst
         self._buckets: OrderedDict[str, _Bucket] = OrderedDict()
+
+    def wait(self, who: str, now: float | None = None) -> float | None:
+        """Whether `who` has a request left, without taking it: None if so, else the seconds
+        until it would. A caller not seen is not remembered by asking."""
+        now = time.monotonic() if now is None else now
+        bucket = self._buckets.get(who)
+        if bucket is None:
+            return None
+        tokens = min(float(self.burst), bucket.tokens + (now - bucket.updated) * self.rate_per_s)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
 
     def take(self, who: str, now: float | None = None) -> float | None:
         """Takes one request from `who`'s bucket: None if allowed, else the seconds until it
