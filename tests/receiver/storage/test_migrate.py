@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 
 import asyncpg
@@ -88,3 +89,42 @@ def test_badly_named_migration_files_are_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match=r"0001_name\.sql"):
         load_migrations(tmp_path)
+
+
+async def test_0011_turns_rejected_callbacks_into_metadata_and_deletes_them(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for migration in load_migrations(migrations_dir()):
+        if migration.version < 11:
+            (earlier / f"{migration.name}.sql").write_text(migration.sql)
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        await apply_migrations(connection, earlier)
+        insert = (
+            "INSERT INTO raw_callbacks (id, provider, method, path, headers, body, remote_addr,"
+            " received_at, outcome, error)"
+            " VALUES (gen_random_uuid(), 'carrierx', 'POST', '/callbacks/carrierx',"
+            " '[[\"Cookie\", \"session=secret\"]]', $1, '198.51.100.7', now(), $2, $3)"
+        )
+        await connection.execute(insert, b"forged", "rejected", "missing or wrong callback token")
+        await connection.execute(insert, b"x", "rejected", "source address 1.2.3.4 is not allowed")
+        await connection.execute(insert, b"real", "unparsed", "not JSON")
+
+        await apply_migrations(connection, migrations_dir())
+
+        outcomes = await connection.fetch("SELECT outcome FROM raw_callbacks")
+        refusals = await connection.fetch(
+            "SELECT reason, status, size_bytes, body_sha256, remote_addr FROM callback_refusals"
+            " ORDER BY status"
+        )
+    finally:
+        await connection.close()
+    assert [r["outcome"] for r in outcomes] == ["unparsed"]
+    assert [(r["reason"], r["status"], r["size_bytes"]) for r in refusals] == [
+        ("missing or wrong callback token", 401, 6),
+        ("source address 1.2.3.4 is not allowed", 403, 1),
+    ]
+    assert bytes(refusals[0]["body_sha256"]) == hashlib.sha256(b"forged").digest()
+    assert refusals[0]["remote_addr"] == "198.51.100.7"
