@@ -21,7 +21,8 @@ $(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
 ## run: serve on http://127.0.0.1:8080 (embedded Postgres under ./.data/ unless DATABASE_URL is set)
 run: $(VENV)/.run-deps
 	WEBHOOK_ALLOWED_NETWORKS=$${WEBHOOK_ALLOWED_NETWORKS:-127.0.0.0/8,::1} API_AUTH=$${API_AUTH:-false} \
-		SPOOL_DIR=$${SPOOL_DIR:-.data/spool} $(BIN)/sms-receiver serve --sandbox
+		SPOOL_DIR=$${SPOOL_DIR:-.data/spool} SILENCE_TIMEOUT_S=$${SILENCE_TIMEOUT_S:-30} \
+		$(BIN)/sms-receiver serve --sandbox
 
 ## test: the whole suite against a real Postgres (embedded unless TEST_DATABASE_URL is set)
 test: $(VENV)/.dev-deps

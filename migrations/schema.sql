@@ -29,10 +29,10 @@ BEGIN
     -- two never both create it.
     INSERT INTO message_recipients AS mr
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments)
+         segments, deadline)
     VALUES
         (p_message_id, p_provider, p_provider_message_id, p_recipient, pending.status,
-         pending.final, pending.sequence, pending.segments)
+         pending.final, pending.sequence, pending.segments, pending.deadline)
     ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
     RETURNING mr.id INTO found_row;
     IF found_row IS NOT NULL THEN
@@ -60,7 +60,9 @@ BEGIN
         -- caller logs it) rather than mix two messages' reports.
         RETURN NULL;
     END IF;
-    UPDATE message_recipients SET message_id = p_message_id, updated_at = now()
+    -- Reports that outran the send answer: the row is the message's now, with its deadline.
+    UPDATE message_recipients SET message_id = p_message_id,
+        deadline = coalesce(deadline, pending.deadline), updated_at = now()
     WHERE id = found_row;
     UPDATE events SET message_id = p_message_id, recipient = coalesce(recipient, p_recipient)
     WHERE recipient_id = found_row AND message_id IS NULL;
@@ -344,6 +346,7 @@ DECLARE
     part_owner record;
     candidate text;
     owner_raw uuid;
+    is_synthetic boolean;
 BEGIN
     FOR k IN
         SELECT DISTINCT key.provider, key.provider_message_id, key.recipient
@@ -420,21 +423,27 @@ BEGIN
                 part_owner.id, coalesce((e.v->>'segments')::integer, part_owner.segments));
         END IF;
 
-        -- Every CASE reads the row as it was: a status that moves forward brings its failure
-        -- kind, segments and price; a stale report only fills what is still unknown.
+        -- Every CASE reads the row as it was: a status that takes over (a higher rank, or a
+        -- real final after a synthetic one) brings its failure kind, segments and price; a
+        -- stale report only fills what is still unknown.
+        is_synthetic := coalesce((e.v->>'synthetic')::boolean, false);
         UPDATE message_recipients AS mr SET
-            status = CASE WHEN status_rank(candidate) > status_rank(mr.status)
+            status = CASE WHEN takes_over(candidate, is_synthetic, mr.status, mr.synthetic_final)
                           THEN candidate ELSE mr.status END,
-            final = CASE WHEN status_rank(candidate) > status_rank(mr.status)
+            final = CASE WHEN takes_over(candidate, is_synthetic, mr.status, mr.synthetic_final)
                          THEN status_rank(candidate) = 4 ELSE mr.final END,
-            failure_kind = CASE WHEN status_rank(candidate) > status_rank(mr.status)
-                                THEN e.v->>'failure_kind' ELSE mr.failure_kind END,
+            synthetic_final = CASE
+                WHEN takes_over(candidate, is_synthetic, mr.status, mr.synthetic_final)
+                THEN is_synthetic AND status_rank(candidate) = 4 ELSE mr.synthetic_final END,
+            failure_kind = CASE
+                WHEN takes_over(candidate, is_synthetic, mr.status, mr.synthetic_final)
+                THEN e.v->>'failure_kind' ELSE mr.failure_kind END,
             sequence = mr.sequence + 1,
-            segments = CASE WHEN status_rank(candidate) > status_rank(mr.status)
+            segments = CASE WHEN takes_over(candidate, is_synthetic, mr.status, mr.synthetic_final)
                                  OR mr.segments IS NULL
                             THEN coalesce((e.v->>'segments')::integer, mr.segments)
                             ELSE mr.segments END,
-            price = CASE WHEN status_rank(candidate) > status_rank(mr.status)
+            price = CASE WHEN takes_over(candidate, is_synthetic, mr.status, mr.synthetic_final)
                               OR mr.price IS NULL
                          THEN coalesce(nullif(e.v->'price', 'null'::jsonb), mr.price)
                          ELSE mr.price END,
@@ -479,6 +488,15 @@ CREATE FUNCTION public.subscription_takes(filters jsonb, ev_type text, ev_provid
     SELECT (filters->'event_types' IS NULL OR filters->'event_types' ? ev_type)
        AND (filters->'providers' IS NULL OR filters->'providers' ? ev_provider)
        AND (filters->'statuses' IS NULL OR filters->'statuses' ? ev_status)
+$$;
+
+-- FUNCTION takes_over(text, boolean, text, boolean)
+
+CREATE FUNCTION public.takes_over(candidate text, candidate_synthetic boolean, current_status text, current_synthetic boolean) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT status_rank(candidate) > status_rank(current_status)
+        OR (current_synthetic AND NOT candidate_synthetic AND status_rank(candidate) = 4)
 $$;
 
 -- TABLE api_keys
@@ -587,7 +605,7 @@ CREATE TABLE public.events (
     price jsonb,
     text text,
     counts jsonb,
-    raw_id uuid NOT NULL,
+    raw_id uuid,
     sequence integer DEFAULT 1 NOT NULL,
     recipient_status text,
     failure_kind text,
@@ -635,7 +653,9 @@ CREATE TABLE public.message_recipients (
     sequence integer DEFAULT 0 NOT NULL,
     segments integer,
     price jsonb,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    deadline timestamp with time zone,
+    synthetic_final boolean DEFAULT false NOT NULL
 );
 
 -- SEQUENCE message_recipients_id_seq
@@ -859,6 +879,10 @@ CREATE INDEX idempotency_keys_expires_at_idx ON public.idempotency_keys USING bt
 -- INDEX idempotency_keys_expiry_idx
 
 CREATE INDEX idempotency_keys_expiry_idx ON public.idempotency_keys USING btree (expires_at);
+
+-- INDEX message_recipients_due_idx
+
+CREATE INDEX message_recipients_due_idx ON public.message_recipients USING btree (deadline) WHERE ((NOT final) AND (deadline IS NOT NULL));
 
 -- INDEX message_recipients_message_idx
 

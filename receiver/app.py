@@ -36,6 +36,7 @@ from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
 from receiver.sending import route as send_route
 from receiver.sending.providers import callback_url
+from receiver.sending.silence import SilenceSweep
 from receiver.storage.migrate import load_migrations, migrations_dir
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
@@ -455,6 +456,8 @@ def create_app(
         async with signal.connected(db, dsn):
             dispatcher = Dispatcher(db, settings, signal) if settings.dispatcher else None
             running = asyncio.create_task(dispatcher.run()) if dispatcher else None
+            sweep = SilenceSweep(db, settings, signal) if settings.dispatcher else None
+            sweeping = asyncio.create_task(sweep.run()) if sweep else None
             replaying = (
                 asyncio.create_task(replay_forever(spool, ingest_db, registry, settings, signal))
                 if spool
@@ -469,6 +472,9 @@ def create_app(
                 replaying.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await replaying
+            if sweep is not None and sweeping is not None:
+                await sweep.stop()
+                await sweeping
             if dispatcher is not None and running is not None:
                 await dispatcher.stop()
                 await running

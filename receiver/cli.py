@@ -27,6 +27,7 @@ from receiver.demo import run_demo
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
+from receiver.sending.silence import SilenceSweep
 from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.storage.migrate import apply_migrations, migrations_dir
 from receiver.storage.notify import Signal
@@ -213,17 +214,24 @@ async def keys_command(settings: Settings, dsn: str, args: argparse.Namespace) -
 
 
 async def worker_command(settings: Settings, dsn: str) -> int:
-    """The dispatcher without the HTTP server, until SIGTERM or SIGINT."""
+    """The dispatcher and the silence sweep without the HTTP server, until SIGTERM or
+    SIGINT."""
     await wait_for_database(dsn, settings.db_connect_retry_s)
     db = await open_database(dsn, settings)
     signal = Signal()
     dispatcher = Dispatcher(db, settings, signal)
+    sweep = SilenceSweep(db, settings, signal)
     loop = asyncio.get_running_loop()
+
+    async def stop() -> None:
+        await sweep.stop()
+        await dispatcher.stop()
+
     for number in (signal_module.SIGTERM, signal_module.SIGINT):
-        loop.add_signal_handler(number, lambda: loop.create_task(dispatcher.stop()))
+        loop.add_signal_handler(number, lambda: loop.create_task(stop()))
     try:
         async with signal.connected(db, dsn):
-            await dispatcher.run()
+            await asyncio.gather(dispatcher.run(), sweep.run())
     finally:
         await db.close()
     return 0

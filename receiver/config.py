@@ -42,6 +42,7 @@ class ProviderSettings(BaseModel):
     allowed_ips: Annotated[tuple[Network, ...], NoDecode] = ()
     signing_secret: SecretStr | None = None
     allow_unauthenticated: bool = False
+    silence_timeout_s: float | None = Field(default=None, gt=0)  # else SILENCE_TIMEOUT_S
 
     @field_validator("allowed_ips", mode="before")
     @classmethod
@@ -187,6 +188,19 @@ class Settings(BaseSettings):
     send_burst: int = Field(
         default=100, ge=1, description="Send requests per API key allowed at once above the rate."
     )
+    silence_timeout_s: float = Field(
+        default=72 * 3600.0,
+        gt=0,
+        description="A recipient with no final report this long after it was sent (unless its"
+        " message has expires_at) is given a synthetic `expired`; per provider"
+        " `<PROVIDER>__SILENCE_TIMEOUT_S`.",
+    )
+    silence_sweep_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the worker (or serve with DISPATCHER) looks for recipients past"
+        " their deadline.",
+    )
     refusal_rate_per_s: float = Field(
         default=1.0,
         gt=0,
@@ -300,6 +314,10 @@ class Settings(BaseSettings):
 
     def provider(self, name: str) -> ProviderSettings:
         return self.providers.get(name) or ProviderSettings()
+
+    def silence_timeout(self, provider: str) -> float:
+        """Seconds after sending that a recipient without a final report expires."""
+        return self.provider(provider).silence_timeout_s or self.silence_timeout_s
 
     def short_callback_tokens(self) -> list[str]:
         """Providers whose callback token is shorter than MIN_TOKEN_LENGTH: guessable."""

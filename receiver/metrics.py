@@ -1,7 +1,7 @@
 """The hub's Prometheus metrics: callbacks, events, request latency, callbacks per transaction,
-the delivery queue, delivery attempts, the database pool and refusals not recorded. Only the
-metric objects (served by `query.health`), so that any layer may count without importing
-anything else."""
+the delivery queue, delivery attempts, the database pool, refusals not recorded and synthetic
+expiries. Only the metric objects (served by `query.health`), so that any layer may count
+without importing anything else."""
 
 from __future__ import annotations
 
@@ -30,4 +30,9 @@ POOL = Gauge("smsr_db_pool_connections", "Database pool connections.", ["state"]
 REFUSALS_DROPPED = Counter(
     "smsr_callback_refusals_dropped_total",
     "Refused callbacks whose record was not kept (too many waiting to be written).",
+)
+SYNTHETIC_EXPIRIES = Counter(
+    "smsr_synthetic_expiries_total",
+    "Recipients given a synthetic `expired` after no final report by their deadline.",
+    ["provider"],
 )

@@ -40,6 +40,7 @@ from receiver.http.errors import (
 )
 from receiver.http.fields import Moment, no_nul
 from receiver.ratelimit import RateLimiter, retry_after_header
+from receiver.sending import silence
 from receiver.sending.providers import account_of, call_provider, callback_url, store_outcome
 from receiver.storage import idempotency, messages
 
@@ -221,6 +222,7 @@ async def _send(
             send_at=send.send_at,
             expires_at=send.expires_at,
             idempotency_key=key,
+            deadline=silence.deadline(context.settings, provider.name, send),
         )
     structlog.contextvars.bind_contextvars(message_id=str(message_id))
     calls = provider.build_send_request(send, account)

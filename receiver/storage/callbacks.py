@@ -312,6 +312,15 @@ async def store_callback(
     return result, error
 
 
+async def store_events_alone(connection: Connection, events: Sequence[Event]) -> IngestResult:
+    """Events no request brought (the hub's own, synthetic): through the same state machine,
+    with no raw callback."""
+    rows = await connection.fetch(
+        "SELECT * FROM store_events(NULL, $1::jsonb)", _events_json(events)
+    )
+    return _ingest_result(rows)
+
+
 def report_stored(provider: str, events: Sequence[Event], result: IngestResult) -> None:
     """What stored events tell the operator, whatever stored them (callback, send answer,
     reprocess): every new one in /metrics, and a log line for a conflicting final report."""

@@ -41,8 +41,10 @@ async def create_message(
     send_at: datetime | None,
     expires_at: datetime | None,
     idempotency_key: str | None,
+    deadline: datetime,
 ) -> None:
-    """The message and its recipients, stored before the provider is called."""
+    """The message and its recipients, stored before the provider is called; a recipient with
+    no final status by `deadline` is expired by the silence sweep."""
     async with connection.transaction():
         await connection.execute(
             """
@@ -66,10 +68,13 @@ async def create_message(
             """
             INSERT INTO message_recipients
                 (message_id, provider, provider_message_id, recipient, status, final, sequence,
-                 segments)
-            VALUES ($1, $2, $3, $4, 'unknown', false, 0, $5)
+                 segments, deadline)
+            VALUES ($1, $2, $3, $4, 'unknown', false, 0, $5, $6)
             """,
-            [(message_id, provider, pending_id(message_id), to, segments) for to in recipients],
+            [
+                (message_id, provider, pending_id(message_id), to, segments, deadline)
+                for to in recipients
+            ],
         )
 
 

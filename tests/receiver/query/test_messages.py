@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -118,6 +119,7 @@ async def make_messages(db: asyncpg.Connection, count: int) -> list[uuid.UUID]:
             send_at=None,
             expires_at=None,
             idempotency_key=None,
+            deadline=datetime.now(UTC) + timedelta(days=3),
         )
         ids.append(message_id)
     return ids

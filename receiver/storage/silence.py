@@ -1,0 +1,30 @@
+"""Recipients past their deadline with no final status: claimed for the silence sweep."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from receiver.storage.pool import Connection
+
+
+async def claim_silent(connection: Connection, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` recipients past their deadline with no final status, the longest overdue
+    first, locked until the transaction ends (those another instance holds are skipped), their
+    deadline cleared: whatever their synthetic event becomes, they are not claimed again."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        """
+        SELECT id, provider, provider_message_id, recipient, deadline, message_id
+        FROM message_recipients
+        WHERE NOT final AND deadline IS NOT NULL AND deadline <= now()
+        ORDER BY deadline
+        LIMIT $1
+        FOR UPDATE SKIP LOCKED
+        """,
+        limit,
+    )
+    if rows:
+        await connection.execute(
+            "UPDATE message_recipients SET deadline = NULL WHERE id = ANY($1::bigint[])",
+            [row["id"] for row in rows],
+        )
+    return rows
