@@ -128,3 +128,45 @@ async def test_0011_turns_rejected_callbacks_into_metadata_and_deletes_them(
     ]
     assert bytes(refusals[0]["body_sha256"]) == hashlib.sha256(b"forged").digest()
     assert refusals[0]["remote_addr"] == "198.51.100.7"
+
+
+async def test_0012_gives_waiting_recipients_a_deadline(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for migration in load_migrations(migrations_dir()):
+        if migration.version < 12:
+            (earlier / f"{migration.name}.sql").write_text(migration.sql)
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        await apply_migrations(connection, earlier)
+        await connection.execute(
+            "INSERT INTO messages (id, provider, created_at, expires_at) VALUES"
+            " ('00000000-0000-0000-0000-000000000001', 'swift', '2026-01-01Z', NULL),"
+            " ('00000000-0000-0000-0000-000000000002', 'swift', '2026-01-01Z', '2026-01-02Z')"
+        )
+        await connection.execute(
+            "INSERT INTO message_recipients"
+            " (message_id, provider, provider_message_id, recipient, status, final) VALUES"
+            " ('00000000-0000-0000-0000-000000000001', 'swift', 'a', '+1', 'sent', false),"
+            " ('00000000-0000-0000-0000-000000000001', 'swift', 'b', '+2', 'delivered', true),"
+            " ('00000000-0000-0000-0000-000000000002', 'swift', 'c', '+3', 'sent', false),"
+            " (NULL, 'swift', 'orphan', '+4', 'sent', false)"
+        )
+
+        await apply_migrations(connection, migrations_dir())
+
+        deadlines = {
+            row["provider_message_id"]: row["deadline"]
+            for row in await connection.fetch(
+                "SELECT provider_message_id, deadline AT TIME ZONE 'UTC' AS deadline"
+                " FROM message_recipients"
+            )
+        }
+    finally:
+        await connection.close()
+    assert str(deadlines["a"]) == "2026-01-04 00:00:00"  # created + 72 h
+    assert deadlines["b"] is None  # final already
+    assert str(deadlines["c"]) == "2026-01-02 00:00:00"  # its expires_at
+    assert deadlines["orphan"] is None  # not a message the hub sent
