@@ -459,7 +459,26 @@ def not_sent(
     )
 
 
+def rate_limited(
+    provider: str, call: HttpRequest, request: SendRequest, reason: str, received_at: datetime
+) -> SendOutcome:
+    """The provider kept answering 429 (too many requests) beyond the retry budget: nothing was
+    sent, so the recipients are `failed`, temporary (never a permanent refusal: the same
+    message later, or slower, goes through)."""
+    return refused(
+        provider,
+        call,
+        request,
+        received_at,
+        status=Status.FAILED,
+        error_code=RATE_LIMITED,
+        error_message=reason,
+        failure_kind="temporary",
+    )
+
+
 OUTCOME_UNKNOWN = "outcome_unknown"
+RATE_LIMITED = "rate_limited"
 
 
 def validated_options(model: type[BaseModel], options: Mapping[str, Any]) -> dict[str, Any]:

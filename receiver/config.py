@@ -177,7 +177,17 @@ class Settings(BaseSettings):
         default=15.0, gt=0, description="Longest wait for a provider's answer to a send."
     )
     send_attempts: int = Field(
-        default=3, ge=1, le=10, description="Tries of a send, where the provider makes it safe."
+        default=3,
+        ge=1,
+        le=10,
+        description="Tries of a provider call where nothing was sent (500/502/503, connection"
+        " refused, a safe refusal); never a timeout or a 504.",
+    )
+    send_retry_budget_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="How long a send may wait in all for a provider answering 429 (after each"
+        " Retry-After); beyond, its recipients are failed (temporary).",
     )
     send_rate_per_s: float = Field(
         default=50.0,

@@ -13,6 +13,7 @@ from aiohttp import web
 from normalizers.encoding import segment
 from receiver.sandbox.common import (
     REPLY_TEXT,
+    THROTTLED_HEADERS,
     Outcome,
     Report,
     final_reports,
@@ -20,6 +21,7 @@ from receiver.sandbox.common import (
     outcome_of,
     requested_error,
     sandbox_of,
+    throttled_once,
 )
 
 NAME = "apicontrol"
@@ -86,6 +88,12 @@ async def send(request: web.Request) -> web.Response:
         return _invalid("from", "required")
     if not text:
         return _invalid("body", "required")
+    if throttled_once(sandbox, NAME, text, body):
+        return web.json_response(
+            {"status_code": 429, "status_msg": "Too Many Requests"},
+            status=429,
+            headers=THROTTLED_HEADERS,
+        )
     error = ERRORS.get(requested_error(text) or "")
     if error is not None:
         return web.json_response(error[1], status=error[0])

@@ -11,6 +11,7 @@ from aiohttp import web
 from normalizers.encoding import segment
 from receiver.sandbox.common import (
     REPLY_TEXT,
+    THROTTLED_HEADERS,
     Outcome,
     Report,
     final_reports,
@@ -18,6 +19,7 @@ from receiver.sandbox.common import (
     outcome_of,
     requested_error,
     sandbox_of,
+    throttled_once,
 )
 
 NAME = "carrierx"
@@ -53,6 +55,10 @@ async def send(request: web.Request) -> web.Response:
     text = body.get("message")
     if not to or not sender or (not text and not body.get("media_urls")):
         return web.json_response({"message": "from, to and message are required"}, status=400)
+    if throttled_once(sandbox, NAME, text, body):
+        return web.json_response(
+            {"message": "too many requests"}, status=429, headers=THROTTLED_HEADERS
+        )
     requested = requested_error(text)
     if requested in ERRORS:
         return web.json_response({"message": ERRORS[requested]}, status=int(requested))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -47,6 +48,11 @@ REPLY_TEXT = "YES"
 # A message whose text starts with this asks the simulated provider for one of its documented
 # error answers by name (`ERROR:INSUFFICIENT_BALANCE`), so that each can be driven end to end.
 ERROR_PREFIX = "ERROR:"
+
+
+# `ERROR:RATE_LIMITED`: the first such request is answered 429 with `Retry-After: 1`, as any
+# provider may throttle; the same request again is accepted.
+RATE_LIMITED = "RATE_LIMITED"
 
 
 def requested_error(text: object) -> str | None:
@@ -160,6 +166,20 @@ class Report:
             urlencode(fields).encode(),
             {"Content-Type": "application/x-www-form-urlencoded"},
         )
+
+
+def throttled_once(sandbox: Sandbox, provider: str, text: object, body: object) -> bool:
+    """Whether this request asked to be throttled (`ERROR:RATE_LIMITED`) and is the first of
+    its kind: it is then answered 429."""
+    if requested_error(text) != RATE_LIMITED:
+        return False
+    material = json.dumps(body, sort_keys=True, default=str).encode()
+    key = f"{provider}:throttled:{hashlib.sha256(material).hexdigest()}"
+    tries = sandbox.attempts[key] = sandbox.attempts.get(key, 0) + 1
+    return tries == 1
+
+
+THROTTLED_HEADERS = {"Retry-After": "1"}
 
 
 SANDBOX_KEY = web.AppKey("sandbox", Sandbox)

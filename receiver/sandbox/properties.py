@@ -4,16 +4,20 @@ POST form), and replies to WebhookUri (leased sender) by WebhookMethod."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from receiver.sandbox.common import (
     REPLY_TEXT,
+    THROTTLED_HEADERS,
     Outcome,
     Report,
     json_body,
     outcome_of,
     requested_error,
     sandbox_of,
+    throttled_once,
 )
 
 NAME = "properties"
@@ -31,9 +35,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/{NAME}/v2/Properties/{{property_sid}}/Messages", send)
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
+def _error(
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
     return web.json_response(
-        {"ResponseStatus": {"ErrorCode": code, "Message": message}}, status=status
+        {"ResponseStatus": {"ErrorCode": code, "Message": message}},
+        status=status,
+        headers=headers,
     )
 
 
@@ -47,6 +55,8 @@ async def send(request: web.Request) -> web.Response:
     to, text, sender = str(body.get("To") or ""), body.get("Text"), str(body.get("From") or "")
     if not to.startswith("+") or not text:
         return _error(400, "InvalidParameter", "To (E164 with +) and Text are required")
+    if throttled_once(sandbox, NAME, text, body):
+        return _error(429, "TooManyRequests", "rate limit exceeded", THROTTLED_HEADERS)
     requested = requested_error(text)
     if requested in ERRORS:
         status, message = ERRORS[requested]

@@ -11,7 +11,9 @@ from aiohttp import web
 
 from normalizers.encoding import segment
 from receiver.sandbox.common import (
+    RATE_LIMITED,
     REPLY_TEXT,
+    THROTTLED_HEADERS,
     Outcome,
     Report,
     Sandbox,
@@ -20,6 +22,7 @@ from receiver.sandbox.common import (
     outcome_of,
     requested_error,
     sandbox_of,
+    throttled_once,
 )
 
 NAME = "swift"
@@ -50,6 +53,10 @@ async def send(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("to"), list) or not body.get("body"):
         return web.json_response({"error_code": "bad_message"}, status=422)
+    if throttled_once(sandbox, NAME, body["body"], body):
+        return web.json_response(
+            {"error_code": "too_many_requests"}, status=429, headers=THROTTLED_HEADERS
+        )
     requested = requested_error(body["body"])
     if requested in ("unauthorized", "internal_error"):
         status = 401 if requested == "unauthorized" else 500
@@ -63,7 +70,7 @@ async def send(request: web.Request) -> web.Response:
         outcome = outcome_of(number)
         message_id = sandbox.next_id("01JSWIFTMSG")
         part_ids = [sandbox.next_id("01JSWIFTPRT") for _ in range(parts)]
-        rejected = outcome is Outcome.REJECTED or requested is not None
+        rejected = outcome is Outcome.REJECTED or requested not in (None, RATE_LIMITED)
         code = requested or "recipient_error"
         results.append(
             {

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +19,7 @@ from aiohttp import web
 from normalizers.encoding import segment
 from receiver.sandbox.common import (
     REPLY_TEXT,
+    THROTTLED_HEADERS,
     Outcome,
     Report,
     final_reports,
@@ -25,6 +27,7 @@ from receiver.sandbox.common import (
     outcome_of,
     requested_error,
     sandbox_of,
+    throttled_once,
 )
 
 NAME = "telecom23"
@@ -50,9 +53,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post(f"/{NAME}/api/v1/sms/send", send)
 
 
-def _error(status: int, code: str, description: str) -> web.Response:
+def _error(
+    status: int, code: str, description: str, headers: Mapping[str, str] | None = None
+) -> web.Response:
     return web.json_response(
-        {"status": False, "error_code": code, "description": description}, status=status
+        {"status": False, "error_code": code, "description": description},
+        status=status,
+        headers=headers,
     )
 
 
@@ -86,6 +93,8 @@ async def send(request: web.Request) -> web.Response:
         return _error(400, "INVALID_SENDER", "Missing or empty sender_id")
     if len(to) > 100:
         return _error(400, "TOO_MANY_RECIPIENTS", "Over 100 recipients")
+    if throttled_once(sandbox, NAME, text, body):
+        return _error(429, "RATE_LIMITED", "Too many requests, retry later", THROTTLED_HEADERS)
     requested = requested_error(text)
     if requested == "SLOW":  # answers after the hub has given up waiting, having sent it
         await asyncio.sleep(SLOW_ANSWER_S)

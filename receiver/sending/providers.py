@@ -1,6 +1,6 @@
-"""Calling a provider's send API through its adapter (retrying only where its API makes that
-safe), and storing what it answered like a callback: the same state machine, the raw answer
-kept."""
+"""Calling a provider's send API through its adapter (retrying only where nothing was sent:
+429 after its Retry-After, 500/502/503, a refused connection), and storing what it answered
+like a callback: the same state machine, the raw answer kept."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ import dataclasses
 import random
 import time
 import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 
 import aiohttp
 import asyncpg
@@ -22,6 +25,7 @@ from normalizers.base import (
     SendOutcome,
     SendRequest,
     not_sent,
+    rate_limited,
     unanswered,
 )
 from normalizers.events import Event
@@ -72,16 +76,20 @@ async def call_provider(
     call: HttpRequest,
     send: SendRequest,
 ) -> tuple[SendOutcome, HttpResponse | None]:
-    """The provider's answer to one call. It is tried again (bounded, with backoff) only when
-    the answer itself says nothing was sent and a retry is safe (23 Telecom's DB_ERROR): a
-    timeout, a lost connection or an unreadable answer may hide a sent message."""
+    """The provider's answer to one call. Tried again only where nothing was sent: a 429 after
+    the delay it advises, within SEND_RETRY_BUDGET_S (then the recipients are `failed`,
+    temporary); a 500/502/503, a refused connection or an answer saying a retry is safe (23
+    Telecom's DB_ERROR) up to SEND_ATTEMPTS times with backoff. A timeout, a connection lost
+    mid-request, a 504 or an unreadable answer may hide a sent message: not retried."""
     settings = context.settings
     url = account.base_url + call.path
-    outcome: SendOutcome | None = None
-    response: HttpResponse | None = None
-    for attempt in range(1, settings.send_attempts + 1):
+    throttled_s = 0.0  # waited so far for 429s
+    throttled = 0
+    attempt = 1
+    while True:
         started = time.perf_counter()
-        response = None
+        response: HttpResponse | None = None
+        unreachable = False
         try:
             async with context.http.request(
                 call.method,
@@ -96,6 +104,7 @@ async def call_provider(
                 )
             outcome = provider.parse_send_response(call, send, response, received_now())
         except aiohttp.ClientConnectorError as error:
+            unreachable = True
             outcome = not_sent(provider.name, call, send, repr(error)[:500], received_now())
         except (aiohttp.ClientError, TimeoutError) as error:
             reason = f"{type(error).__name__}: {error}"[:500]
@@ -113,11 +122,57 @@ async def call_provider(
             refused=outcome.refused,
             latency_ms=round((time.perf_counter() - started) * 1000, 1),
         )
-        if not (outcome.refused and outcome.retry) or attempt == settings.send_attempts:
-            break
-        await asyncio.sleep(0.5 * 2 ** (attempt - 1) * (0.5 + random.random()))  # noqa: S311
-    assert outcome is not None
-    return outcome, response
+        if response is not None and response.status == THROTTLED:
+            throttled += 1
+            # At least the backoff: a Retry-After of 0, again and again, cannot spin.
+            wait = max(retry_after_s(response.headers) or 0.0, _backoff(throttled))
+            if throttled_s + wait > settings.send_retry_budget_s:
+                reason = (
+                    f"the provider answered 429 {throttled} times; SEND_RETRY_BUDGET_S"
+                    f" ({settings.send_retry_budget_s:g} s) spent"
+                )
+                return rate_limited(provider.name, call, send, reason, received_now()), response
+            throttled_s += wait
+            await asyncio.sleep(wait)
+            continue  # a 429 is not one of the SEND_ATTEMPTS: nothing was tried
+        retry = (
+            unreachable
+            or (response is not None and response.status in RETRYABLE_STATUSES)
+            or (outcome.refused and outcome.retry)
+        )
+        if not retry or attempt >= settings.send_attempts:
+            return outcome, response
+        await asyncio.sleep(_backoff(attempt))
+        attempt += 1
+
+
+THROTTLED = 429
+# Answers that say the provider did not take the request (its server or gateway failed before
+# it): safe to send again. Not a 504: the gateway gave up waiting for a server that may have
+# sent the message, as a timeout may hide a sent one.
+RETRYABLE_STATUSES = frozenset({500, 502, 503})
+
+
+def _backoff(attempt: int) -> float:
+    """0.5 s, 1 s, 2 s... with jitter."""
+    return float(0.5 * 2 ** (attempt - 1) * (0.5 + random.random()))  # noqa: S311
+
+
+def retry_after_s(headers: Mapping[str, str]) -> float | None:
+    """A Retry-After header's delay in seconds (a number of seconds or an HTTP date), if it
+    has a readable one."""
+    value = next((v for k, v in headers.items() if k.lower() == "retry-after"), "").strip()
+    if not value:
+        return None
+    if value.isascii() and value.isdigit():
+        return float(value)
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
 async def store_outcome(
