@@ -138,7 +138,8 @@ class SendOutcome:
     error_code/error_message: the provider's, verbatim, when it refused;
     retry: the failure is transient AND the provider's API makes a retry safe;
     parts: the provider's part ids per recipient, when it gives them (for multipart reports);
-    segments: the number of segments the provider says it will bill, when it says."""
+    segments: the number of segments the provider says it will bill, when it says;
+    details: what else a refusal says that the caller needs (23 Telecom's balance), verbatim."""
 
     events: Sequence[Event]
     refused: bool = False
@@ -147,6 +148,7 @@ class SendOutcome:
     retry: bool = False
     parts: Mapping[str, Sequence[str]] = field(default_factory=dict)
     segments: int | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
 
 
 class OptionsError(NormalizerError):

@@ -19,6 +19,7 @@ the text) and on what peers send; it is recognised by `direction: inbound` or `t
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -147,9 +148,15 @@ class Telecom23:
     ) -> SendOutcome:
         answer = response.json()
         fields = lower_keys(answer) if isinstance(answer, Mapping) else {}
-        results = fields.get("results")
-        if response.status == 200 and isinstance(results, list):
-            return _send_results(call, request, results, received_at)
+        if response.status == 200:
+            results = fields.get("results")
+            if isinstance(results, list):
+                return _send_results(call, request, results, received_at)
+            accepted = fields.get("messages")  # "accepted messages only (backward-compatible)"
+            if isinstance(accepted, list):
+                return _send_results(call, request, _as_results(accepted), received_at)
+            # Accepted, but which recipients we cannot tell: unknown, never a refusal.
+            return unanswered(NAME, call, request, response.describe(), received_at)
         code = str_or_none(fields.get("error_code"))
         description = str_or_none(fields.get("description"))
         if code == "DB_ERROR":
@@ -169,16 +176,18 @@ class Telecom23:
         if code is None and response.status >= 500:
             return unanswered(NAME, call, request, response.describe(), received_at)
         kind: FailureKind = "temporary" if code == "INSUFFICIENT_BALANCE" else "permanent"
-        return refused(
+        details = {name: fields[name] for name in BALANCE_FIELDS if name in fields}
+        outcome = refused(
             NAME,
             call,
             request,
             received_at,
             status=Status.FAILED if response.status in (402, 403) else Status.REJECTED,
             error_code=code or str(response.status),
-            error_message=description,
+            error_message=_with_balance(description, details),
             failure_kind=kind,
         )
+        return dataclasses.replace(outcome, details=details)
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields() if request.body.strip() else {}
@@ -271,6 +280,43 @@ def _report_event(fields: dict[str, Any], received_at: datetime) -> Event:
 
 
 PROVIDER = Telecom23()
+
+
+# What a 402 INSUFFICIENT_BALANCE answer carries besides its code: kept for the caller.
+BALANCE_FIELDS = (
+    "balance",
+    "estimated_cost",
+    "currency",
+    "total_recipients",
+    "billable_recipients",
+    "segments",
+)
+
+
+def _with_balance(description: str | None, details: Mapping[str, Any]) -> str | None:
+    """The description, with the balance and the cost when the answer gives them."""
+    if "balance" not in details and "estimated_cost" not in details:
+        return description
+    currency = f" {details['currency']}" if details.get("currency") else ""
+    money = (
+        f"balance {details.get('balance')}{currency},"
+        f" estimated cost {details.get('estimated_cost')}{currency}"
+    )
+    return f"{description} ({money})" if description else money
+
+
+def _as_results(accepted: list[Any]) -> list[Any]:
+    """The `messages` array (accepted ones only) read as `results`: each one accepted."""
+    return [
+        {
+            "dnis": item.get("dnis"),
+            "message_id": item.get("message_id"),
+            "segments": item.get("segment_num"),
+            "status": "accepted",
+        }
+        for item in accepted
+        if isinstance(item, Mapping)
+    ]
 
 
 def _send_results(

@@ -98,6 +98,21 @@ async def send(request: web.Request) -> web.Response:
     requested = requested_error(text)
     if requested == "SLOW":  # answers after the hub has given up waiting, having sent it
         await asyncio.sleep(SLOW_ANSWER_S)
+    if requested == "INSUFFICIENT_BALANCE":  # documented with the balance and the cost
+        return web.json_response(
+            {
+                "status": False,
+                "error_code": requested,
+                "description": "Balance too low",
+                "balance": 0.02,
+                "estimated_cost": round(0.0085 * len(to) * segment(str(text)).segments, 4),
+                "currency": "GBP",
+                "total_recipients": len(to),
+                "billable_recipients": len(to),
+                "segments": segment(str(text)).segments,
+            },
+            status=402,
+        )
     if requested in ERRORS:
         http_status, description = ERRORS[requested]
         return _error(http_status, requested, description)

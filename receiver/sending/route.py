@@ -299,6 +299,7 @@ async def _send(
             {
                 "provider_error_code": first.error_code,
                 "provider_error_message": first.error_message,
+                "provider_details": dict(first.details),
                 "message": answer,
             },
         )

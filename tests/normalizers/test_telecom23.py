@@ -164,3 +164,61 @@ def test_errors(status: int, code: str, expected: Status, retry: bool) -> None:
     assert outcome.retry is retry
     assert outcome.error_code == code
     assert [e.status for e in outcome.events] == [expected]
+
+
+def test_a_200_without_results_is_read_from_its_messages_array() -> None:
+    req = send_request(2)
+    [call] = PROVIDER.build_send_request(req, ACCOUNT)
+    body = {
+        "status": True,
+        "messages": [{"dnis": "+447700900001", "message_id": "api_9", "segment_num": 2}],
+    }
+    outcome = PROVIDER.parse_send_response(call, req, answer(200, body), NOW)
+
+    assert not outcome.refused
+    assert [(e.status, e.provider_message_id, e.segments) for e in outcome.events] == [
+        (Status.ACCEPTED, "api_9", 2),
+        (Status.UNKNOWN, None, None),  # not among the accepted: the answer does not say
+    ]
+
+
+@pytest.mark.parametrize("body", [{"status": True}, {"results": "soon"}, None, ["x"]])
+def test_a_200_that_cannot_be_read_leaves_every_recipient_unknown_never_rejected(
+    body: object,
+) -> None:
+    req = send_request(2)
+    [call] = PROVIDER.build_send_request(req, ACCOUNT)
+
+    outcome = PROVIDER.parse_send_response(call, req, answer(200, body), NOW)
+
+    assert [e.status for e in outcome.events] == [Status.UNKNOWN, Status.UNKNOWN]
+    assert outcome.error_code == "outcome_unknown"
+
+
+def test_a_402_keeps_the_balance_and_the_cost() -> None:
+    req = send_request()
+    [call] = PROVIDER.build_send_request(req, ACCOUNT)
+    body = {
+        "status": False,
+        "error_code": "INSUFFICIENT_BALANCE",
+        "description": "Balance too low",
+        "balance": 0.5,
+        "estimated_cost": 1.25,
+        "currency": "GBP",
+        "total_recipients": 1,
+        "billable_recipients": 1,
+        "segments": 1,
+    }
+    outcome = PROVIDER.parse_send_response(call, req, answer(402, body), NOW)
+
+    assert outcome.details == {
+        "balance": 0.5,
+        "estimated_cost": 1.25,
+        "currency": "GBP",
+        "total_recipients": 1,
+        "billable_recipients": 1,
+        "segments": 1,
+    }
+    [event] = outcome.events
+    assert event.error_message == "Balance too low (balance 0.5 GBP, estimated cost 1.25 GBP)"
+    assert (event.status, event.failure_kind) == (Status.FAILED, "temporary")

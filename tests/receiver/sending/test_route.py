@@ -423,6 +423,22 @@ async def test_each_documented_error_answer_end_to_end(
     assert (stored["status"], stored["error_code"]) == (status, code)
 
 
+async def test_a_telecom23_402_says_the_balance_and_the_cost(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    response = await send(
+        hub, provider="telecom23", to=["+447700900001"], body="ERROR:INSUFFICIENT_BALANCE"
+    )
+    details = (await response.json())["error"]["details"]
+
+    assert response.status == 502
+    assert details["provider_details"]["currency"] == "GBP"
+    assert {"balance", "estimated_cost"} <= set(details["provider_details"])
+    [recipient] = details["message"]["recipients"]
+    assert (recipient["status"], recipient["failure_kind"]) == ("failed", "temporary")
+    assert "estimated cost" in recipient["error_message"]
+
+
 @pytest.mark.parametrize(
     ("kind", "event_type"),
     [
