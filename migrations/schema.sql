@@ -685,7 +685,8 @@ CREATE TABLE public.messages (
     send_at timestamp with time zone,
     expires_at timestamp with time zone,
     provider_segments integer,
-    idempotency_key text
+    idempotency_key text,
+    provider_recipients integer
 );
 
 -- TABLE raw_callbacks

@@ -160,7 +160,9 @@ class ApiControl:
         if response.status == 201 and fields.get("messageid") is not None:
             message_id = str(fields["messageid"])
             segments = int_or_none(fields.get("num_parts"))
-            status = Status.SCHEDULED if request.send_at is not None else Status.ACCEPTED
+            # Paused: "will not be sent until released", as a future send_at.
+            later = request.send_at is not None or bool(request.options.get("paused"))
+            status = Status.SCHEDULED if later else Status.ACCEPTED
             return SendOutcome(
                 events=[
                     send_answer_event(
@@ -176,6 +178,7 @@ class ApiControl:
                     for recipient in call.recipients
                 ],
                 segments=segments,
+                recipients=int_or_none(fields.get("num_recipients")),
             )
         if response.status == 200:
             # 200, not 201: the message needs more parts than num_parts_max, nothing was sent.

@@ -139,6 +139,7 @@ class SendOutcome:
     retry: the failure is transient AND the provider's API makes a retry safe;
     parts: the provider's part ids per recipient, when it gives them (for multipart reports);
     segments: the number of segments the provider says it will bill, when it says;
+    recipients: the number of recipients the provider says it took, when it says;
     details: what else a refusal says that the caller needs (23 Telecom's balance), verbatim."""
 
     events: Sequence[Event]
@@ -148,6 +149,7 @@ class SendOutcome:
     retry: bool = False
     parts: Mapping[str, Sequence[str]] = field(default_factory=dict)
     segments: int | None = None
+    recipients: int | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -99,6 +99,7 @@ class SendAnswer(BaseModel):
     segments: int
     encoding: Literal["GSM-7", "UCS-2"]
     provider_segments: int | None
+    provider_recipients: int | None  # as the provider counted them, where it says
     stored: bool
     recipients: list[SendRecipient]
 
@@ -126,6 +127,7 @@ class MessageSummary(BaseModel):
     segments: int | None
     encoding: str | None
     provider_segments: int | None
+    provider_recipients: int | None
     send_at: datetime | None
     expires_at: datetime | None
     created_at: datetime

@@ -28,6 +28,7 @@ def message_json(row: asyncpg.Record) -> dict[str, Any]:
         "segments": row["segments"],
         "encoding": row["encoding"],
         "provider_segments": row["provider_segments"],
+        "provider_recipients": row["provider_recipients"],
         "send_at": rfc3339(row["send_at"]) if row["send_at"] else None,
         "expires_at": rfc3339(row["expires_at"]) if row["expires_at"] else None,
         "created_at": rfc3339(row["created_at"]),

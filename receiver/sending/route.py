@@ -253,11 +253,17 @@ async def _send(
     provider_segments = max((o.segments or 0 for o in outcomes), default=0) or None
     if provider_segments is not None and provider_segments != local.segments:
         log.warning("segment_count_differs", ours=local.segments, provider=provider_segments)
+    counted = [o.recipients for o in outcomes if o.recipients is not None]
+    provider_recipients = sum(counted) if counted else None
+    if provider_recipients is not None and provider_recipients != len(send.to):
+        log.warning("recipient_count_differs", sent=len(send.to), provider=provider_recipients)
     recipients: list[dict[str, Any]] | None = None
     try:
         async with context.db.connection() as connection:
-            if provider_segments is not None:
-                await messages.set_provider_segments(connection, message_id, provider_segments)
+            if provider_segments is not None or provider_recipients is not None:
+                await messages.set_provider_counts(
+                    connection, message_id, provider_segments, provider_recipients
+                )
             rows = await messages.recipients_as_answered(connection, message_id)
         recipients = [
             {
@@ -282,6 +288,7 @@ async def _send(
         "segments": local.segments,
         "encoding": local.encoding,
         "provider_segments": provider_segments,
+        "provider_recipients": provider_recipients,
         "stored": stored,
         "recipients": recipients,
     }

@@ -113,11 +113,15 @@ async def register_parts(
     )
 
 
-async def set_provider_segments(
-    connection: Connection, message_id: uuid.UUID, segments: int
+async def set_provider_counts(
+    connection: Connection, message_id: uuid.UUID, segments: int | None, recipients: int | None
 ) -> None:
+    """What the provider says it will bill: segments, and recipients where it says."""
     await connection.execute(
-        "UPDATE messages SET provider_segments = $2 WHERE id = $1", message_id, segments
+        "UPDATE messages SET provider_segments = $2, provider_recipients = $3 WHERE id = $1",
+        message_id,
+        segments,
+        recipients,
     )
 
 
@@ -149,7 +153,7 @@ async def recipients_as_answered(
 
 MESSAGE_COLUMNS = """
     m.id, m.provider, m.sender, m.body, m.client_ref, m.segments, m.encoding,
-    m.provider_segments, m.send_at, m.expires_at, m.created_at
+    m.provider_segments, m.provider_recipients, m.send_at, m.expires_at, m.created_at
 """
 
 RECIPIENT_COLUMNS = (

@@ -80,11 +80,28 @@ def test_201_accepts_every_recipient_under_the_message_id() -> None:
     )
 
     assert not outcome.refused
-    assert outcome.segments == 2
+    assert (outcome.segments, outcome.recipients) == (2, 2)
     assert [(e.recipient, e.status, e.provider_message_id) for e in outcome.events] == [
         ("+447700900001", Status.ACCEPTED, "42"),
         ("+447700900002", Status.ACCEPTED, "42"),
     ]
+
+
+@pytest.mark.parametrize(
+    ("changes", "status"),
+    [
+        ({"options": {"paused": True}}, Status.SCHEDULED),  # "not sent until released"
+        ({"options": {"paused": False}}, Status.ACCEPTED),
+    ],
+)
+def test_a_paused_message_is_scheduled(changes: dict[str, Any], status: Status) -> None:
+    req = send_request(1, **changes)
+    [call] = PROVIDER.build_send_request(req, ACCOUNT)
+
+    outcome = PROVIDER.parse_send_response(call, req, answer(201, {"messageID": 7}), NOW)
+
+    assert [e.status for e in outcome.events] == [status]
+    assert outcome.recipients is None  # not said: not guessed
 
 
 @pytest.mark.parametrize(

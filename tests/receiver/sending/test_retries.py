@@ -146,3 +146,33 @@ def test_retry_after_is_seconds_or_an_http_date() -> None:
     assert 25 < from_date <= 30
     assert retry_after_s({"Retry-After": "soon"}) is None
     assert retry_after_s({}) is None
+
+
+async def test_apicontrol_counting_other_recipients_than_sent_is_shown_on_the_message(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    async def send(request: web.Request) -> web.Response:
+        return web.json_response({"messageID": 77, "num_parts": 1, "num_recipients": 1}, status=201)
+
+    app = web.Application()
+    app.router.add_post("/sms/message", send)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        account = ProviderSettings(
+            base_url=str(server.make_url("")).rstrip("/"),
+            api_key=SecretStr("k"),
+            allow_unauthenticated=True,
+        )
+        hub = await hub_with(aiohttp_client, dsn, providers={"apicontrol": account})
+        two = message("apicontrol", "hi") | {"to": ["+447700900001", "+447700900002"]}
+
+        answer = await hub.post("/v1/messages", json=two)
+        sent = await answer.json()
+        view = await (await hub.get(f"/v1/messages/{sent['id']}")).json()
+    finally:
+        await server.close()
+
+    assert answer.status == 201
+    assert sent["provider_recipients"] == 1
+    assert (view["provider_recipients"], len(view["recipients"])) == (1, 2)
