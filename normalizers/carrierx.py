@@ -72,6 +72,10 @@ class Options(StrictOptions):
 PRICE_CURRENCY = "USD"  # "The price in US dollars determined for the message to be delivered."
 
 
+# "An MMS message can have a text body of up to 1600 characters" (else it fails, unsent).
+MMS_TEXT_MAX = 1600
+
+
 class CarrierX:
     name = NAME
     signs_callbacks = False  # no documented signature: token and allow-list only
@@ -93,6 +97,13 @@ class CarrierX:
             checked["group_recipients"] = [
                 number.lstrip("+") for number in checked["group_recipients"]
             ]
+        is_mms = bool(checked.get("media_urls") or checked.get("group_recipients")) or (
+            checked.get("type") == "mms"
+        )
+        if is_mms and len(request.body) > MMS_TEXT_MAX:
+            problems.append(
+                {"field": "body", "error": f"an MMS text is at most {MMS_TEXT_MAX} characters"}
+            )
         if problems:
             raise OptionsError(problems)
         return checked

@@ -99,6 +99,15 @@ class Properties:
     ) -> Mapping[str, Any]:
         checked = validated_options(Options, options)
         problems = []
+        sender = request.sender
+        if sender and not sender.startswith("+") and not _is_alphanumeric_sender(sender):
+            problems.append(
+                {
+                    "field": "from",
+                    "error": "an alphanumeric sender is 1 to 11 letters, digits and spaces with"
+                    " at least one letter (or give an E.164 number, or none for a leased one)",
+                }
+            )
         if request.expires_at is not None:
             problems.append({"field": "expires_at", "error": "Fone Dynamics has no expiry"})
         if request.send_at is not None:
@@ -204,6 +213,15 @@ class Properties:
 
     def replay_key(self, request: CallbackRequest) -> str | None:
         return None  # its callbacks carry no signed time to replay
+
+
+def _is_alphanumeric_sender(sender: str) -> bool:
+    """Fone Dynamics' rules: 1 to 11 characters, A-Z a-z 0-9 and spaces, one letter at least."""
+    return (
+        1 <= len(sender) <= 11
+        and all(c.isascii() and (c.isalnum() or c == " ") for c in sender)
+        and any(c.isascii() and c.isalpha() for c in sender)
+    )
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

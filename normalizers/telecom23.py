@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import hmac
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -121,6 +122,16 @@ class Telecom23:
         checked = validated_options(Options, options)
         if request.sender is None:
             raise OptionsError([{"field": "from", "error": "23 Telecom needs a sender_id"}])
+        if not (SENDER_NUMBER.fullmatch(request.sender) or SENDER_NAME.fullmatch(request.sender)):
+            raise OptionsError(
+                [
+                    {
+                        "field": "from",
+                        "error": "a 23 Telecom sender_id is up to 11 letters and digits, or a"
+                        " phone number",
+                    }
+                ]
+            )
         return checked
 
     def build_send_request(
@@ -281,6 +292,10 @@ def _report_event(fields: dict[str, Any], received_at: datetime) -> Event:
 
 PROVIDER = Telecom23()
 
+
+# "Alphanumeric sender ID (max 11 chars) or phone number".
+SENDER_NAME = re.compile(r"[A-Za-z0-9]{1,11}", re.ASCII)
+SENDER_NUMBER = re.compile(r"\+?[0-9]{3,15}", re.ASCII)
 
 # What a 402 INSUFFICIENT_BALANCE answer carries besides its code: kept for the caller.
 BALANCE_FIELDS = (

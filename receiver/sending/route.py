@@ -13,7 +13,8 @@ from typing import Any
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from normalizers.base import (
     OUTCOME_UNKNOWN,
@@ -66,7 +67,7 @@ class SendMessageIn(BaseModel):
     provider: str | None = None
     to: list[str] = Field(min_length=1, max_length=10_000)
     sender: str | None = Field(default=None, alias="from", max_length=64)
-    body: str = Field(min_length=1, max_length=4096)
+    body: str = Field(default="", max_length=4096)  # empty only for an MMS with media
     ref: str | None = Field(default=None, max_length=255)
     send_at: Moment | None = None
     expires_at: Moment | None = None
@@ -90,6 +91,12 @@ class SendMessageIn(BaseModel):
     def plain_text(cls, text: str | None) -> str | None:
         # After the length checks, so that an error names the first rule broken, as always.
         return no_nul(text) if text is not None else None
+
+    @model_validator(mode="after")
+    def text_or_media(self) -> SendMessageIn:
+        if not self.body and not self.options.get("media_urls"):
+            raise PydanticCustomError("missing", "body is required (empty only with media_urls)")
+        return self
 
 
 def hash_of(incoming: SendMessageIn) -> str:

@@ -235,3 +235,25 @@ def test_answers() -> None:
 def test_options_are_checked() -> None:
     with pytest.raises(OptionsError):
         PROVIDER.validate_options({"media_urls": ["not a url"]}, send_request(), NOW)
+
+
+@pytest.mark.parametrize(
+    ("options", "length", "valid"),
+    [
+        ({"type": "mms"}, 1600, True),
+        ({"type": "mms"}, 1601, False),
+        ({"media_urls": ["https://example.com/a.png"]}, 1601, False),
+        ({}, 1601, True),  # an SMS: split into parts, no such limit
+    ],
+)
+def test_an_mms_text_is_at_most_1600_characters(
+    options: dict[str, Any], length: int, valid: bool
+) -> None:
+    request = send_request(body="x" * length)
+
+    if valid:
+        PROVIDER.validate_options(options, request, NOW)
+    else:
+        with pytest.raises(OptionsError) as refused:
+            PROVIDER.validate_options(options, request, NOW)
+        assert [d["field"] for d in refused.value.details] == ["body"]

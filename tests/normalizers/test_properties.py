@@ -132,3 +132,30 @@ def test_answers() -> None:
 
     assert [(e.status, e.provider_message_id) for e in ok.events] == [(Status.ACCEPTED, "M1")]
     assert (bad.refused, bad.error_code, bad.error_message) == (True, "InvalidTo", "bad To")
+
+
+@pytest.mark.parametrize(
+    ("sender", "valid"),
+    [
+        ("My Shop 1", True),
+        ("A", True),
+        ("ABCDEFGHIJK", True),
+        ("+61499111222", True),  # a number is not an alphanumeric sender
+        (None, True),  # a leased number
+        ("12345", False),  # no letter
+        ("ABCDEFGHIJKL", False),  # 12 characters
+        ("Shop!", False),
+        ("Büro", False),
+    ],
+)
+def test_an_alphanumeric_sender_follows_fone_dynamics_rules(
+    sender: str | None, valid: bool
+) -> None:
+    request = send_request(sender=sender)
+
+    if valid:
+        PROVIDER.validate_options({}, request, NOW)
+    else:
+        with pytest.raises(OptionsError) as refused:
+            PROVIDER.validate_options({}, request, NOW)
+        assert [d["field"] for d in refused.value.details] == ["from"]

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 
-from normalizers.base import CallbackRequest
+from normalizers.base import CallbackRequest, OptionsError
 from normalizers.events import Status
 from normalizers.telecom23 import NAME, PROVIDER, STATUS_MAP
 from tests.corpus import Case
@@ -222,3 +222,27 @@ def test_a_402_keeps_the_balance_and_the_cost() -> None:
     [event] = outcome.events
     assert event.error_message == "Balance too low (balance 0.5 GBP, estimated cost 1.25 GBP)"
     assert (event.status, event.failure_kind) == (Status.FAILED, "temporary")
+
+
+@pytest.mark.parametrize(
+    ("sender", "valid"),
+    [
+        ("MyApp", True),
+        ("ABCDEFGHIJK", True),  # 11
+        ("+447700900999", True),
+        ("447700900999", True),
+        ("ABCDEFGHIJKL", False),  # 12
+        ("My App", False),  # a space is not alphanumeric
+        ("Shop-1", False),
+        ("Café", False),
+    ],
+)
+def test_the_sender_id_is_11_alphanumerics_or_a_number(sender: str, valid: bool) -> None:
+    request = send_request(sender=sender)
+
+    if valid:
+        PROVIDER.validate_options({}, request, NOW)
+    else:
+        with pytest.raises(OptionsError) as refused:
+            PROVIDER.validate_options({}, request, NOW)
+        assert [d["field"] for d in refused.value.details] == ["from"]

@@ -133,7 +133,7 @@ async def test_send_then_the_reports_arrive(
 async def test_validation_errors_name_each_field(hub: Client) -> None:
     response = await hub.post(
         "/v1/messages",
-        json={"provider": "swift", "to": ["not-a-number"], "body": "", "colour": "red"},
+        json={"provider": "swift", "to": ["not-a-number"], "body": "x" * 5000, "colour": "red"},
     )
     answer = await response.json()
 
@@ -538,6 +538,8 @@ async def test_bad_text_and_times_are_422_not_500(hub: Client, body: dict[str, A
         ({"ref": "r" * 256}, "ref", "String should have at most 255 characters"),
         ({"send_at": "2024-06-03T10:00:00"}, "send_at", "Value error, needs a time zone"),
         ({"send_at": "0001-01-01T00:00:00Z"}, "send_at", "Value error, must be between 1970"),
+        ({"body": ""}, "body", "body is required (empty only with media_urls)"),
+        ({"body": "x" * 1601, "options": {"type": "mms"}}, "body", "an MMS text is at most 1600"),
     ],
 )
 async def test_a_422_names_the_field_and_the_first_rule_it_breaks(
@@ -549,6 +551,33 @@ async def test_a_422_names_the_field_and_the_first_rule_it_breaks(
     [detail] = (await response.json())["error"]["details"]
     assert detail["field"] == field
     assert detail["error"].startswith(error)
+
+
+@pytest.mark.parametrize(
+    ("provider", "sender"),
+    [("telecom23", "My Shop"), ("telecom23", "ABCDEFGHIJKL"), ("properties", "12345")],
+)
+async def test_a_sender_the_provider_would_refuse_is_422_naming_from(
+    hub: Client, db: asyncpg.Connection, provider: str, sender: str
+) -> None:
+    body: dict[str, Any] = {"from": sender}
+    response = await send(hub, provider=provider, to=["+447700900001"], **body)
+
+    assert response.status == 422
+    assert [d["field"] for d in (await response.json())["error"]["details"]] == ["from"]
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0  # nothing sent or stored
+
+
+async def test_a_carrierx_mms_with_media_and_no_text_is_sent(hub: Client) -> None:
+    response = await send(
+        hub,
+        provider="carrierx",
+        to=["+447700900001"],
+        body="",
+        options={"media_urls": ["https://media.invalid/a.png"]},
+    )
+
+    assert response.status == 201, await response.json()
 
 
 async def test_a_carrierx_group_mms_goes_to_one_to_only(hub: Client) -> None:
