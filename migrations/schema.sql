@@ -686,7 +686,10 @@ CREATE TABLE public.messages (
     expires_at timestamp with time zone,
     provider_segments integer,
     idempotency_key text,
-    provider_recipients integer
+    provider_recipients integer,
+    dispatch_at timestamp with time zone,
+    dispatched_at timestamp with time zone,
+    cancelled_at timestamp with time zone
 );
 
 -- TABLE raw_callbacks
@@ -900,6 +903,10 @@ CREATE INDEX messages_client_ref_idx ON public.messages USING btree (client_ref)
 -- INDEX messages_created_idx
 
 CREATE INDEX messages_created_idx ON public.messages USING btree (created_at DESC, id DESC);
+
+-- INDEX messages_dispatch_due_idx
+
+CREATE INDEX messages_dispatch_due_idx ON public.messages USING btree (dispatch_at) WHERE (dispatch_at IS NOT NULL);
 
 -- INDEX messages_provider_message_id_idx
 

@@ -106,6 +106,7 @@ class Options(StrictOptions):
 class ApiControl:
     name = NAME
     signs_callbacks = False  # no documented signature: token and allow-list only
+    schedules_sends = True  # send_at (and paused)
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

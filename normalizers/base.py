@@ -168,6 +168,9 @@ class Provider(Protocol):
     # Whether verify_callback checks a signing secret: where it does not, a secret configured
     # for the provider authenticates nothing.
     signs_callbacks: bool
+    # Whether the provider's send API takes a send time (and holds the message until then):
+    # where it does not, the hub keeps a message with a future send_at and sends it then.
+    schedules_sends: bool
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

@@ -79,6 +79,7 @@ MMS_TEXT_MAX = 1600
 class CarrierX:
     name = NAME
     signs_callbacks = False  # no documented signature: token and allow-list only
+    schedules_sends = False  # no send time: the hub holds it
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

@@ -93,6 +93,7 @@ class Options(StrictOptions):
 class Properties:
     name = NAME
     signs_callbacks = False  # no documented signature: token and allow-list only
+    schedules_sends = True  # Schedule, at most 14 days ahead
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime
@@ -108,8 +109,6 @@ class Properties:
                     " at least one letter (or give an E.164 number, or none for a leased one)",
                 }
             )
-        if request.expires_at is not None:
-            problems.append({"field": "expires_at", "error": "Fone Dynamics has no expiry"})
         if request.send_at is not None:
             # "at most 14 days in the future ... in the past, the request will fail, unless the
             # value is less than 1 hour in the past"

@@ -26,7 +26,6 @@ from normalizers.base import (
     CallbackRequest,
     HttpRequest,
     HttpResponse,
-    OptionsError,
     ParseError,
     ProviderAccount,
     SendOutcome,
@@ -104,14 +103,12 @@ class Options(StrictOptions):
 class Swift:
     name = NAME
     signs_callbacks = True  # a signing secret is checked (verify_callback)
+    schedules_sends = False  # no send time: the hub holds it
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime
     ) -> Mapping[str, Any]:
-        checked = validated_options(Options, options)
-        if request.send_at is not None:
-            raise OptionsError([{"field": "send_at", "error": "Swift's send API has no send time"}])
-        return checked
+        return validated_options(Options, options)
 
     def build_send_request(
         self, request: SendRequest, account: ProviderAccount

@@ -115,6 +115,7 @@ class Options(StrictOptions):
 class Telecom23:
     name = NAME
     signs_callbacks = True  # a signing secret is checked (verify_callback)
+    schedules_sends = False  # no send time: the hub holds it
 
     def validate_options(
         self, options: Mapping[str, Any], request: SendRequest, now: datetime

@@ -35,7 +35,9 @@ from receiver.ratelimit import RateLimiter
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
 from receiver.sending import route as send_route
+from receiver.sending import scheduler
 from receiver.sending.providers import callback_url
+from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
 from receiver.storage.migrate import load_migrations, migrations_dir
 from receiver.storage.notify import Signal
@@ -145,6 +147,26 @@ ROUTES: tuple[Route, ...] = (
         body=send_route.SendMessageIn,
         params=(Param("Idempotency-Key", "header"),),
         errors=("400", "401", "403", "408", "409", "413", "422", "429", "503"),
+    ),
+    Route(
+        "delete",
+        "/v1/messages/{id}",
+        scheduler.cancel_message,
+        "Cancel a message the hub holds until its send_at",
+        {"200": schemas.CancelAnswer},
+        scope="send",
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "409", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/messages/{id}/cancel",
+        scheduler.cancel_message,
+        "Cancel a message the hub holds until its send_at (as DELETE)",
+        {"200": schemas.CancelAnswer},
+        scope="send",
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "409", "503"),
     ),
     Route(
         "get",
@@ -458,6 +480,8 @@ def create_app(
             running = asyncio.create_task(dispatcher.run()) if dispatcher else None
             sweep = SilenceSweep(db, settings, signal) if settings.dispatcher else None
             sweeping = asyncio.create_task(sweep.run()) if sweep else None
+            held = Scheduler(app[AppContext.KEY]) if settings.dispatcher else None
+            sending = asyncio.create_task(held.run()) if held else None
             replaying = (
                 asyncio.create_task(replay_forever(spool, ingest_db, registry, settings, signal))
                 if spool
@@ -472,6 +496,9 @@ def create_app(
                 replaying.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await replaying
+            if held is not None and sending is not None:
+                await held.stop()
+                await sending
             if sweep is not None and sweeping is not None:
                 await sweep.stop()
                 await sweeping

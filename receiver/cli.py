@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import structlog
 from aiohttp import web
@@ -22,11 +23,13 @@ from normalizers.base import CallbackRequest, ParseError, parse_timestamp
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
 from receiver.config import MIN_TOKEN_LENGTH, Settings
+from receiver.context import AppContext
 from receiver.delivery.dispatcher import Dispatcher
 from receiver.demo import run_demo
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
+from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
 from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.storage.migrate import apply_migrations, migrations_dir
@@ -113,7 +116,7 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     if args.command == "keys":
         return asyncio.run(keys_command(settings, dsn, args))
     if args.command == "worker":
-        return asyncio.run(worker_command(settings, dsn))
+        return asyncio.run(worker_command(settings, dsn, registry))
     if args.command == "demo":
         return asyncio.run(run_demo(args.url, dsn, args.seconds, api_key=args.key))
     return asyncio.run(reprocess_command(dsn, registry, args.provider, args.dry_run))
@@ -213,17 +216,28 @@ async def keys_command(settings: Settings, dsn: str, args: argparse.Namespace) -
         await connection.close()
 
 
-async def worker_command(settings: Settings, dsn: str) -> int:
-    """The dispatcher and the silence sweep without the HTTP server, until SIGTERM or
-    SIGINT."""
+async def worker_command(settings: Settings, dsn: str, registry: Registry) -> int:
+    """The dispatcher, the silence sweep and the held sends, without the HTTP server, until
+    SIGTERM or SIGINT."""
     await wait_for_database(dsn, settings.db_connect_retry_s)
     db = await open_database(dsn, settings)
     signal = Signal()
+    http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
+    context = AppContext(
+        settings=settings,
+        registry=registry,
+        expected_migrations=frozenset(),
+        db=db,
+        http=http,
+        signal=signal,
+    )
     dispatcher = Dispatcher(db, settings, signal)
     sweep = SilenceSweep(db, settings, signal)
+    held = Scheduler(context)
     loop = asyncio.get_running_loop()
 
     async def stop() -> None:
+        await held.stop()
         await sweep.stop()
         await dispatcher.stop()
 
@@ -231,8 +245,9 @@ async def worker_command(settings: Settings, dsn: str) -> int:
         loop.add_signal_handler(number, lambda: loop.create_task(stop()))
     try:
         async with signal.connected(db, dsn):
-            await asyncio.gather(dispatcher.run(), sweep.run())
+            await asyncio.gather(dispatcher.run(), sweep.run(), held.run())
     finally:
+        await http.close()
         await db.close()
     return 0
 

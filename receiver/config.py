@@ -211,6 +211,12 @@ class Settings(BaseSettings):
         description="How often the worker (or serve with DISPATCHER) looks for recipients past"
         " their deadline.",
     )
+    schedule_poll_s: float = Field(
+        default=1.0,
+        gt=0,
+        description="How often the worker (or serve with DISPATCHER) sends the messages it holds"
+        " whose send_at has come (for providers that cannot schedule): at most this late.",
+    )
     refusal_rate_per_s: float = Field(
         default=1.0,
         gt=0,

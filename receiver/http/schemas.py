@@ -104,6 +104,12 @@ class SendAnswer(BaseModel):
     recipients: list[SendRecipient]
 
 
+class CancelAnswer(BaseModel):
+    id: str
+    cancelled: bool
+    recipients: list[SendRecipient]
+
+
 class RecipientView(BaseModel):
     to: str | None
     status: Status

@@ -21,6 +21,7 @@ from receiver.sandbox.common import (
     outcome_of,
     requested_error,
     sandbox_of,
+    seconds_until,
     throttled_once,
 )
 
@@ -111,8 +112,11 @@ async def send(request: web.Request) -> web.Response:
         )
     message_id = sandbox.next_number()
     url = body.get("callbackURL") or sandbox.callback_urls[NAME]
-    if kind is not None:
-        sandbox.later(_reports(url, message_id, body, [str(n) for n in to], kind))
+    # Paused: "will not be sent until released", and the sandbox never releases it (silence
+    # then ends it); a send_at is honoured: the reports start then.
+    if kind is not None and not body.get("paused"):
+        reports = _reports(url, message_id, body, [str(n) for n in to], kind)
+        sandbox.later(reports, start_after_s=seconds_until(body.get("send_at")))
     return web.json_response(
         {"messageID": message_id, "num_parts": parts, "num_recipients": len(to)}, status=201
     )

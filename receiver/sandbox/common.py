@@ -8,6 +8,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 from urllib.parse import urlencode
@@ -61,6 +62,23 @@ def requested_error(text: object) -> str | None:
     return None
 
 
+def seconds_until(moment: object) -> float:
+    """How long until a send time the provider was given (RFC 3339, or seconds since the
+    epoch): 0 when it is unreadable or past."""
+    if isinstance(moment, int | float) and not isinstance(moment, bool):
+        target = datetime.fromtimestamp(moment, UTC)
+    elif isinstance(moment, str):
+        try:
+            target = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+        except ValueError:
+            return 0.0
+        if target.tzinfo is None:
+            target = target.replace(tzinfo=UTC)
+    else:
+        return 0.0
+    return max(0.0, (target - datetime.now(UTC)).total_seconds())
+
+
 def outcome_of(number: str) -> Outcome:
     return BY_LAST_DIGIT.get(number.strip()[-1:], Outcome.DELIVERED)
 
@@ -103,13 +121,15 @@ class Sandbox:
         self.counter += 1
         return self.epoch * 1_000_000 + self.counter
 
-    def later(self, steps: Sequence[tuple[int, Any]]) -> None:
-        """Send (step number, request) pairs, step n after n delays."""
-        task = asyncio.get_running_loop().create_task(self._run(steps))
+    def later(self, steps: Sequence[tuple[int, Any]], start_after_s: float = 0.0) -> None:
+        """Send (step number, request) pairs, step n after n delays, the first after
+        `start_after_s` more (a message scheduled for later)."""
+        task = asyncio.get_running_loop().create_task(self._run(steps, start_after_s))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, steps: Sequence[tuple[int, Any]]) -> None:
+    async def _run(self, steps: Sequence[tuple[int, Any]], start_after_s: float) -> None:
+        await asyncio.sleep(start_after_s)
         done = 0
         for step, report in sorted(steps, key=lambda pair: pair[0]):
             await asyncio.sleep(max(0, step - done) * self.delay_s)

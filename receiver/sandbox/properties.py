@@ -17,6 +17,7 @@ from receiver.sandbox.common import (
     outcome_of,
     requested_error,
     sandbox_of,
+    seconds_until,
     throttled_once,
 )
 
@@ -97,7 +98,7 @@ async def send(request: web.Request) -> web.Response:
         }
         method = str(body.get("WebhookMethod") or "POST").upper()
         steps.append((3, Report.form(reply_url, reply, method)))
-    sandbox.later(steps)
+    sandbox.later(steps, start_after_s=seconds_until(body.get("Schedule")))  # sent then
     return web.json_response(
         {
             "Message": {

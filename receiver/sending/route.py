@@ -8,7 +8,8 @@ import dataclasses
 import hashlib
 import json
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
@@ -26,7 +27,7 @@ from normalizers.base import (
     SendRequest,
     to_e164,
 )
-from normalizers.encoding import segment
+from normalizers.encoding import Segmentation, segment
 from normalizers.events import Event
 from receiver.context import AppContext
 from receiver.http.apikeys import API_KEY, caller_of
@@ -193,8 +194,15 @@ async def _checked_send(
         send_at=incoming.send_at,
         expires_at=incoming.expires_at,
     )
+    now = datetime.now(UTC)
+    if incoming.expires_at is not None and incoming.expires_at <= max(now, incoming.send_at or now):
+        # Sending after it is what expires_at forbids: it could never go.
+        raise Unprocessable(
+            "expires_at is not after the send time",
+            details=[{"field": "expires_at", "error": "must be after now and after send_at"}],
+        )
     try:
-        options = provider.validate_options(incoming.options, send, datetime.now(UTC))
+        options = provider.validate_options(incoming.options, send, now)
     except OptionsError as error:
         raise Unprocessable("the options are not valid", details=error.details) from None
     send = dataclasses.replace(send, options=options)
@@ -214,6 +222,7 @@ async def _send(
     progress: SendProgress,
 ) -> tuple[int, dict[str, Any]]:
     local = segment(send.body)
+    held = held_until(provider, send)
     async with context.db.connection() as connection:
         await messages.create_message(
             connection,
@@ -230,8 +239,26 @@ async def _send(
             expires_at=send.expires_at,
             idempotency_key=key,
             deadline=silence.deadline(context.settings, provider.name, send),
+            dispatch_at=held,
         )
     structlog.contextvars.bind_contextvars(message_id=str(message_id))
+    if held is not None:
+        log.info("send_held", dispatch_at=held.isoformat())
+        return 201, await _answer(context, provider, message_id, local, [], None, None)
+    return await deliver(context, provider, account, send, message_id, progress)
+
+
+async def deliver(
+    context: AppContext,
+    provider: Provider,
+    account: ProviderAccount,
+    send: SendRequest,
+    message_id: uuid.UUID,
+    progress: SendProgress,
+) -> tuple[int, dict[str, Any]]:
+    """Calls the provider for a stored message and stores its answers: what POST /v1/messages
+    does at once, and the scheduler at a held message's send time."""
+    local = segment(send.body)
     calls = provider.build_send_request(send, account)
     limit = asyncio.Semaphore(CALLS_AT_ONCE)
     progress.provider_called = True
@@ -264,41 +291,18 @@ async def _send(
     provider_recipients = sum(counted) if counted else None
     if provider_recipients is not None and provider_recipients != len(send.to):
         log.warning("recipient_count_differs", sent=len(send.to), provider=provider_recipients)
-    recipients: list[dict[str, Any]] | None = None
-    try:
-        async with context.db.connection() as connection:
-            if provider_segments is not None or provider_recipients is not None:
+    if provider_segments is not None or provider_recipients is not None:
+        try:
+            async with context.db.connection() as connection:
                 await messages.set_provider_counts(
                     connection, message_id, provider_segments, provider_recipients
                 )
-            rows = await messages.recipients_as_answered(connection, message_id)
-        recipients = [
-            {
-                "to": row["recipient"],
-                "status": row["status"],
-                "final": row["final"],
-                "provider_message_id": row["provider_message_id"],
-                "failure_kind": row["failure_kind"],
-                "error_code": row["error_code"],
-                "error_message": row["error_message"],
-            }
-            for row in rows
-        ]
-    except Exception:
-        stored = False
-        log.exception("message_state_not_read")
-    if recipients is None or not stored:
-        recipients = [_as_answered(event) for outcome in outcomes for event in outcome.events]
-    answer: dict[str, Any] = {
-        "id": str(message_id),
-        "provider": provider.name,
-        "segments": local.segments,
-        "encoding": local.encoding,
-        "provider_segments": provider_segments,
-        "provider_recipients": provider_recipients,
-        "stored": stored,
-        "recipients": recipients,
-    }
+        except Exception:
+            log.exception("provider_counts_not_stored")
+    answer = await _answer(
+        context, provider, message_id, local, outcomes, provider_segments, provider_recipients
+    )
+    answer["stored"] = answer["stored"] and stored
     if all(outcome.refused for outcome in outcomes):
         first = outcomes[0]
         unknown = first.error_code == OUTCOME_UNKNOWN
@@ -319,6 +323,63 @@ async def _send(
         )
         return 502, error
     return 201, answer
+
+
+async def _answer(
+    context: AppContext,
+    provider: Provider,
+    message_id: uuid.UUID,
+    local: Segmentation,
+    outcomes: Sequence[SendOutcome],
+    provider_segments: int | None,
+    provider_recipients: int | None,
+) -> dict[str, Any]:
+    """The send API's answer: the message with its recipients as stored (as the provider
+    answered, should they not be readable)."""
+    stored = True
+    recipients: list[dict[str, Any]] | None = None
+    try:
+        async with context.db.connection() as connection:
+            rows = await messages.recipients_as_answered(connection, message_id)
+        recipients = [
+            {
+                "to": row["recipient"],
+                "status": row["status"],
+                "final": row["final"],
+                "provider_message_id": row["provider_message_id"],
+                "failure_kind": row["failure_kind"],
+                "error_code": row["error_code"],
+                "error_message": row["error_message"],
+            }
+            for row in rows
+        ]
+    except Exception:
+        stored = False
+        log.exception("message_state_not_read")
+    if recipients is None:
+        recipients = [_as_answered(event) for outcome in outcomes for event in outcome.events]
+    return {
+        "id": str(message_id),
+        "provider": provider.name,
+        "segments": local.segments,
+        "encoding": local.encoding,
+        "provider_segments": provider_segments,
+        "provider_recipients": provider_recipients,
+        "stored": stored,
+        "recipients": recipients,
+    }
+
+
+def held_until(provider: Provider, send: SendRequest) -> datetime | None:
+    """When the hub itself sends this message: its send_at, if the provider cannot schedule
+    and that is not now."""
+    if send.send_at is None or provider.schedules_sends:
+        return None
+    return send.send_at if send.send_at > datetime.now(UTC) + HOLD_AFTER else None
+
+
+# A send_at closer than this is now: the message goes at once.
+HOLD_AFTER = timedelta(seconds=1)
 
 
 def _as_answered(event: Event) -> dict[str, Any]:

@@ -14,9 +14,10 @@ import asyncpg
 import structlog
 
 from normalizers.base import SendRequest
-from normalizers.events import Event, EventType, Status, event_id
+from normalizers.events import Event, Status
 from receiver.config import Settings
 from receiver.metrics import EVENTS, SYNTHETIC_EXPIRIES
+from receiver.sending.hub_events import hub_event
 from receiver.storage.callbacks import store_events_alone
 from receiver.storage.notify import Signal
 from receiver.storage.pool import Database
@@ -40,23 +41,15 @@ def deadline(settings: Settings, provider: str, send: SendRequest) -> datetime:
 
 def expiry(row: asyncpg.Record, now: datetime) -> Event:
     """The synthetic `expired` of one silent recipient (its id the same whenever it is made)."""
-    provider: str = row["provider"]
-    recipient: str = row["recipient"]
-    return Event(
-        id=event_id(provider, "silence", row["provider_message_id"], recipient),
-        type=EventType.STATUS,
-        provider=provider,
-        status=Status.EXPIRED,
-        provider_status=SILENCE,
-        error_message="no final report by the deadline: the message's expires_at, or the time"
-        " it was sent plus the silence timeout",
+    return hub_event(
+        row,
+        Status.EXPIRED,
+        SILENCE,
+        "no final report by the deadline: the message's expires_at, or the time it was sent"
+        " plus the silence timeout",
         occurred_at=row["deadline"],
         received_at=now,
-        occurred_at_source="received",
-        provider_message_id=row["provider_message_id"],
-        recipient=recipient or None,
         failure_kind="temporary",
-        synthetic=True,
     )
 
 

@@ -42,15 +42,18 @@ async def create_message(
     expires_at: datetime | None,
     idempotency_key: str | None,
     deadline: datetime,
+    dispatch_at: datetime | None = None,
 ) -> None:
     """The message and its recipients, stored before the provider is called; a recipient with
-    no final status by `deadline` is expired by the silence sweep."""
+    no final status by `deadline` is expired by the silence sweep. With `dispatch_at` the hub
+    sends it then (the provider cannot schedule): its recipients are `scheduled` until."""
+    status = "scheduled" if dispatch_at is not None else "unknown"
     async with connection.transaction():
         await connection.execute(
             """
             INSERT INTO messages (id, provider, sender, body, client_ref, segments, encoding,
-                                  request, send_at, expires_at, idempotency_key)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11)
+                                  request, send_at, expires_at, idempotency_key, dispatch_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)
             """,
             message_id,
             provider,
@@ -63,16 +66,17 @@ async def create_message(
             send_at,
             expires_at,
             idempotency_key,
+            dispatch_at,
         )
         await connection.executemany(
             """
             INSERT INTO message_recipients
                 (message_id, provider, provider_message_id, recipient, status, final, sequence,
                  segments, deadline)
-            VALUES ($1, $2, $3, $4, 'unknown', false, 0, $5, $6)
+            VALUES ($1, $2, $3, $4, $7, false, 0, $5, $6)
             """,
             [
-                (message_id, provider, pending_id(message_id), to, segments, deadline)
+                (message_id, provider, pending_id(message_id), to, segments, deadline, status)
                 for to in recipients
             ],
         )
@@ -111,6 +115,56 @@ async def register_parts(
         recipient,
         list(part_ids),
     )
+
+
+async def claim_due(connection: Connection, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` messages the hub holds whose send time has come, oldest first, taken for
+    sending: dispatch_at cleared and dispatched_at set (committed before the provider is
+    called: a message is never sent twice), their recipients back to `unknown` so that the
+    provider's answer moves them. Those another instance holds are skipped."""
+    async with connection.transaction():
+        rows: list[asyncpg.Record] = await connection.fetch(
+            """
+            WITH due AS (
+                SELECT id FROM messages
+                WHERE dispatch_at IS NOT NULL AND dispatch_at <= now()
+                ORDER BY dispatch_at
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED
+            )
+            UPDATE messages m SET dispatch_at = NULL, dispatched_at = now()
+            FROM due WHERE m.id = due.id
+            RETURNING m.id, m.provider, m.request, m.expires_at
+            """,
+            limit,
+        )
+        await connection.execute(
+            "UPDATE message_recipients SET status = 'unknown'"
+            " WHERE message_id = ANY($1::uuid[]) AND status = 'scheduled' AND NOT final",
+            [row["id"] for row in rows],
+        )
+    return rows
+
+
+async def cancel_scheduled(connection: Connection, message_id: uuid.UUID) -> bool:
+    """Takes a message the hub holds out of the schedule (cancelled_at); False when it is not
+    held (sent, being sent, cancelled already, or scheduled by its provider)."""
+    cancelled = await connection.fetchval(
+        "UPDATE messages SET dispatch_at = NULL, cancelled_at = now()"
+        " WHERE id = $1 AND dispatch_at IS NOT NULL RETURNING id",
+        message_id,
+    )
+    return cancelled is not None
+
+
+async def pending_recipients(connection: Connection, message_id: uuid.UUID) -> list[asyncpg.Record]:
+    """The recipients of a message not yet final, with their keys (for the hub's own events)."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        "SELECT provider, provider_message_id, recipient FROM message_recipients"
+        " WHERE message_id = $1 AND NOT final ORDER BY provider_message_id, recipient",
+        message_id,
+    )
+    return rows
 
 
 async def set_provider_counts(
@@ -153,7 +207,8 @@ async def recipients_as_answered(
 
 MESSAGE_COLUMNS = """
     m.id, m.provider, m.sender, m.body, m.client_ref, m.segments, m.encoding,
-    m.provider_segments, m.provider_recipients, m.send_at, m.expires_at, m.created_at
+    m.provider_segments, m.provider_recipients, m.send_at, m.expires_at, m.created_at,
+    m.dispatch_at, m.cancelled_at
 """
 
 RECIPIENT_COLUMNS = (

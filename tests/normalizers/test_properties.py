@@ -103,7 +103,6 @@ def test_leased_sender_asks_for_replies_too() -> None:
     [
         (NOW + timedelta(days=15), None, "send_at"),
         (NOW - timedelta(hours=2), None, "send_at"),
-        (None, NOW + timedelta(hours=1), "expires_at"),
     ],
 )
 def test_schedule_rules(send_at: datetime | None, expires_at: datetime | None, field: str) -> None:

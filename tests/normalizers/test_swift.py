@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 
-from normalizers.base import CallbackRequest, OptionsError
+from normalizers.base import CallbackRequest
 from normalizers.events import Status
 from normalizers.swift import NAME, PROVIDER, STATUS_MAP
 from tests.corpus import Case
@@ -159,6 +159,9 @@ def test_200_207_422() -> None:
     assert failed.error_code == "ACCOUNT_SMS_DISABLED"
 
 
-def test_has_no_send_time() -> None:
-    with pytest.raises(OptionsError):
-        PROVIDER.validate_options({}, send_request(send_at=NOW), NOW)
+def test_has_no_send_time_so_the_hub_holds_the_message() -> None:
+    assert PROVIDER.schedules_sends is False
+    [call] = PROVIDER.build_send_request(send_request(send_at=NOW), ACCOUNT)
+
+    assert call.json_body is not None
+    assert "send_at" not in call.json_body
