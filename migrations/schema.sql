@@ -29,10 +29,10 @@ BEGIN
     -- two never both create it.
     INSERT INTO message_recipients AS mr
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments, deadline)
+         segments, deadline, country)
     VALUES
         (p_message_id, p_provider, p_provider_message_id, p_recipient, pending.status,
-         pending.final, pending.sequence, pending.segments, pending.deadline)
+         pending.final, pending.sequence, pending.segments, pending.deadline, pending.country)
     ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
     RETURNING mr.id INTO found_row;
     IF found_row IS NOT NULL THEN
@@ -62,7 +62,8 @@ BEGIN
     END IF;
     -- Reports that outran the send answer: the row is the message's now, with its deadline.
     UPDATE message_recipients SET message_id = p_message_id,
-        deadline = coalesce(deadline, pending.deadline), updated_at = now()
+        deadline = coalesce(deadline, pending.deadline),
+        country = coalesce(country, pending.country), updated_at = now()
     WHERE id = found_row;
     UPDATE events SET message_id = p_message_id, recipient = coalesce(recipient, p_recipient)
     WHERE recipient_id = found_row AND message_id IS NULL;
@@ -655,7 +656,8 @@ CREATE TABLE public.message_recipients (
     price jsonb,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     deadline timestamp with time zone,
-    synthetic_final boolean DEFAULT false NOT NULL
+    synthetic_final boolean DEFAULT false NOT NULL,
+    country text
 );
 
 -- SEQUENCE message_recipients_id_seq

@@ -9,7 +9,7 @@ import os
 import signal as signal_module
 import sys
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
         return asyncio.run(worker_command(settings, dsn, registry))
     if args.command == "demo":
         return asyncio.run(run_demo(args.url, dsn, args.seconds, api_key=args.key))
-    return asyncio.run(reprocess_command(dsn, registry, args.provider, args.dry_run))
+    return asyncio.run(
+        reprocess_command(dsn, registry, args.provider, args.dry_run, settings.regions())
+    )
 
 
 def settings_at_start(registry: Registry) -> Settings:
@@ -265,12 +267,16 @@ async def migrate_command(settings: Settings, dsn: str, *, quiet: bool = False) 
 
 
 async def reprocess_command(
-    dsn: str, registry: Registry, provider: str | None, dry_run: bool
+    dsn: str,
+    registry: Registry,
+    provider: str | None,
+    dry_run: bool,
+    regions: Mapping[str, str] | None = None,
 ) -> int:
     connection = await asyncpg.connect(dsn)
     try:
         report = await reprocess(
-            connection, registry, provider=provider, dry_run=dry_run, emit=print
+            connection, registry, provider=provider, dry_run=dry_run, emit=print, regions=regions
         )
     finally:
         await connection.close()

@@ -9,6 +9,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 
+import phonenumbers
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
@@ -43,6 +44,17 @@ class ProviderSettings(BaseModel):
     signing_secret: SecretStr | None = None
     allow_unauthenticated: bool = False
     silence_timeout_s: float | None = Field(default=None, gt=0)  # else SILENCE_TIMEOUT_S
+    default_region: str | None = None  # ISO 3166 code: where its national numbers are from
+
+    @field_validator("default_region")
+    @classmethod
+    def known_region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        region = value.strip().upper()
+        if region not in phonenumbers.SUPPORTED_REGIONS:
+            raise ValueError(f"{value!r} is not an ISO 3166 region with a numbering plan")
+        return region
 
     @field_validator("allowed_ips", mode="before")
     @classmethod
@@ -183,6 +195,17 @@ class Settings(BaseSettings):
         description="Tries of a provider call where nothing was sent (500/502/503, connection"
         " refused, a safe refusal); never a timeout or a 504.",
     )
+    send_allowed_countries: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(),
+        description="Comma-separated ISO 3166 codes a message may be sent to (empty: all); a"
+        " `to` elsewhere is a 422, against SMS pumping.",
+    )
+    send_daily_recipients: int = Field(
+        default=10_000,
+        ge=0,
+        description="Recipients per API key (per address without keys) per UTC day, per"
+        " instance; beyond, 429 quota_exceeded until midnight UTC. 0: no quota.",
+    )
     send_retry_budget_s: float = Field(
         default=10.0,
         ge=0,
@@ -316,6 +339,19 @@ class Settings(BaseSettings):
             return tuple(float(part) for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("send_allowed_countries", mode="before")
+    @classmethod
+    def split_countries(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple):
+            countries = tuple(str(part).strip().upper() for part in value)
+            unknown = [c for c in countries if c not in phonenumbers.SUPPORTED_REGIONS]
+            if unknown:
+                raise ValueError(f"not ISO 3166 regions with a numbering plan: {unknown}")
+            return countries
+        return value
+
     @field_validator("webhook_allowed_networks", "trusted_proxies", mode="before")
     @classmethod
     def split_allowed(cls, value: Any) -> Any:
@@ -334,6 +370,14 @@ class Settings(BaseSettings):
     def silence_timeout(self, provider: str) -> float:
         """Seconds after sending that a recipient without a final report expires."""
         return self.provider(provider).silence_timeout_s or self.silence_timeout_s
+
+    def regions(self) -> dict[str, str]:
+        """Each provider's DEFAULT_REGION, where one is set."""
+        return {
+            name: config.default_region
+            for name, config in self.providers.items()
+            if config.default_region is not None
+        }
 
     def short_callback_tokens(self) -> list[str]:
         """Providers whose callback token is shorter than MIN_TOKEN_LENGTH: guessable."""

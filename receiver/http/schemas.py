@@ -116,6 +116,7 @@ class RecipientView(BaseModel):
     final: bool
     failure_kind: Literal["temporary", "permanent"] | None
     provider_message_id: str | None
+    country: str | None  # ISO 3166, of a message the hub sent
     segments: int | None
     price: PriceV1 | None
     sequence: int

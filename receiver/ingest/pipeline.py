@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from normalizers.base import NormalizerError, Provider
+from normalizers.base import NormalizerError, Provider, in_region
 from normalizers.events import Event
 from normalizers.registry import Registry
 from receiver.storage.callbacks import (
@@ -35,15 +35,27 @@ def unparsed(reason: str) -> Normalised:
     return Normalised(outcome=UNPARSED, error=error_text(reason))
 
 
-def judge(registry: Registry, raw: RawCallback, *, max_events: int | None = None) -> Normalised:
-    """The outcome of a raw callback: what its provider's normaliser makes of it."""
+def judge(
+    registry: Registry,
+    raw: RawCallback,
+    *,
+    max_events: int | None = None,
+    region: str | None = None,
+) -> Normalised:
+    """The outcome of a raw callback: what its provider's normaliser makes of it, national
+    numbers read in the provider's `region` (DEFAULT_REGION)."""
     provider = registry.get(raw.provider)
     if provider is None:
         return unparsed(f"no provider named {raw.provider!r}")
-    return normalise(provider, raw, max_events)
+    return normalise(provider, raw, max_events, region)
 
 
-def normalise(provider: Provider, raw: RawCallback, max_events: int | None = None) -> Normalised:
+def normalise(
+    provider: Provider,
+    raw: RawCallback,
+    max_events: int | None = None,
+    region: str | None = None,
+) -> Normalised:
     """Never raises for a bad payload: whatever the normaliser cannot read becomes `unparsed`
     with the reason kept, so that the callback is stored and can be re-run after a fix."""
     request = raw.as_callback_request()
@@ -58,7 +70,7 @@ def normalise(provider: Provider, raw: RawCallback, max_events: int | None = Non
     if max_events is not None and len(events) > max_events:
         # Storing that many in the provider's time is not possible: keep it for `reprocess`.
         return unparsed(f"{len(events)} events in one callback, over the limit of {max_events}")
-    return Normalised(outcome=NORMALISED, events=events)
+    return Normalised(outcome=NORMALISED, events=in_region(events, region))
 
 
 def _describe(error: Exception) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -32,6 +32,7 @@ async def reprocess(
     dry_run: bool = False,
     batch_size: int = 200,
     emit: Callable[[str], None] = lambda line: None,
+    regions: Mapping[str, str] | None = None,
 ) -> ReprocessReport:
     """Walks the unparsed rows in id order, one short transaction per row (so that it never holds
     many recipients' locks while live callbacks wait); a row another run holds is skipped. A dry
@@ -42,10 +43,14 @@ async def reprocess(
         batch = await callbacks.unparsed_ids(connection, provider, after, batch_size)
         for raw_id in batch:
             if dry_run:
-                line = await _reprocess_id(connection, registry, raw_id, dry_run, report)
+                line = await _reprocess_id(
+                    connection, registry, raw_id, dry_run, report, regions or {}
+                )
             else:
                 async with connection.transaction():
-                    line = await _reprocess_id(connection, registry, raw_id, dry_run, report)
+                    line = await _reprocess_id(
+                        connection, registry, raw_id, dry_run, report, regions or {}
+                    )
             if line is not None:
                 report.lines.append(line)
                 emit(line)
@@ -60,11 +65,12 @@ async def _reprocess_id(
     raw_id: uuid.UUID,
     dry_run: bool,
     report: ReprocessReport,
+    regions: Mapping[str, str],
 ) -> str | None:
     raw = await callbacks.unparsed_callback(connection, raw_id, lock=not dry_run)
     if raw is None:
         return None  # normalised meanwhile, or held by another run
-    return await _reprocess_one(connection, registry, raw, dry_run, report)
+    return await _reprocess_one(connection, registry, raw, dry_run, report, regions)
 
 
 async def _reprocess_one(
@@ -73,12 +79,13 @@ async def _reprocess_one(
     raw: RawCallback,
     dry_run: bool,
     report: ReprocessReport,
+    regions: Mapping[str, str],
 ) -> str:
     report.examined += 1
     label = f"{raw.id} {raw.provider}"
     # Authentication was checked when the callback arrived; only parsing failed then. No limit
     # on the number of events: no provider is waiting.
-    result = judge(registry, raw)
+    result = judge(registry, raw, region=regions.get(raw.provider))
     if result.outcome != NORMALISED:
         report.still_unparsed += 1
         if not dry_run and result.error:

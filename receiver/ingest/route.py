@@ -123,7 +123,12 @@ async def handle_callback(request: web.Request) -> web.Response:
         structlog.contextvars.bind_contextvars(outcome=REFUSED, refusal_id=str(raw.id))
         log.warning("callback_refused", reason=failure.reason, remote=remote)
         raise _refusal(failure)
-    normalised = judge(context.registry, raw, max_events=context.settings.max_events_per_callback)
+    normalised = judge(
+        context.registry,
+        raw,
+        max_events=context.settings.max_events_per_callback,
+        region=config.default_region,
+    )
     try:
         result, kept_error = await ingestion.writer.store(raw, normalised)
     except Exception as error:

@@ -273,7 +273,12 @@ async def replay(
     for path in await asyncio.to_thread(spool.take):
         entries = await asyncio.to_thread(read, path)
         for entry in entries:
-            normalised = judge(registry, entry.raw, max_events=settings.max_events_per_callback)
+            normalised = judge(
+                registry,
+                entry.raw,
+                max_events=settings.max_events_per_callback,
+                region=settings.provider(entry.raw.provider).default_region,
+            )
             async with db.connection() as connection:
                 try:
                     result, _ = await store(connection, entry.raw, normalised)

@@ -43,6 +43,7 @@ def recipient_json(row: asyncpg.Record) -> dict[str, Any]:
         "final": row["final"],
         "failure_kind": row["failure_kind"],
         "provider_message_id": None if is_pending(pmid) else pmid,
+        "country": row["country"],
         "segments": row["segments"],
         "price": json.loads(row["price"]) if row["price"] else None,
         "sequence": row["sequence"],

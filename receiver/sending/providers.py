@@ -43,9 +43,14 @@ log = structlog.get_logger("receiver.sending.providers")
 STORE_ATTEMPTS = 3
 
 
+def is_simulated(settings: Settings, provider: str) -> bool:
+    """Whether sends to this provider go to its simulated one (`--sandbox`, no BASE_URL)."""
+    return settings.sandbox and settings.provider(provider).base_url is None
+
+
 def account_of(settings: Settings, provider: str) -> ProviderAccount:
     config = settings.provider(provider)
-    if config.base_url is None and settings.sandbox:
+    if is_simulated(settings, provider):
         # The simulated provider checks that credentials are given, not what they are.
         return ProviderAccount(
             base_url=f"{settings.public_base_url.rstrip('/')}/sandbox/{provider}",

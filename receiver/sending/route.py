@@ -8,13 +8,13 @@ import dataclasses
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from normalizers.base import (
@@ -25,6 +25,7 @@ from normalizers.base import (
     ProviderAccount,
     SendOutcome,
     SendRequest,
+    number_facts,
     to_e164,
 )
 from normalizers.encoding import Segmentation, segment
@@ -41,9 +42,15 @@ from receiver.http.errors import (
     error_body,
 )
 from receiver.http.fields import Moment, no_nul
-from receiver.ratelimit import RateLimiter, retry_after_header
+from receiver.ratelimit import DailyQuota, RateLimiter, retry_after_header
 from receiver.sending import silence
-from receiver.sending.providers import account_of, call_provider, callback_url, store_outcome
+from receiver.sending.providers import (
+    account_of,
+    call_provider,
+    callback_url,
+    is_simulated,
+    store_outcome,
+)
 from receiver.storage import idempotency, messages
 
 log = structlog.get_logger("receiver.sending.route")
@@ -52,7 +59,16 @@ log = structlog.get_logger("receiver.sending.route")
 CALLS_AT_ONCE = 10
 
 # Requests to the send API, per API key (or per address without keys).
+SEND_QUOTA = web.AppKey("send_quota", DailyQuota)
 SEND_LIMITER = web.AppKey("send_limiter", RateLimiter)
+
+
+def possible_number(number: str) -> str:
+    """An E.164 number (with `+`) whose length fits its country's plan, as E.164."""
+    e164 = to_e164(number)
+    if e164 is None or not e164.startswith("+") or not number_facts(e164)[0]:
+        raise ValueError(f"not a possible E.164 number: {number!r}")
+    return e164
 
 
 @dataclasses.dataclass
@@ -66,7 +82,9 @@ class SendMessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     provider: str | None = None
-    to: list[str] = Field(min_length=1, max_length=10_000)
+    to: list[Annotated[str, AfterValidator(possible_number)]] = Field(
+        min_length=1, max_length=10_000
+    )
     sender: str | None = Field(default=None, alias="from", max_length=64)
     body: str = Field(default="", max_length=4096)  # empty only for an MMS with media
     ref: str | None = Field(default=None, max_length=255)
@@ -76,16 +94,10 @@ class SendMessageIn(BaseModel):
 
     @field_validator("to")
     @classmethod
-    def e164_numbers(cls, numbers: list[str]) -> list[str]:
-        cleaned = []
-        for number in numbers:
-            e164 = to_e164(number)
-            if e164 is None or not e164.startswith("+") or not 8 <= len(e164) <= 16:
-                raise ValueError(f"not an E.164 number: {number!r}")
-            cleaned.append(e164)
-        if len(set(cleaned)) != len(cleaned):
+    def each_once(cls, numbers: list[str]) -> list[str]:
+        if len(set(numbers)) != len(numbers):
             raise ValueError("a number is given twice")
-        return cleaned
+        return numbers
 
     @field_validator("provider", "sender", "body", "ref")
     @classmethod
@@ -119,10 +131,11 @@ async def handle_send(request: web.Request) -> web.Response:
             retry_after=retry_after_header(wait_s),
         )
     incoming = await read_model(request, SendMessageIn)
+    quota = Quota(request.app[SEND_QUOTA], caller)
 
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        status, answer = await _checked_send(context, incoming, None)
+        status, answer = await _checked_send(context, incoming, None, quota=quota)
         return web.json_response(answer, status=status)
     if not 1 <= len(key) <= 255:
         raise BadRequest("Idempotency-Key must be 1 to 255 characters")
@@ -147,7 +160,7 @@ async def handle_send(request: web.Request) -> web.Response:
         raise Conflict("a request with this Idempotency-Key is still running")
     progress = SendProgress()
     try:
-        status, answer = await _checked_send(context, incoming, key, progress)
+        status, answer = await _checked_send(context, incoming, key, progress, quota=quota)
     except ReceiverError as error:  # a refusal: answered again to a retry with the key
         status, answer = error.status, error_body(error.code, error.message, error.details)
     except BaseException:
@@ -168,11 +181,61 @@ async def handle_send(request: web.Request) -> web.Response:
     return web.json_response(answer, status=status)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Quota:
+    """The caller's daily recipients, taken once a send is valid."""
+
+    daily: DailyQuota
+    caller: str
+
+    def take(self, recipients: int) -> None:
+        now = datetime.now(UTC)
+        if self.daily.per_day and not self.daily.take(self.caller, recipients, now.date()):
+            midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+            raise QuotaExceeded(
+                f"more than {self.daily.per_day} recipients today (UTC) for this"
+                f" {self.caller.split()[0]} (SEND_DAILY_RECIPIENTS)",
+                retry_after=retry_after_header((midnight - now).total_seconds()),
+            )
+
+
+class QuotaExceeded(TooManyRequests):
+    code = "quota_exceeded"
+
+
+def destinations(
+    numbers: Sequence[str], *, simulated: bool, allowed: Sequence[str]
+) -> dict[str, str | None]:
+    """Each number's country; a 422 naming the index of each number that cannot be sent to:
+    not a valid number (a simulated provider takes any possible one, Ofcom's drama range
+    included), or a country outside SEND_ALLOWED_COUNTRIES."""
+    countries: dict[str, str | None] = {}
+    problems = []
+    for index, number in enumerate(numbers):
+        _possible, valid, country = number_facts(number)
+        countries[number] = country
+        if not valid and not simulated:
+            problems.append({"field": f"to.{index}", "error": f"not a valid number: {number}"})
+        elif allowed and country not in allowed:
+            problems.append(
+                {
+                    "field": f"to.{index}",
+                    "error": f"{number} is in {country or 'no country'}, not one of"
+                    f" SEND_ALLOWED_COUNTRIES ({', '.join(allowed)})",
+                }
+            )
+    if problems:
+        raise Unprocessable("some recipients cannot be sent to", details=problems)
+    return countries
+
+
 async def _checked_send(
     context: AppContext,
     incoming: SendMessageIn,
     key: str | None,
     progress: SendProgress | None = None,
+    *,
+    quota: Quota,
 ) -> tuple[int, dict[str, Any]]:
     settings = context.settings
     name = incoming.provider or settings.default_provider
@@ -201,13 +264,27 @@ async def _checked_send(
             "expires_at is not after the send time",
             details=[{"field": "expires_at", "error": "must be after now and after send_at"}],
         )
+    countries = destinations(
+        incoming.to,
+        simulated=is_simulated(settings, name),
+        allowed=settings.send_allowed_countries,
+    )
     try:
         options = provider.validate_options(incoming.options, send, now)
     except OptionsError as error:
         raise Unprocessable("the options are not valid", details=error.details) from None
     send = dataclasses.replace(send, options=options)
+    quota.take(len(incoming.to))
     return await _send(
-        context, provider, account, send, incoming, message_id, key, progress or SendProgress()
+        context,
+        provider,
+        account,
+        send,
+        incoming,
+        message_id,
+        key,
+        progress or SendProgress(),
+        countries,
     )
 
 
@@ -220,6 +297,7 @@ async def _send(
     message_id: uuid.UUID,
     key: str | None,
     progress: SendProgress,
+    countries: Mapping[str, str | None],
 ) -> tuple[int, dict[str, Any]]:
     local = segment(send.body)
     held = held_until(provider, send)
@@ -240,6 +318,7 @@ async def _send(
             idempotency_key=key,
             deadline=silence.deadline(context.settings, provider.name, send),
             dispatch_at=held,
+            countries=countries,
         )
     structlog.contextvars.bind_contextvars(message_id=str(message_id))
     if held is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -43,6 +43,7 @@ async def create_message(
     idempotency_key: str | None,
     deadline: datetime,
     dispatch_at: datetime | None = None,
+    countries: Mapping[str, str | None] | None = None,
 ) -> None:
     """The message and its recipients, stored before the provider is called; a recipient with
     no final status by `deadline` is expired by the silence sweep. With `dispatch_at` the hub
@@ -72,11 +73,20 @@ async def create_message(
             """
             INSERT INTO message_recipients
                 (message_id, provider, provider_message_id, recipient, status, final, sequence,
-                 segments, deadline)
-            VALUES ($1, $2, $3, $4, $7, false, 0, $5, $6)
+                 segments, deadline, country)
+            VALUES ($1, $2, $3, $4, $7, false, 0, $5, $6, $8)
             """,
             [
-                (message_id, provider, pending_id(message_id), to, segments, deadline, status)
+                (
+                    message_id,
+                    provider,
+                    pending_id(message_id),
+                    to,
+                    segments,
+                    deadline,
+                    status,
+                    (countries or {}).get(to),
+                )
                 for to in recipients
             ],
         )
@@ -213,7 +223,7 @@ MESSAGE_COLUMNS = """
 
 RECIPIENT_COLUMNS = (
     "r.recipient, r.status, r.final, r.failure_kind, r.provider_message_id, r.segments, r.price,"
-    " r.sequence, r.updated_at, r.message_id"
+    " r.sequence, r.updated_at, r.message_id, r.country"
 )
 
 
