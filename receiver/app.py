@@ -361,10 +361,14 @@ ROUTES: tuple[Route, ...] = (
         "get",
         "/v1/stats",
         stats.stats,
-        "Per provider: messages, delivery rate, report times",
+        "Per provider and destination country: delivery rate, report times, expiries",
         {"200": schemas.Stats},
         scope="read",
-        params=(Param("since", schema={"type": "string", "format": "date-time"}),),
+        params=(
+            Param("since", schema={"type": "string", "format": "date-time"}),
+            Param("until", schema={"type": "string", "format": "date-time"}),
+            Param("fast_under_s", schema={"type": "number", "minimum": 0, "maximum": 3600}),
+        ),
         errors=("400", "401", "403", "503"),
     ),
 )

@@ -240,6 +240,12 @@ class Settings(BaseSettings):
         description="How often the worker (or serve with DISPATCHER) sends the messages it holds"
         " whose send_at has come (for providers that cannot schedule): at most this late.",
     )
+    fast_delivery_s: float = Field(
+        default=2.0,
+        ge=0,
+        description="/v1/stats counts deliveries reported sooner than this after sending: a"
+        " known sign of fake delivery reports (fast_under_s overrides it per request).",
+    )
     refusal_rate_per_s: float = Field(
         default=1.0,
         gt=0,

@@ -52,6 +52,20 @@ def number(request: web.Request, name: str) -> str | None:
     return e164
 
 
+def seconds(request: web.Request, name: str, default: float, *, high: float) -> float:
+    """A duration in seconds, 0 to `high`; anything else is a 400."""
+    value = request.query.get(name)
+    if value is None:
+        return default
+    try:
+        parsed = float(value)
+    except ValueError:
+        raise BadRequest(f"{name} must be a number of seconds") from None
+    if not 0 <= parsed <= high:  # NaN fails this too
+        raise BadRequest(f"{name} must be between 0 and {high:g} seconds")
+    return parsed
+
+
 def moment(request: web.Request, name: str, default: datetime | None = None) -> datetime | None:
     value = request.query.get(name)
     if value is None:

@@ -250,6 +250,18 @@ class CallbackRefusalPage(BaseModel):
     next_cursor: str | None
 
 
+class DestinationStats(BaseModel):
+    messages: int
+    recipients: int
+    delivered: int
+    delivery_rate: float | None
+    final_report_p50_s: float | None
+    final_report_p95_s: float | None
+    synthetic_expired: int
+    synthetic_expiry_share: float | None
+    fast_deliveries: int  # delivered sooner than fast_under_s after sending: fake DLRs?
+
+
 class ProviderStats(BaseModel):
     messages: int
     recipients: int
@@ -258,10 +270,16 @@ class ProviderStats(BaseModel):
     reports_by_status: dict[str, int]
     final_report_p50_s: float | None
     final_report_p95_s: float | None
+    synthetic_expired: int
+    synthetic_expiry_share: float | None
+    fast_deliveries: int
     unparsed_callbacks: int
     rejected_callbacks: int  # refused by authentication (GET /v1/callback-refusals)
 
 
 class Stats(BaseModel):
     since: datetime | None
+    until: datetime | None
+    fast_under_s: float
     providers: dict[str, ProviderStats]
+    countries: dict[str, DestinationStats]  # ISO 3166 code, or `unknown`

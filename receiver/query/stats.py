@@ -1,5 +1,7 @@
-"""GET /v1/stats: per provider since a time (default: the last 24 hours), messages, delivery
-rate, final-report latency, reports by status, and callbacks unparsed or rejected."""
+"""GET /v1/stats: over a window (since, default the last 24 hours; until, default now), per
+provider and per destination country: messages, delivery rate, final-report latency, the share
+ended by a synthetic expiry, deliveries reported implausibly fast (fake DLRs), and per provider
+reports by status and callbacks unparsed or refused."""
 
 from __future__ import annotations
 
@@ -23,30 +25,55 @@ async def stats(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     now = datetime.now(UTC)
     since = params.moment(request, "since", now - timedelta(days=1))
+    until = params.moment(request, "until", None)
     if since is not None and since < now - MAX_WINDOW:
         raise BadRequest(f"since is at most {MAX_WINDOW.days} days ago")
+    if since is not None and until is not None and until <= since:
+        raise BadRequest("until must be after since")
+    fast_under_s = params.seconds(
+        request, "fast_under_s", context.settings.fast_delivery_s, high=3600.0
+    )
     async with context.db.connection() as connection:
-        messages = await queries.message_stats(connection, since)
-        reports = await queries.reports_by_status(connection, since)
-        raw = await queries.unusable_callbacks(connection, since)
-    result: dict[str, dict[str, Any]] = {name: _empty_stats() for name in context.registry}
-    for row in messages:
-        result.setdefault(row["provider"], _empty_stats()).update(
-            messages=row["messages"],
-            recipients=row["recipients"],
-            delivered=row["delivered"],
-            delivery_rate=round(row["delivered"] / row["final"], 4) if row["final"] else None,
-            final_report_p50_s=_seconds(row["p50_s"]),
-            final_report_p95_s=_seconds(row["p95_s"]),
+        by_provider = await queries.message_stats(connection, since, until, fast_under_s)
+        by_country = await queries.message_stats(
+            connection, since, until, fast_under_s, by="country"
         )
+        reports = await queries.reports_by_status(connection, since, until)
+        raw = await queries.unusable_callbacks(connection, since, until)
+    providers: dict[str, dict[str, Any]] = {name: _empty_stats() for name in context.registry}
+    for row in by_provider:
+        providers.setdefault(row["key"], _empty_stats()).update(_message_stats(row))
     for row in reports:
-        entry = result.setdefault(row["provider"], _empty_stats())
+        entry = providers.setdefault(row["provider"], _empty_stats())
         entry["reports_by_status"][row["status"]] = row["n"]
     for row in raw:
-        result.setdefault(row["provider"], _empty_stats())[f"{row['outcome']}_callbacks"] = row["n"]
+        entry = providers.setdefault(row["provider"], _empty_stats())
+        entry[f"{row['outcome']}_callbacks"] = row["n"]
+    countries = {row["key"]: _message_stats(row) for row in by_country}
     return web.json_response(
-        {"since": rfc3339(since) if since else None, "providers": dict(sorted(result.items()))}
+        {
+            "since": rfc3339(since) if since else None,
+            "until": rfc3339(until) if until else None,
+            "fast_under_s": fast_under_s,
+            "providers": dict(sorted(providers.items())),
+            "countries": dict(sorted(countries.items())),
+        }
     )
+
+
+def _message_stats(row: Any) -> dict[str, Any]:
+    final = row["final"]
+    return {
+        "messages": row["messages"],
+        "recipients": row["recipients"],
+        "delivered": row["delivered"],
+        "delivery_rate": round(row["delivered"] / final, 4) if final else None,
+        "final_report_p50_s": _seconds(row["p50_s"]),
+        "final_report_p95_s": _seconds(row["p95_s"]),
+        "synthetic_expired": row["synthetic_expired"],
+        "synthetic_expiry_share": round(row["synthetic_expired"] / final, 4) if final else None,
+        "fast_deliveries": row["fast_deliveries"],
+    }
 
 
 def _empty_stats() -> dict[str, Any]:
@@ -58,6 +85,9 @@ def _empty_stats() -> dict[str, Any]:
         "reports_by_status": {},
         "final_report_p50_s": None,
         "final_report_p95_s": None,
+        "synthetic_expired": 0,
+        "synthetic_expiry_share": None,
+        "fast_deliveries": 0,
         "unparsed_callbacks": 0,
         "rejected_callbacks": 0,
     }

@@ -1,5 +1,6 @@
-"""Per-provider statistics over a window: messages, delivery rate, final-report latency, reports
-by status, and callbacks that were unparsed or refused (rejected)."""
+"""Statistics over a window, per provider (and per destination country): messages, delivery
+rate, final-report latency, synthetic expiries, suspiciously fast deliveries, reports by status,
+and callbacks that were unparsed or refused (rejected)."""
 
 from __future__ import annotations
 
@@ -9,55 +10,81 @@ import asyncpg
 
 from receiver.storage.pool import Connection
 
+# What message statistics are grouped by: a fixed choice, never caller text in the SQL.
+GROUPINGS = {"provider": "m.provider", "country": "coalesce(r.country, 'unknown')"}
 
-async def message_stats(connection: Connection, since: datetime | None) -> list[asyncpg.Record]:
+
+async def message_stats(
+    connection: Connection,
+    since: datetime | None,
+    until: datetime | None,
+    fast_under_s: float,
+    by: str = "provider",
+) -> list[asyncpg.Record]:
+    """Per provider (or destination country) for the messages created in the window: counts,
+    delivery rate, final-report latency (real reports only), recipients ended by a synthetic
+    expiry, and deliveries reported sooner than `fast_under_s` after sending (fake DLRs)."""
     rows: list[asyncpg.Record] = await connection.fetch(
-        """
+        f"""
         WITH recipients AS (
-            SELECT m.provider, m.id AS message_id, r.id, r.status, r.final,
+            SELECT {GROUPINGS[by]} AS key, m.id AS message_id, r.id, r.status, r.final,
+                   r.synthetic_final,
                    coalesce(m.send_at, m.created_at) AS created_at,
                    (SELECT min(e.received_at) FROM events e
                     JOIN raw_callbacks c ON c.id = e.raw_id AND c.source = 'callback'
                     WHERE e.recipient_id = r.id AND e.final) AS final_at
             FROM messages m JOIN message_recipients r ON r.message_id = m.id
-            WHERE m.created_at >= $1
+            WHERE m.created_at >= $1 AND ($2::timestamptz IS NULL OR m.created_at < $2)
         )
-        SELECT provider,
+        SELECT key,
                count(DISTINCT message_id) AS messages,
                count(*) AS recipients,
                count(*) FILTER (WHERE status = 'delivered') AS delivered,
                count(*) FILTER (WHERE final) AS final,
+               count(*) FILTER (WHERE synthetic_final) AS synthetic_expired,
+               count(*) FILTER (WHERE status = 'delivered'
+                                AND final_at - created_at < make_interval(secs => $3))
+                   AS fast_deliveries,
                percentile_cont(0.5) WITHIN GROUP (
                    ORDER BY extract(epoch FROM final_at - created_at)) AS p50_s,
                percentile_cont(0.95) WITHIN GROUP (
                    ORDER BY extract(epoch FROM final_at - created_at)) AS p95_s
-        FROM recipients GROUP BY provider
+        FROM recipients GROUP BY key
         """,
         since,
+        until,
+        fast_under_s,
     )
     return rows
 
 
-async def reports_by_status(connection: Connection, since: datetime | None) -> list[asyncpg.Record]:
+async def reports_by_status(
+    connection: Connection, since: datetime | None, until: datetime | None
+) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await connection.fetch(
         "SELECT e.provider, e.status, count(*) AS n FROM events e"
         " JOIN raw_callbacks c ON c.id = e.raw_id AND c.source = 'callback'"
-        " WHERE e.stored_at >= $1 AND e.type = 'message.status' AND NOT e.synthetic"
+        " WHERE e.stored_at >= $1 AND ($2::timestamptz IS NULL OR e.stored_at < $2)"
+        " AND e.type = 'message.status' AND NOT e.synthetic"
         " GROUP BY e.provider, e.status",
         since,
+        until,
     )
     return rows
 
 
 async def unusable_callbacks(
-    connection: Connection, since: datetime | None
+    connection: Connection, since: datetime | None, until: datetime | None
 ) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await connection.fetch(
         "SELECT provider, 'unparsed' AS outcome, count(*) AS n FROM raw_callbacks"
-        " WHERE received_at >= $1 AND outcome = 'unparsed' GROUP BY provider"
+        " WHERE received_at >= $1 AND ($2::timestamptz IS NULL OR received_at < $2)"
+        " AND outcome = 'unparsed' GROUP BY provider"
         " UNION ALL"
         " SELECT provider, 'rejected' AS outcome, count(*) AS n FROM callback_refusals"
-        " WHERE received_at >= $1 GROUP BY provider",
+        " WHERE received_at >= $1 AND ($2::timestamptz IS NULL OR received_at < $2)"
+        " GROUP BY provider",
         since,
+        until,
     )
     return rows

@@ -12,6 +12,8 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from receiver.app import create_app
+from receiver.context import AppContext
+from receiver.sending.silence import SilenceSweep
 from tests.helpers import free_port, sandbox_settings
 
 Client = TestClient[Any, Any]
@@ -224,6 +226,58 @@ async def test_a_body_nested_too_deeply_is_shown_as_such_not_a_500(hub: Client) 
 
     assert view.status == 200
     assert (await view.json())["body"] == "[not shown: JSON nested too deeply to redact]"
+
+
+async def test_stats_tell_provider_health_per_provider_and_country(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    sent = await (
+        await hub.post(
+            "/v1/messages",
+            json={
+                "provider": "carrierx",
+                # delivered; rejected at send (US); never reported, so expired by the hub
+                "to": ["+447700900001", "+15162065574", "+447700900007"],
+                "from": "+447700900999",
+                "body": "x",
+            },
+        )
+    ).json()
+
+    async def delivered() -> bool:
+        view = await (await hub.get(f"/v1/messages/{sent['id']}")).json()
+        return "delivered" in {r["status"] for r in view["recipients"]}
+
+    await until(delivered)
+    await db.execute(
+        "UPDATE message_recipients SET deadline = now() - interval '1 second'"
+        " WHERE message_id = $1::uuid AND NOT final",
+        sent["id"],
+    )
+    context = hub.app[AppContext.KEY]
+    assert await SilenceSweep(context.db, context.settings, context.signal).sweep() == 1
+
+    answer = await (await hub.get("/v1/stats", params={"fast_under_s": "3600"})).json()
+    strict = await (await hub.get("/v1/stats", params={"fast_under_s": "0"})).json()
+    earlier = await (
+        await hub.get(
+            "/v1/stats",
+            params={"until": (datetime.now(UTC) - timedelta(hours=1)).isoformat()},
+        )
+    ).json()
+
+    carrierx = answer["providers"]["carrierx"]
+    assert (carrierx["recipients"], carrierx["delivered"]) == (3, 1)
+    assert carrierx["synthetic_expired"] == 1
+    assert carrierx["synthetic_expiry_share"] == round(1 / 3, 4)
+    assert carrierx["fast_deliveries"] == 1  # the simulated provider answers in milliseconds
+    assert strict["providers"]["carrierx"]["fast_deliveries"] == 0
+    gb, us = answer["countries"]["GB"], answer["countries"]["US"]
+    assert (gb["recipients"], gb["delivered"], gb["synthetic_expired"]) == (2, 1, 1)
+    assert gb["delivery_rate"] == 0.5
+    assert (us["recipients"], us["delivered"], us["delivery_rate"]) == (1, 0, 0.0)
+    assert earlier["providers"]["carrierx"]["messages"] == 0  # the window ends before it
+    assert (await hub.get("/v1/stats", params={"fast_under_s": "-1"})).status == 400
 
 
 async def test_a_stats_window_is_capped(hub: Client) -> None:
