@@ -5,9 +5,11 @@
 -- over from a synthetic final (synthetic_final); two real finals keep the first-final rule.
 ALTER TABLE message_recipients ADD COLUMN deadline timestamptz;
 ALTER TABLE message_recipients ADD COLUMN synthetic_final boolean NOT NULL DEFAULT false;
--- The sweep's claim: the due ones first, through this index only.
+-- The sweep's claim: the due ones first, through this index only. It names no column a report
+-- changes (not `final`): the callbacks' updates of a recipient stay HOT (no index touched),
+-- and the sweep clears the deadline of a recipient that ended meanwhile, when it comes due.
 CREATE INDEX message_recipients_due_idx ON message_recipients (deadline)
-    WHERE NOT final AND deadline IS NOT NULL;
+    WHERE deadline IS NOT NULL;
 ALTER TABLE events ALTER COLUMN raw_id DROP NOT NULL;
 
 -- Recipients waiting already: the default timeout (72 hours) from their message's creation.

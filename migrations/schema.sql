@@ -888,7 +888,7 @@ CREATE INDEX idempotency_keys_expiry_idx ON public.idempotency_keys USING btree 
 
 -- INDEX message_recipients_due_idx
 
-CREATE INDEX message_recipients_due_idx ON public.message_recipients USING btree (deadline) WHERE ((NOT final) AND (deadline IS NOT NULL));
+CREATE INDEX message_recipients_due_idx ON public.message_recipients USING btree (deadline) WHERE (deadline IS NOT NULL);
 
 -- INDEX message_recipients_message_idx
 

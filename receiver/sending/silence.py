@@ -78,14 +78,15 @@ class SilenceSweep:
         self.stopping.set()
 
     async def sweep(self) -> int:
-        """One batch: the recipients past their deadline given their synthetic `expired`, in one
-        transaction. Returns how many were claimed."""
+        """One batch: the recipients past their deadline given their synthetic `expired` (those
+        that ended meanwhile only lose their deadline), in one transaction. Returns how many
+        were claimed."""
         now = datetime.now(UTC)
         async with self.db.connection() as connection, connection.transaction():
             rows = await claim_silent(connection, BATCH)
             if not rows:
                 return 0
-            events = [expiry(row, now) for row in rows]
+            events = [expiry(row, now) for row in rows if not row["final"]]
             result = await store_events_alone(connection, events)
         new = {stored.event_id for stored in result.new_events}
         for event in events:

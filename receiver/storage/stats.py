@@ -41,7 +41,8 @@ async def message_stats(
                count(*) AS recipients,
                count(*) FILTER (WHERE status = 'delivered') AS delivered,
                count(*) FILTER (WHERE final) AS final,
-               count(*) FILTER (WHERE synthetic_final) AS synthetic_expired,
+               count(*) FILTER (WHERE synthetic_final AND status = 'expired')
+                   AS synthetic_expired,
                count(*) FILTER (WHERE status = 'delivered'
                                 AND final_at - created_at < make_interval(secs => $3))
                    AS fast_deliveries,
