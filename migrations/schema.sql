@@ -5,7 +5,8 @@
 -- not edit it by hand. The numbered migrations remain the source of truth: change the schema with
 -- a new migration, then run `make schema` (tests/receiver/test_schema.py fails until this file
 -- matches the migrations). Comments outside function bodies are not kept: the migration that
--- last defines an object says why it is as it is.
+-- last defines an object says why it is as it is. The time partitions of events, raw_callbacks
+-- and delivery_attempts are left out (their names and bounds are dates): see migration 0016.
 
 -- FUNCTION adopt_recipient(uuid, text, text, text, text)
 
@@ -108,6 +109,30 @@ BEGIN
 END
 $$;
 
+-- FUNCTION create_partitions(text, timestamp with time zone)
+
+CREATE FUNCTION public.create_partitions(p_table text, p_until timestamp with time zone) RETURNS integer
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    unit text := partition_unit(p_table);
+    step interval := CASE unit WHEN 'month' THEN interval '1 month' ELSE interval '1 day' END;
+    starts timestamp := date_trunc(unit, now() AT TIME ZONE 'UTC');
+    created integer := 0;
+BEGIN
+    WHILE starts <= p_until AT TIME ZONE 'UTC' LOOP
+        IF to_regclass(partition_name(p_table, starts AT TIME ZONE 'UTC')) IS NULL THEN
+            EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
+                partition_name(p_table, starts AT TIME ZONE 'UTC'), p_table,
+                starts AT TIME ZONE 'UTC', (starts + step) AT TIME ZONE 'UTC');
+            created := created + 1;
+        END IF;
+        starts := starts + step;
+    END LOOP;
+    RETURN created;
+END
+$$;
+
 -- FUNCTION event_recipient_key(jsonb)
 
 CREATE FUNCTION public.event_recipient_key(ev jsonb) RETURNS TABLE(provider text, provider_message_id text, recipient text, part_id text)
@@ -144,7 +169,8 @@ DECLARE
     new_count integer := 0;
     final_outcome text := p_outcome;
 BEGIN
-    SELECT r.outcome INTO final_outcome FROM raw_callbacks r WHERE r.id = p_raw_id;
+    SELECT r.outcome INTO final_outcome FROM raw_callbacks r
+    WHERE r.id = p_raw_id AND r.received_at = p_received_at;
     IF FOUND THEN
         RETURN QUERY SELECT NULL::text, false, NULL::uuid, NULL::integer, NULL::text,
             final_outcome;
@@ -166,7 +192,7 @@ BEGIN
     VALUES
         (p_raw_id, p_provider, p_method, p_path, p_query, p_headers, p_body, p_remote_addr,
          p_received_at, final_outcome, p_error, new_count)
-    ON CONFLICT (id) DO NOTHING;
+    ON CONFLICT (id, received_at) DO NOTHING;
     RETURN QUERY SELECT NULL::text, false, NULL::uuid, NULL::integer, NULL::text, final_outcome;
 END
 $$;
@@ -181,12 +207,18 @@ DECLARE
     replayed uuid[];
     stored record;
     inserted_raws uuid[] := '{}';
+    earliest timestamptz;
+    latest timestamptz;
 BEGIN
+    -- The callbacks' own times bound the search to their partitions (a day each).
+    SELECT min(t), max(t) INTO earliest, latest FROM unnest(p_received_at) AS t;
     SELECT coalesce(array_agg(r.id), '{}') INTO replayed
-    FROM raw_callbacks r WHERE r.id = ANY(p_ids);
+    FROM raw_callbacks r
+    WHERE r.id = ANY(p_ids) AND r.received_at BETWEEN earliest AND latest;
     RETURN QUERY SELECT r.id, NULL::text, false, NULL::uuid, NULL::integer, NULL::text,
         r.outcome
-    FROM raw_callbacks r WHERE r.id = ANY(replayed);
+    FROM raw_callbacks r
+    WHERE r.id = ANY(replayed) AND r.received_at BETWEEN earliest AND latest;
 
     FOR stored IN
         SELECT * FROM store_events(NULL, (
@@ -226,7 +258,7 @@ BEGIN
     LEFT JOIN given ON given.id = c.id
     LEFT JOIN new ON new.id = c.id
     WHERE c.id <> ALL(replayed)
-    ON CONFLICT (id) DO NOTHING
+    ON CONFLICT (id, received_at) DO NOTHING
     RETURNING r.id, NULL::text, false, NULL::uuid, NULL::integer, NULL::text, r.outcome;
 END
 $$;
@@ -257,6 +289,23 @@ BEGIN
     WHERE r.id = p_raw_id;
     RETURN QUERY SELECT NULL::text, false, NULL::uuid, NULL::integer, NULL::text, final_outcome;
 END
+$$;
+
+-- FUNCTION partition_name(text, timestamp with time zone)
+
+CREATE FUNCTION public.partition_name(p_table text, p_at timestamp with time zone) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT p_table || '_p' || to_char(p_at AT TIME ZONE 'UTC',
+        CASE partition_unit(p_table) WHEN 'month' THEN 'YYYYMM' ELSE 'YYYYMMDD' END)
+$$;
+
+-- FUNCTION partition_unit(text)
+
+CREATE FUNCTION public.partition_unit(p_table text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT CASE p_table WHEN 'events' THEN 'month' ELSE 'day' END
 $$;
 
 -- FUNCTION parts_status(bigint, integer)
@@ -378,8 +427,17 @@ BEGIN
                  CASE WHEN key.provider IS NULL THEN ev.value->>'id' END, ev.n
     LOOP
         owner_raw := coalesce(p_raw_id, (e.v->>'raw_id')::uuid);
+        -- An event id is stored once: its writers take turns, and each looks before writing
+        -- (events has no unique index on id alone: its key includes the partition's time).
+        PERFORM pg_advisory_xact_lock(hashtextextended(e.v->>'id', 0));
         IF e.key_provider IS NULL THEN
             -- Inbound messages and summaries have no recipient state: each stands alone.
+            PERFORM 1 FROM events ex WHERE ex.id = e.v->>'id';
+            IF FOUND THEN
+                RETURN QUERY SELECT e.v->>'id', false, NULL::uuid, NULL::integer, NULL::text,
+                    owner_raw;
+                CONTINUE;
+            END IF;
             INSERT INTO events
                 (id, type, provider, provider_message_id, provider_part_id, recipient, sender,
                  status, final, provider_status, error_code, error_message, occurred_at,
@@ -394,15 +452,12 @@ BEGIN
                  (e.v->>'segments')::integer, nullif(e.v->'price', 'null'::jsonb),
                  e.v->>'text', nullif(e.v->'counts', 'null'::jsonb), owner_raw,
                  e.v->>'failure_kind', e.v->>'occurred_at_source',
-                 coalesce((e.v->>'synthetic')::boolean, false), 1)
-            ON CONFLICT (id) DO NOTHING;
-            RETURN QUERY SELECT e.v->>'id', FOUND, NULL::uuid,
-                CASE WHEN FOUND THEN 1 END, NULL::text, owner_raw;
+                 coalesce((e.v->>'synthetic')::boolean, false), 1);
+            RETURN QUERY SELECT e.v->>'id', true, NULL::uuid, 1, NULL::text, owner_raw;
             CONTINUE;
         END IF;
 
-        -- Under the recipient's lock, every other writer of this event id waits or is done.
-        PERFORM 1 FROM events ex WHERE ex.id = e.v->>'id';
+                PERFORM 1 FROM events ex WHERE ex.id = e.v->>'id';
         IF FOUND THEN
             RETURN QUERY SELECT e.v->>'id', false, NULL::uuid, NULL::integer, NULL::text,
                 owner_raw;
@@ -468,13 +523,7 @@ BEGIN
              nullif(e.v->'price', 'null'::jsonb), e.v->>'text',
              nullif(e.v->'counts', 'null'::jsonb), owner_raw, e.v->>'failure_kind',
              e.v->>'occurred_at_source', coalesce((e.v->>'synthetic')::boolean, false),
-             rec.message_id, rec.id, rec.sequence, rec.status)
-        ON CONFLICT (id) DO NOTHING;
-        IF NOT FOUND THEN
-            -- Only if a part id was registered between two writers of one report: start over.
-            RAISE EXCEPTION 'event % was stored concurrently', e.v->>'id'
-                USING ERRCODE = 'serialization_failure';
-        END IF;
+             rec.message_id, rec.id, rec.sequence, rec.status);
         RETURN QUERY SELECT e.v->>'id', true, rec.message_id, rec.sequence, rec.status,
             owner_raw;
     END LOOP;
@@ -490,6 +539,21 @@ CREATE FUNCTION public.subscription_takes(filters jsonb, ev_type text, ev_provid
        AND (filters->'providers' IS NULL OR filters->'providers' ? ev_provider)
        AND (filters->'statuses' IS NULL OR filters->'statuses' ? ev_status)
 $$;
+
+-- FUNCTION table_partitions(text)
+
+CREATE FUNCTION public.table_partitions(p_table text) RETURNS TABLE(name text, starts timestamp with time zone, ends timestamp with time zone)
+    LANGUAGE sql STABLE
+    AS $_$
+    SELECT c.relname::text,
+           CASE WHEN b[1] = 'MINVALUE' THEN '-infinity'::timestamptz ELSE b[1]::timestamptz END,
+           CASE WHEN b[2] = 'MAXVALUE' THEN 'infinity'::timestamptz ELSE b[2]::timestamptz END
+    FROM pg_inherits i
+    JOIN pg_class c ON c.oid = i.inhrelid
+    CROSS JOIN LATERAL regexp_match(pg_get_expr(c.relpartbound, c.oid),
+        '^FOR VALUES FROM \(''?([^'')]+)''?\) TO \(''?([^'')]+)''?\)$') AS b
+    WHERE i.inhparent = p_table::regclass AND b IS NOT NULL
+$_$;
 
 -- FUNCTION takes_over(text, boolean, text, boolean)
 
@@ -569,18 +633,21 @@ CREATE TABLE public.delivery_attempts (
     latency_ms double precision,
     response_excerpt text,
     error text
-);
+)
+PARTITION BY RANGE (started_at);
 
 -- SEQUENCE delivery_attempts_id_seq
 
-ALTER TABLE public.delivery_attempts ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME public.delivery_attempts_id_seq
+CREATE SEQUENCE public.delivery_attempts_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
     NO MAXVALUE
-    CACHE 1
-);
+    CACHE 1;
+
+-- SEQUENCE OWNED BY delivery_attempts_id_seq
+
+ALTER SEQUENCE public.delivery_attempts_id_seq OWNED BY public.delivery_attempts.id;
 
 -- TABLE events
 
@@ -615,18 +682,21 @@ CREATE TABLE public.events (
     stored_at timestamp with time zone DEFAULT now() NOT NULL,
     txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
     feed_seq bigint NOT NULL
-);
+)
+PARTITION BY RANGE (stored_at);
 
 -- SEQUENCE events_feed_seq_seq
 
-ALTER TABLE public.events ALTER COLUMN feed_seq ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME public.events_feed_seq_seq
+CREATE SEQUENCE public.events_feed_seq_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
     NO MAXVALUE
-    CACHE 1
-);
+    CACHE 1;
+
+-- SEQUENCE OWNED BY events_feed_seq_seq
+
+ALTER SEQUENCE public.events_feed_seq_seq OWNED BY public.events.feed_seq;
 
 -- TABLE idempotency_keys
 
@@ -713,7 +783,8 @@ CREATE TABLE public.raw_callbacks (
     source text DEFAULT 'callback'::text NOT NULL,
     CONSTRAINT raw_callbacks_outcome_check CHECK ((outcome = ANY (ARRAY['normalised'::text, 'duplicate'::text, 'unparsed'::text]))),
     CONSTRAINT raw_callbacks_source_check CHECK ((source = ANY (ARRAY['callback'::text, 'send_answer'::text])))
-);
+)
+PARTITION BY RANGE (received_at);
 
 -- TABLE recipient_parts
 
@@ -751,6 +822,14 @@ CREATE TABLE public.subscriptions (
     updated_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+-- DEFAULT delivery_attempts id
+
+ALTER TABLE ONLY public.delivery_attempts ALTER COLUMN id SET DEFAULT nextval('public.delivery_attempts_id_seq'::regclass);
+
+-- DEFAULT events feed_seq
+
+ALTER TABLE ONLY public.events ALTER COLUMN feed_seq SET DEFAULT nextval('public.events_feed_seq_seq'::regclass);
+
 -- CONSTRAINT api_keys api_keys_pkey
 
 ALTER TABLE ONLY public.api_keys
@@ -779,12 +858,12 @@ ALTER TABLE ONLY public.deliveries
 -- CONSTRAINT delivery_attempts delivery_attempts_pkey
 
 ALTER TABLE ONLY public.delivery_attempts
-    ADD CONSTRAINT delivery_attempts_pkey PRIMARY KEY (id);
+    ADD CONSTRAINT delivery_attempts_pkey PRIMARY KEY (id, started_at);
 
 -- CONSTRAINT events events_pkey
 
 ALTER TABLE ONLY public.events
-    ADD CONSTRAINT events_pkey PRIMARY KEY (id);
+    ADD CONSTRAINT events_pkey PRIMARY KEY (id, stored_at);
 
 -- CONSTRAINT idempotency_keys idempotency_keys_pkey
 
@@ -809,7 +888,7 @@ ALTER TABLE ONLY public.messages
 -- CONSTRAINT raw_callbacks raw_callbacks_pkey
 
 ALTER TABLE ONLY public.raw_callbacks
-    ADD CONSTRAINT raw_callbacks_pkey PRIMARY KEY (id);
+    ADD CONSTRAINT raw_callbacks_pkey PRIMARY KEY (id, received_at);
 
 -- CONSTRAINT recipient_parts recipient_parts_pkey
 
@@ -848,35 +927,35 @@ CREATE INDEX deliveries_leased_idx ON public.deliveries USING btree (subscriptio
 
 -- INDEX delivery_attempts_delivery_idx
 
-CREATE INDEX delivery_attempts_delivery_idx ON public.delivery_attempts USING btree (delivery_id, attempt);
+CREATE INDEX delivery_attempts_delivery_idx ON ONLY public.delivery_attempts USING btree (delivery_id, attempt);
 
 -- INDEX events_feed_idx
 
-CREATE INDEX events_feed_idx ON public.events USING btree (txid, feed_seq);
+CREATE INDEX events_feed_idx ON ONLY public.events USING btree (txid, feed_seq);
 
 -- INDEX events_inbound_idx
 
-CREATE INDEX events_inbound_idx ON public.events USING btree (stored_at DESC, id DESC) WHERE (type = 'message.inbound'::text);
+CREATE INDEX events_inbound_idx ON ONLY public.events USING btree (stored_at DESC, id DESC) WHERE (type = 'message.inbound'::text);
 
 -- INDEX events_message_idx
 
-CREATE INDEX events_message_idx ON public.events USING btree (message_id, occurred_at);
+CREATE INDEX events_message_idx ON ONLY public.events USING btree (message_id, occurred_at);
 
 -- INDEX events_provider_message_id_idx
 
-CREATE INDEX events_provider_message_id_idx ON public.events USING btree (provider, provider_message_id);
+CREATE INDEX events_provider_message_id_idx ON ONLY public.events USING btree (provider, provider_message_id);
 
 -- INDEX events_raw_idx
 
-CREATE INDEX events_raw_idx ON public.events USING btree (raw_id);
+CREATE INDEX events_raw_idx ON ONLY public.events USING btree (raw_id);
 
 -- INDEX events_recipient_idx
 
-CREATE INDEX events_recipient_idx ON public.events USING btree (recipient_id, sequence);
+CREATE INDEX events_recipient_idx ON ONLY public.events USING btree (recipient_id, sequence);
 
 -- INDEX events_stored_idx
 
-CREATE INDEX events_stored_idx ON public.events USING btree (stored_at);
+CREATE INDEX events_stored_idx ON ONLY public.events USING btree (stored_at);
 
 -- INDEX idempotency_keys_expires_at_idx
 
@@ -920,7 +999,7 @@ CREATE INDEX messages_sender_idx ON public.messages USING btree (sender, created
 
 -- INDEX raw_callbacks_outcome_idx
 
-CREATE INDEX raw_callbacks_outcome_idx ON public.raw_callbacks USING btree (outcome, provider, received_at);
+CREATE INDEX raw_callbacks_outcome_idx ON ONLY public.raw_callbacks USING btree (outcome, provider, received_at);
 
 -- INDEX recipient_parts_recipient_idx
 
@@ -930,35 +1009,10 @@ CREATE INDEX recipient_parts_recipient_idx ON public.recipient_parts USING btree
 
 CREATE TRIGGER events_queue_deliveries AFTER INSERT ON public.events FOR EACH ROW EXECUTE FUNCTION public.queue_deliveries();
 
--- FK CONSTRAINT deliveries deliveries_event_id_fkey
-
-ALTER TABLE ONLY public.deliveries
-    ADD CONSTRAINT deliveries_event_id_fkey FOREIGN KEY (event_id) REFERENCES public.events(id);
-
 -- FK CONSTRAINT deliveries deliveries_subscription_id_fkey
 
 ALTER TABLE ONLY public.deliveries
     ADD CONSTRAINT deliveries_subscription_id_fkey FOREIGN KEY (subscription_id) REFERENCES public.subscriptions(id) ON DELETE CASCADE;
-
--- FK CONSTRAINT delivery_attempts delivery_attempts_delivery_id_fkey
-
-ALTER TABLE ONLY public.delivery_attempts
-    ADD CONSTRAINT delivery_attempts_delivery_id_fkey FOREIGN KEY (delivery_id) REFERENCES public.deliveries(id) ON DELETE CASCADE;
-
--- FK CONSTRAINT events events_message_id_fkey
-
-ALTER TABLE ONLY public.events
-    ADD CONSTRAINT events_message_id_fkey FOREIGN KEY (message_id) REFERENCES public.messages(id);
-
--- FK CONSTRAINT events events_raw_id_fkey
-
-ALTER TABLE ONLY public.events
-    ADD CONSTRAINT events_raw_id_fkey FOREIGN KEY (raw_id) REFERENCES public.raw_callbacks(id) DEFERRABLE INITIALLY DEFERRED;
-
--- FK CONSTRAINT events events_recipient_id_fkey
-
-ALTER TABLE ONLY public.events
-    ADD CONSTRAINT events_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES public.message_recipients(id);
 
 -- FK CONSTRAINT message_recipients message_recipients_message_id_fkey
 

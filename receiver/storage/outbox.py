@@ -307,7 +307,9 @@ async def record_attempts(
                 (delivery_id, attempt, started_at, status_code, latency_ms, response_excerpt,
                  error)
             SELECT delivery_id, attempt, started_at, status_code, latency_ms, excerpt, error
-            FROM given
+            FROM given g
+            -- Not for a delivery deleted meanwhile (with its subscription): nothing to attach to.
+            WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = g.delivery_id)
         ), verdict AS (
             SELECT subscription_id, bool_or(outcome = 'delivered') AS any_delivered,
                    max(disable) AS disable
