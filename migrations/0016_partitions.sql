@@ -52,15 +52,16 @@ RETURNS TABLE (name text, starts timestamptz, ends timestamptz)
     WHERE i.inhparent = p_table::regclass AND b IS NOT NULL
 $$;
 
--- Creates the missing partitions of `p_table` from the unit holding now() to the one holding
+-- Creates the missing partitions of `p_table` from the unit holding `p_from` to the one holding
 -- `p_until`; returns how many it created. A unit already covered (by the legacy partition, or
 -- the first partition cut short) is skipped by name.
-CREATE FUNCTION create_partitions(p_table text, p_until timestamptz) RETURNS integer
+CREATE FUNCTION create_partitions(p_table text, p_from timestamptz, p_until timestamptz)
+RETURNS integer
     LANGUAGE plpgsql AS $$
 DECLARE
     unit text := partition_unit(p_table);
     step interval := CASE unit WHEN 'month' THEN interval '1 month' ELSE interval '1 day' END;
-    starts timestamp := date_trunc(unit, now() AT TIME ZONE 'UTC');
+    starts timestamp := date_trunc(unit, p_from AT TIME ZONE 'UTC');
     created integer := 0;
 BEGIN
     WHILE starts <= p_until AT TIME ZONE 'UTC' LOOP
@@ -169,7 +170,7 @@ FROM (VALUES ('events', 'stored_at'), ('raw_callbacks', 'received_at'),
 
 DROP FUNCTION partition_existing(text, text, timestamptz);
 
-SELECT create_partitions(t.name, now() + interval '7 days')
+SELECT create_partitions(t.name, now(), now() + interval '7 days')
 FROM (VALUES ('events'), ('raw_callbacks'), ('delivery_attempts')) AS t(name);
 
 -- Events are no longer unique by id alone (see store_events), and a raw callback's key is its id

@@ -42,6 +42,7 @@ from receiver.sending.silence import SilenceSweep
 from receiver.storage.migrate import load_migrations, migrations_dir
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
+from receiver.upkeep.retention import Upkeep
 
 log = structlog.get_logger("receiver.app")
 
@@ -487,6 +488,8 @@ def create_app(
             sweeping = asyncio.create_task(sweep.run()) if sweep else None
             held = Scheduler(app[AppContext.KEY]) if settings.dispatcher else None
             sending = asyncio.create_task(held.run()) if held else None
+            upkeep = Upkeep(db, settings) if settings.dispatcher else None
+            keeping = asyncio.create_task(upkeep.run()) if upkeep else None
             replaying = (
                 asyncio.create_task(replay_forever(spool, ingest_db, registry, settings, signal))
                 if spool
@@ -501,6 +504,9 @@ def create_app(
                 replaying.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await replaying
+            if upkeep is not None and keeping is not None:
+                await upkeep.stop()
+                await keeping
             if held is not None and sending is not None:
                 await held.stop()
                 await sending

@@ -35,6 +35,7 @@ from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.storage.migrate import apply_migrations, migrations_dir
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database, resolve_dsn, wait_for_database
+from receiver.upkeep.retention import Upkeep
 
 log = structlog.get_logger("receiver.cli")
 
@@ -219,8 +220,8 @@ async def keys_command(settings: Settings, dsn: str, args: argparse.Namespace) -
 
 
 async def worker_command(settings: Settings, dsn: str, registry: Registry) -> int:
-    """The dispatcher, the silence sweep and the held sends, without the HTTP server, until
-    SIGTERM or SIGINT."""
+    """The dispatcher, the silence sweep, the held sends and the upkeep (partitions,
+    retention), without the HTTP server, until SIGTERM or SIGINT."""
     await wait_for_database(dsn, settings.db_connect_retry_s)
     db = await open_database(dsn, settings)
     signal = Signal()
@@ -236,9 +237,11 @@ async def worker_command(settings: Settings, dsn: str, registry: Registry) -> in
     dispatcher = Dispatcher(db, settings, signal)
     sweep = SilenceSweep(db, settings, signal)
     held = Scheduler(context)
+    upkeep = Upkeep(db, settings)
     loop = asyncio.get_running_loop()
 
     async def stop() -> None:
+        await upkeep.stop()
         await held.stop()
         await sweep.stop()
         await dispatcher.stop()
@@ -247,7 +250,7 @@ async def worker_command(settings: Settings, dsn: str, registry: Registry) -> in
         loop.add_signal_handler(number, lambda: loop.create_task(stop()))
     try:
         async with signal.connected(db, dsn):
-            await asyncio.gather(dispatcher.run(), sweep.run(), held.run())
+            await asyncio.gather(dispatcher.run(), sweep.run(), held.run(), upkeep.run())
     finally:
         await http.close()
         await db.close()

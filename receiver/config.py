@@ -259,6 +259,34 @@ class Settings(BaseSettings):
     refusal_retention_days: int = Field(
         default=30, ge=1, description="How long the record of a refused callback is kept."
     )
+    raw_retention_days: int = Field(
+        default=30,
+        ge=1,
+        description="How long raw callbacks (bodies, headers) are kept; dropped by the day.",
+    )
+    event_retention_days: int = Field(
+        default=90,
+        ge=1,
+        description="How long normalised events are kept; dropped by the month, so up to a"
+        " month longer.",
+    )
+    message_retention_days: int = Field(
+        default=90,
+        ge=1,
+        description="How long sent messages and their recipients (and reports for ids the hub"
+        " never sent) are kept; removed in batches.",
+    )
+    delivery_retention_days: int = Field(
+        default=7,
+        ge=1,
+        description="How long finished webhook deliveries and their attempts are kept.",
+    )
+    upkeep_interval_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How often the worker (or serve with DISPATCHER) makes partitions ahead and"
+        " applies the retentions.",
+    )
     idempotency_ttl_s: int = Field(
         default=24 * 3600,
         ge=60,

@@ -174,3 +174,77 @@ async def test_0012_gives_waiting_recipients_a_deadline(
     assert deadlines["b"] is None  # final already
     assert str(deadlines["c"]) == "2026-01-02 00:00:00"  # its expires_at
     assert deadlines["orphan"] is None  # not a message the hub sent
+
+
+async def test_0016_partitions_keep_every_row_and_go_on_numbering(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    earlier = tmp_path / "migrations"
+    earlier.mkdir()
+    for migration in load_migrations(migrations_dir()):
+        if migration.version < 16:
+            (earlier / f"{migration.name}.sql").write_text(migration.sql)
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        await apply_migrations(connection, earlier)
+        await connection.execute(
+            "INSERT INTO subscriptions (id, url, secret) VALUES"
+            " ('00000000-0000-0000-0000-00000000000a', 'http://127.0.0.1:9/x', 's')"
+        )
+        await connection.execute(
+            """
+            INSERT INTO raw_callbacks (id, provider, method, path, body, received_at, outcome)
+            SELECT gen_random_uuid(), 'swift', 'POST', '/x', ''::bytea,
+                   now() - make_interval(days => n), 'unparsed'
+            FROM generate_series(1, 50) AS n;
+            INSERT INTO events (id, type, provider, status, final, provider_status, occurred_at,
+                                received_at, occurred_at_source, stored_at)
+            SELECT 'ev-' || n, 'message.inbound', 'swift', 'received', true, 'MO', now(),
+                   now(), 'provider', now() - make_interval(days => n)
+            FROM generate_series(1, 40) AS n;
+            INSERT INTO delivery_attempts (delivery_id, attempt, started_at)
+            SELECT d.id, 1, now() FROM deliveries d;
+            """
+        )
+        before = {
+            table: await connection.fetchval(f"SELECT count(*) FROM {table}")
+            for table in ("raw_callbacks", "events", "delivery_attempts", "deliveries")
+        }
+        feed_before = await connection.fetchval("SELECT max(feed_seq) FROM events")
+        attempt_before = await connection.fetchval("SELECT max(id) FROM delivery_attempts")
+
+        await apply_migrations(connection, migrations_dir())
+
+        after = {
+            table: await connection.fetchval(f"SELECT count(*) FROM {table}")
+            for table in ("raw_callbacks", "events", "delivery_attempts", "deliveries")
+        }
+        legacy = await connection.fetchval("SELECT count(*) FROM events_legacy")
+        kinds = await connection.fetchval(
+            "SELECT relkind::text FROM pg_class WHERE relname = 'events'"
+        )
+        # a new event goes on numbering and is queued once per subscription (one trigger)
+        await connection.execute(
+            "INSERT INTO events (id, type, provider, status, final, provider_status,"
+            " occurred_at, received_at, occurred_at_source)"
+            " VALUES ('ev-new', 'message.inbound', 'swift', 'received', true, 'MO', now(),"
+            " now(), 'provider')"
+        )
+        feed_new = await connection.fetchval("SELECT feed_seq FROM events WHERE id = 'ev-new'")
+        queued = await connection.fetchval(
+            "SELECT count(*) FROM deliveries WHERE event_id = 'ev-new'"
+        )
+        await connection.execute(
+            "INSERT INTO delivery_attempts (delivery_id, attempt, started_at)"
+            " SELECT id, 2, now() FROM deliveries WHERE event_id = 'ev-new'"
+        )
+        attempt_new = await connection.fetchval("SELECT max(id) FROM delivery_attempts")
+    finally:
+        await connection.close()
+    assert before == after
+    assert before["events"] == 40 and before["deliveries"] == 40
+    assert legacy == 40
+    assert kinds == "p"
+    assert feed_new == feed_before + 1
+    assert queued == 1
+    assert attempt_new == attempt_before + 1
