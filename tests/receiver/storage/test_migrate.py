@@ -242,7 +242,8 @@ async def test_0016_partitions_keep_every_row_and_go_on_numbering(
     finally:
         await connection.close()
     assert before == after
-    assert before["events"] == 40 and before["deliveries"] == 40
+    assert before["events"] == 40
+    assert before["deliveries"] == 40
     assert legacy == 40
     assert kinds == "p"
     assert feed_new == feed_before + 1
