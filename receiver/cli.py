@@ -35,6 +35,7 @@ from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.storage.migrate import apply_migrations, migrations_dir
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database, resolve_dsn, wait_for_database
+from receiver.upkeep.erasure import NotANumber, erase, spellings
 from receiver.upkeep.retention import Upkeep
 
 log = structlog.get_logger("receiver.cli")
@@ -72,6 +73,12 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
     again.add_argument("--provider", choices=sorted(registry), help="only this provider")
     again.add_argument("--dry-run", action="store_true", help="print what would change only")
+
+    erase = commands.add_parser(
+        "erase",
+        help="remove or anonymise every row holding a phone number (the right to erasure)",
+    )
+    erase.add_argument("--number", required=True, help="the number in E.164, e.g. +447700900001")
 
     demo = commands.add_parser(
         "demo", help="send one message per provider through a running hub and watch the reports"
@@ -118,6 +125,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
         return asyncio.run(keys_command(settings, dsn, args))
     if args.command == "worker":
         return asyncio.run(worker_command(settings, dsn, registry))
+    if args.command == "erase":
+        return asyncio.run(erase_command(settings, dsn, args.number))
     if args.command == "demo":
         return asyncio.run(run_demo(args.url, dsn, args.seconds, api_key=args.key))
     return asyncio.run(
@@ -266,6 +275,26 @@ async def migrate_command(settings: Settings, dsn: str, *, quiet: bool = False) 
         await connection.close()
     if not quiet:
         print("applied: " + ", ".join(applied) if applied else "migrations up to date")
+    return 0
+
+
+async def erase_command(settings: Settings, dsn: str, number: str) -> int:
+    """Erases the number and prints what it touched, a line per kind of row."""
+    try:
+        spellings(number)
+    except NotANumber as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    await wait_for_database(dsn, settings.db_connect_retry_s)
+    connection = await asyncpg.connect(dsn)
+    try:
+        erased = await erase(connection, number)
+    finally:
+        await connection.close()
+    for what, count in sorted(erased.counts.items()):
+        print(f"{what}: {count}")
+    print(f"erased: {sum(erased.counts.values())} rows" if erased.counts else "nothing held it")
+    log.info("number_erased", rows=erased.counts)  # the number itself is not logged
     return 0
 
 
