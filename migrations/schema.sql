@@ -109,15 +109,15 @@ BEGIN
 END
 $$;
 
--- FUNCTION create_partitions(text, timestamp with time zone)
+-- FUNCTION create_partitions(text, timestamp with time zone, timestamp with time zone)
 
-CREATE FUNCTION public.create_partitions(p_table text, p_until timestamp with time zone) RETURNS integer
+CREATE FUNCTION public.create_partitions(p_table text, p_from timestamp with time zone, p_until timestamp with time zone) RETURNS integer
     LANGUAGE plpgsql
     AS $$
 DECLARE
     unit text := partition_unit(p_table);
     step interval := CASE unit WHEN 'month' THEN interval '1 month' ELSE interval '1 day' END;
-    starts timestamp := date_trunc(unit, now() AT TIME ZONE 'UTC');
+    starts timestamp := date_trunc(unit, p_from AT TIME ZONE 'UTC');
     created integer := 0;
 BEGIN
     WHILE starts <= p_until AT TIME ZONE 'UTC' LOOP
