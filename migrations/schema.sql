@@ -975,7 +975,7 @@ CREATE INDEX message_recipients_message_idx ON public.message_recipients USING b
 
 -- INDEX message_recipients_recipient_idx
 
-CREATE INDEX message_recipients_recipient_idx ON public.message_recipients USING btree (recipient);
+CREATE INDEX message_recipients_recipient_idx ON public.message_recipients USING btree (recipient) WHERE (message_id IS NOT NULL);
 
 -- INDEX messages_client_ref_idx
 

@@ -32,8 +32,18 @@ async def erase_number(connection: Connection, number: str, forms: list[str]) ->
         # Found through the indexes: its recipients (by number), their events (by recipient),
         # its replies (inbound events, a partial index), and their raw callbacks (by id).
         recipients = await connection.fetch(
-            "SELECT id, message_id FROM message_recipients WHERE recipient = $1 FOR UPDATE",
+            # the index on the number holds the recipients of messages only: the others (reports
+            # for ids the hub never sent) are found among those without a message
+            "SELECT id, message_id FROM message_recipients"
+            " WHERE recipient = $1 AND message_id IS NOT NULL"
+            " UNION ALL"
+            " SELECT id, message_id FROM message_recipients"
+            " WHERE recipient = $1 AND message_id IS NULL",
             number,
+        )
+        await connection.execute(
+            "SELECT 1 FROM message_recipients WHERE id = ANY($1::bigint[]) FOR UPDATE",
+            [row["id"] for row in recipients],
         )
         recipient_ids = [row["id"] for row in recipients]
         messages = list({row["message_id"] for row in recipients if row["message_id"]})

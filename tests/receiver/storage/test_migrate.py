@@ -249,3 +249,32 @@ async def test_0016_partitions_keep_every_row_and_go_on_numbering(
     assert feed_new == feed_before + 1
     assert queued == 1
     assert attempt_new == attempt_before + 1
+
+
+async def test_a_report_finds_its_recipient_by_the_unique_key_however_often_a_number_is_used(
+    db: asyncpg.Connection,
+) -> None:
+    # a number that received many messages: the generic plan of store_events' update must
+    # still take the unique key, not walk the number's rows (migration 0017)
+    await db.execute(
+        "INSERT INTO messages (id, provider) VALUES ('00000000-0000-0000-0000-000000000001', 'x')"
+    )
+    await db.execute(
+        "INSERT INTO message_recipients (message_id, provider, provider_message_id, recipient,"
+        " status) SELECT '00000000-0000-0000-0000-000000000001', 'carrierx', 'p' || n,"
+        " CASE WHEN n % 10 = 0 THEN '+447700900001' ELSE '+1555' || lpad(n::text, 7, '0') END,"
+        " 'sent' FROM generate_series(1, 20000) AS n"
+    )
+    await db.execute("ANALYZE message_recipients")
+    await db.execute("SET plan_cache_mode = force_generic_plan")
+    await db.execute(
+        "PREPARE report(text, text, text) AS UPDATE message_recipients AS mr"
+        " SET sequence = mr.sequence + 1"
+        " WHERE mr.provider = $1 AND mr.provider_message_id = $2 AND mr.recipient = $3"
+    )
+    plan = "\n".join(
+        row[0]
+        for row in await db.fetch("EXPLAIN EXECUTE report('carrierx', 'p70', '+447700900001')")
+    )
+    await db.execute("DEALLOCATE report")
+    assert "message_recipients_provider_provider_message_id_recipient_key" in plan
