@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format schema bench faults lock audit clean
+.PHONY: run test lint format schema bench bench-growth faults lock audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -59,6 +59,11 @@ audit:
 bench: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python bench/run.py
+
+## bench-growth: C against an empty database and against 10M events (G); status query at size (~20 min)
+bench-growth: $(VENV)/.dev-deps
+	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+	$(BIN)/python bench/growth.py
 
 ## faults: one fault at a time under load; acknowledged = stored = delivered (~3 minutes)
 faults: $(VENV)/.dev-deps
