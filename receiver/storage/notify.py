@@ -16,6 +16,9 @@ from receiver.storage.pool import Database
 log = structlog.get_logger("receiver.storage.notify")
 
 CHANNEL = "sms_receiver_events"
+# Waits between attempts to LISTEN again after its connection was lost.
+LISTEN_RETRY_MIN_S = 0.5
+LISTEN_RETRY_MAX_S = 30.0
 
 
 class Signal:
@@ -58,18 +61,49 @@ class Signal:
 
     @contextlib.asynccontextmanager
     async def connected(self, db: Database, dsn: str) -> AsyncIterator[None]:
-        """Send NOTIFYs through `db`'s pool, and LISTEN (own connection) for other instances'."""
+        """Send NOTIFYs through `db`'s pool, and LISTEN (own connection) for other instances',
+        connecting again whenever that connection is lost."""
         self._db = db
-        listener: asyncpg.Connection | None = None
-        try:
-            listener = await asyncpg.connect(dsn)
-            await listener.add_listener(CHANNEL, lambda *_: self.fire())
-        except Exception as error:
-            log.warning("listen_failed", error=repr(error))
+        listening = asyncio.get_running_loop().create_task(self._listen_forever(dsn))
         try:
             yield
         finally:
             self._db = None
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close()
+            listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listening
+
+    async def _listen_forever(self, dsn: str) -> None:
+        """LISTEN on a connection of its own; when it is lost (a restart, a terminated backend,
+        a failover), wake every waiter (a NOTIFY may have been missed: they look for work once)
+        and connect again, backing off to LISTEN_RETRY_MAX_S. Polling stays the backstop."""
+        pause = LISTEN_RETRY_MIN_S
+        lost_before = False
+        while True:
+            listener: asyncpg.Connection | None = None
+            try:
+                listener = await asyncpg.connect(dsn, timeout=10)
+                gone = asyncio.Event()
+                listener.add_termination_listener(lambda _connection, lost=gone: lost.set())
+                await listener.add_listener(CHANNEL, lambda *_: self.fire())
+                if lost_before:
+                    log.info("listen_restored")
+                    self.fire()
+                pause = LISTEN_RETRY_MIN_S
+                await gone.wait()
+                log.warning("listen_lost", hint="polling covers the gap until it is back")
+                lost_before = True
+                self.fire()
+            except asyncio.CancelledError:
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.close()
+                raise
+            except Exception as error:
+                log.warning("listen_failed", error=repr(error), retry_in_s=pause)
+                lost_before = True
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.close()
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, LISTEN_RETRY_MAX_S)
