@@ -555,6 +555,50 @@ CREATE FUNCTION public.table_partitions(p_table text) RETURNS TABLE(name text, s
     WHERE i.inhparent = p_table::regclass AND b IS NOT NULL
 $_$;
 
+-- FUNCTION take_send_quota(text, date, integer, integer)
+
+CREATE FUNCTION public.take_send_quota(p_caller text, p_day date, p_units integer, p_per_day integer) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF p_units > p_per_day THEN
+        RETURN false;
+    END IF;
+    INSERT INTO send_quota_days AS q (caller, day, used) VALUES (p_caller, p_day, p_units)
+    ON CONFLICT (caller, day) DO UPDATE SET used = q.used + excluded.used
+    WHERE q.used + excluded.used <= p_per_day;
+    RETURN FOUND;
+END
+$$;
+
+-- FUNCTION take_send_token(text, double precision, integer)
+
+CREATE FUNCTION public.take_send_token(p_caller text, p_rate double precision, p_burst integer) RETURNS double precision
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    left_after double precision;
+    available double precision;
+BEGIN
+    INSERT INTO send_rate_buckets AS b (caller, tokens, updated_at)
+    VALUES (p_caller, p_burst - 1, clock_timestamp())
+    ON CONFLICT (caller) DO UPDATE SET
+        tokens = least(p_burst::double precision, b.tokens
+                       + extract(epoch FROM clock_timestamp() - b.updated_at) * p_rate) - 1,
+        updated_at = clock_timestamp()
+    WHERE least(p_burst::double precision, b.tokens
+                + extract(epoch FROM clock_timestamp() - b.updated_at) * p_rate) >= 1
+    RETURNING tokens INTO left_after;
+    IF FOUND THEN
+        RETURN NULL;
+    END IF;
+    SELECT least(p_burst::double precision,
+                 b.tokens + extract(epoch FROM clock_timestamp() - b.updated_at) * p_rate)
+    INTO available FROM send_rate_buckets b WHERE b.caller = p_caller;
+    RETURN (1 - available) / p_rate;
+END
+$$;
+
 -- FUNCTION takes_over(text, boolean, text, boolean)
 
 CREATE FUNCTION public.takes_over(candidate text, candidate_synthetic boolean, current_status text, current_synthetic boolean) RETURNS boolean
@@ -805,6 +849,22 @@ CREATE TABLE public.schema_migrations (
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
 
+-- TABLE send_quota_days
+
+CREATE TABLE public.send_quota_days (
+    caller text NOT NULL,
+    day date NOT NULL,
+    used integer NOT NULL
+);
+
+-- TABLE send_rate_buckets
+
+CREATE TABLE public.send_rate_buckets (
+    caller text NOT NULL,
+    tokens double precision NOT NULL,
+    updated_at timestamp with time zone NOT NULL
+);
+
 -- TABLE subscriptions
 
 CREATE TABLE public.subscriptions (
@@ -899,6 +959,16 @@ ALTER TABLE ONLY public.recipient_parts
 
 ALTER TABLE ONLY public.schema_migrations
     ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+-- CONSTRAINT send_quota_days send_quota_days_pkey
+
+ALTER TABLE ONLY public.send_quota_days
+    ADD CONSTRAINT send_quota_days_pkey PRIMARY KEY (caller, day);
+
+-- CONSTRAINT send_rate_buckets send_rate_buckets_pkey
+
+ALTER TABLE ONLY public.send_rate_buckets
+    ADD CONSTRAINT send_rate_buckets_pkey PRIMARY KEY (caller);
 
 -- CONSTRAINT subscriptions subscriptions_pkey
 

@@ -31,7 +31,7 @@ from receiver.ingest.groupcommit import CallbackWriter
 from receiver.ingest.refusals import Refusals
 from receiver.ingest.spool import Spool, replay_forever
 from receiver.query import health, inbound, messages, raw_callbacks, stats
-from receiver.ratelimit import DailyQuota, RateLimiter
+from receiver.ratelimit import RateLimiter
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import Sandbox
 from receiver.sending import route as send_route
@@ -479,8 +479,6 @@ def create_app(
         app[callback_route.INGESTION] = callback_route.Ingestion(
             writer=writer, refusals=refusals, spool=spool
         )
-        app[send_route.SEND_LIMITER] = RateLimiter(settings.send_rate_per_s, settings.send_burst)
-        app[send_route.SEND_QUOTA] = DailyQuota(settings.send_daily_recipients)
         async with signal.connected(db, dsn):
             dispatcher = Dispatcher(db, settings, signal) if settings.dispatcher else None
             running = asyncio.create_task(dispatcher.run()) if dispatcher else None

@@ -1,6 +1,7 @@
 """Rate limiting by caller: a token bucket each, in this process's memory (several instances
-side by side each allow the rate). The send API's, per API key (or per address when keys are
-off), and the callback refusals', per source address."""
+side by side each allow the rate): the callback refusals', per source address, which must cost
+less than a database call. The send API's limits are shared in Postgres
+(receiver/storage/limits.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import math
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from datetime import date
 
 # At most this many callers are remembered, the least recently seen forgotten first (a caller
 # forgotten that long ago has a full bucket again, or nearly): memory and time stay bounded
@@ -61,26 +61,3 @@ class RateLimiter:
 def retry_after_header(wait_s: float) -> str:
     """Retry-After in whole seconds, at least 1."""
     return str(max(1, math.ceil(wait_s)))
-
-
-class DailyQuota:
-    """So many units (recipients) per caller per UTC day, in this process's memory; at most
-    MAX_BUCKETS callers remembered, the quietest forgotten first."""
-
-    def __init__(self, per_day: int) -> None:
-        self.per_day = per_day
-        self._used: OrderedDict[str, tuple[date, int]] = OrderedDict()
-
-    def take(self, who: str, units: int, today: date) -> bool:
-        """Takes `units` from `who`'s quota of `today`: False (nothing taken) when they are
-        more than what is left."""
-        day, used = self._used.get(who, (today, 0))
-        if day != today:
-            used = 0
-        if used + units > self.per_day:
-            return False
-        self._used[who] = (today, used + units)
-        self._used.move_to_end(who)
-        while len(self._used) > MAX_BUCKETS:
-            self._used.popitem(last=False)
-        return True

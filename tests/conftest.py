@@ -30,7 +30,8 @@ for _name in DEFAULT_REGISTRY:
     os.environ.setdefault(f"{_name.upper()}__ALLOW_UNAUTHENTICATED", "true")
 TABLES = (
     "deliveries, subscriptions, events, recipient_parts, message_recipients, messages,"
-    " raw_callbacks, idempotency_keys, delivery_attempts, api_keys, callback_refusals"
+    " raw_callbacks, idempotency_keys, delivery_attempts, api_keys, callback_refusals,"
+    " send_rate_buckets, send_quota_days"
 )
 
 

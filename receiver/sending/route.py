@@ -42,7 +42,7 @@ from receiver.http.errors import (
     error_body,
 )
 from receiver.http.fields import Moment, no_nul
-from receiver.ratelimit import DailyQuota, RateLimiter, retry_after_header
+from receiver.ratelimit import retry_after_header
 from receiver.sending import silence
 from receiver.sending.providers import (
     account_of,
@@ -51,16 +51,12 @@ from receiver.sending.providers import (
     is_simulated,
     store_outcome,
 )
-from receiver.storage import idempotency, messages
+from receiver.storage import idempotency, limits, messages
 
 log = structlog.get_logger("receiver.sending.route")
 
 # Calls to one provider at once for one message (fan-out providers take one recipient a call).
 CALLS_AT_ONCE = 10
-
-# Requests to the send API, per API key (or per address without keys).
-SEND_QUOTA = web.AppKey("send_quota", DailyQuota)
-SEND_LIMITER = web.AppKey("send_limiter", RateLimiter)
 
 
 def possible_number(number: str) -> str:
@@ -123,7 +119,10 @@ async def handle_send(request: web.Request) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
     settings = context.settings
     caller = caller_of(request)
-    wait_s = request.app[SEND_LIMITER].take(caller)
+    async with context.db.connection() as connection:  # shared by every instance
+        wait_s = await limits.take_send_token(
+            connection, caller, settings.send_rate_per_s, settings.send_burst
+        )
     if wait_s is not None:
         raise TooManyRequests(
             f"more than {settings.send_rate_per_s:g} requests per second (burst"
@@ -131,7 +130,7 @@ async def handle_send(request: web.Request) -> web.Response:
             retry_after=retry_after_header(wait_s),
         )
     incoming = await read_model(request, SendMessageIn)
-    quota = Quota(request.app[SEND_QUOTA], caller)
+    quota = Quota(context, caller)
 
     key = request.headers.get("Idempotency-Key")
     if key is None:
@@ -183,17 +182,24 @@ async def handle_send(request: web.Request) -> web.Response:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Quota:
-    """The caller's daily recipients, taken once a send is valid."""
+    """The caller's daily recipients, taken once a send is valid (shared by every instance)."""
 
-    daily: DailyQuota
+    context: AppContext
     caller: str
 
-    def take(self, recipients: int) -> None:
+    async def take(self, recipients: int) -> None:
+        per_day = self.context.settings.send_daily_recipients
+        if not per_day:
+            return
         now = datetime.now(UTC)
-        if self.daily.per_day and not self.daily.take(self.caller, recipients, now.date()):
+        async with self.context.db.connection() as connection:
+            taken = await limits.take_send_quota(
+                connection, self.caller, now.date(), recipients, per_day
+            )
+        if not taken:
             midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
             raise QuotaExceeded(
-                f"more than {self.daily.per_day} recipients today (UTC) for this"
+                f"more than {per_day} recipients today (UTC) for this"
                 f" {self.caller.split()[0]} (SEND_DAILY_RECIPIENTS)",
                 retry_after=retry_after_header((midnight - now).total_seconds()),
             )
@@ -274,7 +280,7 @@ async def _checked_send(
     except OptionsError as error:
         raise Unprocessable("the options are not valid", details=error.details) from None
     send = dataclasses.replace(send, options=options)
-    quota.take(len(incoming.to))
+    await quota.take(len(incoming.to))
     return await _send(
         context,
         provider,

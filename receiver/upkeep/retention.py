@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import structlog
 
 from receiver.config import Settings
-from receiver.storage import retention
+from receiver.storage import limits, retention
 from receiver.storage.pool import Database
 
 log = structlog.get_logger("receiver.upkeep.retention")
@@ -35,6 +35,7 @@ class Round:
     messages: int = 0
     orphan_recipients: int = 0
     deliveries: int = 0
+    limits: int = 0  # send rate buckets and quota days forgotten
     skipped: bool = False  # another instance was at it
 
 
@@ -111,6 +112,10 @@ class Upkeep:
                         BATCH,
                     )
                     done.deliveries += retired
+                # rate buckets idle a day are full again; quotas of days gone are done with
+                done.limits = await limits.purge_limits(
+                    connection, now - timedelta(days=1), (now - timedelta(days=1)).date()
+                )
                 strays = await retention.rows_in_default_partitions(connection)
             finally:
                 await connection.execute("SELECT pg_advisory_unlock($1)", retention.UPKEEP_LOCK_KEY)

@@ -158,3 +158,28 @@ def test_regions_and_countries_are_checked_at_start() -> None:
         "GB",
         "IE",
     )
+
+
+async def test_the_quota_and_the_rate_are_shared_by_every_instance(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    limits = {"send_daily_recipients": 3, "send_burst": 3, "send_rate_per_s": 0.01}
+    one = await hub_with(aiohttp_client, dsn, api_auth=True, **limits)
+    other = await hub_with(aiohttp_client, dsn, api_auth=True, **limits)
+    _, key = await create_key(db, "a", ["send"])
+    auth = {"Authorization": f"Bearer {key}"}
+
+    first = await one.post("/v1/messages", json=to("+447700900001", "+447700900002"), headers=auth)
+    second = await other.post(
+        "/v1/messages", json=to("+447700900011", "+447700900012"), headers=auth
+    )
+
+    assert first.status == 201
+    assert second.status == 429  # the other instance knows what the first one took
+    assert (await second.json())["error"]["code"] == "quota_exceeded"
+    # the rate: a burst of 3 requests for the key, whichever instance is asked
+    third = await other.post("/v1/messages", json=to("+447700900021"), headers=auth)
+    fourth = await one.post("/v1/messages", json=to("+447700900031"), headers=auth)
+    assert third.status == 201
+    assert fourth.status == 429
+    assert (await fourth.json())["error"]["code"] == "rate_limited"
