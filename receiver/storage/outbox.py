@@ -188,52 +188,21 @@ async def claim_deliveries(
     out: their dispatcher died), keeping every subscription under `per_subscription` live leases
     across all dispatchers, so that a slow subscriber never holds the others."""
     token = uuid.uuid4()
-    rows = await connection.fetch(
-        f"""
-        WITH live AS (
-            SELECT subscription_id, count(*) AS leased FROM deliveries
-            WHERE status = 'delivering' AND leased_until >= now()
-            GROUP BY subscription_id
-        ), due AS (
-            -- Each subscription's oldest due deliveries, no more than its free slots: one
-            -- subscriber's backlog never fills the claim and leaves the others waiting.
-            SELECT d.id, d.next_attempt_at
-            FROM subscriptions s
-            LEFT JOIN live ON live.subscription_id = s.id
-            CROSS JOIN LATERAL (
-                SELECT d.id, d.next_attempt_at FROM deliveries d
-                WHERE d.subscription_id = s.id
-                  AND ((d.status = 'pending' AND d.next_attempt_at <= now())
-                       OR (d.status = 'delivering' AND d.leased_until < now()))
-                ORDER BY d.next_attempt_at
-                LIMIT greatest($2 - coalesce(live.leased, 0), 0)
-                FOR UPDATE OF d SKIP LOCKED
-            ) d
-            WHERE s.enabled
-        ), pick AS (
-            SELECT due.id FROM due ORDER BY due.next_attempt_at, due.id LIMIT $1
-        ), taken AS (
-            UPDATE deliveries d SET
-                status = 'delivering', attempts = d.attempts + 1,
-                leased_until = now() + make_interval(secs => $3), lease_token = $4,
-                updated_at = now()
-            FROM pick
-            WHERE d.id = pick.id
-            RETURNING d.id, d.attempts, d.subscription_id, d.event_id
-        )
-        SELECT taken.id AS delivery_id, taken.attempts, s.id AS subscription_id, s.url,
-               s.secret, s.previous_secret, s.previous_secret_until > now() AS both_secrets,
-               {EVENT_COLUMNS}
-        FROM taken
-        JOIN subscriptions s ON s.id = taken.subscription_id
-        JOIN events e ON e.id = taken.event_id
-        ORDER BY taken.id
-        """,
-        limit,
-        per_subscription,
-        lease_s,
-        token,
-    )
+    async with connection.transaction():
+        # The subscriptions claimed for, locked first: another dispatcher claiming for one of
+        # them meanwhile skips it, and the claim below, a statement of its own, counts the live
+        # leases as every dispatcher that claimed before has committed them. Counted in the
+        # same statement as the lock, two dispatchers could each see the slots free.
+        subscriptions = [
+            row["id"]
+            for row in await connection.fetch(
+                "SELECT id FROM subscriptions WHERE enabled ORDER BY id"
+                " FOR NO KEY UPDATE SKIP LOCKED"
+            )
+        ]
+        if not subscriptions:
+            return []
+        rows = await _claim(connection, limit, per_subscription, lease_s, token, subscriptions)
     bodies: dict[str, str] = {}  # one event claimed for several subscribers: encoded once
     for row in rows:
         if row["id"] not in bodies:
@@ -362,3 +331,63 @@ async def queue_counts(connection: Connection) -> dict[str, int]:
         " WHERE status IN ('pending', 'delivering') GROUP BY status"
     )
     return {row["status"]: row["n"] for row in rows}
+
+
+async def _claim(
+    connection: Connection,
+    limit: int,
+    per_subscription: int,
+    lease_s: float,
+    token: uuid.UUID,
+    subscriptions: list[uuid.UUID],
+) -> list[asyncpg.Record]:
+    """The claim itself, for the subscriptions the caller has locked."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        f"""
+        WITH live AS (
+            SELECT subscription_id, count(*) AS leased FROM deliveries
+            WHERE status = 'delivering' AND leased_until >= now()
+              AND subscription_id = ANY($5::uuid[])
+            GROUP BY subscription_id
+        ), due AS (
+            -- Each subscription's oldest due deliveries, no more than its free slots: one
+            -- subscriber's backlog never fills the claim and leaves the others waiting.
+            SELECT d.id, d.next_attempt_at
+            FROM subscriptions s
+            LEFT JOIN live ON live.subscription_id = s.id
+            CROSS JOIN LATERAL (
+                SELECT d.id, d.next_attempt_at FROM deliveries d
+                WHERE d.subscription_id = s.id
+                  AND ((d.status = 'pending' AND d.next_attempt_at <= now())
+                       OR (d.status = 'delivering' AND d.leased_until < now()))
+                ORDER BY d.next_attempt_at
+                LIMIT greatest($2 - coalesce(live.leased, 0), 0)
+                FOR UPDATE OF d SKIP LOCKED
+            ) d
+            WHERE s.enabled AND s.id = ANY($5::uuid[])
+        ), pick AS (
+            SELECT due.id FROM due ORDER BY due.next_attempt_at, due.id LIMIT $1
+        ), taken AS (
+            UPDATE deliveries d SET
+                status = 'delivering', attempts = d.attempts + 1,
+                leased_until = now() + make_interval(secs => $3), lease_token = $4,
+                updated_at = now()
+            FROM pick
+            WHERE d.id = pick.id
+            RETURNING d.id, d.attempts, d.subscription_id, d.event_id
+        )
+        SELECT taken.id AS delivery_id, taken.attempts, s.id AS subscription_id, s.url,
+               s.secret, s.previous_secret, s.previous_secret_until > now() AS both_secrets,
+               {EVENT_COLUMNS}
+        FROM taken
+        JOIN subscriptions s ON s.id = taken.subscription_id
+        JOIN events e ON e.id = taken.event_id
+        ORDER BY taken.id
+        """,
+        limit,
+        per_subscription,
+        lease_s,
+        token,
+        subscriptions,
+    )
+    return rows

@@ -627,6 +627,25 @@ async def queue_deliveries(db: asyncpg.Connection, client: Client, url: str, cou
     )
 
 
+async def test_dispatchers_claiming_at_once_keep_a_subscription_under_its_cap(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
+) -> None:
+    client = await aiohttp_client(create_app(hub_settings(dsn, dispatcher=False), dsn))
+    await queue_deliveries(db, client, subscriber.url, 20)
+    connections = [await asyncpg.connect(dsn) for _ in range(6)]
+    try:
+        # six dispatchers claim together, each asking for up to 10, with 2 slots a subscription
+        claims = await asyncio.gather(
+            *(outbox.claim_deliveries(c, 10, 2, 30.0) for c in connections)
+        )
+    finally:
+        for connection in connections:
+            await connection.close()
+
+    assert sum(len(claimed) for claimed in claims) == 2
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 'delivering'") == 2
+
+
 async def test_a_claim_leases_exactly_what_it_returns(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection, subscriber: Subscriber
 ) -> None:
