@@ -112,7 +112,8 @@ $$;
 -- FUNCTION create_partitions(text, timestamp with time zone, timestamp with time zone)
 
 CREATE FUNCTION public.create_partitions(p_table text, p_from timestamp with time zone, p_until timestamp with time zone) RETURNS integer
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
     AS $$
 DECLARE
     unit text := partition_unit(p_table);
@@ -120,6 +121,7 @@ DECLARE
     starts timestamp := date_trunc(unit, p_from AT TIME ZONE 'UTC');
     created integer := 0;
 BEGIN
+    PERFORM partitioned_table(p_table);
     WHILE starts <= p_until AT TIME ZONE 'UTC' LOOP
         IF to_regclass(partition_name(p_table, starts AT TIME ZONE 'UTC')) IS NULL THEN
             EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
@@ -130,6 +132,37 @@ BEGIN
         starts := starts + step;
     END LOOP;
     RETURN created;
+END
+$$;
+
+-- FUNCTION default_partition_has_rows(text)
+
+CREATE FUNCTION public.default_partition_has_rows(p_table text) RETURNS boolean
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO '$user', 'public'
+    AS $$
+DECLARE
+    found boolean;
+BEGIN
+    PERFORM partitioned_table(p_table);
+    EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I)', p_table || '_default') INTO found;
+    RETURN found;
+END
+$$;
+
+-- FUNCTION drop_partition(text, text)
+
+CREATE FUNCTION public.drop_partition(p_table text, p_partition text) RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO '$user', 'public'
+    AS $$
+BEGIN
+    PERFORM partitioned_table(p_table);
+    IF NOT EXISTS (SELECT 1 FROM table_partitions(p_table) p WHERE p.name = p_partition) THEN
+        RAISE EXCEPTION '% is not a partition of %', p_partition, p_table
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    EXECUTE format('DROP TABLE %I', p_partition);
 END
 $$;
 
@@ -306,6 +339,19 @@ CREATE FUNCTION public.partition_unit(p_table text) RETURNS text
     LANGUAGE sql IMMUTABLE
     AS $$
     SELECT CASE p_table WHEN 'events' THEN 'month' ELSE 'day' END
+$$;
+
+-- FUNCTION partitioned_table(text)
+
+CREATE FUNCTION public.partitioned_table(p_table text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE
+    AS $$
+BEGIN
+    IF p_table NOT IN ('events', 'raw_callbacks', 'delivery_attempts') THEN
+        RAISE EXCEPTION '% is not a partitioned table of the hub', p_table
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
 $$;
 
 -- FUNCTION parts_status(bigint, integer)

@@ -457,6 +457,11 @@ def create_app(
             spool.hold()  # SpoolInUse: another instance has it; nothing is opened yet
         db = await open_database(dsn, settings)
         ingest_db = await open_database(dsn, settings, max_size=settings.ingest_pool_size)
+        read_db = (
+            await open_database(settings.database_read_url, settings)
+            if settings.database_read_url
+            else db
+        )
         http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
         signal = Signal()
         writer = CallbackWriter(
@@ -474,6 +479,7 @@ def create_app(
             db=db,
             http=http,
             signal=signal,
+            read_db=read_db,
         )
         refusals = Refusals(db, RateLimiter(settings.refusal_rate_per_s, settings.refusal_burst))
         app[callback_route.INGESTION] = callback_route.Ingestion(
@@ -517,6 +523,8 @@ def create_app(
         await writer.close()
         await http.close()
         await ingest_db.close()
+        if read_db is not db:
+            await read_db.close()
         await db.close()
         if spool is not None:
             spool.release()

@@ -8,6 +8,7 @@ import json
 import os
 import signal as signal_module
 import sys
+import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from receiver.logs import configure_logging, configured_secrets
 from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
 from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
-from receiver.storage.migrate import apply_migrations, migrations_dir
+from receiver.storage.migrate import apply_migrations, migrations_dir, pending_migrations
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database, resolve_dsn, wait_for_database
 from receiver.upkeep.erasure import NotANumber, erase, spellings
@@ -50,6 +51,11 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (default LISTEN_PORT)")
     serve.add_argument(
         "--sandbox", action="store_true", help="mount the simulated providers (SANDBOX=true)"
+    )
+    serve.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not apply migrations, only check that none is pending (MIGRATE_ON_START=false)",
     )
 
     commands.add_parser("migrate", help="apply pending migrations and exit")
@@ -117,6 +123,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     if args.command == "serve":
         if args.sandbox:
             settings = settings.model_copy(update={"sandbox": True})
+        if args.no_migrate:
+            settings = settings.model_copy(update={"migrate_on_start": False})
         return serve_command(settings, args.host, args.port, registry)
     dsn, _server = resolve_dsn(settings)
     if args.command == "migrate":
@@ -171,7 +179,10 @@ def serve_command(
     """Migrate, then serve until SIGTERM or SIGINT; `extend` adds to the app before it starts
     (the benchmark's reference routes, which the product never mounts)."""
     dsn, _server = resolve_dsn(settings)
-    asyncio.run(migrate_command(settings, dsn, quiet=True))
+    if settings.migrate_on_start:
+        asyncio.run(migrate_command(settings, dsn, quiet=True))
+    elif asyncio.run(schema_behind(settings, dsn)):
+        return 2
     app = create_app(settings, dsn, registry)
     if extend is not None:
         extend(app)
@@ -228,10 +239,38 @@ async def keys_command(settings: Settings, dsn: str, args: argparse.Namespace) -
         await connection.close()
 
 
+async def schema_behind(settings: Settings, dsn: str) -> bool:
+    """Whether the database lacks migrations this version needs (said on stderr): a process
+    that does not migrate must not run on a schema it does not know."""
+    await wait_for_database(dsn, settings.db_connect_retry_s)
+    # A deploy step may be migrating at this moment: waited for as long as for the database.
+    deadline = time.monotonic() + settings.db_connect_retry_s
+    while True:
+        connection = await asyncpg.connect(dsn)
+        try:
+            pending = await pending_migrations(connection, migrations_dir(settings.migrations_dir))
+        finally:
+            await connection.close()
+        if not pending or time.monotonic() >= deadline:
+            break
+        log.info("waiting_for_migrations", pending=pending)
+        await asyncio.sleep(1.0)
+    if pending:
+        print(
+            f"error: the database lacks {len(pending)} migration(s) of this version"
+            f" ({', '.join(pending)}): run `sms-receiver migrate` with a role that may change"
+            " the schema, then start again",
+            file=sys.stderr,
+        )
+    return bool(pending)
+
+
 async def worker_command(settings: Settings, dsn: str, registry: Registry) -> int:
     """The dispatcher, the silence sweep, the held sends and the upkeep (partitions,
-    retention), without the HTTP server, until SIGTERM or SIGINT."""
-    await wait_for_database(dsn, settings.db_connect_retry_s)
+    retention), without the HTTP server, until SIGTERM or SIGINT. It never migrates: the
+    database must be up to date."""
+    if await schema_behind(settings, dsn):
+        return 2
     db = await open_database(dsn, settings)
     signal = Signal()
     http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
@@ -242,6 +281,7 @@ async def worker_command(settings: Settings, dsn: str, registry: Registry) -> in
         db=db,
         http=http,
         signal=signal,
+        read_db=db,
     )
     dispatcher = Dispatcher(db, settings, signal)
     sweep = SilenceSweep(db, settings, signal)

@@ -338,6 +338,17 @@ class Settings(BaseSettings):
         description="Require API keys on /v1 (`make run` turns it off for a laptop).",
     )
     dispatcher: bool = Field(default=True, description="Run the dispatcher inside `serve`.")
+    migrate_on_start: bool = Field(
+        default=True,
+        description="`serve` applies pending migrations at start; false (or `serve"
+        " --no-migrate`): it only checks that none is pending, for a role without the right"
+        " to change the schema (`sms-receiver migrate` run once by a deploy step).",
+    )
+    database_read_url: str | None = Field(
+        default=None,
+        description="A second DSN (a read replica) for the query endpoints (messages, inbound,"
+        " raw callbacks, stats); unset: DATABASE_URL.",
+    )
     log_level: str = Field(default="info", description="debug, info, warning or error.")
     migrations_dir: Path | None = Field(
         default=None, description="Where the .sql migrations are; found automatically if unset."

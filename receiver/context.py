@@ -27,6 +27,9 @@ class AppContext:
     db: Database
     http: aiohttp.ClientSession  # the one client for every provider's API
     signal: Signal  # "new events": wakes the dispatcher and event streams
+    # The query endpoints' (messages, inbound, raw callbacks, stats): DATABASE_READ_URL's pool
+    # (a replica, which may lag a little behind) when set, else `db` itself.
+    read_db: Database
 
 
 AppContext.KEY = web.AppKey("context", AppContext)

@@ -83,18 +83,19 @@ class SecretFilter(logging.Filter):
 
 def configured_secrets(settings: Any) -> list[str]:
     """Every secret the settings hold: providers' keys, tokens and signing secrets, and the
-    database password."""
+    databases' passwords."""
     found: list[str] = []
     for value in getattr(settings, "providers", {}).values():
         for field in ("api_key", "callback_token", "signing_secret"):
             secret = getattr(value, field, None)
             if secret is not None and hasattr(secret, "get_secret_value"):
                 found.append(secret.get_secret_value())
-    database_url = getattr(settings, "database_url", None)
-    if database_url:
-        password = urlsplit(database_url).password
-        if password:
-            found.append(password)
+    for name in ("database_url", "database_read_url"):
+        database_url = getattr(settings, name, None)
+        if database_url:
+            password = urlsplit(database_url).password
+            if password:
+                found.append(password)
     return found
 
 

@@ -19,7 +19,7 @@ async def inbound(request: web.Request) -> web.Response:
     ours = params.number(request, "to")
     provider = params.choice(request, "provider", context.registry.keys())
     since, until = params.moment(request, "since"), params.moment(request, "until")
-    async with context.db.connection() as connection:
+    async with context.read_db.connection() as connection:
         rows = await events.inbound(
             connection,
             provider=provider,

@@ -67,7 +67,7 @@ async def get_message(request: web.Request) -> web.Response:
     message_id = params.uuid_or_none(request.match_info["id"])
     if message_id is None:
         raise NotFound("no such message")
-    async with context.db.connection() as connection:
+    async with context.read_db.connection() as connection:
         view = await message_view(connection, message_id)
     if view is None:
         raise NotFound("no such message")
@@ -80,7 +80,7 @@ async def by_provider_id(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     provider = request.match_info["provider"]
     pmid = request.match_info["provider_message_id"]
-    async with context.db.connection() as connection:
+    async with context.read_db.connection() as connection:
         recipients = await messages.recipients_of_provider_id(connection, provider, pmid)
         owner = next((r["message_id"] for r in recipients if r["message_id"]), None)
         if owner is not None:
@@ -117,7 +117,7 @@ async def list_messages(request: web.Request) -> web.Response:
     ref = params.text(request, "ref")
     provider = params.choice(request, "provider", context.registry.keys())
     since, until = params.moment(request, "since"), params.moment(request, "until")
-    async with context.db.connection() as connection:
+    async with context.read_db.connection() as connection:
         rows = await messages.list_messages(
             connection,
             ref=ref,

@@ -70,7 +70,7 @@ async def raw_callbacks(request: web.Request) -> web.Response:
     limit = params.limit(request)
     cursor = params.parse_keyset_cursor(request)
     provider = params.choice(request, "provider", context.registry.keys())
-    async with context.db.connection() as connection:
+    async with context.read_db.connection() as connection:
         rows = await callbacks.list_raw_callbacks(
             connection,
             outcome=outcome,
@@ -96,7 +96,7 @@ async def raw_callback(request: web.Request) -> web.Response:
     raw_id = params.uuid_or_none(request.match_info["id"])
     if raw_id is None:
         raise NotFound("no such raw callback")
-    async with context.db.connection() as connection:
+    async with context.read_db.connection() as connection:
         row = await callbacks.raw_callback(connection, raw_id)
         stored_events = await events.events_of_raw(connection, raw_id)
     if row is None:
@@ -125,7 +125,7 @@ async def callback_refusals(request: web.Request) -> web.Response:
     limit = params.limit(request)
     cursor = params.parse_keyset_cursor(request)
     provider = params.choice(request, "provider", context.registry.keys())
-    async with context.db.connection() as connection:
+    async with context.read_db.connection() as connection:
         rows = await refusals.list_refusals(
             connection,
             provider=provider,

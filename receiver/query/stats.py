@@ -33,7 +33,7 @@ async def stats(request: web.Request) -> web.Response:
     fast_under_s = params.seconds(
         request, "fast_under_s", context.settings.fast_delivery_s, high=3600.0
     )
-    async with context.db.connection() as connection:
+    async with context.read_db.connection() as connection:
         by_provider = await queries.message_stats(connection, since, until, fast_under_s)
         by_country = await queries.message_stats(
             connection, since, until, fast_under_s, by="country"

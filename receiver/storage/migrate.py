@@ -106,3 +106,9 @@ async def applied_versions(connection: Connection) -> set[int]:
     except asyncpg.UndefinedTableError:
         return set()
     return {row["version"] for row in rows}
+
+
+async def pending_migrations(connection: Connection, directory: Path) -> list[str]:
+    """The migrations this version has that the database has not applied."""
+    applied = await applied_versions(connection)
+    return [m.name for m in load_migrations(directory) if m.version not in applied]

@@ -56,7 +56,7 @@ async def drop_partitions(connection: Connection, table: str, before: datetime) 
     for row in rows:
         async with connection.transaction():
             await connection.execute(f"SET LOCAL lock_timeout = '{DROP_LOCK_TIMEOUT}'")
-            await connection.execute(f'DROP TABLE "{row["name"]}"')
+            await connection.execute("SELECT drop_partition($1, $2)", table, row["name"])
         dropped.append(Dropped(table, row["name"], row["ends"], row["estimated_rows"]))
     return dropped
 
@@ -66,7 +66,7 @@ async def rows_in_default_partitions(connection: Connection) -> dict[str, bool]:
     made in time, or a row came with a time far off)."""
     found = {}
     for table in PARTITIONED:
-        found[table] = await connection.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table}_default)")
+        found[table] = await connection.fetchval("SELECT default_partition_has_rows($1)", table)
     return found
 
 

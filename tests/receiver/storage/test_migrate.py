@@ -24,6 +24,8 @@ EXPECTED_TABLES = {
     "idempotency_keys",
     "delivery_attempts",
     "api_keys",
+    "send_rate_buckets",
+    "send_quota_days",
 }
 
 
