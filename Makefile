@@ -60,7 +60,7 @@ bench: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python bench/run.py
 
-## bench-growth: C against an empty database and against 10M events (G); status query at size (~20 min)
+## bench-growth: C against an empty database and against 10M events (G); status query at size (~8 minutes)
 bench-growth: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
 	$(BIN)/python bench/growth.py

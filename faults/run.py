@@ -59,8 +59,10 @@ class Sent:
 class Generator:
     """Open loop, with a provider's retries; every attempt and answer recorded."""
 
-    def __init__(self, port: int) -> None:
-        self.url = f"http://127.0.0.1:{port}{callback_path('carrierx')}"
+    def __init__(self, *ports: int) -> None:
+        # Behind a load balancer: callbacks spread over the instances, and a retry goes to the
+        # next one (a balancer stops sending to an instance that does not answer).
+        self.urls = [f"http://127.0.0.1:{port}{callback_path('carrierx')}" for port in ports]
         self.sent: list[Sent] = []
 
     async def run(self, rate: float, seconds: float) -> None:
@@ -75,18 +77,19 @@ class Generator:
                     await asyncio.sleep(delay)
                 item = Sent(sid=f"fault-{uuid.uuid4().hex[:12]}-{n}")
                 self.sent.append(item)
-                tasks.append(asyncio.create_task(self._deliver(session, item)))
+                tasks.append(asyncio.create_task(self._deliver(session, item, n)))
             await asyncio.gather(*tasks)
 
-    async def _deliver(self, session: aiohttp.ClientSession, item: Sent) -> None:
+    async def _deliver(self, session: aiohttp.ClientSession, item: Sent, n: int) -> None:
         body = {"message_sid": item.sid, "status": "delivered", "to": "15162065574"}
         deadline = time.monotonic() + RETRY_WINDOW_S
         pause = 0.5
         while True:
             item.attempts += 1
             sent_at = time.monotonic()
+            url = self.urls[(n + item.attempts - 1) % len(self.urls)]
             try:
-                async with session.post(self.url, json=body) as answer:
+                async with session.post(url, json=body) as answer:
                     item.slowest_s = max(item.slowest_s, time.monotonic() - sent_at)
                     item.statuses.append(str(answer.status))
                     if answer.status in (200, 202):
@@ -231,6 +234,7 @@ class Run:
     subscriber: Subscriber
     notes: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    others: list[Hub] = field(default_factory=list)  # more instances on the same database
 
 
 async def no_fault(run: Run) -> None:
@@ -348,6 +352,53 @@ async def subscriber_gone(run: Run) -> None:
         run.failures.append("the subscription answered 410 is still enabled")
 
 
+async def listen_terminated(run: Run) -> None:
+    """The LISTEN connections (serve's and the worker's) terminated twice: each instance must
+    LISTEN again within seconds (polling covers the gap meanwhile)."""
+    listening = (
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query LIKE 'LISTEN%' AND pid <> pg_backend_pid()"
+    )
+    connection = await asyncpg.connect(run.hub.dsn)
+    try:
+        for round_ in range(2):
+            await asyncio.sleep(5)
+            before = [row["pid"] for row in await connection.fetch(listening)]
+            for pid in before:
+                await connection.execute("SELECT pg_terminate_backend($1)", pid)
+            back_in = None
+            started = time.monotonic()
+            while time.monotonic() - started < 10:
+                now = [row["pid"] for row in await connection.fetch(listening)]
+                if len([pid for pid in now if pid not in before]) >= len(before):
+                    back_in = time.monotonic() - started
+                    break
+                await asyncio.sleep(0.1)
+            if back_in is None:
+                run.failures.append(f"LISTEN not made again within 10 s (round {round_ + 1})")
+            else:
+                run.notes.append(
+                    f"{len(before)} LISTEN connections terminated, back in {back_in:.1f} s"
+                )
+    finally:
+        await connection.close()
+
+
+async def one_of_two_killed(run: Run) -> None:
+    """Two serves and two workers on one Postgres, callbacks spread over both serves: one serve
+    and the other instance's worker SIGKILLed mid-run, for good. The generator's retries go to
+    the serve left; the worker left takes over the deliveries (the dead one's once their
+    leases run out)."""
+    run.subscriber.delay_s = 0.1  # deliveries are under way when the worker dies
+    await asyncio.sleep(7)
+    [second] = run.others
+    second.kill(second.serve)
+    run.hub.kill(run.hub.worker)
+    run.notes.append("serve 2 and worker 1 SIGKILLed at 7 s, not restarted")
+    await asyncio.sleep(3)
+    run.subscriber.delay_s = 0.0
+
+
 FAULTS: dict[str, tuple[Fault, bool]] = {  # name: (fault, separate worker)
     "none": (no_fault, False),
     "app SIGKILLed and restarted": (app_killed, False),
@@ -358,7 +409,11 @@ FAULTS: dict[str, tuple[Fault, bool]] = {  # name: (fault, separate worker)
     "dispatcher SIGKILLed mid-delivery": (dispatcher_killed, True),
     "subscriber 500 / 429 / 302 / too late": (subscriber_misbehaves, False),
     "a second subscriber answers 410": (subscriber_gone, False),
+    "LISTEN connections terminated": (listen_terminated, True),
+    "2 serves + 2 workers: one of each killed": (one_of_two_killed, True),
 }
+# Faults run against two instances (a serve and a worker each) on one database.
+TWO_INSTANCES = {"2 serves + 2 workers: one of each killed"}
 
 
 async def fresh_database(postgres: Postgres, name: str, subscriber_url: str) -> str:
@@ -386,14 +441,17 @@ async def one_fault(postgres: Postgres, name: str, fault: Fault, separate: bool)
     dsn = await fresh_database(postgres, "faults", subscriber.url)
     spool_dir = Path(tempfile.mkdtemp(prefix="faults-spool-")) if "spool" in name else None
     hub = Hub(dsn, free_port(), separate, spool_dir)
-    hub.start_serve()
-    if separate:
-        hub.start_worker()
-    run = Run(postgres, hub, subscriber)
-    generator = Generator(hub.port)
+    others = [Hub(dsn, free_port(), separate) for _ in range(name in TWO_INSTANCES)]
+    for instance in (hub, *others):
+        instance.start_serve()
+        if separate:
+            instance.start_worker()
+    run = Run(postgres, hub, subscriber, others=others)
+    generator = Generator(*(instance.port for instance in (hub, *others)))
     started = time.monotonic()
     try:
-        await hub.ready()
+        for instance in (hub, *others):
+            await instance.ready()
         await asyncio.gather(generator.run(RATE, SECONDS), fault(run))
         acknowledged = {s.sid for s in generator.sent if s.raw_id}
         deadline = time.monotonic() + DRAIN_S
@@ -402,7 +460,8 @@ async def one_fault(postgres: Postgres, name: str, fault: Fault, separate: bool)
                 break
             await asyncio.sleep(0.5)
     finally:
-        hub.stop()
+        for instance in (hub, *others):
+            instance.stop()
         await subscriber.stop()
     return await verdict(name, dsn, generator, subscriber, run, time.monotonic() - started)
 
