@@ -35,16 +35,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import (  # noqa: E402
-    analyze,
-    cpu_seconds,
-    database_cpu_seconds,
     drop_database,
     free_port,
     fresh_database,
+    load,
     one_run,
     start_server,
     stop_server,
-    wrk,
 )
 
 CONNECTIONS = 128
@@ -219,24 +216,12 @@ async def drop_a_month(dsn: str) -> dict[str, Any]:
 
 
 async def g_run(dsn: str, data_dir: Path, seconds: float, warmup: float) -> dict[str, Any]:
-    port = free_port()
-    process = start_server(dsn, port)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        warm = wrk(url, CONNECTIONS, warmup, False, True)
-        await analyze(dsn)
-        cpu_before, db_before = cpu_seconds(process.pid), database_cpu_seconds(data_dir)
-        run = wrk(url, CONNECTIONS, seconds, False, True)
-        cpu_after, db_after = cpu_seconds(process.pid), database_cpu_seconds(data_dir)
-    finally:
-        stop_server(process)
-    requests = max(run["requests"], 1)
+    warm, run, measured = await load(dsn, data_dir, "/", CONNECTIONS, seconds, warmup, False, True)
     return {
         "rps": run["rps"],
         "p99_ms": run["p99_us"] / 1000,
         "non_2xx": run["errors_status"] + warm["errors_status"],
-        "cpu_ms_per_request": 1000 * (cpu_after - cpu_before) / requests,
-        "db_cpu_ms_per_request": 1000 * (db_after - db_before) / requests,
+        **measured,
     }
 
 

@@ -223,6 +223,42 @@ def wrk(
     return data
 
 
+async def load(
+    dsn: str,
+    data_dir: Path,
+    route: str,
+    connections: int,
+    seconds: float,
+    warmup: float,
+    duplicates: bool,
+    routed: bool,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
+    """wrk against a `serve` of its own on `dsn`: a warm-up, ANALYZE, then the measured run.
+    Returns both wrk results and the app's and the database's CPU per request and peak RSS."""
+    port = free_port()
+    process = start_server(dsn, port)
+    url = f"http://127.0.0.1:{port}{route}"
+    try:
+        warm = wrk(url, connections, warmup, duplicates, routed)
+        await analyze(dsn)
+        cpu_before, db_before = cpu_seconds(process.pid), database_cpu_seconds(data_dir)
+        run = wrk(url, connections, seconds, duplicates, routed)
+        cpu_after, db_after = cpu_seconds(process.pid), database_cpu_seconds(data_dir)
+        memory = peak_rss_mib(process.pid)
+    finally:
+        stop_server(process)
+    requests = max(run["requests"], 1)
+    return (
+        warm,
+        run,
+        {
+            "cpu_ms_per_request": 1000 * (cpu_after - cpu_before) / requests,
+            "db_cpu_ms_per_request": 1000 * (db_after - db_before) / requests,
+            "peak_rss_mib": memory,
+        },
+    )
+
+
 async def one_run(
     admin: str,
     data_dir: Path,
@@ -234,19 +270,10 @@ async def one_run(
 ) -> dict[str, Any]:
     name = f"bench_{scenario}_{connections}_{rep}".lower()
     dsn = await fresh_database(admin, name, SUBSCRIBERS if scenario in ROUTED else 0)
-    port = free_port()
-    process = start_server(dsn, port)
-    url = f"http://127.0.0.1:{port}{ROUTES[scenario]}"
     duplicates, routed = scenario == "D", scenario in ROUTED
-    try:
-        warm = wrk(url, connections, warmup, duplicates, routed)
-        await analyze(dsn)
-        cpu_before, db_before = cpu_seconds(process.pid), database_cpu_seconds(data_dir)
-        run = wrk(url, connections, seconds, duplicates, routed)
-        cpu_after, db_after = cpu_seconds(process.pid), database_cpu_seconds(data_dir)
-        memory = peak_rss_mib(process.pid)
-    finally:
-        stop_server(process)
+    warm, run, measured = await load(
+        dsn, data_dir, ROUTES[scenario], connections, seconds, warmup, duplicates, routed
+    )
     counts = await stored(dsn)
     await drop_database(admin, name)
     acknowledged = warm["ok"] + run["ok"]
@@ -270,7 +297,6 @@ async def one_run(
         )
     else:
         check["ok"] = True
-    requests = max(run["requests"], 1)
     return {
         "scenario": scenario,
         "connections": connections,
@@ -280,9 +306,7 @@ async def one_run(
         "p99_ms": run["p99_us"] / 1000,
         "non_2xx": run["errors_status"],
         "socket_errors": run["errors_other"],
-        "cpu_ms_per_request": 1000 * (cpu_after - cpu_before) / requests,
-        "db_cpu_ms_per_request": 1000 * (db_after - db_before) / requests,
-        "peak_rss_mib": memory,
+        **measured,
         "check": check,
     }
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from receiver.config import Settings
+from receiver.storage.migrate import load_migrations, migrations_dir
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -73,3 +74,14 @@ def running_serve(
             process.wait(timeout=5)
         if not isinstance(sink, int):
             sink.close()
+
+
+def migrations_before(version: int, tmp_path: Path) -> Path:
+    """A directory holding the migrations older than `version`: the schema a database had
+    before it, to test that migration from."""
+    earlier = tmp_path / f"before-{version:04d}"
+    earlier.mkdir()
+    for migration in load_migrations(migrations_dir()):
+        if migration.version < version:
+            (earlier / f"{migration.name}.sql").write_text(migration.sql)
+    return earlier

@@ -15,11 +15,16 @@ class DatabaseUnavailable(Exception):
 
 
 # What asyncpg and the OS raise when the database cannot be reached or drops the connection.
+# InternalClientError ("cannot switch to state ...; another operation is in progress") is a
+# connection left mid-operation when its server end was terminated: seen under `make faults`
+# (connections terminated every second), where it was answered 500; another connection later
+# does the work.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncio.TimeoutError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
 )
 
 # SQLSTATE classes and codes that say "not now" rather than "not this": connection (08),

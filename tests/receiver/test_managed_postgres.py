@@ -23,7 +23,7 @@ from receiver.config import Settings
 from receiver.storage.migrate import apply_migrations, load_migrations, migrations_dir
 from receiver.storage.pool import open_database
 from receiver.upkeep.retention import Upkeep
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import free_port, migrations_before, sandbox_settings
 
 # What an operator grants the application's role (README, Production).
 GRANTS = """
@@ -119,11 +119,8 @@ def serve(dsn: str, *options: str) -> subprocess.CompletedProcess[str]:
 async def test_serve_without_migrating_refuses_a_schema_it_does_not_know(
     fresh_database: str, tmp_path: Path
 ) -> None:
-    earlier = tmp_path / "migrations"
-    earlier.mkdir()
-    every = load_migrations(migrations_dir())
-    for migration in every[:-1]:
-        (earlier / f"{migration.name}.sql").write_text(migration.sql)
+    latest = load_migrations(migrations_dir())[-1]
+    earlier = migrations_before(latest.version, tmp_path)
     connection = await asyncpg.connect(fresh_database)
     try:
         await apply_migrations(connection, earlier)
@@ -133,7 +130,7 @@ async def test_serve_without_migrating_refuses_a_schema_it_does_not_know(
     refused = await asyncio.to_thread(serve, fresh_database, "--no-migrate")
 
     assert refused.returncode == 2
-    assert every[-1].name in refused.stderr
+    assert latest.name in refused.stderr
     assert "sms-receiver migrate" in refused.stderr
 
 

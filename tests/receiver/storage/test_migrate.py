@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 
 from receiver.storage.migrate import apply_migrations, load_migrations, migrations_dir
+from tests.helpers import migrations_before
 
 EXPECTED_TABLES = {
     "raw_callbacks",
@@ -100,11 +101,7 @@ def test_badly_named_migration_files_are_refused(tmp_path: Path) -> None:
 async def test_0011_turns_rejected_callbacks_into_metadata_and_deletes_them(
     fresh_database: str, tmp_path: Path
 ) -> None:
-    earlier = tmp_path / "migrations"
-    earlier.mkdir()
-    for migration in load_migrations(migrations_dir()):
-        if migration.version < 11:
-            (earlier / f"{migration.name}.sql").write_text(migration.sql)
+    earlier = migrations_before(11, tmp_path)
     connection = await asyncpg.connect(fresh_database)
     try:
         await apply_migrations(connection, earlier)
@@ -139,11 +136,7 @@ async def test_0011_turns_rejected_callbacks_into_metadata_and_deletes_them(
 async def test_0012_gives_waiting_recipients_a_deadline(
     fresh_database: str, tmp_path: Path
 ) -> None:
-    earlier = tmp_path / "migrations"
-    earlier.mkdir()
-    for migration in load_migrations(migrations_dir()):
-        if migration.version < 12:
-            (earlier / f"{migration.name}.sql").write_text(migration.sql)
+    earlier = migrations_before(12, tmp_path)
     connection = await asyncpg.connect(fresh_database)
     try:
         await apply_migrations(connection, earlier)
@@ -181,11 +174,7 @@ async def test_0012_gives_waiting_recipients_a_deadline(
 async def test_0016_partitions_keep_every_row_and_go_on_numbering(
     fresh_database: str, tmp_path: Path
 ) -> None:
-    earlier = tmp_path / "migrations"
-    earlier.mkdir()
-    for migration in load_migrations(migrations_dir()):
-        if migration.version < 16:
-            (earlier / f"{migration.name}.sql").write_text(migration.sql)
+    earlier = migrations_before(16, tmp_path)
     connection = await asyncpg.connect(fresh_database)
     try:
         await apply_migrations(connection, earlier)
