@@ -17,6 +17,7 @@ from pydantic import SecretStr
 
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.config import Settings
+from receiver.console.pages import add_console
 from receiver.context import AppContext
 from receiver.delivery import feed, subscriptions
 from receiver.delivery.dispatcher import Dispatcher
@@ -538,6 +539,7 @@ def create_app(
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(end_streams)
     add_routes(app, ROUTES)
+    add_console(app)
     app[openapi.OPENAPI] = openapi.document(ROUTES)
     if settings.sandbox:
         app.add_subapp("/sandbox", sandbox_app(simulated_providers(settings, registry)))

@@ -11,6 +11,7 @@ from receiver.context import AppContext
 from receiver.http.clients import client_address
 from receiver.http.errors import AuthError, Forbidden
 from receiver.http.routing import Handler, scope_of
+from receiver.http.session import CSRF_HEADER, SAFE_METHODS, cookie_secret, csrf_ok
 from receiver.storage.apikeys import KEY_PREFIX, ApiKey, find_key, has_key_shape
 
 log = structlog.get_logger("receiver.http.apikeys")
@@ -37,8 +38,16 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise Forbidden("this endpoint declares no scope")
     if scope is None or not context.settings.api_auth:
         return await handler(request)
-    header = request.headers.get("Authorization", "")
-    kind, _, secret = header.partition(" ")
+    header = request.headers.get("Authorization")
+    if header is None and (session := cookie_secret(request)) is not None:
+        # The console's session: the same key, from its cookie. An unsafe request must also
+        # carry the CSRF token only the console's pages hold.
+        if request.method not in SAFE_METHODS and not csrf_ok(
+            request, session, request.headers.get(CSRF_HEADER)
+        ):
+            raise Forbidden(f"a request with the console's cookie needs its {CSRF_HEADER}")
+        header = f"Bearer {session}"
+    kind, _, secret = (header or "").partition(" ")
     secret = secret.strip()
     if kind.lower() != "bearer" or not secret.startswith(KEY_PREFIX):
         raise AuthError("an API key is required: Authorization: Bearer smsr_...")

@@ -103,6 +103,11 @@ async def by_provider_id(request: web.Request) -> web.Response:
 
 async def list_messages(request: web.Request) -> web.Response:
     """Newest first, keyset-paginated on (created_at, id)."""
+    return web.json_response(await message_page(request))
+
+
+async def message_page(request: web.Request) -> dict[str, Any]:
+    """A page of messages as the request's parameters ask (the API's list and the console's)."""
     context = request.app[AppContext.KEY]
     limit = params.limit(request)
     status = params.choice(request, "status", {str(s) for s in Status})
@@ -139,11 +144,7 @@ async def list_messages(request: web.Request) -> web.Response:
         if len(rows) > limit and page
         else None
     )
-    return web.json_response(
-        {
-            "data": [
-                message_json(row) | {"recipients": by_message.get(row["id"], [])} for row in page
-            ],
-            "next_cursor": next_cursor,
-        }
-    )
+    return {
+        "data": [message_json(row) | {"recipients": by_message.get(row["id"], [])} for row in page],
+        "next_cursor": next_cursor,
+    }

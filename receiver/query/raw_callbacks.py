@@ -92,6 +92,11 @@ async def raw_callbacks(request: web.Request) -> web.Response:
 
 
 async def raw_callback(request: web.Request) -> web.Response:
+    return web.json_response(await raw_callback_view(request))
+
+
+async def raw_callback_view(request: web.Request) -> dict[str, Any]:
+    """One raw callback as received, secrets redacted (the API's view and the console's)."""
     context = request.app[AppContext.KEY]
     raw_id = params.uuid_or_none(request.match_info["id"])
     if raw_id is None:
@@ -109,7 +114,7 @@ async def raw_callback(request: web.Request) -> web.Response:
         }
     except UnicodeDecodeError:
         shown = {"body": base64.b64encode(body).decode(), "body_encoding": "base64"}
-    return web.json_response(
+    return (
         _raw_summary(row)
         | {
             "query": _redacted_query(row["query"]),

@@ -49,6 +49,15 @@ def event_json(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
+async def feed_now(connection: Connection) -> str:
+    """A feed cursor before every event not yet visible to every transaction, after all the
+    others: a stream started from it sees only what is stored from now on."""
+    xmin: int = await connection.fetchval(
+        "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+    )
+    return f"{xmin - 1}.{2**63 - 1}"
+
+
 async def feed(
     connection: Connection,
     after: tuple[int, int] | None,

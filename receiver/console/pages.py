@@ -1,0 +1,258 @@
+"""The console's pages: the latest messages (search, keyset paging, live updates from the event
+stream), one message with each recipient's timeline, one raw callback; the login and logout.
+Each page needs the scope of the API route it mirrors, and reads through the same functions."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from normalizers.events import Status
+from receiver.context import AppContext
+from receiver.http import params
+from receiver.http.errors import ReceiverError
+from receiver.http.session import (
+    CSRF_FIELD,
+    clear_session,
+    cookie_secret,
+    csrf_ok,
+    csrf_token,
+    set_session,
+)
+from receiver.query.messages import message_page, message_view
+from receiver.query.raw_callbacks import raw_callback_view
+from receiver.storage import events
+from receiver.storage import messages as storage_messages
+from receiver.storage.apikeys import ApiKey, find_key, has_key_shape
+
+HOME = "/console"
+LOGIN = "/console/login"
+
+
+class Viewer:
+    """Who looks at the console: a key (keys on), or anyone (API_AUTH=false)."""
+
+    def __init__(self, key: ApiKey | None, secret: str | None) -> None:
+        self.key = key
+        self.csrf = csrf_token(secret) if secret else ""
+
+    @property
+    def name(self) -> str | None:
+        return self.key.name if self.key else None
+
+    def may(self, scope: str) -> bool:
+        return self.key is None or scope in self.key.scopes or "admin" in self.key.scopes
+
+
+async def viewer(request: web.Request, scope: str) -> Viewer:
+    """The console's user if it may see a page needing `scope`: without a session, to the login
+    page; with a key lacking the scope, a 403 page."""
+    context: AppContext = request.app[AppContext.KEY]
+    if not context.settings.api_auth:
+        return Viewer(None, None)
+    secret = cookie_secret(request)
+    key = None
+    if secret is not None and has_key_shape(secret):
+        async with context.db.connection() as connection:
+            key = await find_key(connection, secret)
+    if key is None:
+        raise web.HTTPSeeOther(f"{LOGIN}?next={request.path_qs}")
+    found = Viewer(key, secret)
+    if not found.may(scope):
+        raise Refused(f"this key ({key.name}) lacks the {scope!r} scope this page needs", found)
+    return found
+
+
+class Refused(Exception):
+    """The key may not see the page: said on a page of its own (403)."""
+
+    def __init__(self, reason: str, who: Viewer) -> None:
+        super().__init__(reason)
+        self.who = who
+
+
+Page = Callable[[web.Request, Viewer], Awaitable[web.Response]]
+
+
+def page(scope: str) -> Callable[[Page], Callable[[web.Request], Awaitable[web.Response]]]:
+    """A console page needing `scope` (the scope of the API route it mirrors)."""
+
+    def wrap(handler: Page) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def run(request: web.Request) -> web.Response:
+            try:
+                who = await viewer(request, scope)
+            except Refused as refused:
+                return render("forbidden.html", request, refused.who, 403, reason=str(refused))
+            return await handler(request, who)
+
+        return run
+
+    return wrap
+
+
+def render(
+    template: str, request: web.Request, who: Viewer, status: int = 200, **values: Any
+) -> web.Response:
+    context: AppContext = request.app[AppContext.KEY]
+    return aiohttp_jinja2.render_template(
+        template,
+        request,
+        {"who": who, "keys_on": context.settings.api_auth, "path_qs": request.path_qs, **values},
+        status=status,
+    )
+
+
+async def index(request: web.Request) -> web.Response:
+    raise web.HTTPFound(HOME)
+
+
+@page("read")
+async def messages(request: web.Request, who: Viewer) -> web.Response:
+    context: AppContext = request.app[AppContext.KEY]
+    error = None
+    try:
+        page = await message_page(request)
+    except ReceiverError as refused:  # a bad filter: said on the page, not a JSON error
+        page, error = {"data": [], "next_cursor": None}, str(refused)
+    if request.query.get("fragment") == "rows":
+        return render("message_rows.html", request, who, page=page)
+    async with context.db.connection() as connection:
+        live_after = await events.feed_now(connection)
+    kept = [(k, v) for k, v in request.query.items() if k not in ("cursor", "fragment") and v]
+    return render(
+        "messages.html",
+        request,
+        who,
+        page=page,
+        error=error,
+        live_after=live_after,
+        query=request.query,
+        query_without_cursor=urlencode(kept) + "&" if kept else "",
+        providers=sorted(context.registry),
+        statuses=[str(status) for status in Status],
+    )
+
+
+@page("read")
+async def message(request: web.Request, who: Viewer) -> web.Response:
+    context: AppContext = request.app[AppContext.KEY]
+
+    message_id = params.uuid_or_none(request.match_info["id"])
+    view = None
+    if message_id is not None:
+        async with context.read_db.connection() as connection:
+            view = await message_view(connection, message_id)
+    if view is None:
+        return render("missing.html", request, who, status=404, what="message")
+    return render("message.html", request, who, message=view, timelines=timelines(view))
+
+
+def timelines(view: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each recipient with its events in order, each saying the status it moved from and to."""
+    by_recipient: dict[str | None, list[dict[str, Any]]] = {}
+    for event in view["events"]:
+        by_recipient.setdefault(event["recipient"], []).append(event)
+    shown = []
+    for recipient in view["recipients"]:
+        events = sorted(by_recipient.get(recipient["to"], []), key=lambda e: e["sequence"] or 0)
+        before = None
+        steps = []
+        for event in events:
+            after = event["recipient_status"] or event["status"]
+            steps.append({"event": event, "moved_from": before, "moved_to": after})
+            before = after
+        shown.append({"recipient": recipient, "steps": steps})
+    return shown
+
+
+@page("read")
+async def find(request: web.Request, who: Viewer) -> web.Response:
+    """A message by its provider's id: to its page, or a page saying nothing is known."""
+    context: AppContext = request.app[AppContext.KEY]
+    provider = request.query.get("provider", "")
+    pmid = request.query.get("provider_message_id", "").strip()
+    owner = None
+    if provider in context.registry and pmid:
+        async with context.read_db.connection() as connection:
+            recipients = await storage_messages.recipients_of_provider_id(
+                connection, provider, pmid
+            )
+        owner = next((r["message_id"] for r in recipients if r["message_id"]), None)
+    if owner is None:
+        return render("missing.html", request, who, status=404, what="message with that id")
+    raise web.HTTPSeeOther(f"/console/messages/{owner}")
+
+
+@page("admin")
+async def raw_callback(request: web.Request, who: Viewer) -> web.Response:
+    try:
+        view = await raw_callback_view(request)
+    except ReceiverError:
+        return render("missing.html", request, who, status=404, what="raw callback")
+    return render("raw.html", request, who, raw=view)
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return render("login.html", request, Viewer(None, None), next=_next(request), error=None)
+
+
+async def login(request: web.Request) -> web.Response:
+    context: AppContext = request.app[AppContext.KEY]
+    form = await request.post()
+    secret = str(form.get("key", "")).strip()
+    key = None
+    if has_key_shape(secret):
+        async with context.db.connection() as connection:
+            key = await find_key(connection, secret)
+    if key is None:
+        return render(
+            "login.html",
+            request,
+            Viewer(None, None),
+            status=401,
+            next=_next(request),
+            error="unknown or revoked API key",
+        )
+    response = web.HTTPSeeOther(_next(request))
+    set_session(response, secret, secure=request.secure)
+    raise response
+
+
+async def logout(request: web.Request) -> web.Response:
+    form = await request.post()
+    secret = cookie_secret(request)
+    if secret is not None and not csrf_ok(request, secret, str(form.get(CSRF_FIELD, ""))):
+        raise web.HTTPForbidden(text="the form's CSRF token is missing or wrong")
+    response = web.HTTPSeeOther(LOGIN)
+    clear_session(response)
+    raise response
+
+
+def _next(request: web.Request) -> str:
+    """Where to go after logging in: a path of the console only (never another site)."""
+    target = request.query.get("next", HOME)
+    return target if target.startswith("/console") and "//" not in target else HOME
+
+
+def add_console(app: web.Application) -> None:
+    """The console's routes and templates, on the hub's application."""
+    aiohttp_jinja2.setup(
+        app,
+        loader=jinja2.PackageLoader("receiver.console", "templates"),
+        autoescape=jinja2.select_autoescape(["html"]),
+    )
+    app.router.add_get("/", index)
+    app.router.add_get(HOME, messages)
+    app.router.add_get("/console/find", find)
+    app.router.add_get("/console/messages/{id}", message)
+    app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
+    app.router.add_get(LOGIN, login_page)
+    app.router.add_post(LOGIN, login)
+    app.router.add_post("/console/logout", logout)
+    app.router.add_static("/console/static", Path(__file__).parent / "static")

@@ -1,0 +1,133 @@
+"""The console's pages and session, without a browser: what they show, who may see them, the
+cookie's flags, and that an action with the console's cookie needs its CSRF token."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from receiver.app import create_app
+from receiver.http.session import COOKIE, csrf_token
+from receiver.storage.apikeys import create_key
+from tests.helpers import free_port, sandbox_settings
+
+Client = TestClient[Any, Any]
+
+
+async def hub(aiohttp_client: Any, dsn: str, **changes: Any) -> Client:
+    port = free_port()
+    settings = sandbox_settings(dsn, port, dispatcher=False, **changes)
+    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
+    return client
+
+
+async def test_the_root_opens_the_console_which_lists_messages(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await hub(aiohttp_client, dsn)
+    sent = await client.post(
+        "/v1/messages",
+        json={
+            "provider": "swift",
+            "to": ["+447700900007"],
+            "from": "+447700900999",
+            "body": "hi",
+            "ref": "order-<b>1</b>",
+        },
+    )
+    assert sent.status == 201
+    message_id = (await sent.json())["id"]
+
+    root = await client.get("/", allow_redirects=False)
+    listing = await client.get("/console")
+    page = await client.get(f"/console/messages/{message_id}")
+    missing = await client.get("/console/messages/not-an-id")
+
+    assert root.status == 302
+    assert root.headers["Location"] == "/console"
+    assert listing.status == 200
+    text = await listing.text()
+    assert "order-&lt;b&gt;1&lt;/b&gt;" in text  # escaped, never markup
+    assert f"/console/messages/{message_id}" in text
+    assert page.status == 200
+    assert "+447700900007" in await page.text()
+    assert missing.status == 404
+
+
+async def test_a_bad_filter_is_said_on_the_page(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await hub(aiohttp_client, dsn)
+    answer = await client.get("/console?status=nonsense")
+    assert answer.status == 200
+    assert 'role="alert"' in await answer.text()
+
+
+async def test_with_keys_on_the_console_needs_a_login_and_the_read_scope(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await hub(aiohttp_client, dsn, api_auth=True)
+    _, reader = await create_key(db, "reader", ["read"])
+    _, sender = await create_key(db, "sender", ["send"])
+
+    anonymous = await client.get("/console/messages/x", allow_redirects=False)
+    wrong = await client.post("/console/login", data={"key": "smsr_nope"}, allow_redirects=False)
+    elsewhere = await client.post(
+        "/console/login?next=//evil.example/", data={"key": reader}, allow_redirects=False
+    )
+    cookie = elsewhere.headers["Set-Cookie"]
+    client.session.cookie_jar.clear()
+    await client.post("/console/login", data={"key": sender}, allow_redirects=False)
+    forbidden = await client.get("/console")
+
+    assert anonymous.status == 303
+    assert anonymous.headers["Location"] == "/console/login?next=/console/messages/x"
+    assert wrong.status == 401
+    assert elsewhere.status == 303
+    assert elsewhere.headers["Location"] == "/console"  # never another site
+    assert f"{COOKIE}=" in cookie
+    assert "HttpOnly" in cookie
+    assert "SameSite=Strict" in cookie
+    assert forbidden.status == 403
+    assert "lacks the &#39;read&#39; scope" in await forbidden.text()
+
+
+async def test_the_api_takes_the_console_cookie_and_wants_its_csrf_token_to_act(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await hub(aiohttp_client, dsn, api_auth=True)
+    _, key = await create_key(db, "operator", ["send", "read"])
+    client.session.cookie_jar.update_cookies({COOKIE: key})
+    body = {"provider": "swift", "to": ["+447700900007"], "from": "+447700900999", "body": "hi"}
+
+    read = await client.get("/v1/messages")
+    forged = await client.post("/v1/messages", json=body)
+    wrong = await client.post("/v1/messages", json=body, headers={"X-CSRF-Token": "0" * 64})
+    acted = await client.post("/v1/messages", json=body, headers={"X-CSRF-Token": csrf_token(key)})
+
+    assert read.status == 200
+    assert forged.status == 403  # another site's form could send the cookie, not the token
+    assert wrong.status == 403
+    assert acted.status == 201
+    assert await db.fetchval("SELECT count(*) FROM messages") == 1
+
+
+async def test_logout_needs_the_token_and_clears_the_cookie(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await hub(aiohttp_client, dsn, api_auth=True)
+    _, key = await create_key(db, "reader", ["read"])
+    await client.post("/console/login", data={"key": key}, allow_redirects=False)
+
+    refused = await client.post("/console/logout", data={"csrf_token": "x"})
+    out = await client.post(
+        "/console/logout", data={"csrf_token": csrf_token(key)}, allow_redirects=False
+    )
+    after = await client.get("/console", allow_redirects=False)
+
+    assert refused.status == 403
+    assert out.status == 303
+    assert f'{COOKIE}=""' in out.headers["Set-Cookie"]
+    assert after.status == 303  # to the login page again
