@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test lint format schema bench bench-growth faults lock audit clean
+.PHONY: run test test-browser lint format schema bench bench-growth faults lock audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -27,6 +27,11 @@ run: $(VENV)/.run-deps
 ## test: the whole suite against a real Postgres (embedded unless TEST_DATABASE_URL is set)
 test: $(VENV)/.dev-deps
 	$(BIN)/python -m pytest -q
+
+## test-browser: the console in Debian's Chromium (installed if missing), against a real serve
+test-browser: $(VENV)/.dev-deps
+	@command -v chromium >/dev/null || apt-get install -y chromium || sudo apt-get install -y chromium
+	$(BIN)/python -m pytest -q -m browser tests/browser
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

@@ -1,0 +1,148 @@
+"""The console in a real Chromium against a real `serve` with the simulated providers: a
+message sent through the API appears with its statuses without a reload, its timeline opens,
+and with keys on the operator logs in and out."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.helpers import free_port, running_serve
+
+SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
+
+
+def hub_env(dsn: str, port: int, **changes: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": dsn,
+        "API_AUTH": "false",
+        "LOG_LEVEL": "warning",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "SANDBOX_DELAY_S": "0.3",
+        "SEND_BURST": "100000",
+        **changes,
+    }
+
+
+@pytest.fixture(scope="module")
+def open_hub(dsn: str) -> Iterator[str]:
+    port = free_port()
+    with running_serve(port, hub_env(dsn, port), "--sandbox") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def keyed_hub(dsn: str) -> Iterator[str]:
+    port = free_port()
+    with running_serve(port, hub_env(dsn, port, API_AUTH="true"), "--sandbox") as url:
+        yield url
+
+
+def send(url: str, ref: str, to: str = "+447700900001", key: str | None = None) -> str:
+    body = {"provider": "carrierx", "to": [to], "from": "+447700900999", "body": "hi", "ref": ref}
+    request = urllib.request.Request(
+        f"{url}/v1/messages",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"}
+        | ({"Authorization": f"Bearer {key}"} if key else {}),
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        message_id: str = json.loads(answer.read())["id"]
+        return message_id
+
+
+def new_key(dsn: str, *scopes: str) -> str:
+    printed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "receiver",
+            "keys",
+            "create",
+            "--name",
+            "browser",
+            *[arg for scope in scopes for arg in ("--scope", scope)],
+        ],
+        env={**os.environ, "DATABASE_URL": dsn},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    match = re.search(r"(smsr_\S+)", printed)
+    assert match is not None, printed
+    return match.group(1)
+
+
+def test_a_sent_message_appears_live_and_its_timeline_opens(open_hub: str, page: Page) -> None:
+    page.goto(open_hub + "/")
+    expect(page).to_have_url(re.compile(r"/console$"))
+    expect(page.get_by_role("heading", name="Messages")).to_be_visible()
+    expect(page.locator("#live-state")).to_contain_text("live updates: on")
+
+    ref = f"browser-{uuid.uuid4().hex[:8]}"
+    message_id = send(open_hub, ref)
+
+    row = page.locator("#rows tr", has_text=ref)
+    expect(row).to_be_visible()  # no reload: the event stream brought it
+    expect(row).to_contain_text("delivered")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "messages.png")
+
+    row.get_by_role("link").click()
+    expect(page).to_have_url(re.compile(f"/console/messages/{message_id}$"))
+    timeline = page.locator("table.timeline tbody tr")
+    expect(timeline.last).to_contain_text("delivered")
+    expect(page.locator("table.timeline")).to_contain_text("→")
+    page.screenshot(path=SCREENSHOTS / "message.png", full_page=True)
+
+    page.locator("table.timeline a").last.click()  # the report that said delivered
+    expect(page.get_by_role("heading", name=re.compile("Raw callback"))).to_be_visible()
+    expect(page.locator("pre.body")).to_contain_text("delivered")
+
+
+def test_keyboard_alone_reaches_a_message(open_hub: str, page: Page) -> None:
+    ref = f"keys-{uuid.uuid4().hex[:8]}"
+    send(open_hub, ref)
+    page.goto(f"{open_hub}/console?ref={ref}")
+    expect(page.locator("#rows")).to_contain_text(ref)
+    link = page.locator("#rows a").first
+    link.focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name=re.compile("Message"))).to_be_visible()
+
+
+def test_with_keys_on_the_operator_logs_in_and_out(keyed_hub: str, dsn: str, page: Page) -> None:
+    key = new_key(dsn, "read")
+    page.goto(keyed_hub + "/console")
+    expect(page).to_have_url(re.compile(r"/console/login"))
+    page.screenshot(path=SCREENSHOTS / "login.png")
+    page.get_by_label("API key").fill("smsr_wrong")
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("alert")).to_contain_text("unknown or revoked")
+
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Messages")).to_be_visible()
+    expect(page.locator("header")).to_contain_text("key browser")
+    [cookie] = [c for c in page.context.cookies() if c["name"] == "smsr_console"]
+    assert cookie["httpOnly"] is True
+    assert cookie["sameSite"] == "Strict"
+    assert page.evaluate("document.cookie").find("smsr_console") == -1  # scripts cannot read it
+    expect(page.locator("#live-state")).to_contain_text("live updates: on")  # the cookie's key
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/console/login"))
+    page.goto(keyed_hub + "/console")
+    expect(page).to_have_url(re.compile(r"/console/login"))
