@@ -4,6 +4,7 @@ Each page needs the scope of the API route it mirrors, and reads through the sam
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,7 @@ def add_console(app: web.Application) -> None:
     app.router.add_post(LOGIN, login)
     app.router.add_post("/console/logout", logout)
     app.router.add_static("/console/static", Path(__file__).parent / "static")
+    # Swagger UI's files for /docs, from the package that ships them (nothing from a CDN).
+    app.router.add_static(
+        "/docs/assets", Path(str(importlib.resources.files("swagger_ui"))) / "static"
+    )

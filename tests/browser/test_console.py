@@ -146,3 +146,14 @@ def test_with_keys_on_the_operator_logs_in_and_out(keyed_hub: str, dsn: str, pag
     expect(page).to_have_url(re.compile(r"/console/login"))
     page.goto(keyed_hub + "/console")
     expect(page).to_have_url(re.compile(r"/console/login"))
+
+
+def test_the_api_docs_try_a_call_against_the_running_hub(open_hub: str, page: Page) -> None:
+    page.goto(open_hub + "/docs")
+    operation = page.locator("#operations-default-get_healthz, .opblock-get", has_text="/healthz")
+    operation.first.locator(".opblock-summary").click()
+    page.get_by_role("button", name="Try it out").click()
+    page.get_by_role("button", name="Execute").click()
+    status = page.locator(".live-responses-table tr.response .response-col_status").first
+    expect(status).to_have_text("200")
+    page.screenshot(path=SCREENSHOTS / "docs.png")
