@@ -30,6 +30,7 @@ from receiver.ingest import route as callback_route
 from receiver.ingest.auth import is_authenticated
 from receiver.ingest.groupcommit import CallbackWriter
 from receiver.ingest.refusals import Refusals
+from receiver.ingest.reprocess import reprocess_callback
 from receiver.ingest.spool import Spool, replay_forever
 from receiver.query import health, inbound, messages, raw_callbacks, stats
 from receiver.ratelimit import RateLimiter
@@ -345,6 +346,16 @@ ROUTES: tuple[Route, ...] = (
         raw_callbacks.raw_callback,
         "One raw callback, body shown, secrets redacted",
         {"200": schemas.RawCallbackDetail},
+        scope="admin",
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/raw-callbacks/{id}/reprocess",
+        reprocess_callback,
+        "Normalise an unparsed raw callback again, with today's normalisers",
+        {"200": schemas.ReprocessResult},
         scope="admin",
         params=(ID_PATH,),
         errors=("401", "403", "404", "503"),

@@ -27,7 +27,7 @@ from receiver.http.session import (
     set_session,
 )
 from receiver.query.messages import message_page, message_view
-from receiver.query.raw_callbacks import raw_callback_view
+from receiver.query.raw_callbacks import raw_callback_page, raw_callback_view, refusal_page
 from receiver.storage import events
 from receiver.storage import messages as storage_messages
 from receiver.storage.apikeys import ApiKey, find_key, has_key_shape
@@ -191,6 +191,16 @@ async def find(request: web.Request, who: Viewer) -> web.Response:
 
 
 @page("admin")
+async def callbacks(request: web.Request, who: Viewer) -> web.Response:
+    """Callbacks that could not be read (each with a reprocess action) and those refused."""
+    unreadable = await raw_callback_page(request, outcome="unparsed")
+    refused = await refusal_page(request)
+    return render(
+        "callbacks.html", request, who, active="callbacks", unreadable=unreadable, refused=refused
+    )
+
+
+@page("admin")
 async def raw_callback(request: web.Request, who: Viewer) -> web.Response:
     try:
         view = await raw_callback_view(request)
@@ -252,6 +262,7 @@ def add_console(app: web.Application) -> None:
     app.router.add_get(HOME, messages)
     app.router.add_get("/console/find", find)
     app.router.add_get("/console/messages/{id}", message)
+    app.router.add_get("/console/callbacks", callbacks)
     app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
     app.router.add_get(LOGIN, login_page)
     app.router.add_post(LOGIN, login)

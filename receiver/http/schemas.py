@@ -283,3 +283,10 @@ class Stats(BaseModel):
     fast_under_s: float
     providers: dict[str, ProviderStats]
     countries: dict[str, DestinationStats]  # ISO 3166 code, or `unknown`
+
+
+class ReprocessResult(BaseModel):
+    id: str
+    outcome: str  # normalised, unparsed
+    new_events: int
+    result: str  # what happened, in a line (as `sms-receiver reprocess` prints it)

@@ -7,12 +7,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import asyncpg
+from aiohttp import web
 
 from normalizers.registry import Registry
+from receiver.context import AppContext
+from receiver.http import params
+from receiver.http.errors import NotFound
 from receiver.ingest.pipeline import judge
 from receiver.storage import callbacks
 from receiver.storage.callbacks import NORMALISED, RawCallback, describe_storage_error
 from receiver.storage.errors import is_data_refusal
+from receiver.storage.pool import Connection
 
 
 @dataclass(slots=True)
@@ -59,8 +64,50 @@ async def reprocess(
         after = batch[-1]
 
 
+async def reprocess_one(
+    connection: Connection,
+    registry: Registry,
+    raw_id: uuid.UUID,
+    regions: Mapping[str, str] | None = None,
+) -> ReprocessReport | None:
+    """One unparsed raw callback normalised again, in a transaction of its own; None when there
+    is no such unparsed callback (or another run holds it)."""
+    report = ReprocessReport()
+    async with connection.transaction():
+        line = await _reprocess_id(connection, registry, raw_id, False, report, regions or {})
+    if line is None:
+        return None
+    report.lines.append(line)
+    return report
+
+
+async def reprocess_callback(request: web.Request) -> web.Response:
+    """POST /v1/raw-callbacks/{id}/reprocess: an unparsed callback normalised again with
+    today's normalisers (after a fix), as `sms-receiver reprocess` does for all of them."""
+    context: AppContext = request.app[AppContext.KEY]
+    raw_id = params.uuid_or_none(request.match_info["id"])
+    if raw_id is None:
+        raise NotFound("no such unparsed raw callback")
+    async with context.db.connection() as connection:
+        report = await reprocess_one(
+            connection, context.registry, raw_id, context.settings.regions()
+        )
+    if report is None:
+        raise NotFound("no such unparsed raw callback (normalised already, or being reprocessed)")
+    if report.new_events:
+        context.signal.new_events()  # subscribers and streams hear of them at once
+    return web.json_response(
+        {
+            "id": str(raw_id),
+            "outcome": "normalised" if report.normalised else "unparsed",
+            "new_events": report.new_events,
+            "result": report.lines[0],
+        }
+    )
+
+
 async def _reprocess_id(
-    connection: asyncpg.Connection,
+    connection: Connection,
     registry: Registry,
     raw_id: uuid.UUID,
     dry_run: bool,
@@ -74,7 +121,7 @@ async def _reprocess_id(
 
 
 async def _reprocess_one(
-    connection: asyncpg.Connection,
+    connection: Connection,
     registry: Registry,
     raw: RawCallback,
     dry_run: bool,

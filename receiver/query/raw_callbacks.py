@@ -65,8 +65,14 @@ def _raw_summary(row: Any) -> dict[str, Any]:
 
 
 async def raw_callbacks(request: web.Request) -> web.Response:
+    return web.json_response(await raw_callback_page(request))
+
+
+async def raw_callback_page(request: web.Request, outcome: str | None = None) -> dict[str, Any]:
+    """A page of raw callbacks as the request's parameters ask, or of `outcome` alone (the
+    API's list and the console's)."""
     context = request.app[AppContext.KEY]
-    outcome = params.choice(request, "outcome", OUTCOMES)
+    outcome = outcome or params.choice(request, "outcome", OUTCOMES)
     limit = params.limit(request)
     cursor = params.parse_keyset_cursor(request)
     provider = params.choice(request, "provider", context.registry.keys())
@@ -79,16 +85,14 @@ async def raw_callbacks(request: web.Request) -> web.Response:
             limit=limit + 1,
         )
     page = rows[:limit]
-    return web.json_response(
-        {
-            "data": [_raw_summary(row) for row in page],
-            "next_cursor": (
-                params.keyset_cursor(page[-1]["received_at"], str(page[-1]["id"]))
-                if len(rows) > limit
-                else None
-            ),
-        }
-    )
+    return {
+        "data": [_raw_summary(row) for row in page],
+        "next_cursor": (
+            params.keyset_cursor(page[-1]["received_at"], str(page[-1]["id"]))
+            if len(rows) > limit
+            else None
+        ),
+    }
 
 
 async def raw_callback(request: web.Request) -> web.Response:
@@ -126,6 +130,11 @@ async def raw_callback_view(request: web.Request) -> dict[str, Any]:
 
 
 async def callback_refusals(request: web.Request) -> web.Response:
+    return web.json_response(await refusal_page(request))
+
+
+async def refusal_page(request: web.Request) -> dict[str, Any]:
+    """A page of refused callbacks (metadata), newest first (the API's list and the console's)."""
     context = request.app[AppContext.KEY]
     limit = params.limit(request)
     cursor = params.parse_keyset_cursor(request)
@@ -138,26 +147,24 @@ async def callback_refusals(request: web.Request) -> web.Response:
             limit=limit + 1,
         )
     page = rows[:limit]
-    return web.json_response(
-        {
-            "data": [
-                {
-                    "id": str(row["id"]),
-                    "provider": row["provider"],
-                    "method": row["method"],
-                    "remote_addr": row["remote_addr"],
-                    "reason": row["reason"],
-                    "status": row["status"],
-                    "size_bytes": row["size_bytes"],
-                    "body_sha256": bytes(row["body_sha256"]).hex(),
-                    "received_at": rfc3339(row["received_at"]),
-                }
-                for row in page
-            ],
-            "next_cursor": (
-                params.keyset_cursor(page[-1]["received_at"], str(page[-1]["id"]))
-                if len(rows) > limit
-                else None
-            ),
-        }
-    )
+    return {
+        "data": [
+            {
+                "id": str(row["id"]),
+                "provider": row["provider"],
+                "method": row["method"],
+                "remote_addr": row["remote_addr"],
+                "reason": row["reason"],
+                "status": row["status"],
+                "size_bytes": row["size_bytes"],
+                "body_sha256": bytes(row["body_sha256"]).hex(),
+                "received_at": rfc3339(row["received_at"]),
+            }
+            for row in page
+        ],
+        "next_cursor": (
+            params.keyset_cursor(page[-1]["received_at"], str(page[-1]["id"]))
+            if len(rows) > limit
+            else None
+        ),
+    }

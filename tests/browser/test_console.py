@@ -157,3 +157,26 @@ def test_the_api_docs_try_a_call_against_the_running_hub(open_hub: str, page: Pa
     status = page.locator(".live-responses-table tr.response .response-col_status").first
     expect(status).to_have_text("200")
     page.screenshot(path=SCREENSHOTS / "docs.png")
+
+
+def test_an_unreadable_callback_is_listed_and_reprocessed(open_hub: str, page: Page) -> None:
+    garbage = urllib.request.Request(
+        f"{open_hub}/callbacks/swift",
+        data=b"not a report at all",
+        headers={"Content-Type": "text/plain"},
+        method="POST",
+    )
+    with urllib.request.urlopen(garbage, timeout=10) as answer:
+        assert answer.status == 202  # kept, unparsed
+        raw_id = json.loads(answer.read())["raw_id"]
+
+    page.goto(open_hub + "/console")
+    page.get_by_role("link", name="Callbacks").click()
+    row = page.locator(f"#raw-{raw_id}")
+    expect(row).to_contain_text("swift")
+    page.screenshot(path=SCREENSHOTS / "callbacks.png")
+    row.get_by_role("button", name="Reprocess").click()
+    expect(row.locator("output")).to_contain_text("still unparsed")  # today's normaliser agrees
+
+    row.get_by_role("link").click()
+    expect(page.locator("pre.body")).to_have_text("not a report at all")

@@ -27,3 +27,35 @@
   });
   stream.onmessage = onEvent;
 })();
+
+// Actions: each a call to the API itself, with the session's cookie and the page's CSRF token,
+// so that the console can do nothing the key's scopes do not allow.
+(function () {
+  "use strict";
+  const token = (document.querySelector("meta[name=csrf-token]") || {}).content || "";
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("button[data-action]");
+    if (!button) { return; }
+    const output = document.getElementById(button.dataset.result);
+    const confirmText = button.dataset.confirm;
+    if (confirmText && !window.confirm(confirmText)) { return; }
+    button.disabled = true;
+    const body = button.dataset.body;
+    fetch(button.dataset.url, {
+      method: button.dataset.action,
+      credentials: "same-origin",
+      headers: Object.assign({ "X-CSRF-Token": token, Accept: "application/json" },
+                             body ? { "Content-Type": "application/json" } : {}),
+      body: body || undefined,
+    })
+      .then(function (answer) { return answer.json().then(function (json) { return { ok: answer.ok, json: json }; }); })
+      .then(function (done) {
+        const said = done.ok ? (done.json.result || done.json.secret && ("new secret (shown once): " + done.json.secret) || "done")
+                             : ((done.json.error || {}).message || "refused");
+        if (output) { output.textContent = said; }
+        if (done.ok && button.dataset.reload) { window.setTimeout(function () { window.location.reload(); }, 300); }
+      })
+      .catch(function () { if (output) { output.textContent = "failed: the hub did not answer"; } })
+      .finally(function () { button.disabled = false; });
+  });
+})();

@@ -136,3 +136,23 @@ async def test_a_row_the_database_refuses_stays_unparsed_and_others_go_through(
     assert any("storage error" in line for line in report.lines)
     outcomes = await db.fetch("SELECT outcome, count(*) FROM raw_callbacks GROUP BY outcome")
     assert {row["outcome"]: row["count"] for row in outcomes} == {"normalised": 1, "unparsed": 1}
+
+
+async def test_one_callback_is_reprocessed_through_the_api(
+    client: Client, aiohttp_client: Any, settings: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    from receiver.app import create_app
+
+    await post_envelope(client)
+    raw_id = await db.fetchval("SELECT id FROM raw_callbacks")
+    fixed = await aiohttp_client(create_app(settings, dsn, FIXED))  # the hub after the fix
+
+    done = await fixed.post(f"/v1/raw-callbacks/{raw_id}/reprocess")
+    again = await fixed.post(f"/v1/raw-callbacks/{raw_id}/reprocess")
+
+    assert done.status == 200
+    body = await done.json()
+    assert (body["outcome"], body["new_events"]) == ("normalised", 1)
+    assert "normalised into 1 events" in body["result"]
+    assert again.status == 404  # nothing unparsed left under that id
+    assert await db.fetchval("SELECT outcome FROM raw_callbacks") == "normalised"
