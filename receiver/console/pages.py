@@ -16,6 +16,7 @@ from aiohttp import web
 
 from normalizers.events import Status
 from receiver.context import AppContext
+from receiver.delivery.subscriptions import subscription_json
 from receiver.http import params
 from receiver.http.errors import ReceiverError
 from receiver.http.session import (
@@ -28,7 +29,7 @@ from receiver.http.session import (
 )
 from receiver.query.messages import message_page, message_view
 from receiver.query.raw_callbacks import raw_callback_page, raw_callback_view, refusal_page
-from receiver.storage import events
+from receiver.storage import events, outbox
 from receiver.storage import messages as storage_messages
 from receiver.storage.apikeys import ApiKey, find_key, has_key_shape
 
@@ -201,6 +202,26 @@ async def callbacks(request: web.Request, who: Viewer) -> web.Response:
 
 
 @page("admin")
+async def subscriptions(request: web.Request, who: Viewer) -> web.Response:
+    """Each subscription's health, with the API's actions: enable or disable, rotate its secret,
+    replay, and retry a delivery given up on."""
+    context: AppContext = request.app[AppContext.KEY]
+    async with context.read_db.connection() as connection:
+        rows = await outbox.list_subscriptions(connection)
+        health = await outbox.subscription_health(connection)
+        failed = await outbox.failed_deliveries(connection, 20)
+    listed = [subscription_json(row) | {"health": health.get(row["id"], {})} for row in rows]
+    return render(
+        "subscriptions.html",
+        request,
+        who,
+        active="subscriptions",
+        subscriptions=listed,
+        failed=failed,
+    )
+
+
+@page("admin")
 async def raw_callback(request: web.Request, who: Viewer) -> web.Response:
     try:
         view = await raw_callback_view(request)
@@ -263,6 +284,7 @@ def add_console(app: web.Application) -> None:
     app.router.add_get("/console/find", find)
     app.router.add_get("/console/messages/{id}", message)
     app.router.add_get("/console/callbacks", callbacks)
+    app.router.add_get("/console/subscriptions", subscriptions)
     app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
     app.router.add_get(LOGIN, login_page)
     app.router.add_post(LOGIN, login)

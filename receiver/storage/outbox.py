@@ -391,3 +391,55 @@ async def _claim(
         subscriptions,
     )
     return rows
+
+
+async def subscription_health(connection: Connection) -> dict[uuid.UUID, dict[str, Any]]:
+    """Per subscription: its backlog (deliveries waiting or under way), its attempts of the
+    last 24 hours and how many succeeded, and its latest failed attempt of the last 7 days."""
+    backlog = await connection.fetch(
+        "SELECT subscription_id, count(*) AS n FROM deliveries"
+        " WHERE status IN ('pending', 'delivering') GROUP BY subscription_id"
+    )
+    attempts = await connection.fetch(
+        """
+        SELECT d.subscription_id, count(*) AS attempts,
+               count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299) AS succeeded
+        FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+        WHERE a.started_at > now() - interval '24 hours'
+        GROUP BY d.subscription_id
+        """
+    )
+    last_errors = await connection.fetch(
+        """
+        SELECT DISTINCT ON (d.subscription_id) d.subscription_id, a.started_at, a.status_code,
+               a.error
+        FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
+        WHERE a.started_at > now() - interval '7 days'
+          AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)
+        ORDER BY d.subscription_id, a.started_at DESC
+        """
+    )
+    health: dict[uuid.UUID, dict[str, Any]] = {}
+    for row in backlog:
+        health.setdefault(row["subscription_id"], {})["backlog"] = row["n"]
+    for row in attempts:
+        health.setdefault(row["subscription_id"], {}).update(
+            attempts_24h=row["attempts"], succeeded_24h=row["succeeded"]
+        )
+    for row in last_errors:
+        health.setdefault(row["subscription_id"], {})["last_error"] = {
+            "at": row["started_at"],
+            "status_code": row["status_code"],
+            "error": row["error"],
+        }
+    return health
+
+
+async def failed_deliveries(connection: Connection, limit: int) -> list[asyncpg.Record]:
+    """The deliveries given up on most recently (to retry one)."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        "SELECT id, subscription_id, event_id, attempts, last_status, last_error, updated_at"
+        " FROM deliveries WHERE status = 'failed' ORDER BY updated_at DESC LIMIT $1",
+        limit,
+    )
+    return rows

@@ -30,6 +30,7 @@ def hub_env(dsn: str, port: int, **changes: str) -> dict[str, str]:
         "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
         "SANDBOX_DELAY_S": "0.3",
         "SEND_BURST": "100000",
+        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
         **changes,
     }
 
@@ -180,3 +181,35 @@ def test_an_unreadable_callback_is_listed_and_reprocessed(open_hub: str, page: P
 
     row.get_by_role("link").click()
     expect(page.locator("pre.body")).to_have_text("not a report at all")
+
+
+def test_a_subscription_is_disabled_enabled_and_its_secret_rotated(
+    open_hub: str, page: Page
+) -> None:
+    created = urllib.request.Request(
+        f"{open_hub}/v1/subscriptions",
+        data=json.dumps({"url": "http://127.0.0.1:9/hook", "description": "browser"}).encode(),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(created, timeout=10) as answer:
+        subscription_id = json.loads(answer.read())["id"]
+
+    page.goto(open_hub + "/console")
+    page.get_by_role("link", name="Subscriptions").click()
+    section = page.locator(f"#sub-{subscription_id}")
+    expect(section).to_contain_text("enabled")
+    expect(section.locator(".backlog")).to_contain_text("waiting")
+
+    section.get_by_role("button", name="Disable").click()
+    expect(section.get_by_role("button", name="Enable")).to_be_visible()  # reloaded
+    expect(section).to_contain_text("disabled")
+    section.get_by_role("button", name="Enable").click()
+    expect(section.get_by_role("button", name="Disable")).to_be_visible()
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    section.get_by_role("button", name="Rotate secret").click()
+    expect(section.locator("output")).to_contain_text("new secret (shown once): whsec_")
+    section.get_by_role("button", name="Replay the last 24 h").click()
+    expect(section.locator("output")).to_contain_text("queued")
+    page.screenshot(path=SCREENSHOTS / "subscriptions.png", full_page=True)

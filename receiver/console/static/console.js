@@ -40,7 +40,11 @@
     const confirmText = button.dataset.confirm;
     if (confirmText && !window.confirm(confirmText)) { return; }
     button.disabled = true;
-    const body = button.dataset.body;
+    let body = button.dataset.body;
+    if (button.dataset.sinceHours) {
+      const since = new Date(Date.now() - Number(button.dataset.sinceHours) * 3600 * 1000);
+      body = JSON.stringify({ since: since.toISOString() });
+    }
     fetch(button.dataset.url, {
       method: button.dataset.action,
       credentials: "same-origin",
@@ -50,8 +54,13 @@
     })
       .then(function (answer) { return answer.json().then(function (json) { return { ok: answer.ok, json: json }; }); })
       .then(function (done) {
-        const said = done.ok ? (done.json.result || done.json.secret && ("new secret (shown once): " + done.json.secret) || "done")
-                             : ((done.json.error || {}).message || "refused");
+        const json = done.json;
+        let said = (json.error || {}).message || "refused";
+        if (done.ok) {
+          said = json.result || (json.secret && "new secret (shown once): " + json.secret)
+            || (typeof json.queued === "number" && "queued " + json.queued + " events")
+            || (json.queued === true && "queued again") || "done";
+        }
         if (output) { output.textContent = said; }
         if (done.ok && button.dataset.reload) { window.setTimeout(function () { window.location.reload(); }, 300); }
       })
