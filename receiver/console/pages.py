@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -15,6 +16,7 @@ import jinja2
 from aiohttp import web
 
 from normalizers.events import Status
+from receiver.console import charts
 from receiver.context import AppContext
 from receiver.delivery.subscriptions import subscription_json
 from receiver.http import params
@@ -29,7 +31,7 @@ from receiver.http.session import (
 )
 from receiver.query.messages import message_page, message_view
 from receiver.query.raw_callbacks import raw_callback_page, raw_callback_view, refusal_page
-from receiver.storage import events, outbox
+from receiver.storage import events, outbox, stats
 from receiver.storage import messages as storage_messages
 from receiver.storage.apikeys import ApiKey, find_key, has_key_shape
 
@@ -221,6 +223,69 @@ async def subscriptions(request: web.Request, who: Viewer) -> web.Response:
     )
 
 
+# How far back the providers page looks, a bar a day.
+PROVIDER_DAYS = 14
+
+
+@page("read")
+async def providers(request: web.Request, who: Viewer) -> web.Response:
+    """Per provider, a bar a day for the last PROVIDER_DAYS: delivery rate, median time to a
+    real final status, inbound replies; and its unparsed and refused callbacks."""
+    context: AppContext = request.app[AppContext.KEY]
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    since = today - timedelta(days=PROVIDER_DAYS - 1)
+    days = [since + timedelta(days=n) for n in range(PROVIDER_DAYS)]
+    async with context.read_db.connection() as connection:
+        daily = await stats.daily_stats(connection, since)
+        inbound = await stats.daily_inbound(connection, since)
+        unusable = await stats.unusable_callbacks(connection, since, None)
+    by_day: dict[tuple[str, datetime], Any] = {
+        (row["provider"], row["day"].replace(tzinfo=UTC)): row for row in daily
+    }
+    replies = {(row["provider"], row["day"].replace(tzinfo=UTC)): row["n"] for row in inbound}
+    bad = {(row["provider"], row["outcome"]): row["n"] for row in unusable}
+    shown = []
+    for name in sorted(context.registry):
+        rows = [by_day.get((name, day)) for day in days]
+        rates = [
+            100.0 * row["delivered"] / row["final"] if row and row["final"] else None
+            for row in rows
+        ]
+        latencies = [row["p50_s"] if row and row["p50_s"] is not None else None for row in rows]
+        counts = [float(replies.get((name, day), 0)) for day in days]
+        recipients = sum(row["recipients"] for row in rows if row)
+        shown.append(
+            {
+                "name": name,
+                "recipients": recipients,
+                "delivered": sum(row["delivered"] for row in rows if row),
+                "final": sum(row["final"] for row in rows if row),
+                "inbound": int(sum(counts)),
+                "unparsed": bad.get((name, "unparsed"), 0),
+                "refused": bad.get((name, "rejected"), 0),
+                "rate_chart": charts.bars(rates, 100.0, f"{name} delivery rate", "%"),
+                "latency_chart": charts.bars(
+                    latencies,
+                    max([v for v in latencies if v is not None] or [1.0]),
+                    f"{name} median seconds to a final status",
+                    " s",
+                ),
+                "inbound_chart": charts.bars(
+                    counts, max([*counts, 1.0]), f"{name} inbound replies"
+                ),
+            }
+        )
+    return render(
+        "providers.html",
+        request,
+        who,
+        active="providers",
+        providers=shown,
+        first_day=days[0],
+        last_day=days[-1],
+    )
+
+
 @page("admin")
 async def raw_callback(request: web.Request, who: Viewer) -> web.Response:
     try:
@@ -285,6 +350,7 @@ def add_console(app: web.Application) -> None:
     app.router.add_get("/console/messages/{id}", message)
     app.router.add_get("/console/callbacks", callbacks)
     app.router.add_get("/console/subscriptions", subscriptions)
+    app.router.add_get("/console/providers", providers)
     app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
     app.router.add_get(LOGIN, login_page)
     app.router.add_post(LOGIN, login)

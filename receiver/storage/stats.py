@@ -89,3 +89,35 @@ async def unusable_callbacks(
         until,
     )
     return rows
+
+
+async def daily_stats(connection: Connection, since: datetime) -> list[asyncpg.Record]:
+    """Per provider and UTC day of sending since `since`: recipients, delivered, final, the
+    median seconds from sending to a real final status (to the recipient's last update: cheap
+    enough for a page)."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        """
+        SELECT m.provider, date_trunc('day', m.created_at AT TIME ZONE 'UTC') AS day,
+               count(*) AS recipients,
+               count(*) FILTER (WHERE r.status = 'delivered') AS delivered,
+               count(*) FILTER (WHERE r.final) AS final,
+               percentile_cont(0.5) WITHIN GROUP (
+                   ORDER BY extract(epoch FROM r.updated_at - coalesce(m.send_at, m.created_at)))
+                   FILTER (WHERE r.final AND NOT r.synthetic_final) AS p50_s
+        FROM messages m JOIN message_recipients r ON r.message_id = m.id
+        WHERE m.created_at >= $1
+        GROUP BY 1, 2
+        """,
+        since,
+    )
+    return rows
+
+
+async def daily_inbound(connection: Connection, since: datetime) -> list[asyncpg.Record]:
+    """Inbound replies per provider and UTC day since `since`."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        "SELECT provider, date_trunc('day', stored_at AT TIME ZONE 'UTC') AS day, count(*) AS n"
+        " FROM events WHERE type = 'message.inbound' AND stored_at >= $1 GROUP BY 1, 2",
+        since,
+    )
+    return rows

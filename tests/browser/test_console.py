@@ -112,6 +112,10 @@ def test_a_sent_message_appears_live_and_its_timeline_opens(open_hub: str, page:
     expect(page.get_by_role("heading", name=re.compile("Raw callback"))).to_be_visible()
     expect(page.locator("pre.body")).to_contain_text("delivered")
 
+    page.get_by_role("link", name="Providers").click()
+    expect(page.locator("#provider-carrierx svg[role=img]").first).to_be_visible()
+    page.screenshot(path=SCREENSHOTS / "providers.png", full_page=True)
+
 
 def test_keyboard_alone_reaches_a_message(open_hub: str, page: Page) -> None:
     ref = f"keys-{uuid.uuid4().hex[:8]}"

@@ -131,3 +131,30 @@ async def test_logout_needs_the_token_and_clears_the_cookie(
     assert out.status == 303
     assert f'{COOKIE}=""' in out.headers["Set-Cookie"]
     assert after.status == 303  # to the login page again
+
+
+async def test_the_providers_page_draws_a_bar_a_day(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await hub(aiohttp_client, dsn)
+    sent = await client.post(
+        "/v1/messages",
+        json={"provider": "swift", "to": ["+447700900002"], "from": "+447700900999", "body": "hi"},
+    )
+    assert sent.status == 201
+    await db.execute(
+        "UPDATE message_recipients SET status = 'undelivered', final = true,"
+        " updated_at = now() + interval '30 seconds'"
+    )
+    await client.post("/callbacks/swift", data=b"garbage")
+
+    page = await client.get("/console/providers")
+
+    assert page.status == 200
+    text = await page.text()
+    row = text[text.index('id="provider-swift"') :]
+    row = row[: row.index("</tr>")]
+    assert 'role="img"' in row
+    assert "0.0% of 1 final" in row  # undelivered
+    assert "30.0 s" in row  # the median time to the final status, in the chart's text
+    assert "1 unparsed" in row
