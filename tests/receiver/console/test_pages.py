@@ -158,3 +158,24 @@ async def test_the_providers_page_draws_a_bar_a_day(
     assert "0.0% of 1 final" in row  # undelivered
     assert "30.0 s" in row  # the median time to the final status, in the chart's text
     assert "1 unparsed" in row
+
+
+async def test_the_providers_figures_are_computed_at_most_once_a_minute(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await hub(aiohttp_client, dsn)
+    first = await (await client.get("/console/providers")).text()
+    sent = await client.post(
+        "/v1/messages",
+        json={"provider": "swift", "to": ["+447700900007"], "from": "+447700900999", "body": "hi"},
+    )
+    assert sent.status == 201
+
+    again = await (await client.get("/console/providers")).text()
+
+    def swift_row(page: str) -> str:
+        row = page[page.index('id="provider-swift"') :]
+        return row[: row.index("</tr>")]
+
+    assert "0 recipients" in swift_row(first)
+    assert "0 recipients" in swift_row(again)  # the figures of a moment ago, not recomputed
