@@ -4,6 +4,7 @@ and with keys on the operator logs in and out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -12,8 +13,10 @@ import sys
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import asyncpg
 import pytest
 from playwright.sync_api import Page, expect
 
@@ -188,7 +191,7 @@ def test_an_unreadable_callback_is_listed_and_reprocessed(open_hub: str, page: P
 
 
 def test_a_subscription_is_disabled_enabled_and_its_secret_rotated(
-    open_hub: str, page: Page
+    open_hub: str, dsn: str, page: Page
 ) -> None:
     created = urllib.request.Request(
         f"{open_hub}/v1/subscriptions",
@@ -216,4 +219,34 @@ def test_a_subscription_is_disabled_enabled_and_its_secret_rotated(
     expect(section.locator("output")).to_contain_text("new secret (shown once): whsec_")
     section.get_by_role("button", name="Replay the last 24 h").click()
     expect(section.locator("output")).to_contain_text("queued")
+
+    # in a thread of its own: Playwright's synchronous API runs an event loop in this one
+    with ThreadPoolExecutor(1) as thread:
+        delivery_id = thread.submit(asyncio.run, given_up_delivery(dsn)).result()
+    page.reload()
+    row = page.locator("tr", has=page.locator(f"#retry-{delivery_id}"))
+    row.get_by_role("button", name="Retry").click()
+    expect(row.locator("output")).to_contain_text("queued again")
     page.screenshot(path=SCREENSHOTS / "subscriptions.png", full_page=True)
+
+
+async def given_up_delivery(dsn: str) -> int:
+    """A delivery given up on (as after its last retry), of a subscription of its own, disabled
+    so that no dispatcher takes it again meanwhile."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        subscription_id = uuid.uuid4()
+        await connection.execute(
+            "INSERT INTO subscriptions (id, url, secret, enabled)"
+            " VALUES ($1, 'http://127.0.0.1:9/other', 's', false)",
+            subscription_id,
+        )
+        delivery_id: int = await connection.fetchval(
+            "INSERT INTO deliveries (subscription_id, event_id, status, attempts, last_status,"
+            " last_error) SELECT $1, id, 'failed', 8, 500, 'server error' FROM events LIMIT 1"
+            " RETURNING id",
+            subscription_id,
+        )
+        return delivery_id
+    finally:
+        await connection.close()

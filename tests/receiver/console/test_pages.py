@@ -179,3 +179,31 @@ async def test_the_providers_figures_are_computed_at_most_once_a_minute(
 
     assert "0 recipients" in swift_row(first)
     assert "0 recipients" in swift_row(again)  # the figures of a moment ago, not recomputed
+
+
+async def test_the_console_can_do_nothing_its_key_cannot(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await hub(aiohttp_client, dsn, api_auth=True)
+    _, admin = await create_key(db, "admin", ["admin"])
+    _, reader = await create_key(db, "reader", ["read"])
+    created = await client.post(
+        "/v1/subscriptions",
+        json={"url": "https://hooks.example.com/x"},
+        headers={"Authorization": f"Bearer {admin}"},
+    )
+    assert created.status == 201
+    subscription_id = (await created.json())["id"]
+    await client.post("/console/login", data={"key": reader}, allow_redirects=False)
+
+    page = await client.get("/console/subscriptions")
+    callbacks = await client.get("/console/callbacks")
+    rotate = await client.post(
+        f"/v1/subscriptions/{subscription_id}/rotate-secret",
+        headers={"X-CSRF-Token": csrf_token(reader)},
+    )
+
+    assert page.status == 403  # the admin scope, as GET /v1/subscriptions
+    assert callbacks.status == 403
+    assert rotate.status == 403  # the action is the API's, with the API's scopes
+    assert "admin" in (await rotate.json())["error"]["message"]
