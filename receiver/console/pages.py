@@ -26,6 +26,7 @@ from receiver.http import params
 from receiver.http.errors import ReceiverError
 from receiver.http.session import (
     CSRF_FIELD,
+    PAGE_HEADERS,
     clear_session,
     cookie_secret,
     csrf_ok,
@@ -109,12 +110,14 @@ def render(
     template: str, request: web.Request, who: Viewer, status: int = 200, **values: Any
 ) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
-    return aiohttp_jinja2.render_template(
+    response = aiohttp_jinja2.render_template(
         template,
         request,
         {"who": who, "keys_on": context.settings.api_auth, "path_qs": request.path_qs, **values},
         status=status,
     )
+    response.headers.update(PAGE_HEADERS)
+    return response
 
 
 async def index(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from pydantic.json_schema import models_json_schema
 
 from receiver.http import schemas
 from receiver.http.routing import Route
+from receiver.http.session import PAGE_HEADERS
 
 ERRORS: dict[str, str] = {
     "400": "Bad request",
@@ -131,4 +132,4 @@ async def docs(request: web.Request) -> web.Response:
         "<script src='/docs/assets/swagger-ui-bundle.js'></script>"
         "<script src='/console/static/docs.js'></script></body></html>"
     )
-    return web.Response(text=page, content_type="text/html")
+    return web.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)

@@ -54,6 +54,11 @@ async def test_the_root_opens_the_console_which_lists_messages(
     assert page.status == 200
     assert "+447700900007" in await page.text()
     assert missing.status == 404
+    # no framing by another site, nothing loaded from elsewhere, no inline script
+    policy = listing.headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy
+    assert "script-src 'self';" in policy
+    assert listing.headers["X-Frame-Options"] == "DENY"
 
 
 async def test_a_bad_filter_is_said_on_the_page(
