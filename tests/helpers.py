@@ -14,6 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from aiohttp.test_utils import TestClient
+
+from receiver.app import create_app
 from receiver.config import Settings
 from receiver.storage.migrate import load_migrations, migrations_dir
 
@@ -38,6 +41,17 @@ def sandbox_settings(dsn: str, port: int, **changes: Any) -> Settings:
         "sandbox_delay_s": 0.05,
     }
     return Settings(**(fields | changes))
+
+
+async def sandbox_hub(aiohttp_client: Any, dsn: str, **changes: Any) -> TestClient[Any, Any]:
+    """A hub with its simulated providers on a loopback port of its own (the providers call it
+    back there), no dispatcher unless asked: for tests that drive it through its API."""
+    port = free_port()
+    settings = sandbox_settings(dsn, port, **({"dispatcher": False} | changes))
+    client: TestClient[Any, Any] = await aiohttp_client(
+        create_app(settings, dsn), server_kwargs={"port": port}
+    )
+    return client
 
 
 @contextlib.contextmanager

@@ -8,25 +8,17 @@ from typing import Any
 import asyncpg
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
 from receiver.http.session import COOKIE, csrf_token
 from receiver.storage.apikeys import create_key
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
-
-
-async def hub(aiohttp_client: Any, dsn: str, **changes: Any) -> Client:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False, **changes)
-    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
-    return client
 
 
 async def test_the_root_opens_the_console_which_lists_messages(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    client = await hub(aiohttp_client, dsn)
+    client = await sandbox_hub(aiohttp_client, dsn)
     sent = await client.post(
         "/v1/messages",
         json={
@@ -64,7 +56,7 @@ async def test_the_root_opens_the_console_which_lists_messages(
 async def test_a_bad_filter_is_said_on_the_page(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    client = await hub(aiohttp_client, dsn)
+    client = await sandbox_hub(aiohttp_client, dsn)
     answer = await client.get("/console?status=nonsense")
     assert answer.status == 200
     assert 'role="alert"' in await answer.text()
@@ -73,7 +65,7 @@ async def test_a_bad_filter_is_said_on_the_page(
 async def test_with_keys_on_the_console_needs_a_login_and_the_read_scope(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    client = await hub(aiohttp_client, dsn, api_auth=True)
+    client = await sandbox_hub(aiohttp_client, dsn, api_auth=True)
     _, reader = await create_key(db, "reader", ["read"])
     _, sender = await create_key(db, "sender", ["send"])
 
@@ -102,7 +94,7 @@ async def test_with_keys_on_the_console_needs_a_login_and_the_read_scope(
 async def test_the_api_takes_the_console_cookie_and_wants_its_csrf_token_to_act(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    client = await hub(aiohttp_client, dsn, api_auth=True)
+    client = await sandbox_hub(aiohttp_client, dsn, api_auth=True)
     _, key = await create_key(db, "operator", ["send", "read"])
     client.session.cookie_jar.update_cookies({COOKIE: key})
     body = {"provider": "swift", "to": ["+447700900007"], "from": "+447700900999", "body": "hi"}
@@ -122,7 +114,7 @@ async def test_the_api_takes_the_console_cookie_and_wants_its_csrf_token_to_act(
 async def test_logout_needs_the_token_and_clears_the_cookie(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    client = await hub(aiohttp_client, dsn, api_auth=True)
+    client = await sandbox_hub(aiohttp_client, dsn, api_auth=True)
     _, key = await create_key(db, "reader", ["read"])
     await client.post("/console/login", data={"key": key}, allow_redirects=False)
 
@@ -141,7 +133,7 @@ async def test_logout_needs_the_token_and_clears_the_cookie(
 async def test_the_providers_page_draws_a_bar_a_day(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    client = await hub(aiohttp_client, dsn)
+    client = await sandbox_hub(aiohttp_client, dsn)
     sent = await client.post(
         "/v1/messages",
         json={"provider": "swift", "to": ["+447700900002"], "from": "+447700900999", "body": "hi"},
@@ -168,7 +160,7 @@ async def test_the_providers_page_draws_a_bar_a_day(
 async def test_the_providers_figures_are_computed_at_most_once_a_minute(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    client = await hub(aiohttp_client, dsn)
+    client = await sandbox_hub(aiohttp_client, dsn)
     first = await (await client.get("/console/providers")).text()
     sent = await client.post(
         "/v1/messages",
@@ -189,7 +181,7 @@ async def test_the_providers_figures_are_computed_at_most_once_a_minute(
 async def test_the_console_can_do_nothing_its_key_cannot(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    client = await hub(aiohttp_client, dsn, api_auth=True)
+    client = await sandbox_hub(aiohttp_client, dsn, api_auth=True)
     _, admin = await create_key(db, "admin", ["admin"])
     _, reader = await create_key(db, "reader", ["read"])
     created = await client.post(

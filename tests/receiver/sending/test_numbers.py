@@ -12,19 +12,11 @@ from aiohttp.test_utils import TestClient
 from pydantic import SecretStr, ValidationError
 
 from normalizers.base import to_e164
-from receiver.app import create_app
 from receiver.config import ProviderSettings, Settings
 from receiver.storage.apikeys import create_key
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
-
-
-async def hub_with(aiohttp_client: Any, dsn: str, **changes: Any) -> Client:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False, **changes)
-    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
-    return client
 
 
 def to(*numbers: str, provider: str = "carrierx") -> dict[str, Any]:
@@ -34,7 +26,7 @@ def to(*numbers: str, provider: str = "carrierx") -> dict[str, Any]:
 async def test_a_number_that_cannot_exist_is_422_naming_its_index(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    hub = await hub_with(aiohttp_client, dsn)
+    hub = await sandbox_hub(aiohttp_client, dsn)
 
     answer = await hub.post("/v1/messages", json=to("+447400900001", "+999123456", "07400900001"))
 
@@ -49,7 +41,7 @@ async def test_a_real_provider_is_sent_only_valid_numbers(
     real = ProviderSettings(
         base_url="http://127.0.0.1:9", api_key=SecretStr("k"), allow_unauthenticated=True
     )
-    hub = await hub_with(aiohttp_client, dsn, providers={"carrierx": real})
+    hub = await sandbox_hub(aiohttp_client, dsn, providers={"carrierx": real})
 
     # Ofcom's drama range: possible, never allocated (the simulated providers take it).
     answer = await hub.post("/v1/messages", json=to("+447400900001", "+447700900001"))
@@ -64,7 +56,7 @@ async def test_a_real_provider_is_sent_only_valid_numbers(
 async def test_each_recipient_keeps_its_country(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    hub = await hub_with(aiohttp_client, dsn)
+    hub = await sandbox_hub(aiohttp_client, dsn)
 
     sent = await (await hub.post("/v1/messages", json=to("+447700900001", "+15162065574"))).json()
     view = await (await hub.get(f"/v1/messages/{sent['id']}")).json()
@@ -78,7 +70,7 @@ async def test_each_recipient_keeps_its_country(
 async def test_a_country_outside_the_allow_list_is_422(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    hub = await hub_with(aiohttp_client, dsn, send_allowed_countries=("GB", "IE"))
+    hub = await sandbox_hub(aiohttp_client, dsn, send_allowed_countries=("GB", "IE"))
 
     answer = await hub.post("/v1/messages", json=to("+447700900001", "+15162065574"))
 
@@ -92,7 +84,7 @@ async def test_a_country_outside_the_allow_list_is_422(
 async def test_a_key_over_its_daily_recipients_is_429_until_midnight(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    hub = await hub_with(aiohttp_client, dsn, api_auth=True, send_daily_recipients=3)
+    hub = await sandbox_hub(aiohttp_client, dsn, api_auth=True, send_daily_recipients=3)
     (_, first), (_, second) = (
         await create_key(db, "a", ["send"]),
         await create_key(db, "b", ["send"]),
@@ -126,7 +118,7 @@ async def test_a_national_number_in_a_callback_is_read_in_the_providers_region(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection, region: str | None, recipient: str
 ) -> None:
     carrierx = ProviderSettings(default_region=region, allow_unauthenticated=True)
-    hub = await hub_with(aiohttp_client, dsn, providers={"carrierx": carrierx})
+    hub = await sandbox_hub(aiohttp_client, dsn, providers={"carrierx": carrierx})
 
     answer = await hub.post(
         "/callbacks/carrierx",
@@ -164,8 +156,8 @@ async def test_the_quota_and_the_rate_are_shared_by_every_instance(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
     limits = {"send_daily_recipients": 3, "send_burst": 3, "send_rate_per_s": 0.01}
-    one = await hub_with(aiohttp_client, dsn, api_auth=True, **limits)
-    other = await hub_with(aiohttp_client, dsn, api_auth=True, **limits)
+    one = await sandbox_hub(aiohttp_client, dsn, api_auth=True, **limits)
+    other = await sandbox_hub(aiohttp_client, dsn, api_auth=True, **limits)
     _, key = await create_key(db, "a", ["send"])
     auth = {"Authorization": f"Bearer {key}"}
 

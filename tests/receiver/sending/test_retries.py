@@ -15,19 +15,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
 from normalizers.registry import DEFAULT_REGISTRY
-from receiver.app import create_app
 from receiver.config import ProviderSettings
 from receiver.sending.providers import retry_after_s
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
-
-
-async def hub_with(aiohttp_client: Any, dsn: str, **changes: Any) -> Client:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False, **changes)
-    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
-    return client
 
 
 def message(provider: str, text: str) -> dict[str, Any]:
@@ -40,7 +32,7 @@ def message(provider: str, text: str) -> dict[str, Any]:
 async def test_a_429_is_retried_after_its_retry_after_and_goes_through(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection, provider: str
 ) -> None:
-    hub = await hub_with(aiohttp_client, dsn)
+    hub = await sandbox_hub(aiohttp_client, dsn)
 
     answer = await hub.post("/v1/messages", json=message(provider, "ERROR:RATE_LIMITED"))
 
@@ -54,7 +46,7 @@ async def test_a_429_is_retried_after_its_retry_after_and_goes_through(
 async def test_a_429_beyond_the_budget_fails_temporary_never_rejected(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    hub = await hub_with(aiohttp_client, dsn, send_retry_budget_s=0.2)  # under Retry-After: 1
+    hub = await sandbox_hub(aiohttp_client, dsn, send_retry_budget_s=0.2)  # under Retry-After: 1
 
     answer = await hub.post("/v1/messages", json=message("carrierx", "ERROR:RATE_LIMITED"))
 
@@ -121,7 +113,7 @@ async def test_5xx_are_retried_with_backoff_but_never_a_504(
             api_key=SecretStr("k"),
             allow_unauthenticated=True,
         )
-        hub = await hub_with(aiohttp_client, dsn, providers={"carrierx": account})
+        hub = await sandbox_hub(aiohttp_client, dsn, providers={"carrierx": account})
 
         answer = await hub.post("/v1/messages", json=message("carrierx", "hi"))
         body = await answer.json()
@@ -165,7 +157,7 @@ async def test_apicontrol_counting_other_recipients_than_sent_is_shown_on_the_me
             api_key=SecretStr("k"),
             allow_unauthenticated=True,
         )
-        hub = await hub_with(aiohttp_client, dsn, providers={"apicontrol": account})
+        hub = await sandbox_hub(aiohttp_client, dsn, providers={"apicontrol": account})
         two = message("apicontrol", "hi") | {"to": ["+447400900001", "+447400900002"]}
 
         answer = await hub.post("/v1/messages", json=two)
