@@ -3,6 +3,8 @@ cookie's flags, and that an action with the console's cookie needs its CSRF toke
 
 from __future__ import annotations
 
+import html
+import re
 from typing import Any
 
 import asyncpg
@@ -204,3 +206,33 @@ async def test_the_console_can_do_nothing_its_key_cannot(
     assert callbacks.status == 403
     assert rotate.status == 403  # the action is the API's, with the API's scopes
     assert "admin" in (await rotate.json())["error"]["message"]
+
+
+async def test_older_messages_are_a_keyset_page_away(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await sandbox_hub(aiohttp_client, dsn)
+    for n in range(3):
+        sent = await client.post(
+            "/v1/messages",
+            json={
+                "provider": "swift",
+                "to": ["+447700900007"],
+                "from": "+447700900999",
+                "body": "hi",
+                "ref": f"page-{n}",
+            },
+        )
+        assert sent.status == 201
+
+    first = await (await client.get("/console?limit=2&provider=swift")).text()
+    older = re.search(r'<a rel="next" href="\?([^"]+)"', first)
+    assert older is not None
+    second = await (await client.get("/console?" + html.unescape(older.group(1)))).text()
+
+    assert "page-2" in first
+    assert "page-1" in first
+    assert "page-0" not in first
+    assert "page-0" in second
+    assert "page-2" not in second
+    assert "provider=swift" in html.unescape(older.group(1))  # the filters are kept
