@@ -25,6 +25,14 @@ from tests.helpers import free_port, running_serve
 SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
 
 
+def shot(page: Page, name: str, *, full_page: bool = False) -> None:
+    """The README's screenshots, taken again with UPDATE_SCREENSHOTS=1 (not on every run: the
+    tree stays clean)."""
+    if os.environ.get("UPDATE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=SCREENSHOTS / f"{name}.png", full_page=full_page)
+
+
 def hub_env(dsn: str, port: int, **changes: str) -> dict[str, str]:
     return {
         "DATABASE_URL": dsn,
@@ -101,15 +109,14 @@ def test_a_sent_message_appears_live_and_its_timeline_opens(open_hub: str, page:
     row = page.locator("#rows tr", has_text=ref)
     expect(row).to_be_visible()  # no reload: the event stream brought it
     expect(row).to_contain_text("delivered")
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / "messages.png")
+    shot(page, "messages")
 
     row.get_by_role("link").click()
     expect(page).to_have_url(re.compile(f"/console/messages/{message_id}$"))
     timeline = page.locator("table.timeline tbody tr")
     expect(timeline.last).to_contain_text("delivered")
     expect(page.locator("table.timeline")).to_contain_text("→")
-    page.screenshot(path=SCREENSHOTS / "message.png", full_page=True)
+    shot(page, "message", full_page=True)
 
     page.locator("table.timeline a").last.click()  # the report that said delivered
     expect(page.get_by_role("heading", name=re.compile("Raw callback"))).to_be_visible()
@@ -117,7 +124,7 @@ def test_a_sent_message_appears_live_and_its_timeline_opens(open_hub: str, page:
 
     page.get_by_role("link", name="Providers").click()
     expect(page.locator("#provider-carrierx svg[role=img]").first).to_be_visible()
-    page.screenshot(path=SCREENSHOTS / "providers.png", full_page=True)
+    shot(page, "providers", full_page=True)
 
 
 def test_keyboard_alone_reaches_a_message(open_hub: str, page: Page) -> None:
@@ -135,7 +142,7 @@ def test_with_keys_on_the_operator_logs_in_and_out(keyed_hub: str, dsn: str, pag
     key = new_key(dsn, "read")
     page.goto(keyed_hub + "/console")
     expect(page).to_have_url(re.compile(r"/console/login"))
-    page.screenshot(path=SCREENSHOTS / "login.png")
+    shot(page, "login")
     page.get_by_label("API key").fill("smsr_wrong")
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("alert")).to_contain_text("unknown or revoked")
@@ -164,7 +171,7 @@ def test_the_api_docs_try_a_call_against_the_running_hub(open_hub: str, page: Pa
     page.get_by_role("button", name="Execute").click()
     status = page.locator(".live-responses-table tr.response .response-col_status").first
     expect(status).to_have_text("200")
-    page.screenshot(path=SCREENSHOTS / "docs.png")
+    shot(page, "docs")
 
 
 def test_an_unreadable_callback_is_listed_and_reprocessed(open_hub: str, page: Page) -> None:
@@ -182,7 +189,7 @@ def test_an_unreadable_callback_is_listed_and_reprocessed(open_hub: str, page: P
     page.get_by_role("link", name="Callbacks").click()
     row = page.locator(f"#raw-{raw_id}")
     expect(row).to_contain_text("swift")
-    page.screenshot(path=SCREENSHOTS / "callbacks.png")
+    shot(page, "callbacks")
     row.get_by_role("button", name="Reprocess").click()
     expect(row.locator("output")).to_contain_text("still unparsed")  # today's normaliser agrees
 
@@ -227,7 +234,7 @@ def test_a_subscription_is_disabled_enabled_and_its_secret_rotated(
     row = page.locator("tr", has=page.locator(f"#retry-{delivery_id}"))
     row.get_by_role("button", name="Retry").click()
     expect(row.locator("output")).to_contain_text("queued again")
-    page.screenshot(path=SCREENSHOTS / "subscriptions.png", full_page=True)
+    shot(page, "subscriptions", full_page=True)
 
 
 async def given_up_delivery(dsn: str) -> int:
