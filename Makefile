@@ -30,7 +30,8 @@ test: $(VENV)/.dev-deps
 
 ## test-browser: the console in Debian's Chromium (installed if missing), against a real serve
 test-browser: $(VENV)/.dev-deps
-	@command -v chromium >/dev/null || apt-get install -y chromium || sudo apt-get install -y chromium
+	@command -v chromium >/dev/null || apt-get install -y chromium \
+		|| { apt-get update && apt-get install -y chromium; } || sudo apt-get install -y chromium
 	$(BIN)/python -m pytest -q -m browser tests/browser
 
 lint: $(VENV)/.dev-deps

@@ -1037,6 +1037,10 @@ CREATE INDEX deliveries_due_by_subscription_idx ON public.deliveries USING btree
 
 CREATE INDEX deliveries_event_idx ON public.deliveries USING btree (event_id);
 
+-- INDEX deliveries_failed_idx
+
+CREATE INDEX deliveries_failed_idx ON public.deliveries USING btree (updated_at) WHERE (status = 'failed'::text);
+
 -- INDEX deliveries_leased_idx
 
 CREATE INDEX deliveries_leased_idx ON public.deliveries USING btree (subscription_id, leased_until) WHERE (status = 'delivering'::text);
