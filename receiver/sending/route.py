@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
+import asyncpg
 import structlog
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -426,18 +427,7 @@ async def _answer(
     try:
         async with context.db.connection() as connection:
             rows = await messages.recipients_as_answered(connection, message_id)
-        recipients = [
-            {
-                "to": row["recipient"],
-                "status": row["status"],
-                "final": row["final"],
-                "provider_message_id": row["provider_message_id"],
-                "failure_kind": row["failure_kind"],
-                "error_code": row["error_code"],
-                "error_message": row["error_message"],
-            }
-            for row in rows
-        ]
+        recipients = [answered_recipient(row) for row in rows]
     except Exception:
         stored = False
         log.exception("message_state_not_read")
@@ -465,6 +455,19 @@ def held_until(provider: Provider, send: SendRequest) -> datetime | None:
 
 # A send_at closer than this is now: the message goes at once.
 HOLD_AFTER = timedelta(seconds=1)
+
+
+def answered_recipient(row: asyncpg.Record) -> dict[str, Any]:
+    """A recipient as stored, in the send API's answers (the send's, and a cancel's)."""
+    return {
+        "to": row["recipient"],
+        "status": row["status"],
+        "final": row["final"],
+        "provider_message_id": row["provider_message_id"],
+        "failure_kind": row["failure_kind"],
+        "error_code": row["error_code"],
+        "error_message": row["error_message"],
+    }
 
 
 def _as_answered(event: Event) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from receiver.http import params
 from receiver.http.errors import NotFound, ReceiverError
 from receiver.sending.hub_events import end_recipients
 from receiver.sending.providers import account_of, callback_url
-from receiver.sending.route import SendMessageIn, SendProgress, deliver
+from receiver.sending.route import SendMessageIn, SendProgress, answered_recipient, deliver
 from receiver.storage import messages
 
 log = structlog.get_logger("receiver.sending.scheduler")
@@ -155,17 +155,6 @@ async def cancel_message(request: web.Request) -> web.Response:
         {
             "id": str(message_id),
             "cancelled": True,
-            "recipients": [
-                {
-                    "to": row["recipient"],
-                    "status": row["status"],
-                    "final": row["final"],
-                    "provider_message_id": row["provider_message_id"],
-                    "failure_kind": row["failure_kind"],
-                    "error_code": row["error_code"],
-                    "error_message": row["error_message"],
-                }
-                for row in rows
-            ],
+            "recipients": [answered_recipient(row) for row in rows],
         }
     )
