@@ -8,7 +8,6 @@ Runs in `worker`, and in `serve` with its dispatcher."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import uuid
@@ -24,6 +23,7 @@ from normalizers.events import Status
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.errors import NotFound, ReceiverError
+from receiver.periodic import repeat
 from receiver.sending.hub_events import end_recipients
 from receiver.sending.providers import account_of, callback_url
 from receiver.sending.route import SendMessageIn, SendProgress, answered_recipient, deliver
@@ -43,19 +43,11 @@ class Scheduler:
     async def run(self) -> None:
         """Sends what is due every SCHEDULE_POLL_S (at once again after a full batch) until
         stopped."""
-        log.info("scheduler_started")
-        while not self.stopping.is_set():
-            try:
-                sent = await self.tick()
-            except Exception as error:  # the database is away: next round
-                log.warning("scheduler_failed", error=repr(error))
-                sent = 0
-            if sent < BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        self.stopping.wait(), self.context.settings.schedule_poll_s
-                    )
-        log.info("scheduler_stopped")
+
+        async def step() -> bool:
+            return await self.tick() >= BATCH
+
+        await repeat(log, "scheduler", step, self.context.settings.schedule_poll_s, self.stopping)
 
     async def stop(self) -> None:
         self.stopping.set()

@@ -7,7 +7,6 @@ instances share the work (FOR UPDATE SKIP LOCKED)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -17,6 +16,7 @@ from normalizers.base import SendRequest
 from normalizers.events import Event, Status
 from receiver.config import Settings
 from receiver.metrics import EVENTS, SYNTHETIC_EXPIRIES
+from receiver.periodic import repeat
 from receiver.sending.hub_events import hub_event
 from receiver.storage.callbacks import store_events_alone
 from receiver.storage.notify import Signal
@@ -62,17 +62,11 @@ class SilenceSweep:
 
     async def run(self) -> None:
         """Sweeps every SILENCE_SWEEP_S (at once again after a full batch) until stopped."""
-        log.info("silence_sweep_started")
-        while not self.stopping.is_set():
-            try:
-                expired = await self.sweep()
-            except Exception as error:  # the database is away: next round
-                log.warning("silence_sweep_failed", error=repr(error))
-                expired = 0
-            if expired < BATCH:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.stopping.wait(), self.settings.silence_sweep_s)
-        log.info("silence_sweep_stopped")
+
+        async def step() -> bool:
+            return await self.sweep() >= BATCH
+
+        await repeat(log, "silence_sweep", step, self.settings.silence_sweep_s, self.stopping)
 
     async def stop(self) -> None:
         self.stopping.set()

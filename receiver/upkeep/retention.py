@@ -6,13 +6,13 @@ instances one round runs at a time (an advisory lock), the others skip theirs.""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import structlog
 
 from receiver.config import Settings
+from receiver.periodic import repeat
 from receiver.storage import limits, retention
 from receiver.storage.pool import Database
 
@@ -56,15 +56,12 @@ class Upkeep:
 
     async def run(self) -> None:
         """A round at start, then every UPKEEP_INTERVAL_S, until stopped."""
-        log.info("upkeep_started")
-        while not self.stopping.is_set():
-            try:
-                await self.round()
-            except Exception as error:  # the database is away, a lock not granted: next round
-                log.warning("upkeep_failed", error=repr(error))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.settings.upkeep_interval_s)
-        log.info("upkeep_stopped")
+
+        async def step() -> bool:
+            await self.round()
+            return False  # a round does a bounded share; the next one goes on
+
+        await repeat(log, "upkeep", step, self.settings.upkeep_interval_s, self.stopping)
 
     async def stop(self) -> None:
         self.stopping.set()
