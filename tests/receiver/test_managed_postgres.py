@@ -18,12 +18,11 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from receiver.app import create_app
 from receiver.config import Settings
 from receiver.storage.migrate import apply_migrations, load_migrations, migrations_dir
 from receiver.storage.pool import open_database
 from receiver.upkeep.retention import Upkeep
-from tests.helpers import free_port, migrations_before, sandbox_settings
+from tests.helpers import free_port, migrations_before, sandbox_hub
 
 # What an operator grants the application's role (README, Production).
 GRANTS = """
@@ -74,9 +73,7 @@ async def test_the_role_cannot_change_the_schema(app_role: str) -> None:
 async def test_the_hub_runs_as_a_role_without_ddl_rights(
     aiohttp_client: Any, app_role: str
 ) -> None:
-    port = free_port()
-    settings = sandbox_settings(app_role, port, dispatcher=False)
-    hub = await aiohttp_client(create_app(settings, app_role), server_kwargs={"port": port})
+    hub = await sandbox_hub(aiohttp_client, app_role)
     sent = await hub.post(
         "/v1/messages",
         json={
@@ -96,7 +93,8 @@ async def test_the_hub_runs_as_a_role_without_ddl_rights(
     assert view["recipients"][0]["status"] == "delivered"
 
     # the upkeep makes and drops partitions through the owner's functions
-    db = await open_database(app_role, Settings(database_url=app_role, db_pool_min_size=0))
+    settings = Settings(database_url=app_role, db_pool_min_size=0)
+    db = await open_database(app_role, settings)
     try:
         done = await Upkeep(db, settings).round(now=datetime.now(UTC) + timedelta(days=200))
     finally:
@@ -146,9 +144,7 @@ async def test_query_endpoints_read_from_database_read_url(
         )
     finally:
         await replica.close()
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False, database_read_url=fresh_database)
-    hub = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
+    hub = await sandbox_hub(aiohttp_client, dsn, database_read_url=fresh_database)
 
     sent = await hub.post(
         "/v1/messages",

@@ -11,20 +11,16 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
 from receiver.context import AppContext
 from receiver.sending.silence import SilenceSweep
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
 
 
 @pytest.fixture
 async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False)
-    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
-    return client
+    return await sandbox_hub(aiohttp_client, dsn)
 
 
 async def until(check: Any, timeout_s: float = 8.0) -> Any:

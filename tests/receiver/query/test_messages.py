@@ -12,19 +12,15 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
 from receiver.storage import messages
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
 
 
 @pytest.fixture
 async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False)
-    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
-    return client
+    return await sandbox_hub(aiohttp_client, dsn)
 
 
 async def test_one_message_with_recipients_and_timeline(

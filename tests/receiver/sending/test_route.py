@@ -18,7 +18,7 @@ from receiver.config import ProviderSettings, Settings
 from receiver.sending import providers
 from receiver.sending.route import SendMessageIn, hash_of
 from receiver.storage.apikeys import create_key
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import free_port, sandbox_hub
 
 Client = TestClient[Any, Any]
 PROVIDERS = ["apicontrol", "telecom23", "properties", "swift", "carrierx"]
@@ -184,9 +184,7 @@ async def test_idempotency_key_replays_and_refuses_another_body(
 async def test_an_idempotency_key_belongs_to_the_api_key_that_sent_it(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, api_auth=True, send_timeout_s=5)
-    keyed: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
+    keyed = await sandbox_hub(aiohttp_client, dsn, api_auth=True, send_timeout_s=5, dispatcher=True)
     _, first = await create_key(db, "first", ["send"])
     _, second = await create_key(db, "second", ["send"])
 

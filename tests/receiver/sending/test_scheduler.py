@@ -14,11 +14,10 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
 from receiver.context import AppContext
 from receiver.sandbox.common import seconds_until
 from receiver.sending.scheduler import Scheduler
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
 TOMORROW = (datetime.now(UTC) + timedelta(days=1)).isoformat()
@@ -26,10 +25,7 @@ TOMORROW = (datetime.now(UTC) + timedelta(days=1)).isoformat()
 
 @pytest.fixture
 async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False)  # the tests drive the scheduler
-    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
-    return client
+    return await sandbox_hub(aiohttp_client, dsn)  # the tests drive the scheduler
 
 
 async def send(hub: Client, provider: str, **changes: Any) -> tuple[int, dict[str, Any]]:

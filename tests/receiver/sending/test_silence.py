@@ -14,14 +14,13 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from normalizers.base import SendRequest
-from receiver.app import create_app
 from receiver.config import ProviderSettings, Settings
 from receiver.context import AppContext
 from receiver.sending import silence
 from receiver.sending.silence import SilenceSweep
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
 SILENT = "+447700900007"  # the simulated providers never report a number ending in 7
@@ -29,10 +28,7 @@ SILENT = "+447700900007"  # the simulated providers never report a number ending
 
 @pytest.fixture
 async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False)  # the tests drive the sweep
-    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
-    return client
+    return await sandbox_hub(aiohttp_client, dsn)  # the tests drive the sweep
 
 
 async def send_silent(hub: Client, provider: str = "carrierx") -> dict[str, Any]:

@@ -13,9 +13,8 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.app import create_app
 from receiver.upkeep.erasure import NotANumber, erase, spellings
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
 ERASED = "+447700900018"  # the simulated providers deliver it, then the handset replies
@@ -24,10 +23,7 @@ KEPT = "+447700900011"
 
 @pytest.fixture
 async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
-    port = free_port()
-    settings = sandbox_settings(dsn, port, dispatcher=False)
-    client: Client = await aiohttp_client(create_app(settings, dsn), server_kwargs={"port": port})
-    return client
+    return await sandbox_hub(aiohttp_client, dsn)
 
 
 async def holding(db: asyncpg.Connection, forms: list[str]) -> dict[str, int]:

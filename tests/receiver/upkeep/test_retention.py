@@ -15,13 +15,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from receiver.app import create_app
 from receiver.config import Settings
 from receiver.storage import retention
 from receiver.storage.migrate import apply_migrations, migrations_dir
 from receiver.storage.pool import Database, open_database
 from receiver.upkeep.retention import AHEAD, Upkeep
-from tests.helpers import free_port, sandbox_settings
+from tests.helpers import sandbox_hub
 
 DELIVERED_NUMBER = "+447700900001"
 
@@ -99,11 +98,13 @@ async def test_normal_running_leaves_every_default_partition_empty(
     sink = web.Application()
     sink.router.add_post("/hook", hook)
     server: TestServer = await aiohttp_server(sink)
-    port = free_port()
-    settings = sandbox_settings(
-        fresh_database, port, webhook_allowed_networks=("127.0.0.0/8",), webhook_poll_s=0.1
+    hub = await sandbox_hub(
+        aiohttp_client,
+        fresh_database,
+        dispatcher=True,
+        webhook_allowed_networks=("127.0.0.0/8",),
+        webhook_poll_s=0.1,
     )
-    hub = await aiohttp_client(create_app(settings, fresh_database), server_kwargs={"port": port})
     created = await hub.post("/v1/subscriptions", json={"url": str(server.make_url("/hook"))})
     assert created.status == 201
     sent = await hub.post(
