@@ -52,18 +52,32 @@ RETURNS TABLE (name text, starts timestamptz, ends timestamptz)
     WHERE i.inhparent = p_table::regclass AND b IS NOT NULL
 $$;
 
+-- The tables cut by time: the functions below touch no other.
+CREATE FUNCTION partitioned_table(p_table text) RETURNS void
+    LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    IF p_table NOT IN ('events', 'raw_callbacks', 'delivery_attempts') THEN
+        RAISE EXCEPTION '% is not a partitioned table of the hub', p_table
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 -- Creates the missing partitions of `p_table` from the unit holding `p_from` to the one holding
 -- `p_until`; returns how many it created. A unit already covered (by the legacy partition, or
--- the first partition cut short) is skipped by name.
+-- the first partition cut short) is skipped by name. It runs with its owner's rights
+-- (SECURITY DEFINER, a fixed search_path): `serve` and `worker` may run as a role that cannot
+-- change the schema (see 0019).
 CREATE FUNCTION create_partitions(p_table text, p_from timestamptz, p_until timestamptz)
 RETURNS integer
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path FROM CURRENT AS $$
 DECLARE
     unit text := partition_unit(p_table);
     step interval := CASE unit WHEN 'month' THEN interval '1 month' ELSE interval '1 day' END;
     starts timestamp := date_trunc(unit, p_from AT TIME ZONE 'UTC');
     created integer := 0;
 BEGIN
+    PERFORM partitioned_table(p_table);
     WHILE starts <= p_until AT TIME ZONE 'UTC' LOOP
         IF to_regclass(partition_name(p_table, starts AT TIME ZONE 'UTC')) IS NULL THEN
             EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
