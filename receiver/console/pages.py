@@ -23,6 +23,7 @@ from receiver.console import charts
 from receiver.context import AppContext
 from receiver.delivery.subscriptions import subscription_json
 from receiver.http import params
+from receiver.http.apikeys import key_of
 from receiver.http.errors import ReceiverError
 from receiver.http.session import (
     CSRF_FIELD,
@@ -37,7 +38,7 @@ from receiver.query.messages import message_page, message_view
 from receiver.query.raw_callbacks import raw_callback_page, raw_callback_view, refusal_page
 from receiver.storage import events, outbox, stats
 from receiver.storage import messages as storage_messages
-from receiver.storage.apikeys import ApiKey, find_key, has_key_shape
+from receiver.storage.apikeys import ApiKey
 
 log = structlog.get_logger("receiver.console.pages")
 
@@ -67,10 +68,7 @@ async def viewer(request: web.Request, scope: str) -> Viewer:
     if not context.settings.api_auth:
         return Viewer(None, None)
     secret = cookie_secret(request)
-    key = None
-    if secret is not None and has_key_shape(secret):
-        async with context.db.connection() as connection:
-            key = await find_key(connection, secret)
+    key = await key_of(context, secret) if secret is not None else None
     if key is None:
         raise web.HTTPSeeOther(f"{LOGIN}?next={request.path_qs}")
     found = Viewer(key, secret)
@@ -356,10 +354,7 @@ async def login(request: web.Request) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
     form = await request.post()
     secret = str(form.get("key", "")).strip()
-    key = None
-    if has_key_shape(secret):
-        async with context.db.connection() as connection:
-            key = await find_key(connection, secret)
+    key = await key_of(context, secret)
     if key is None:
         return render(
             "login.html",
@@ -377,7 +372,7 @@ async def login(request: web.Request) -> web.Response:
 async def logout(request: web.Request) -> web.Response:
     form = await request.post()
     secret = cookie_secret(request)
-    if secret is not None and not csrf_ok(request, secret, str(form.get(CSRF_FIELD, ""))):
+    if secret is not None and not csrf_ok(secret, str(form.get(CSRF_FIELD, ""))):
         raise web.HTTPForbidden(text="the form's CSRF token is missing or wrong")
     response = web.HTTPSeeOther(LOGIN)
     clear_session(response)

@@ -29,6 +29,15 @@ def caller_of(request: web.Request) -> str:
     return f"address {client_address(request, trusted)}"
 
 
+async def key_of(context: AppContext, secret: str) -> ApiKey | None:
+    """The live key with that secret; a value not shaped like one of ours is refused without
+    asking the database (a stranger's guesses cost it nothing)."""
+    if not has_key_shape(secret):
+        return None
+    async with context.db.connection() as connection:
+        return await find_key(connection, secret)
+
+
 @web.middleware
 async def api_key_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     declared, scope = scope_of(request)
@@ -43,7 +52,7 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
         # The console's session: the same key, from its cookie. An unsafe request must also
         # carry the CSRF token only the console's pages hold.
         if request.method not in SAFE_METHODS and not csrf_ok(
-            request, session, request.headers.get(CSRF_HEADER)
+            session, request.headers.get(CSRF_HEADER)
         ):
             raise Forbidden(f"a request with the console's cookie needs its {CSRF_HEADER}")
         header = f"Bearer {session}"
@@ -51,10 +60,7 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
     secret = secret.strip()
     if kind.lower() != "bearer" or not secret.startswith(KEY_PREFIX):
         raise AuthError("an API key is required: Authorization: Bearer smsr_...")
-    if not has_key_shape(secret):
-        raise AuthError("unknown or revoked API key")  # not one of ours: no lookup
-    async with context.db.connection() as connection:
-        key = await find_key(connection, secret)
+    key = await key_of(context, secret)
     if key is None:
         raise AuthError("unknown or revoked API key")
     structlog.contextvars.bind_contextvars(key_name=key.name)  # not a secret: its name

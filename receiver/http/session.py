@@ -25,7 +25,7 @@ def csrf_token(secret: str) -> str:
     return hashlib.sha256(b"smsr-console-csrf:" + secret.encode()).hexdigest()
 
 
-def csrf_ok(request: web.Request, secret: str, given: str | None) -> bool:
+def csrf_ok(secret: str, given: str | None) -> bool:
     return given is not None and hmac.compare_digest(given, csrf_token(secret))
 
 
