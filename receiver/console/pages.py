@@ -58,7 +58,7 @@ class Viewer:
         return self.key.name if self.key else None
 
     def may(self, scope: str) -> bool:
-        return self.key is None or scope in self.key.scopes or "admin" in self.key.scopes
+        return self.key is None or self.key.allows(scope)
 
 
 async def viewer(request: web.Request, scope: str) -> Viewer:

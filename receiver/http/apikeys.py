@@ -65,6 +65,6 @@ async def api_key_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise AuthError("unknown or revoked API key")
     structlog.contextvars.bind_contextvars(key_name=key.name)  # not a secret: its name
     request[API_KEY] = key
-    if scope not in key.scopes and "admin" not in key.scopes:
+    if not key.allows(scope):
         raise Forbidden(f"this key lacks the {scope!r} scope", details={"scopes": key.scopes})
     return await handler(request)

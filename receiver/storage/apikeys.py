@@ -26,6 +26,10 @@ class ApiKey:
     name: str
     scopes: tuple[str, ...]
 
+    def allows(self, scope: str) -> bool:
+        """Whether the key has `scope` (admin can do everything)."""
+        return scope in self.scopes or "admin" in self.scopes
+
 
 def new_secret() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
