@@ -235,25 +235,43 @@ PROVIDER_REFRESH_S = 60.0
 
 
 class ProviderSummary:
-    """The providers page's figures, computed at most once a PROVIDER_REFRESH_S."""
+    """The providers page's figures, computed at most once a PROVIDER_REFRESH_S: the first
+    request waits for them, later ones answer from the last ones while a refresh runs."""
 
     def __init__(self) -> None:
         self.value: tuple[list[dict[str, Any]], list[datetime]] | None = None
-        self.at = 0.0
         self.computed_at: datetime | None = None
+        self.started = 0.0  # time.monotonic() of the last computation's start
         self.lock = asyncio.Lock()
+        self.refreshing: set[asyncio.Task[None]] = set()
 
-    async def refresh(self, app: web.Application) -> None:
+    async def current(self, app: web.Application) -> tuple[list[dict[str, Any]], list[datetime]]:
+        if self.value is None:
+            async with self.lock:
+                if self.value is None:
+                    await self._compute(app)  # a database error is the page's (503)
+        elif time.monotonic() - self.started > PROVIDER_REFRESH_S and not self.lock.locked():
+            self.started = time.monotonic()  # one refresh at a time
+            task = asyncio.get_running_loop().create_task(self._refresh(app))
+            self.refreshing.add(task)
+            task.add_done_callback(self.refreshing.discard)
+        assert self.value is not None
+        return self.value
+
+    async def _compute(self, app: web.Application) -> None:
+        self.started = time.monotonic()
+        self.value = await provider_summary(app)
+        self.computed_at = datetime.now(UTC)
+
+    async def _refresh(self, app: web.Application) -> None:
         async with self.lock:
             try:
-                self.value = await provider_summary(app)
-                self.computed_at = datetime.now(UTC)
+                await self._compute(app)
             except Exception as error:  # the database is away: the last figures stay
                 log.warning("provider_summary_failed", error=repr(error))
 
 
 PROVIDER_SUMMARY = web.AppKey("provider_summary", ProviderSummary)
-PROVIDER_REFRESHES: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("provider_refreshes", set)
 
 
 @page("read")
@@ -263,20 +281,7 @@ async def providers(request: web.Request, who: Viewer) -> web.Response:
     most once a PROVIDER_REFRESH_S per instance (it reads every recipient of those days: 0.3 s
     at 200,000), the page served from the last result meanwhile."""
     summary = request.app[PROVIDER_SUMMARY]
-    now = time.monotonic()
-    if summary.value is None:
-        async with summary.lock:
-            if summary.value is None:
-                summary.value, summary.at = await provider_summary(request.app), time.monotonic()
-                summary.computed_at = datetime.now(UTC)
-    elif now - summary.at > PROVIDER_REFRESH_S and not summary.lock.locked():
-        summary.at = now  # one refresh at a time; the page answers from the last result
-        refreshes = request.app[PROVIDER_REFRESHES]
-        task = asyncio.get_running_loop().create_task(summary.refresh(request.app))
-        refreshes.add(task)
-        task.add_done_callback(refreshes.discard)
-    assert summary.value is not None
-    shown, days = summary.value
+    shown, days = await summary.current(request.app)
     return render(
         "providers.html",
         request,
@@ -400,7 +405,6 @@ def add_console(app: web.Application) -> None:
     app.router.add_get("/console/subscriptions", subscriptions)
     app.router.add_get("/console/providers", providers)
     app[PROVIDER_SUMMARY] = ProviderSummary()
-    app[PROVIDER_REFRESHES] = set()
     app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
     app.router.add_get(LOGIN, login_page)
     app.router.add_post(LOGIN, login)
