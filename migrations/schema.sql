@@ -8,6 +8,24 @@
 -- last defines an object says why it is as it is. The time partitions of events, raw_callbacks
 -- and delivery_attempts are left out (their names and bounds are dates): see migration 0016.
 
+-- FUNCTION adopt_events(bigint, uuid, text, text)
+
+CREATE FUNCTION public.adopt_events(p_recipient_id bigint, p_message_id uuid, p_tenant text, p_recipient text) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    INSERT INTO deliveries (subscription_id, event_id)
+    SELECT s.id, e.id FROM events e JOIN subscriptions s
+        ON s.enabled AND s.tenant = p_tenant
+       AND subscription_takes(s.filters, e.type, e.provider, e.status)
+    WHERE e.recipient_id = p_recipient_id AND e.message_id IS NULL
+    ON CONFLICT (subscription_id, event_id) DO NOTHING;
+    UPDATE events SET message_id = p_message_id, tenant = p_tenant,
+        recipient = coalesce(recipient, p_recipient)
+    WHERE recipient_id = p_recipient_id AND message_id IS NULL;
+END
+$$;
+
 -- FUNCTION adopt_recipient(uuid, text, text, text, text)
 
 CREATE FUNCTION public.adopt_recipient(p_message_id uuid, p_provider text, p_pending_id text, p_provider_message_id text, p_recipient text) RETURNS bigint
@@ -30,10 +48,11 @@ BEGIN
     -- two never both create it.
     INSERT INTO message_recipients AS mr
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments, deadline, country)
+         segments, deadline, country, tenant)
     VALUES
         (p_message_id, p_provider, p_provider_message_id, p_recipient, pending.status,
-         pending.final, pending.sequence, pending.segments, pending.deadline, pending.country)
+         pending.final, pending.sequence, pending.segments, pending.deadline, pending.country,
+         pending.tenant)
     ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
     RETURNING mr.id INTO found_row;
     IF found_row IS NOT NULL THEN
@@ -64,10 +83,10 @@ BEGIN
     -- Reports that outran the send answer: the row is the message's now, with its deadline.
     UPDATE message_recipients SET message_id = p_message_id,
         deadline = coalesce(deadline, pending.deadline),
-        country = coalesce(country, pending.country), updated_at = now()
+        country = coalesce(country, pending.country), tenant = pending.tenant,
+        updated_at = now()
     WHERE id = found_row;
-    UPDATE events SET message_id = p_message_id, recipient = coalesce(recipient, p_recipient)
-    WHERE recipient_id = found_row AND message_id IS NULL;
+    PERFORM adopt_events(found_row, p_message_id, pending.tenant, p_recipient);
     DELETE FROM message_recipients WHERE id = pending.id;
     RETURN found_row;
 END
@@ -82,12 +101,14 @@ CREATE FUNCTION public.attach_orphans(p_message_id uuid, p_provider text, p_prov
 DECLARE
     rid bigint;
     owner uuid;
+    owner_tenant text := (SELECT m.tenant FROM messages m WHERE m.id = p_message_id);
 BEGIN
     INSERT INTO message_recipients AS mr
-        (message_id, provider, provider_message_id, recipient, status, final, sequence)
+        (message_id, provider, provider_message_id, recipient, status, final, sequence,
+         tenant)
     VALUES
         (p_message_id, p_provider, p_provider_message_id, coalesce(p_recipient, ''),
-         'accepted', false, 0)
+         'accepted', false, 0, owner_tenant)
     ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
     RETURNING mr.id INTO rid;
     IF rid IS NULL THEN
@@ -100,11 +121,11 @@ BEGIN
                 p_recipient, p_provider, p_provider_message_id, owner
                 USING ERRCODE = 'unique_violation';
         END IF;
-        UPDATE message_recipients SET message_id = p_message_id, updated_at = now()
+        UPDATE message_recipients SET message_id = p_message_id, tenant = owner_tenant,
+            updated_at = now()
         WHERE id = rid AND message_id IS NULL;
     END IF;
-    UPDATE events SET message_id = p_message_id
-    WHERE recipient_id = rid AND message_id IS NULL;
+    PERFORM adopt_events(rid, p_message_id, owner_tenant, NULL);
     RETURN rid;
 END
 $$;
@@ -385,7 +406,8 @@ CREATE FUNCTION public.queue_deliveries() RETURNS trigger
 BEGIN
     INSERT INTO deliveries (subscription_id, event_id)
     SELECT s.id, NEW.id FROM subscriptions s
-    WHERE s.enabled AND subscription_takes(s.filters, NEW.type, NEW.provider, NEW.status);
+    WHERE s.enabled AND (s.tenant IS NULL OR s.tenant = NEW.tenant)
+      AND subscription_takes(s.filters, NEW.type, NEW.provider, NEW.status);
     RETURN NULL;
 END
 $$;
@@ -412,6 +434,22 @@ BEGIN
     ON CONFLICT (provider, part_id) DO NOTHING;
     RETURN rid;
 END
+$$;
+
+-- FUNCTION reply_tenant(text, text, timestamp with time zone)
+
+CREATE FUNCTION public.reply_tenant(p_ours text, p_handset text, p_at timestamp with time zone) RETURNS text
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT coalesce(
+        (SELECT tn.tenant FROM tenant_numbers tn WHERE tn.number = p_ours),
+        (SELECT m.tenant FROM message_recipients r JOIN messages m ON m.id = r.message_id
+         WHERE r.recipient = p_handset AND r.message_id IS NOT NULL AND m.sender = p_ours
+           AND m.created_at <= p_at
+           AND m.created_at > p_at - make_interval(days =>
+               coalesce(nullif(current_setting('smsr.reply_window_days', true), '')::integer,
+                        30))
+         ORDER BY m.created_at DESC LIMIT 1))
 $$;
 
 -- FUNCTION status_rank(text)
@@ -443,6 +481,7 @@ DECLARE
     candidate text;
     owner_raw uuid;
     is_synthetic boolean;
+    alone_tenant text;
 BEGIN
     FOR k IN
         SELECT DISTINCT key.provider, key.provider_message_id, key.recipient
@@ -484,11 +523,21 @@ BEGIN
                     owner_raw;
                 CONTINUE;
             END IF;
+            alone_tenant := CASE e.v->>'type'
+                WHEN 'message.inbound' THEN reply_tenant(
+                    e.v->>'recipient', e.v->>'sender', (e.v->>'received_at')::timestamptz)
+                WHEN 'message.summary' THEN (
+                    SELECT mr.tenant FROM message_recipients mr
+                    WHERE mr.provider = e.v->>'provider'
+                      AND mr.provider_message_id = e.v->>'provider_message_id'
+                      AND mr.tenant IS NOT NULL
+                    LIMIT 1)
+                END;
             INSERT INTO events
                 (id, type, provider, provider_message_id, provider_part_id, recipient, sender,
                  status, final, provider_status, error_code, error_message, occurred_at,
                  received_at, client_ref, segments, price, text, counts, raw_id, failure_kind,
-                 occurred_at_source, synthetic, sequence)
+                 occurred_at_source, synthetic, sequence, tenant)
             VALUES
                 (e.v->>'id', e.v->>'type', e.v->>'provider', e.v->>'provider_message_id',
                  e.v->>'provider_part_id', e.v->>'recipient', e.v->>'sender', e.v->>'status',
@@ -498,12 +547,12 @@ BEGIN
                  (e.v->>'segments')::integer, nullif(e.v->'price', 'null'::jsonb),
                  e.v->>'text', nullif(e.v->'counts', 'null'::jsonb), owner_raw,
                  e.v->>'failure_kind', e.v->>'occurred_at_source',
-                 coalesce((e.v->>'synthetic')::boolean, false), 1);
+                 coalesce((e.v->>'synthetic')::boolean, false), 1, alone_tenant);
             RETURN QUERY SELECT e.v->>'id', true, NULL::uuid, 1, NULL::text, owner_raw;
             CONTINUE;
         END IF;
 
-                PERFORM 1 FROM events ex WHERE ex.id = e.v->>'id';
+        PERFORM 1 FROM events ex WHERE ex.id = e.v->>'id';
         IF FOUND THEN
             RETURN QUERY SELECT e.v->>'id', false, NULL::uuid, NULL::integer, NULL::text,
                 owner_raw;
@@ -552,14 +601,14 @@ BEGIN
             updated_at = now()
         WHERE mr.provider = e.key_provider AND mr.provider_message_id = e.key_pmid
           AND mr.recipient = e.key_recipient
-        RETURNING mr.id, mr.message_id, mr.sequence, mr.status INTO rec;
+        RETURNING mr.id, mr.message_id, mr.sequence, mr.status, mr.tenant INTO rec;
 
         INSERT INTO events
             (id, type, provider, provider_message_id, provider_part_id, recipient, sender,
              status, final, provider_status, error_code, error_message, occurred_at,
              received_at, client_ref, segments, price, text, counts, raw_id, failure_kind,
              occurred_at_source, synthetic, message_id, recipient_id, sequence,
-             recipient_status)
+             recipient_status, tenant)
         VALUES
             (e.v->>'id', e.v->>'type', e.v->>'provider', e.key_pmid, e.part_id,
              e.v->>'recipient', e.v->>'sender', e.v->>'status', (e.v->>'final')::boolean,
@@ -569,7 +618,7 @@ BEGIN
              nullif(e.v->'price', 'null'::jsonb), e.v->>'text',
              nullif(e.v->'counts', 'null'::jsonb), owner_raw, e.v->>'failure_kind',
              e.v->>'occurred_at_source', coalesce((e.v->>'synthetic')::boolean, false),
-             rec.message_id, rec.id, rec.sequence, rec.status);
+             rec.message_id, rec.id, rec.sequence, rec.status, rec.tenant);
         RETURN QUERY SELECT e.v->>'id', true, rec.message_id, rec.sequence, rec.status,
             owner_raw;
     END LOOP;
@@ -665,6 +714,7 @@ CREATE TABLE public.api_keys (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     revoked_at timestamp with time zone,
     last_used_at timestamp with time zone,
+    tenant text,
     CONSTRAINT api_keys_scopes_check CHECK (((scopes <@ ARRAY['send'::text, 'read'::text, 'admin'::text]) AND (cardinality(scopes) > 0)))
 );
 
@@ -771,7 +821,8 @@ CREATE TABLE public.events (
     synthetic boolean DEFAULT false NOT NULL,
     stored_at timestamp with time zone DEFAULT now() NOT NULL,
     txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
-    feed_seq bigint NOT NULL
+    feed_seq bigint NOT NULL,
+    tenant text
 )
 PARTITION BY RANGE (stored_at);
 
@@ -817,7 +868,8 @@ CREATE TABLE public.message_recipients (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     deadline timestamp with time zone,
     synthetic_final boolean DEFAULT false NOT NULL,
-    country text
+    country text,
+    tenant text
 );
 
 -- SEQUENCE message_recipients_id_seq
@@ -851,7 +903,8 @@ CREATE TABLE public.messages (
     provider_recipients integer,
     dispatch_at timestamp with time zone,
     dispatched_at timestamp with time zone,
-    cancelled_at timestamp with time zone
+    cancelled_at timestamp with time zone,
+    tenant text NOT NULL
 );
 
 -- TABLE raw_callbacks
@@ -925,7 +978,34 @@ CREATE TABLE public.subscriptions (
     previous_secret_until timestamp with time zone,
     failing_since timestamp with time zone,
     disabled_reason text,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    tenant text
+);
+
+-- TABLE tenant_numbers
+
+CREATE TABLE public.tenant_numbers (
+    number text NOT NULL,
+    tenant text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
+-- TABLE tenants
+
+CREATE TABLE public.tenants (
+    name text NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    providers text[],
+    send_rate_per_s double precision,
+    send_burst integer,
+    daily_recipients integer,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    disabled_at timestamp with time zone,
+    CONSTRAINT tenants_daily_recipients_check CHECK ((daily_recipients >= 0)),
+    CONSTRAINT tenants_name_check CHECK ((name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text)),
+    CONSTRAINT tenants_send_burst_check CHECK ((send_burst > 0)),
+    CONSTRAINT tenants_send_rate_per_s_check CHECK ((send_rate_per_s > (0)::double precision))
 );
 
 -- DEFAULT delivery_attempts id
@@ -1021,6 +1101,20 @@ ALTER TABLE ONLY public.send_rate_buckets
 ALTER TABLE ONLY public.subscriptions
     ADD CONSTRAINT subscriptions_pkey PRIMARY KEY (id);
 
+-- CONSTRAINT tenant_numbers tenant_numbers_pkey
+
+ALTER TABLE ONLY public.tenant_numbers
+    ADD CONSTRAINT tenant_numbers_pkey PRIMARY KEY (number);
+
+-- CONSTRAINT tenants tenants_pkey
+
+ALTER TABLE ONLY public.tenants
+    ADD CONSTRAINT tenants_pkey PRIMARY KEY (name);
+
+-- INDEX api_keys_tenant_idx
+
+CREATE INDEX api_keys_tenant_idx ON public.api_keys USING btree (tenant);
+
 -- INDEX callback_refusals_provider_idx
 
 CREATE INDEX callback_refusals_provider_idx ON public.callback_refusals USING btree (provider, received_at);
@@ -1077,6 +1171,14 @@ CREATE INDEX events_recipient_idx ON ONLY public.events USING btree (recipient_i
 
 CREATE INDEX events_stored_idx ON ONLY public.events USING btree (stored_at);
 
+-- INDEX events_tenant_feed_idx
+
+CREATE INDEX events_tenant_feed_idx ON ONLY public.events USING btree (tenant, txid, feed_seq) WHERE (tenant IS NOT NULL);
+
+-- INDEX events_tenant_inbound_idx
+
+CREATE INDEX events_tenant_inbound_idx ON ONLY public.events USING btree (tenant, stored_at DESC, id DESC) WHERE ((type = 'message.inbound'::text) AND (tenant IS NOT NULL));
+
 -- INDEX idempotency_keys_expires_at_idx
 
 CREATE INDEX idempotency_keys_expires_at_idx ON public.idempotency_keys USING btree (expires_at);
@@ -1117,6 +1219,10 @@ CREATE INDEX messages_provider_message_id_idx ON public.messages USING btree (pr
 
 CREATE INDEX messages_sender_idx ON public.messages USING btree (sender, created_at);
 
+-- INDEX messages_tenant_created_idx
+
+CREATE INDEX messages_tenant_created_idx ON public.messages USING btree (tenant, created_at DESC, id DESC);
+
 -- INDEX raw_callbacks_outcome_idx
 
 CREATE INDEX raw_callbacks_outcome_idx ON ONLY public.raw_callbacks USING btree (outcome, provider, received_at);
@@ -1125,9 +1231,18 @@ CREATE INDEX raw_callbacks_outcome_idx ON ONLY public.raw_callbacks USING btree 
 
 CREATE INDEX recipient_parts_recipient_idx ON public.recipient_parts USING btree (recipient_id);
 
+-- INDEX tenant_numbers_tenant_idx
+
+CREATE INDEX tenant_numbers_tenant_idx ON public.tenant_numbers USING btree (tenant);
+
 -- TRIGGER events events_queue_deliveries
 
 CREATE TRIGGER events_queue_deliveries AFTER INSERT ON public.events FOR EACH ROW EXECUTE FUNCTION public.queue_deliveries();
+
+-- FK CONSTRAINT api_keys api_keys_tenant_fkey
+
+ALTER TABLE ONLY public.api_keys
+    ADD CONSTRAINT api_keys_tenant_fkey FOREIGN KEY (tenant) REFERENCES public.tenants(name);
 
 -- FK CONSTRAINT deliveries deliveries_subscription_id_fkey
 
@@ -1139,7 +1254,22 @@ ALTER TABLE ONLY public.deliveries
 ALTER TABLE ONLY public.message_recipients
     ADD CONSTRAINT message_recipients_message_id_fkey FOREIGN KEY (message_id) REFERENCES public.messages(id);
 
+-- FK CONSTRAINT messages messages_tenant_fkey
+
+ALTER TABLE ONLY public.messages
+    ADD CONSTRAINT messages_tenant_fkey FOREIGN KEY (tenant) REFERENCES public.tenants(name) NOT VALID;
+
 -- FK CONSTRAINT recipient_parts recipient_parts_recipient_id_fkey
 
 ALTER TABLE ONLY public.recipient_parts
     ADD CONSTRAINT recipient_parts_recipient_id_fkey FOREIGN KEY (recipient_id) REFERENCES public.message_recipients(id);
+
+-- FK CONSTRAINT subscriptions subscriptions_tenant_fkey
+
+ALTER TABLE ONLY public.subscriptions
+    ADD CONSTRAINT subscriptions_tenant_fkey FOREIGN KEY (tenant) REFERENCES public.tenants(name);
+
+-- FK CONSTRAINT tenant_numbers tenant_numbers_tenant_fkey
+
+ALTER TABLE ONLY public.tenant_numbers
+    ADD CONSTRAINT tenant_numbers_tenant_fkey FOREIGN KEY (tenant) REFERENCES public.tenants(name);

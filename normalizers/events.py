@@ -86,6 +86,7 @@ EVENT_V1_FIELDS: tuple[str, ...] = (
     "failure_kind",
     "occurred_at_source",
     "synthetic",
+    "tenant",
 )
 
 FailureKind = Literal["temporary", "permanent"]
@@ -100,8 +101,9 @@ class Price:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """One normalised report. Storage fields (raw_id, message_id, sequence, recipient_status)
-    are filled by the pipeline once the event is stored; a normaliser leaves them empty."""
+    """One normalised report. Storage fields (raw_id, message_id, sequence, recipient_status,
+    tenant) are filled by the pipeline once the event is stored; a normaliser leaves them
+    empty."""
 
     id: str
     type: EventType
@@ -128,6 +130,7 @@ class Event:
     message_id: str | None = None
     sequence: int | None = None
     recipient_status: Status | None = None
+    tenant: str | None = None  # the storage's answer: whose event it is (None: the operator's)
 
     @property
     def final(self) -> bool:
@@ -171,6 +174,7 @@ class Event:
             "failure_kind": self.failure_kind,
             "occurred_at_source": self.occurred_at_source,
             "synthetic": self.synthetic,
+            "tenant": self.tenant,
         }
 
 

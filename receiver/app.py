@@ -44,6 +44,7 @@ from receiver.sending.silence import SilenceSweep
 from receiver.storage.migrate import load_migrations, migrations_dir
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
+from receiver.tenants import routes as tenant_routes
 from receiver.upkeep.retention import Upkeep
 
 log = structlog.get_logger("receiver.app")
@@ -53,6 +54,9 @@ LIMIT = Param("limit", schema={"type": "integer", "minimum": 1})
 PROVIDER_PATH = Param("provider", "path", required=True)
 TOKEN_PATH = Param("token", "path", required=True)
 ID_PATH = Param("id", "path", required=True)
+TENANT_PATH = Param(
+    "name", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, required=True
+)
 CALLBACK_ANSWERS = {"200": schemas.CallbackAnswer, "202": schemas.CallbackAnswer}
 
 ROUTES: tuple[Route, ...] = (
@@ -183,6 +187,7 @@ ROUTES: tuple[Route, ...] = (
             Param("provider"),
             Param("status"),
             Param("to"),
+            Param("tenant"),
             Param("since", schema={"type": "string", "format": "date-time"}),
             Param("until", schema={"type": "string", "format": "date-time"}),
             LIMIT,
@@ -334,9 +339,10 @@ ROUTES: tuple[Route, ...] = (
         "get",
         "/v1/raw-callbacks",
         raw_callbacks.raw_callbacks,
-        "Raw callbacks, newest first",
+        "Raw callbacks, newest first (operator keys only)",
         {"200": schemas.RawCallbackPage},
         scope="admin",
+        operator=True,
         params=(Param("outcome"), Param("provider"), LIMIT, CURSOR),
         errors=("400", "401", "403", "503"),
     ),
@@ -354,9 +360,10 @@ ROUTES: tuple[Route, ...] = (
         "post",
         "/v1/raw-callbacks/{id}/reprocess",
         reprocess_callback,
-        "Normalise an unparsed raw callback again, with today's normalisers",
+        "Normalise an unparsed raw callback again, with today's normalisers (operator keys only)",
         {"200": schemas.ReprocessResult},
         scope="admin",
+        operator=True,
         params=(ID_PATH,),
         errors=("401", "403", "404", "503"),
     ),
@@ -364,9 +371,10 @@ ROUTES: tuple[Route, ...] = (
         "get",
         "/v1/callback-refusals",
         raw_callbacks.callback_refusals,
-        "Callbacks refused by authentication, newest first: metadata only",
+        "Callbacks refused by authentication, newest first: metadata only (operator keys only)",
         {"200": schemas.CallbackRefusalPage},
         scope="admin",
+        operator=True,
         params=(Param("provider"), LIMIT, CURSOR),
         errors=("400", "401", "403", "503"),
     ),
@@ -383,6 +391,73 @@ ROUTES: tuple[Route, ...] = (
             Param("fast_under_s", schema={"type": "number", "minimum": 0, "maximum": 3600}),
         ),
         errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/tenants",
+        tenant_routes.list_all,
+        "Every tenant, its settings, numbers and number of keys (operator keys only)",
+        {"200": tenant_routes.TenantList},
+        scope="admin",
+        operator=True,
+        errors=("401", "403", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/tenants",
+        tenant_routes.create,
+        "Make a tenant (operator keys only)",
+        {"201": tenant_routes.TenantView},
+        scope="admin",
+        operator=True,
+        body=tenant_routes.TenantIn,
+        errors=("401", "403", "408", "409", "422", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/tenants/{name}",
+        tenant_routes.get_one,
+        "One tenant (operator keys only)",
+        {"200": tenant_routes.TenantView},
+        scope="admin",
+        operator=True,
+        params=(TENANT_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "patch",
+        "/v1/tenants/{name}",
+        tenant_routes.patch,
+        "Enable or disable a tenant, set its providers and send limits (operator keys only)",
+        {"200": tenant_routes.TenantView},
+        scope="admin",
+        operator=True,
+        body=tenant_routes.TenantPatch,
+        params=(TENANT_PATH,),
+        errors=("401", "403", "404", "408", "422", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/tenants/{name}/numbers",
+        tenant_routes.add_number,
+        "A number or sender id becomes the tenant's: replies to it are its (operator keys only)",
+        {"201": tenant_routes.TenantView},
+        scope="admin",
+        operator=True,
+        body=tenant_routes.NumberIn,
+        params=(TENANT_PATH,),
+        errors=("401", "403", "404", "408", "409", "422", "503"),
+    ),
+    Route(
+        "delete",
+        "/v1/tenants/{name}/numbers/{number}",
+        tenant_routes.remove_number,
+        "A number is the tenant's no longer (operator keys only)",
+        {"204": None},
+        scope="admin",
+        operator=True,
+        params=(TENANT_PATH, Param("number", "path", required=True)),
+        errors=("401", "403", "404", "503"),
     ),
 )
 

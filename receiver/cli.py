@@ -1,4 +1,5 @@
-"""The `sms-receiver` command: serve, worker, migrate, reprocess, normalize, demo."""
+"""The `sms-receiver` command: serve, worker, migrate, keys, tenants, reprocess, normalize,
+demo, erase."""
 
 from __future__ import annotations
 
@@ -27,15 +28,19 @@ from receiver.config import MIN_TOKEN_LENGTH, Settings
 from receiver.context import AppContext
 from receiver.delivery.dispatcher import Dispatcher
 from receiver.demo import run_demo
+from receiver.http.errors import ReceiverError
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
 from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
+from receiver.storage import tenants
 from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.storage.migrate import apply_migrations, migrations_dir, pending_migrations
 from receiver.storage.notify import Signal
-from receiver.storage.pool import open_database, resolve_dsn, wait_for_database
+from receiver.storage.pool import open_database, resolve_dsn, session_settings, wait_for_database
+from receiver.storage.tenants import DEFAULT_TENANT, TenantError
+from receiver.tenants.routes import owned_number
 from receiver.upkeep.erasure import NotANumber, erase, spellings
 from receiver.upkeep.retention import Upkeep
 
@@ -72,9 +77,20 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
         help="repeatable: send, read, admin (admin can do everything)",
     )
     create.add_argument("--name", default="unnamed", help="who or what uses it")
-    key_commands.add_parser("list", help="every key, without secrets")
+    owner = create.add_mutually_exclusive_group()
+    owner.add_argument(
+        "--tenant", help=f"the tenant whose data the key reaches (default: {DEFAULT_TENANT})"
+    )
+    owner.add_argument(
+        "--operator",
+        action="store_true",
+        help="a key of no tenant: every tenant's data, and the operator's endpoints",
+    )
+    key_commands.add_parser("list", help="every key, without secrets, with its tenant")
     revoke = key_commands.add_parser("revoke", help="a key stops working at once")
     revoke.add_argument("key_id")
+
+    add_tenant_commands(commands, registry)
 
     again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
     again.add_argument("--provider", choices=sorted(registry), help="only this provider")
@@ -115,6 +131,56 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     return parser
 
 
+def add_tenant_commands(commands: Any, registry: Registry) -> None:
+    group = commands.add_parser(
+        "tenants", help="tenants: create, list, enable, disable, set; their numbers"
+    )
+    actions = group.add_subparsers(dest="tenants_command", required=True)
+
+    def limits(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--provider",
+            action="append",
+            choices=sorted(registry),
+            help="repeatable: the providers it may send through (default: every configured one)",
+        )
+        parser.add_argument(
+            "--send-rate", type=float, help="send requests a second (SEND_RATE_PER_S)"
+        )
+        parser.add_argument("--send-burst", type=int, help="send requests at once (SEND_BURST)")
+        parser.add_argument(
+            "--daily-recipients", type=int, help="recipients a UTC day (SEND_DAILY_RECIPIENTS)"
+        )
+
+    create = actions.add_parser("create", help="a new tenant, enabled")
+    create.add_argument("name", help=tenants.NAME_RULE)
+    limits(create)
+    actions.add_parser("list", help="every tenant with its settings, numbers and keys")
+    for verb, meaning in (
+        ("disable", "its keys are refused, its subscriptions and held messages wait"),
+        ("enable", "its keys work again, its subscriptions and held messages go on"),
+    ):
+        action = actions.add_parser(verb, help=meaning)
+        action.add_argument("name")
+    change = actions.add_parser("set", help="change a tenant's providers or send limits")
+    change.add_argument("name")
+    limits(change)
+    change.add_argument(
+        "--all-providers", action="store_true", help="it may send through every provider again"
+    )
+    numbers = actions.add_parser("numbers", help="the numbers and sender ids a tenant owns")
+    number_actions = numbers.add_subparsers(dest="numbers_command", required=True)
+    for verb, meaning in (
+        ("add", "replies to this number are the tenant's (a number has one tenant at most)"),
+        ("remove", "the number is the tenant's no longer"),
+    ):
+        action = number_actions.add_parser(verb, help=meaning)
+        action.add_argument("name")
+        action.add_argument("number", help="E.164 (+447700900001) or a sender id")
+    listed = number_actions.add_parser("list", help="the tenant's numbers")
+    listed.add_argument("name")
+
+
 def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTRY) -> int:
     args = build_parser(registry).parse_args(argv)
     if args.command == "normalize":
@@ -131,6 +197,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
         return asyncio.run(migrate_command(settings, dsn))
     if args.command == "keys":
         return asyncio.run(keys_command(settings, dsn, args))
+    if args.command == "tenants":
+        return asyncio.run(tenants_command(settings, dsn, args, registry))
     if args.command == "worker":
         return asyncio.run(worker_command(settings, dsn, registry))
     if args.command == "erase":
@@ -138,7 +206,14 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     if args.command == "demo":
         return asyncio.run(run_demo(args.url, dsn, args.seconds, api_key=args.key))
     return asyncio.run(
-        reprocess_command(dsn, registry, args.provider, args.dry_run, settings.regions())
+        reprocess_command(
+            dsn,
+            registry,
+            args.provider,
+            args.dry_run,
+            settings.regions(),
+            session_settings(settings),
+        )
     )
 
 
@@ -213,16 +288,35 @@ async def keys_command(settings: Settings, dsn: str, args: argparse.Namespace) -
     connection = await asyncpg.connect(dsn)
     try:
         if args.keys_command == "create":
-            key_id, secret = await create_key(connection, args.name, args.scope)
-            print(f"key {key_id} ({', '.join(sorted(set(args.scope)))}): {secret}")
+            tenant = None if args.operator else (args.tenant or DEFAULT_TENANT)
+            if tenant is not None:
+                found = await tenants.tenant(connection, tenant)
+                if found is None:
+                    print(
+                        f"error: no tenant named {tenant!r} (`sms-receiver tenants list` shows"
+                        " them; `tenants create NAME` makes one)",
+                        file=sys.stderr,
+                    )
+                    return 1
+                if not found.enabled:
+                    print(
+                        f"error: the tenant {tenant!r} is disabled: its keys would be refused"
+                        f" (`sms-receiver tenants enable {tenant}` first)",
+                        file=sys.stderr,
+                    )
+                    return 1
+            key_id, secret = await create_key(connection, args.name, args.scope, tenant)
+            whose = f"tenant {tenant}" if tenant is not None else "operator"
+            print(f"key {key_id} ({', '.join(sorted(set(args.scope)))}; {whose}): {secret}")
             print("the secret is shown this once; only its hash is stored")
             return 0
         if args.keys_command == "list":
             for row in await list_keys(connection):
                 state = f"revoked {row['revoked_at']:%Y-%m-%d}" if row["revoked_at"] else "active"
+                whose = row["tenant"] or "(operator)"
                 print(
                     f"{row['id']}  {row['prefix']}…  {','.join(row['scopes']):<16}"
-                    f"  {state:<18}  {row['name']}"
+                    f"  {whose:<16}  {state:<18}  {row['name']}"
                 )
             return 0
         try:
@@ -237,6 +331,101 @@ async def keys_command(settings: Settings, dsn: str, args: argparse.Namespace) -
         return 0
     finally:
         await connection.close()
+
+
+async def tenants_command(
+    settings: Settings, dsn: str, args: argparse.Namespace, registry: Registry
+) -> int:
+    """The tenants subcommands; a refusal (a bad name, an unknown tenant, a number another
+    tenant owns) is one line on stderr and exit status 1."""
+    await wait_for_database(dsn, settings.db_connect_retry_s)
+    connection = await asyncpg.connect(dsn)
+    try:
+        return await _tenants(connection, args, registry)
+    except TenantError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    except ReceiverError as error:
+        print(f"error: {error.message}", file=sys.stderr)
+        return 1
+    finally:
+        await connection.close()
+
+
+def _limits(args: argparse.Namespace) -> dict[str, Any]:
+    given: dict[str, Any] = {}
+    if args.provider:
+        given["providers"] = args.provider
+    if getattr(args, "all_providers", False):
+        given["providers"] = None
+    for option, field in (
+        ("send_rate", "send_rate_per_s"),
+        ("send_burst", "send_burst"),
+        ("daily_recipients", "daily_recipients"),
+    ):
+        value = getattr(args, option)
+        if value is not None:
+            if (value <= 0 and field != "daily_recipients") or value < 0:
+                raise TenantError("invalid_limit", f"--{option.replace('_', '-')} must be positive")
+            given[field] = value
+    return given
+
+
+async def _tenants(
+    connection: asyncpg.Connection, args: argparse.Namespace, registry: Registry
+) -> int:
+    command = args.tenants_command
+    if command == "create":
+        await tenants.create_tenant(
+            connection, args.name, tenants.settings_of(_limits(args), sorted(registry))
+        )
+        print(f"tenant {args.name} created (enabled)")
+        return 0
+    if command == "list":
+        rows = await tenants.list_tenants(connection)
+        for row in rows:
+            state = "enabled" if row["enabled"] else "disabled"
+            providers = ",".join(row["providers"]) if row["providers"] is not None else "all"
+            limits = "/".join(
+                "-" if row[field] is None else f"{row[field]:g}"
+                for field in ("send_rate_per_s", "send_burst", "daily_recipients")
+            )
+            print(
+                f"{row['name']:<20} {state:<9} providers={providers:<24} limits={limits:<14}"
+                f" keys={row['keys']:<3} numbers={','.join(row['numbers']) or '-'}"
+            )
+        return 0
+    if command in ("enable", "disable"):
+        changed = await tenants.update_tenant(
+            connection, args.name, {"enabled": command == "enable"}
+        )
+        if changed is None:
+            raise TenantError("not_found", f"no tenant named {args.name!r}")
+        print(f"tenant {args.name} {command}d")
+        return 0
+    if command == "set":
+        changes = tenants.settings_of(_limits(args), sorted(registry))
+        if not changes:
+            raise TenantError("nothing_to_set", "nothing to set: give --provider, --send-rate...")
+        if await tenants.update_tenant(connection, args.name, changes) is None:
+            raise TenantError("not_found", f"no tenant named {args.name!r}")
+        print(f"tenant {args.name}: {', '.join(sorted(changes))} set")
+        return 0
+    if args.numbers_command == "list":
+        if await tenants.tenant(connection, args.name) is None:
+            raise TenantError("not_found", f"no tenant named {args.name!r}")
+        for number in await tenants.numbers_of(connection, args.name):
+            print(number)
+        return 0
+    number = owned_number(args.number)
+    if args.numbers_command == "add":
+        await tenants.add_number(connection, args.name, number)
+        print(f"{number} is the tenant {args.name}'s")
+        return 0
+    if not await tenants.remove_number(connection, args.name, number):
+        raise TenantError("not_found", f"{number} is not a number of the tenant {args.name!r}")
+    print(f"{number} is the tenant {args.name}'s no longer")
+    return 0
 
 
 async def schema_behind(settings: Settings, dsn: str) -> bool:
@@ -344,8 +533,9 @@ async def reprocess_command(
     provider: str | None,
     dry_run: bool,
     regions: Mapping[str, str] | None = None,
+    server_settings: dict[str, str] | None = None,
 ) -> int:
-    connection = await asyncpg.connect(dsn)
+    connection = await asyncpg.connect(dsn, server_settings=server_settings)
     try:
         report = await reprocess(
             connection, registry, provider=provider, dry_run=dry_run, emit=print, regions=regions

@@ -322,6 +322,14 @@ class Settings(BaseSettings):
         default=(),
         description="Private networks subscribers may be in (e.g. 127.0.0.0/8); none by default.",
     )
+    reply_window_days: int = Field(
+        default=30,
+        ge=1,
+        le=3650,
+        description="A reply to a number no tenant owns is the tenant's that most recently sent"
+        " from that number to that handset within this many days; else nobody's (the"
+        " operator's).",
+    )
     streams_per_key: int = Field(
         default=5,
         ge=1,

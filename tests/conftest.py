@@ -31,7 +31,7 @@ for _name in DEFAULT_REGISTRY:
 TABLES = (
     "deliveries, subscriptions, events, recipient_parts, message_recipients, messages,"
     " raw_callbacks, idempotency_keys, delivery_attempts, api_keys, callback_refusals,"
-    " send_rate_buckets, send_quota_days"
+    " send_rate_buckets, send_quota_days, tenant_numbers"
 )
 
 
@@ -103,6 +103,12 @@ async def dsn(admin_dsn: str) -> AsyncIterator[str]:
 async def db(dsn: str) -> AsyncIterator[asyncpg.Connection]:
     connection = await asyncpg.connect(dsn)
     await connection.execute(f"TRUNCATE {TABLES} RESTART IDENTITY CASCADE")
+    # Tenants but the one every hub has, as the migration left it.
+    await connection.execute("DELETE FROM tenants WHERE name <> 'default'")
+    await connection.execute(
+        "UPDATE tenants SET enabled = true, disabled_at = NULL, providers = NULL,"
+        " send_rate_per_s = NULL, send_burst = NULL, daily_recipients = NULL"
+    )
     yield connection
     await connection.close()
 

@@ -21,7 +21,7 @@ from normalizers.base import CallbackRequest
 from normalizers.events import Event
 
 FIXTURES = Path(__file__).parent / "fixtures"
-STORAGE_FIELDS = ("raw_id", "message_id", "sequence", "recipient_status")
+STORAGE_FIELDS = ("raw_id", "message_id", "sequence", "recipient_status", "tenant")
 
 
 @dataclass(frozen=True)

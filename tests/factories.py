@@ -40,11 +40,12 @@ async def insert_message(
     sender: str | None = None,
     body: str | None = None,
     client_ref: str | None = None,
+    tenant: str = "default",
 ) -> None:
     await connection.execute(
         """
-        INSERT INTO messages (id, provider, provider_message_id, sender, body, client_ref)
-        VALUES ($1, $2, $3, $4, $5, $6)
+        INSERT INTO messages (id, provider, provider_message_id, sender, body, client_ref, tenant)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
         """,
         message_id,
         provider,
@@ -52,6 +53,7 @@ async def insert_message(
         sender,
         body,
         client_ref,
+        tenant,
     )
 
 

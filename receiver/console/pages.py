@@ -1,6 +1,8 @@
 """The console's pages: the latest messages (search, keyset paging, live updates from the event
 stream), one message with each recipient's timeline, one raw callback; the login and logout.
-Each page needs the scope of the API route it mirrors, and reads through the same functions."""
+Each page needs the scope of the API route it mirrors, and reads through the same functions,
+as the same asker: a tenant's key sees its tenant's data alone; an operator key sees every
+tenant's (with a tenant column and filter) and the operator's pages (callbacks, tenants)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from receiver.console import charts
 from receiver.context import AppContext
 from receiver.delivery.subscriptions import subscription_json
 from receiver.http import params
-from receiver.http.apikeys import key_of
+from receiver.http.apikeys import ASKER, key_of
 from receiver.http.errors import ReceiverError
 from receiver.http.session import (
     CSRF_FIELD,
@@ -38,7 +40,9 @@ from receiver.query.messages import message_page, message_view
 from receiver.query.raw_callbacks import raw_callback_page, raw_callback_view, refusal_page
 from receiver.storage import events, outbox, stats
 from receiver.storage import messages as storage_messages
-from receiver.storage.apikeys import ApiKey
+from receiver.storage import tenants as storage_tenants
+from receiver.storage.apikeys import ApiKey, list_keys
+from receiver.storage.tenants import Asker
 
 log = structlog.get_logger("receiver.console.pages")
 
@@ -57,23 +61,42 @@ class Viewer:
     def name(self) -> str | None:
         return self.key.name if self.key else None
 
-    def may(self, scope: str) -> bool:
+    @property
+    def asker(self) -> Asker:
+        return self.key.asker if self.key else Asker.OPERATOR
+
+    @property
+    def tenant(self) -> str | None:
+        """The tenant whose console this is; None: the operator's."""
+        return self.asker.tenant
+
+    def may(self, scope: str, operator: bool = False) -> bool:
+        if operator and not self.asker.is_operator:
+            return False
         return self.key is None or self.key.allows(scope)
 
 
-async def viewer(request: web.Request, scope: str) -> Viewer:
-    """The console's user if it may see a page needing `scope`: without a session, to the login
-    page; with a key lacking the scope, a 403 page."""
+async def viewer(request: web.Request, scope: str, operator: bool = False) -> Viewer:
+    """The console's user if it may see a page needing `scope` (and an operator key, when
+    `operator`): without a session, to the login page; with a key lacking the scope, of a
+    disabled tenant, or a tenant's on an operator's page, a 403 page. Who is asking is set on
+    the request, as the API's key check does."""
     context: AppContext = request.app[AppContext.KEY]
     if not context.settings.api_auth:
+        request[ASKER] = Asker.OPERATOR
         return Viewer(None, None)
     secret = cookie_secret(request)
     key = await key_of(context, secret) if secret is not None else None
     if key is None:
         raise web.HTTPSeeOther(f"{LOGIN}?next={request.path_qs}")
     found = Viewer(key, secret)
+    if key.disabled_tenant is not None:
+        raise Refused(f"the tenant {key.disabled_tenant!r} of this key is disabled", found)
     if not found.may(scope):
         raise Refused(f"this key ({key.name}) lacks the {scope!r} scope this page needs", found)
+    if not found.may(scope, operator):
+        raise Refused(f"this page is the operator's: the key {key.name} is a tenant's", found)
+    request[ASKER] = found.asker
     return found
 
 
@@ -88,13 +111,16 @@ class Refused(Exception):
 Page = Callable[[web.Request, Viewer], Awaitable[web.Response]]
 
 
-def page(scope: str) -> Callable[[Page], Callable[[web.Request], Awaitable[web.Response]]]:
-    """A console page needing `scope` (the scope of the API route it mirrors)."""
+def page(
+    scope: str, operator: bool = False
+) -> Callable[[Page], Callable[[web.Request], Awaitable[web.Response]]]:
+    """A console page needing `scope` (the scope of the API route it mirrors), and an operator
+    key when `operator`."""
 
     def wrap(handler: Page) -> Callable[[web.Request], Awaitable[web.Response]]:
         async def run(request: web.Request) -> web.Response:
             try:
-                who = await viewer(request, scope)
+                who = await viewer(request, scope, operator)
             except Refused as refused:
                 return render("forbidden.html", request, refused.who, 403, reason=str(refused))
             return await handler(request, who)
@@ -134,6 +160,9 @@ async def messages(request: web.Request, who: Viewer) -> web.Response:
         return render("message_rows.html", request, who, page=page)
     async with context.db.connection() as connection:
         live_after = await events.feed_now(connection)
+        tenant_names = (
+            await storage_tenants.tenant_names(connection) if who.asker.is_operator else []
+        )
     kept = [(k, v) for k, v in request.query.items() if k not in ("cursor", "fragment") and v]
     return render(
         "messages.html",
@@ -146,6 +175,7 @@ async def messages(request: web.Request, who: Viewer) -> web.Response:
         query_without_cursor=urlencode(kept) + "&" if kept else "",
         providers=sorted(context.registry),
         statuses=[str(status) for status in Status],
+        tenants=tenant_names,
     )
 
 
@@ -157,7 +187,7 @@ async def message(request: web.Request, who: Viewer) -> web.Response:
     view = None
     if message_id is not None:
         async with context.read_db.connection() as connection:
-            view = await message_view(connection, message_id)
+            view = await message_view(connection, message_id, who.asker)
     if view is None:
         return render("missing.html", request, who, status=404, what="message")
     return render("message.html", request, who, message=view, timelines=timelines(view))
@@ -191,7 +221,7 @@ async def find(request: web.Request, who: Viewer) -> web.Response:
     if provider in context.registry and pmid:
         async with context.read_db.connection() as connection:
             recipients = await storage_messages.recipients_of_provider_id(
-                connection, provider, pmid
+                connection, provider, pmid, who.asker
             )
         owner = next((r["message_id"] for r in recipients if r["message_id"]), None)
     if owner is None:
@@ -199,7 +229,7 @@ async def find(request: web.Request, who: Viewer) -> web.Response:
     raise web.HTTPSeeOther(f"/console/messages/{owner}")
 
 
-@page("admin")
+@page("admin", operator=True)
 async def callbacks(request: web.Request, who: Viewer) -> web.Response:
     """Callbacks that could not be read (each with a reprocess action) and those refused."""
     unreadable = await raw_callback_page(request, outcome="unparsed")
@@ -215,9 +245,9 @@ async def subscriptions(request: web.Request, who: Viewer) -> web.Response:
     replay, and retry a delivery given up on."""
     context: AppContext = request.app[AppContext.KEY]
     async with context.read_db.connection() as connection:
-        rows = await outbox.list_subscriptions(connection)
-        health = await outbox.subscription_health(connection)
-        failed = await outbox.failed_deliveries(connection, 20)
+        rows = await outbox.list_subscriptions(connection, who.asker)
+        health = await outbox.subscription_health(connection, [row["id"] for row in rows])
+        failed = await outbox.failed_deliveries(connection, 20, who.asker)
     listed = [subscription_json(row) | {"health": health.get(row["id"], {})} for row in rows]
     return render(
         "subscriptions.html",
@@ -235,10 +265,12 @@ PROVIDER_REFRESH_S = 60.0
 
 
 class ProviderSummary:
-    """The providers page's figures, computed at most once a PROVIDER_REFRESH_S: the first
-    request waits for them, later ones answer from the last ones while a refresh runs."""
+    """The providers page's figures for one asker (a tenant's traffic, or every tenant's for the
+    operator), computed at most once a PROVIDER_REFRESH_S: the first request waits for them,
+    later ones answer from the last ones while a refresh runs."""
 
-    def __init__(self) -> None:
+    def __init__(self, asker: Asker) -> None:
+        self.asker = asker
         self.value: tuple[list[dict[str, Any]], list[datetime]] | None = None
         self.computed_at: datetime | None = None
         self.started = 0.0  # time.monotonic() of the last computation's start
@@ -260,7 +292,7 @@ class ProviderSummary:
 
     async def _compute(self, app: web.Application) -> None:
         self.started = time.monotonic()
-        self.value = await provider_summary(app)
+        self.value = await provider_summary(app, self.asker)
         self.computed_at = datetime.now(UTC)
 
     async def _refresh(self, app: web.Application) -> None:
@@ -271,7 +303,8 @@ class ProviderSummary:
                 log.warning("provider_summary_failed", error=repr(error))
 
 
-PROVIDER_SUMMARY = web.AppKey("provider_summary", ProviderSummary)
+# One summary per asker that opened the page (the operator, and each tenant).
+PROVIDER_SUMMARY = web.AppKey("provider_summary", dict[Asker, ProviderSummary])
 
 
 @page("read")
@@ -280,7 +313,7 @@ async def providers(request: web.Request, who: Viewer) -> web.Response:
     real final status, inbound replies; and its unparsed and refused callbacks. Computed at
     most once a PROVIDER_REFRESH_S per instance (it reads every recipient of those days: 0.3 s
     at 200,000), the page served from the last result meanwhile."""
-    summary = request.app[PROVIDER_SUMMARY]
+    summary = request.app[PROVIDER_SUMMARY].setdefault(who.asker, ProviderSummary(who.asker))
     shown, days = await summary.current(request.app)
     return render(
         "providers.html",
@@ -294,15 +327,20 @@ async def providers(request: web.Request, who: Viewer) -> web.Response:
     )
 
 
-async def provider_summary(app: web.Application) -> tuple[list[dict[str, Any]], list[datetime]]:
+async def provider_summary(
+    app: web.Application, asker: Asker
+) -> tuple[list[dict[str, Any]], list[datetime]]:
     context: AppContext = app[AppContext.KEY]
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     since = today - timedelta(days=PROVIDER_DAYS - 1)
     days = [since + timedelta(days=n) for n in range(PROVIDER_DAYS)]
     async with context.read_db.connection() as connection:
-        daily = await stats.daily_stats(connection, since)
-        inbound = await stats.daily_inbound(connection, since)
-        unusable = await stats.unusable_callbacks(connection, since, None)
+        daily = await stats.daily_stats(connection, since, asker)
+        inbound = await stats.daily_inbound(connection, since, asker)
+        # Unparsed and refused callbacks are nobody's: the operator's figures alone.
+        unusable = (
+            await stats.unusable_callbacks(connection, since, None) if asker.is_operator else []
+        )
     by_day: dict[tuple[str, datetime], Any] = {
         (row["provider"], row["day"].replace(tzinfo=UTC)): row for row in daily
     }
@@ -325,8 +363,8 @@ async def provider_summary(app: web.Application) -> tuple[list[dict[str, Any]], 
                 "delivered": sum(row["delivered"] for row in rows if row),
                 "final": sum(row["final"] for row in rows if row),
                 "inbound": int(sum(counts)),
-                "unparsed": bad.get((name, "unparsed"), 0),
-                "refused": bad.get((name, "rejected"), 0),
+                "unparsed": bad.get((name, "unparsed"), 0) if asker.is_operator else None,
+                "refused": bad.get((name, "rejected"), 0) if asker.is_operator else None,
                 "rate_chart": charts.bars(rates, 100.0, f"{name} delivery rate", "%"),
                 "latency_chart": charts.bars(
                     latencies,
@@ -340,6 +378,28 @@ async def provider_summary(app: web.Application) -> tuple[list[dict[str, Any]], 
             }
         )
     return shown, days
+
+
+@page("admin", operator=True)
+async def tenants(request: web.Request, who: Viewer) -> web.Response:
+    """Every tenant: enabled or not, its providers, limits, numbers and keys (no secret)."""
+    context: AppContext = request.app[AppContext.KEY]
+    async with context.read_db.connection() as connection:
+        rows = await storage_tenants.list_tenants(connection)
+        keys = await list_keys(connection)
+    by_tenant: dict[str | None, list[Any]] = {}
+    for key in keys:
+        if key["revoked_at"] is None:
+            by_tenant.setdefault(key["tenant"], []).append(key)
+    return render(
+        "tenants.html",
+        request,
+        who,
+        active="tenants",
+        tenants=rows,
+        keys=by_tenant,
+        settings=context.settings,
+    )
 
 
 @page("admin")
@@ -360,14 +420,18 @@ async def login(request: web.Request) -> web.Response:
     form = await request.post()
     secret = str(form.get("key", "")).strip()
     key = await key_of(context, secret)
-    if key is None:
+    if key is None or key.disabled_tenant is not None:
         return render(
             "login.html",
             request,
             Viewer(None, None),
-            status=401,
+            status=401 if key is None else 403,
             next=_next(request),
-            error="unknown or revoked API key",
+            error=(
+                "unknown or revoked API key"
+                if key is None
+                else f"the tenant {key.disabled_tenant!r} of this key is disabled"
+            ),
         )
     response = web.HTTPSeeOther(_next(request))
     set_session(response, secret, secure=request.secure)
@@ -404,7 +468,8 @@ def add_console(app: web.Application) -> None:
     app.router.add_get("/console/callbacks", callbacks)
     app.router.add_get("/console/subscriptions", subscriptions)
     app.router.add_get("/console/providers", providers)
-    app[PROVIDER_SUMMARY] = ProviderSummary()
+    app.router.add_get("/console/tenants", tenants)
+    app[PROVIDER_SUMMARY] = {}
     app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
     app.router.add_get(LOGIN, login_page)
     app.router.add_post(LOGIN, login)

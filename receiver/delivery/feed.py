@@ -1,5 +1,6 @@
 """GET /v1/events (the pull feed) and GET /v1/events/stream (Server-Sent Events): every stored
-event once, in commit-safe order, resumable from a cursor."""
+event of the asker's (a tenant's own; every event for the operator) once, in commit-safe order,
+resumable from a cursor."""
 
 from __future__ import annotations
 
@@ -15,10 +16,11 @@ from aiohttp import web
 from normalizers.events import EventType
 from receiver.context import AppContext
 from receiver.http import params
-from receiver.http.apikeys import API_KEY, caller_of
+from receiver.http.apikeys import API_KEY, asker_of, caller_of
 from receiver.http.errors import BadRequest, TooManyRequests
 from receiver.storage.apikeys import ApiKey, still_valid
 from receiver.storage.events import event_json, feed
+from receiver.storage.tenants import Asker
 
 KEEPALIVE_S = 15.0
 
@@ -26,7 +28,7 @@ KEEPALIVE_S = 15.0
 CURSOR = re.compile(r"([0-9]{1,19})\.([0-9]{1,19})", re.ASCII)
 BIGINT_MAX = 2**63 - 1
 IDLE_POLL_S = 0.5  # an event hidden behind a transaction still running shows up this soon
-KEY_RECHECK_S = 2.0  # a revoked key's stream ends within this
+KEY_RECHECK_S = 2.0  # a revoked key's (a disabled tenant's) stream ends within this
 
 
 def parse_cursor(value: str | None) -> tuple[int, int] | None:
@@ -52,11 +54,12 @@ def cursor_of(row: Any) -> str:
 
 async def events(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
+    asker = asker_of(request)
     after = parse_cursor(request.query.get("after"))
     limit = params.limit(request, default=100)
     event_type, provider = _filters(request, context)
     async with context.db.connection() as connection:
-        rows = await feed(connection, after, limit, event_type, provider)
+        rows = await feed(connection, after, limit, event_type, provider, asker)
     next_cursor = cursor_of(rows[-1]) if rows else request.query.get("after")
     return web.json_response(
         {
@@ -70,6 +73,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
     """The stream, at most STREAMS_PER_KEY of them open at once per API key (per address
     without keys): each holds a connection and polls the database."""
     context = request.app[AppContext.KEY]
+    asker = asker_of(request)
     caller = caller_of(request)
     open_streams = request.app[OPEN_STREAMS]
     limit = context.settings.streams_per_key
@@ -80,7 +84,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         )
     open_streams[caller] += 1
     try:
-        return await _stream(request, context, request.get(API_KEY))
+        return await _stream(request, context, request.get(API_KEY), asker)
     finally:
         open_streams[caller] -= 1
         if open_streams[caller] <= 0:
@@ -88,7 +92,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def _stream(
-    request: web.Request, context: AppContext, key: ApiKey | None
+    request: web.Request, context: AppContext, key: ApiKey | None, asker: Asker
 ) -> web.StreamResponse:
     after = parse_cursor(request.headers.get("Last-Event-ID") or request.query.get("after"))
     event_type, provider = _filters(request, context)
@@ -110,11 +114,11 @@ async def _stream(
             if key is not None and time.monotonic() - checked_key_at >= KEY_RECHECK_S:
                 async with context.db.connection() as connection:
                     if not await still_valid(connection, key.id):
-                        break  # revoked: the stream ends
+                        break  # revoked, or its tenant disabled: the stream ends
                 checked_key_at = time.monotonic()
             wake = context.signal.current()
             async with context.db.connection() as connection:
-                rows = await feed(connection, after, 200, event_type, provider)
+                rows = await feed(connection, after, 200, event_type, provider, asker)
             for row in rows:
                 event = event_json(row)
                 payload = json.dumps(event, separators=(",", ":"), ensure_ascii=False)

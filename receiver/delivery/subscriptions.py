@@ -1,5 +1,7 @@
 """/v1/subscriptions and /v1/deliveries: who receives the re-emitted events, and what to
-deliver again."""
+deliver again. A tenant's key reaches its tenant's subscriptions (which receive that tenant's
+events) and their deliveries; an operator's, the operator's (which receive every event) and
+every tenant's."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, S
 from normalizers.events import EventType, Status
 from receiver.context import AppContext
 from receiver.http import params
+from receiver.http.apikeys import asker_of
 from receiver.http.bodies import read_model
 from receiver.http.errors import NotFound
 from receiver.http.fields import PastMoment, no_nul
@@ -84,6 +87,7 @@ def subscription_json(row: asyncpg.Record) -> dict[str, Any]:
         "failing_since": row["failing_since"].isoformat() if row["failing_since"] else None,
         "created_at": row["created_at"].isoformat(),
         "updated_at": row["updated_at"].isoformat(),
+        "tenant": row["tenant"],
     }
 
 
@@ -111,6 +115,7 @@ async def create(request: web.Request) -> web.Response:
             _filters(incoming.filters),
             incoming.description,
             incoming.enabled,
+            asker_of(request),
         )
     # The secret is shown once, here; it is never returned again.
     return web.json_response(subscription_json(row) | {"secret": secret}, status=201)
@@ -119,14 +124,14 @@ async def create(request: web.Request) -> web.Response:
 async def list_all(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     async with context.db.connection() as connection:
-        rows = await outbox.list_subscriptions(connection)
+        rows = await outbox.list_subscriptions(connection, asker_of(request))
     return web.json_response({"data": [subscription_json(row) for row in rows]})
 
 
 async def get_one(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     async with context.db.connection() as connection:
-        row = await outbox.get_subscription(connection, _id(request))
+        row = await outbox.get_subscription(connection, _id(request), asker_of(request))
     if row is None:
         raise NotFound("no such subscription")
     return web.json_response(subscription_json(row))
@@ -146,7 +151,7 @@ async def patch(request: web.Request) -> web.Response:
     if "enabled" in fields and incoming.enabled is not None:
         changes["enabled"] = incoming.enabled
     async with context.db.connection() as connection:
-        row = await outbox.update_subscription(connection, _id(request), changes)
+        row = await outbox.update_subscription(connection, _id(request), changes, asker_of(request))
     if row is None:
         raise NotFound("no such subscription")
     return web.json_response(subscription_json(row))
@@ -155,7 +160,7 @@ async def patch(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     async with context.db.connection() as connection:
-        deleted = await outbox.delete_subscription(connection, _id(request))
+        deleted = await outbox.delete_subscription(connection, _id(request), asker_of(request))
     if not deleted:
         raise NotFound("no such subscription")
     return web.Response(status=204)
@@ -165,7 +170,9 @@ async def rotate(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     secret = new_secret()
     async with context.db.connection() as connection:
-        rotated = await outbox.rotate_secret(connection, _id(request), secret, SECRET_OVERLAP_S)
+        rotated = await outbox.rotate_secret(
+            connection, _id(request), secret, SECRET_OVERLAP_S, asker_of(request)
+        )
     if not rotated:
         raise NotFound("no such subscription")
     return web.json_response({"secret": secret, "previous_secret_valid_for_s": SECRET_OVERLAP_S})
@@ -176,7 +183,7 @@ async def replay(request: web.Request) -> web.Response:
     incoming = await read_model(request, ReplayIn)
     subscription_id = _id(request)
     async with context.db.connection() as connection:
-        if await outbox.get_subscription(connection, subscription_id) is None:
+        if await outbox.get_subscription(connection, subscription_id, asker_of(request)) is None:
             raise NotFound("no such subscription")
         queued = await outbox.replay(
             connection, subscription_id, incoming.since, _filters(incoming)
@@ -192,7 +199,7 @@ async def retry(request: web.Request) -> web.Response:
         raise NotFound("no such delivery")
     delivery_id = int(raw_id)
     async with context.db.connection() as connection:
-        queued = await outbox.retry_delivery(connection, delivery_id)
+        queued = await outbox.retry_delivery(connection, delivery_id, asker_of(request))
     if not queued:
         raise NotFound("no such delivery, or it is being delivered right now")
     context.signal.fire()

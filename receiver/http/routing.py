@@ -34,6 +34,8 @@ class Route:
     summary: str
     answers: Mapping[str, Any]  # status -> the answer's model (or a union of them), None: none
     scope: str | None = None  # the scope an API key needs; None: open (callbacks, health, docs)
+    # Only operator keys (of no tenant) reach it: tenants, refusals, what matches no message.
+    operator: bool = False
     body: type[BaseModel] | None = None
     any_body: bool = False  # a provider's callback: whatever it sends
     params: tuple[Param, ...] = ()
@@ -42,18 +44,31 @@ class Route:
     content_type: str = "application/json"  # of the 200 answer when it has no model
 
 
-# (method, path pattern) -> the scope its caller's key must hold (None: open).
-ROUTE_SCOPES = web.AppKey("route_scopes", dict[tuple[str, str], str | None])
+@dataclass(frozen=True, slots=True)
+class Access:
+    """What a route's caller needs: a key with `scope` (None: open), of the operator when
+    `operator`."""
+
+    scope: str | None
+    operator: bool = False
+
+
+OPEN = Access(None)
+
+# (method, path pattern) -> what its caller's key needs.
+ROUTE_ACCESS = web.AppKey("route_access", dict[tuple[str, str], Access])
 
 
 def add_routes(app: web.Application, routes: tuple[Route, ...]) -> None:
     """Every route of the table on the router, and its scope where the key check finds it."""
-    scopes: dict[tuple[str, str], str | None] = {}
+    access: dict[tuple[str, str], Access] = {}
     for route in routes:
         if route.scope is None and route.path.startswith("/v1/"):
             raise ValueError(f"{route.method.upper()} {route.path} declares no scope")
         if route.scope is not None and route.scope not in SCOPES:
             raise ValueError(f"{route.method.upper()} {route.path}: unknown scope {route.scope}")
+        if route.operator and route.scope is None:
+            raise ValueError(f"{route.method.upper()} {route.path}: operator-only needs a scope")
         method = route.method.upper()
         if method == "GET" and route.expect_handler is None:
             app.router.add_get(route.path, route.handler)  # and HEAD
@@ -61,18 +76,16 @@ def add_routes(app: web.Application, routes: tuple[Route, ...]) -> None:
             app.router.add_route(
                 method, route.path, route.handler, expect_handler=route.expect_handler
             )
-        scopes[(method, route.path)] = route.scope
-    app[ROUTE_SCOPES] = scopes
+        access[(method, route.path)] = Access(route.scope, route.operator)
+    app[ROUTE_ACCESS] = access
 
 
-def scope_of(request: web.Request) -> tuple[bool, str | None]:
-    """(declared, scope) of the route a request matched: `declared` is False for a route that is
-    not in the table (the sandbox's, say)."""
+def access_of(request: web.Request) -> Access | None:
+    """What the route a request matched needs; None for a route that is not in the table (the
+    sandbox's, say)."""
     route = request.match_info.route
     resource = route.resource
     if resource is None:
-        return False, None
+        return None
     method = "GET" if route.method == "HEAD" else route.method
-    scopes = request.app.get(ROUTE_SCOPES, {})
-    key = (method, resource.canonical)
-    return key in scopes, scopes.get(key)
+    return request.app.get(ROUTE_ACCESS, {}).get((method, resource.canonical))

@@ -48,6 +48,7 @@ class EventV1(BaseModel):
     failure_kind: Literal["temporary", "permanent"] | None
     occurred_at_source: Literal["provider", "received"]
     synthetic: bool
+    tenant: str | None  # whose event it is; null: the operator's alone
 
 
 # --- answers of the HTTP API (the OpenAPI document is generated from these) -------------------
@@ -138,6 +139,7 @@ class MessageSummary(BaseModel):
     send_at: datetime | None
     expires_at: datetime | None
     created_at: datetime
+    tenant: str
     recipients: list[RecipientView]
 
 
@@ -186,6 +188,7 @@ class SubscriptionView(BaseModel):
     failing_since: datetime | None
     created_at: datetime
     updated_at: datetime
+    tenant: str | None  # whose events it receives; null: the operator's, every event
 
 
 class SubscriptionCreated(SubscriptionView):

@@ -7,12 +7,14 @@ from aiohttp import web
 
 from receiver.context import AppContext
 from receiver.http import params
+from receiver.http.apikeys import asker_of
 from receiver.storage import events
 from receiver.storage.events import event_json
 
 
 async def inbound(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
+    asker = asker_of(request)
     limit = params.limit(request)
     after = params.parse_keyset_cursor(request)
     handset = params.number(request, "from")
@@ -29,6 +31,7 @@ async def inbound(request: web.Request) -> web.Response:
             until=until,
             after=after,
             limit=limit + 1,
+            asker=asker,
         )
     page = rows[:limit]
     return web.json_response(

@@ -12,10 +12,12 @@ from aiohttp import web
 from normalizers.events import Status, rfc3339
 from receiver.context import AppContext
 from receiver.http import params
+from receiver.http.apikeys import asker_of
 from receiver.http.errors import BadRequest, NotFound
 from receiver.storage import events, messages
 from receiver.storage.messages import is_pending
 from receiver.storage.pool import Connection
+from receiver.storage.tenants import Asker
 
 
 def message_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -32,6 +34,7 @@ def message_json(row: asyncpg.Record) -> dict[str, Any]:
         "send_at": rfc3339(row["send_at"]) if row["send_at"] else None,
         "expires_at": rfc3339(row["expires_at"]) if row["expires_at"] else None,
         "created_at": rfc3339(row["created_at"]),
+        "tenant": row["tenant"],
     }
 
 
@@ -51,24 +54,28 @@ def recipient_json(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-async def message_view(connection: Connection, message_id: uuid.UUID) -> dict[str, Any] | None:
-    row = await messages.message(connection, message_id)
+async def message_view(
+    connection: Connection, message_id: uuid.UUID, asker: Asker
+) -> dict[str, Any] | None:
+    """The message with its recipients and timeline; None when it is not the asker's."""
+    row = await messages.message(connection, message_id, asker)
     if row is None:
         return None
     recipients = await messages.recipients_of_message(connection, message_id)
     return message_json(row) | {
         "recipients": [recipient_json(r) for r in recipients],
-        "events": await events.timeline_of_message(connection, message_id),
+        "events": await events.timeline_of_message(connection, message_id, asker),
     }
 
 
 async def get_message(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
+    asker = asker_of(request)
     message_id = params.uuid_or_none(request.match_info["id"])
     if message_id is None:
         raise NotFound("no such message")
     async with context.read_db.connection() as connection:
-        view = await message_view(connection, message_id)
+        view = await message_view(connection, message_id, asker)
     if view is None:
         raise NotFound("no such message")
     return web.json_response(view)
@@ -76,20 +83,22 @@ async def get_message(request: web.Request) -> web.Response:
 
 async def by_provider_id(request: web.Request) -> web.Response:
     """The message a provider's id belongs to; or, when only its reports are known (orphans:
-    the message was not sent through the hub, or its answer is still on its way), those."""
+    the message was not sent through the hub, or its answer is still on its way), those: to
+    the operator only, as they are nobody's yet."""
     context = request.app[AppContext.KEY]
+    asker = asker_of(request)
     provider = request.match_info["provider"]
     pmid = request.match_info["provider_message_id"]
     async with context.read_db.connection() as connection:
-        recipients = await messages.recipients_of_provider_id(connection, provider, pmid)
+        recipients = await messages.recipients_of_provider_id(connection, provider, pmid, asker)
         owner = next((r["message_id"] for r in recipients if r["message_id"]), None)
         if owner is not None:
-            view = await message_view(connection, owner)
+            view = await message_view(connection, owner, asker)
             if view is not None:
                 return web.json_response(view)
-        if not recipients:
+        if not recipients or not asker.is_operator:
             raise NotFound(f"nothing known of {provider} id {pmid!r}")
-        timeline = await events.timeline_of_provider_id(connection, provider, pmid)
+        timeline = await events.timeline_of_provider_id(connection, provider, pmid, asker)
     return web.json_response(
         {
             "id": None,
@@ -107,8 +116,10 @@ async def list_messages(request: web.Request) -> web.Response:
 
 
 async def message_page(request: web.Request) -> dict[str, Any]:
-    """A page of messages as the request's parameters ask (the API's list and the console's)."""
+    """A page of the asker's messages as the request's parameters ask (the API's list and the
+    console's)."""
     context = request.app[AppContext.KEY]
+    asker = asker_of(request)
     limit = params.limit(request)
     status = params.choice(request, "status", {str(s) for s in Status})
     to = params.number(request, "to")
@@ -121,6 +132,7 @@ async def message_page(request: web.Request) -> dict[str, Any]:
         after = (cursor[0], after_id)
     ref = params.text(request, "ref")
     provider = params.choice(request, "provider", context.registry.keys())
+    tenant = params.text(request, "tenant")
     since, until = params.moment(request, "since"), params.moment(request, "until")
     async with context.read_db.connection() as connection:
         rows = await messages.list_messages(
@@ -133,6 +145,8 @@ async def message_page(request: web.Request) -> dict[str, Any]:
             until=until,
             after=after,
             limit=limit + 1,
+            asker=asker,
+            tenant=tenant,
         )
         page = rows[:limit]
         recipients = await messages.recipients_of_messages(connection, [row["id"] for row in page])

@@ -1,6 +1,7 @@
 """GET /v1/raw-callbacks[/{id}]: every accepted provider request as it arrived, for the
-operator; values of secret-looking headers, query and body fields shown redacted. GET
-/v1/callback-refusals: the requests refused by authentication, as metadata."""
+operator (a tenant sees one only when every event it gave is that tenant's); values of
+secret-looking headers, query and body fields shown redacted. GET /v1/callback-refusals: the
+requests refused by authentication, as metadata."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aiohttp import web
 from normalizers.events import rfc3339
 from receiver.context import AppContext
 from receiver.http import params
+from receiver.http.apikeys import asker_of
 from receiver.http.errors import NotFound
 from receiver.redaction import REDACTED, is_secret_name, redacted
 from receiver.storage import callbacks, events, refusals
@@ -100,12 +102,19 @@ async def raw_callback(request: web.Request) -> web.Response:
 
 
 async def raw_callback_view(request: web.Request) -> dict[str, Any]:
-    """One raw callback as received, secrets redacted (the API's view and the console's)."""
+    """One raw callback as received, secrets redacted (the API's view and the console's). A
+    tenant sees only one whose every event is its own: one that gave none (unparsed), or
+    gave another tenant's or nobody's, is not found."""
     context = request.app[AppContext.KEY]
+    asker = asker_of(request)
     raw_id = params.uuid_or_none(request.match_info["id"])
     if raw_id is None:
         raise NotFound("no such raw callback")
     async with context.read_db.connection() as connection:
+        if not asker.is_operator:
+            owners = await events.raw_owners(connection, raw_id)
+            if owners != [asker.tenant]:
+                raise NotFound("no such raw callback")
         row = await callbacks.raw_callback(connection, raw_id)
         stored_events = await events.events_of_raw(connection, raw_id)
     if row is None:

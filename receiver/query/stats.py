@@ -1,7 +1,8 @@
 """GET /v1/stats: over a window (since, default the last 24 hours; until, default now), per
 provider and per destination country: messages, delivery rate, final-report latency, the share
 ended by a synthetic expiry, deliveries reported implausibly fast (fake DLRs), and per provider
-reports by status and callbacks unparsed or refused."""
+reports by status and callbacks unparsed or refused. A tenant's key gets its own traffic (the
+callbacks unparsed or refused are nobody's: the operator's figures alone)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from normalizers.events import rfc3339
 from receiver.context import AppContext
 from receiver.http import params
+from receiver.http.apikeys import asker_of
 from receiver.http.errors import BadRequest
 from receiver.storage import stats as queries
 
@@ -23,6 +25,7 @@ MAX_WINDOW = timedelta(days=31)
 
 async def stats(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
+    asker = asker_of(request)
     now = datetime.now(UTC)
     since = params.moment(request, "since", now - timedelta(days=1))
     until = params.moment(request, "until", None)
@@ -34,12 +37,14 @@ async def stats(request: web.Request) -> web.Response:
         request, "fast_under_s", context.settings.fast_delivery_s, high=3600.0
     )
     async with context.read_db.connection() as connection:
-        by_provider = await queries.message_stats(connection, since, until, fast_under_s)
+        by_provider = await queries.message_stats(connection, since, until, fast_under_s, asker)
         by_country = await queries.message_stats(
-            connection, since, until, fast_under_s, by="country"
+            connection, since, until, fast_under_s, asker, by="country"
         )
-        reports = await queries.reports_by_status(connection, since, until)
-        raw = await queries.unusable_callbacks(connection, since, until)
+        reports = await queries.reports_by_status(connection, since, until, asker)
+        raw = (
+            await queries.unusable_callbacks(connection, since, until) if asker.is_operator else []
+        )
     providers: dict[str, dict[str, Any]] = {name: _empty_stats() for name in context.registry}
     for row in by_provider:
         providers.setdefault(row["key"], _empty_stats()).update(_message_stats(row))

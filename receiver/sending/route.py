@@ -32,11 +32,12 @@ from normalizers.base import (
 from normalizers.encoding import Segmentation, segment
 from normalizers.events import Event
 from receiver.context import AppContext
-from receiver.http.apikeys import API_KEY, caller_of
+from receiver.http.apikeys import API_KEY, TenantDisabled, caller_of
 from receiver.http.bodies import read_model
 from receiver.http.errors import (
     BadRequest,
     Conflict,
+    Forbidden,
     ReceiverError,
     TooManyRequests,
     Unprocessable,
@@ -52,7 +53,9 @@ from receiver.sending.providers import (
     is_simulated,
     store_outcome,
 )
-from receiver.storage import idempotency, limits, messages
+from receiver.storage import idempotency, limits, messages, tenants
+from receiver.storage.apikeys import ApiKey
+from receiver.storage.tenants import DEFAULT_TENANT, Tenant
 
 log = structlog.get_logger("receiver.sending.route")
 
@@ -88,6 +91,9 @@ class SendMessageIn(BaseModel):
     send_at: Moment | None = None
     expires_at: Moment | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    # Whose message it is: a tenant's key sends as its own tenant (another name is a 403); the
+    # operator names one (default: `default`).
+    tenant: str | None = Field(default=None, max_length=63)
 
     @field_validator("to")
     @classmethod
@@ -96,7 +102,7 @@ class SendMessageIn(BaseModel):
             raise ValueError("a number is given twice")
         return numbers
 
-    @field_validator("provider", "sender", "body", "ref")
+    @field_validator("provider", "sender", "body", "ref", "tenant")
     @classmethod
     def plain_text(cls, text: str | None) -> str | None:
         # After the length checks, so that an error names the first rule broken, as always.
@@ -116,26 +122,87 @@ def hash_of(incoming: SendMessageIn) -> str:
     ).hexdigest()
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class SendLimits:
+    """Whose sends count together (`caller`: a tenant, else an operator key or an address) and
+    how many: the tenant's own limits, else the settings'."""
+
+    caller: str
+    rate_per_s: float
+    burst: int
+    daily_recipients: int
+
+
+def send_limits(request: web.Request) -> SendLimits:
+    settings = request.app[AppContext.KEY].settings
+    key: ApiKey | None = request.get(API_KEY)
+    tenant = key.tenant if key is not None else None
+    if tenant is None:
+        return SendLimits(
+            caller_of(request),
+            settings.send_rate_per_s,
+            settings.send_burst,
+            settings.send_daily_recipients,
+        )
+    return SendLimits(
+        f"tenant {tenant.name}",
+        tenant.send_rate_per_s or settings.send_rate_per_s,
+        tenant.send_burst or settings.send_burst,
+        (
+            tenant.daily_recipients
+            if tenant.daily_recipients is not None
+            else settings.send_daily_recipients
+        ),
+    )
+
+
+class ProviderNotAllowed(Forbidden):
+    code = "provider_not_allowed"
+
+
+async def sending_tenant(request: web.Request, incoming: SendMessageIn) -> Tenant:
+    """The tenant the message is sent for: a tenant key's own (naming another is a 403); for
+    the operator, the one the body names, else `default`."""
+    key: ApiKey | None = request.get(API_KEY)
+    if key is not None and key.tenant is not None:
+        if incoming.tenant is not None and incoming.tenant != key.tenant.name:
+            raise Forbidden(
+                "a tenant's key sends for its own tenant only",
+                details={"tenant": key.tenant.name},
+            )
+        return key.tenant
+    name = incoming.tenant or DEFAULT_TENANT
+    async with request.app[AppContext.KEY].db.connection() as connection:
+        found = await tenants.tenant(connection, name)
+    if found is None:
+        raise Unprocessable(
+            f"no tenant named {name!r}", details=[{"field": "tenant", "error": "unknown tenant"}]
+        )
+    if not found.enabled:
+        raise TenantDisabled(f"the tenant {name!r} is disabled", details={"tenant": name})
+    return found
+
+
 async def handle_send(request: web.Request) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
     settings = context.settings
-    caller = caller_of(request)
+    given = send_limits(request)
+    caller = given.caller
     async with context.db.connection() as connection:  # shared by every instance
-        wait_s = await limits.take_send_token(
-            connection, caller, settings.send_rate_per_s, settings.send_burst
-        )
+        wait_s = await limits.take_send_token(connection, caller, given.rate_per_s, given.burst)
     if wait_s is not None:
         raise TooManyRequests(
-            f"more than {settings.send_rate_per_s:g} requests per second (burst"
-            f" {settings.send_burst}) for this {caller.split()[0]}",
+            f"more than {given.rate_per_s:g} requests per second (burst"
+            f" {given.burst}) for this {caller.split()[0]}",
             retry_after=retry_after_header(wait_s),
         )
     incoming = await read_model(request, SendMessageIn)
-    quota = Quota(context, caller)
+    quota = Quota(context, caller, given.daily_recipients)
+    tenant = await sending_tenant(request, incoming)
 
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        status, answer = await _checked_send(context, incoming, None, quota=quota)
+        status, answer = await _checked_send(context, incoming, None, quota=quota, tenant=tenant)
         return web.json_response(answer, status=status)
     if not 1 <= len(key) <= 255:
         raise BadRequest("Idempotency-Key must be 1 to 255 characters")
@@ -160,7 +227,9 @@ async def handle_send(request: web.Request) -> web.Response:
         raise Conflict("a request with this Idempotency-Key is still running")
     progress = SendProgress()
     try:
-        status, answer = await _checked_send(context, incoming, key, progress, quota=quota)
+        status, answer = await _checked_send(
+            context, incoming, key, progress, quota=quota, tenant=tenant
+        )
     except ReceiverError as error:  # a refusal: answered again to a retry with the key
         status, answer = error.status, error_body(error.code, error.message, error.details)
     except BaseException:
@@ -187,9 +256,10 @@ class Quota:
 
     context: AppContext
     caller: str
+    per_day: int
 
     async def take(self, recipients: int) -> None:
-        per_day = self.context.settings.send_daily_recipients
+        per_day = self.per_day
         if not per_day:
             return
         now = datetime.now(UTC)
@@ -243,6 +313,7 @@ async def _checked_send(
     progress: SendProgress | None = None,
     *,
     quota: Quota,
+    tenant: Tenant,
 ) -> tuple[int, dict[str, Any]]:
     settings = context.settings
     name = incoming.provider or settings.default_provider
@@ -251,6 +322,11 @@ async def _checked_send(
     provider = context.registry.get(name)
     if provider is None:
         raise BadRequest(f"unknown provider {name!r}", details={"known": sorted(context.registry)})
+    if not tenant.may_send_through(name):
+        raise ProviderNotAllowed(
+            f"the tenant {tenant.name!r} may not send through {name}",
+            details={"provider": name, "allowed": sorted(tenant.providers or ())},
+        )
     structlog.contextvars.bind_contextvars(provider=name)
     account = account_of(settings, name)
     message_id = uuid.uuid4()
@@ -292,6 +368,7 @@ async def _checked_send(
         key,
         progress or SendProgress(),
         countries,
+        tenant.name,
     )
 
 
@@ -305,6 +382,7 @@ async def _send(
     key: str | None,
     progress: SendProgress,
     countries: Mapping[str, str | None],
+    tenant: str,
 ) -> tuple[int, dict[str, Any]]:
     local = segment(send.body)
     held = held_until(provider, send)
@@ -314,6 +392,7 @@ async def _send(
             message_id,
             provider.name,
             send.to,
+            tenant=tenant,
             sender=send.sender,
             body=send.body,
             client_ref=send.client_ref,

@@ -22,6 +22,7 @@ from normalizers.base import OptionsError, SendRequest
 from normalizers.events import Status
 from receiver.context import AppContext
 from receiver.http import params
+from receiver.http.apikeys import asker_of
 from receiver.http.errors import NotFound, ReceiverError
 from receiver.periodic import repeat
 from receiver.sending.hub_events import end_recipients
@@ -122,16 +123,17 @@ async def cancel_message(request: web.Request) -> web.Response:
     recipients become `cancelled`. One sent, being sent, or scheduled by its provider cannot
     be (409)."""
     context: AppContext = request.app[AppContext.KEY]
+    asker = asker_of(request)
     message_id = params.uuid_or_none(request.match_info["id"])
     if message_id is None:
         raise NotFound("no such message")
     now = datetime.now(UTC)
     async with context.db.connection() as connection, connection.transaction():
-        cancelled = await messages.cancel_scheduled(connection, message_id)
+        cancelled = await messages.cancel_scheduled(connection, message_id, asker)
         if cancelled:
             recipients = await messages.pending_recipients(connection, message_id)
             await end_recipients(connection, recipients, Status.CANCELLED, "cancelled", now)
-        exists = cancelled or await messages.message(connection, message_id) is not None
+        exists = cancelled or await messages.message(connection, message_id, asker) is not None
     if not exists:
         raise NotFound("no such message")
     if not cancelled:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from receiver.storage.pool import Connection
+from receiver.storage.tenants import DEFAULT_TENANT, TENANT_COLUMNS_PREFIXED, Asker, Tenant
 
 SCOPES = ("send", "read", "admin")
 KEY_PREFIX = "smsr_"
@@ -25,10 +26,20 @@ class ApiKey:
     id: uuid.UUID
     name: str
     scopes: tuple[str, ...]
+    tenant: Tenant | None = None  # None: an operator key
 
     def allows(self, scope: str) -> bool:
-        """Whether the key has `scope` (admin can do everything)."""
+        """Whether the key has `scope` (admin can do everything, inside its tenant)."""
         return scope in self.scopes or "admin" in self.scopes
+
+    @property
+    def asker(self) -> Asker:
+        return Asker(self.tenant.name) if self.tenant is not None else Asker.OPERATOR
+
+    @property
+    def disabled_tenant(self) -> str | None:
+        """The name of the key's tenant when that tenant is disabled (its keys are refused)."""
+        return self.tenant.name if self.tenant is not None and not self.tenant.enabled else None
 
 
 def new_secret() -> str:
@@ -45,25 +56,32 @@ def digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode()).digest()
 
 
-async def create_key(connection: Connection, name: str, scopes: list[str]) -> tuple[uuid.UUID, str]:
-    """A new key; its secret is returned once and only its hash is stored."""
+async def create_key(
+    connection: Connection, name: str, scopes: list[str], tenant: str | None = DEFAULT_TENANT
+) -> tuple[uuid.UUID, str]:
+    """A new key of `tenant` (None: an operator key); its secret is returned once and only its
+    hash is stored. The tenant must exist and be enabled (checked by the caller)."""
     secret = new_secret()
     key_id = uuid.uuid4()
     await connection.execute(
-        "INSERT INTO api_keys (id, name, prefix, secret_hash, scopes) VALUES ($1, $2, $3, $4, $5)",
+        "INSERT INTO api_keys (id, name, prefix, secret_hash, scopes, tenant)"
+        " VALUES ($1, $2, $3, $4, $5, $6)",
         key_id,
         name,
         secret[: len(KEY_PREFIX) + 6],
         digest(secret),
         sorted(set(scopes)),
+        tenant,
     )
     return key_id, secret
 
 
-async def list_keys(connection: Connection) -> list[asyncpg.Record]:
+async def list_keys(connection: Connection, tenant: str | None = None) -> list[asyncpg.Record]:
+    """Every key (or `tenant`'s alone), without secrets: its tenant NULL for operator keys."""
     rows: list[asyncpg.Record] = await connection.fetch(
-        "SELECT id, name, prefix, scopes, created_at, revoked_at, last_used_at FROM api_keys"
-        " ORDER BY created_at"
+        "SELECT id, name, prefix, scopes, tenant, created_at, revoked_at, last_used_at"
+        " FROM api_keys WHERE ($1::text IS NULL OR tenant = $1) ORDER BY created_at",
+        tenant,
     )
     return rows
 
@@ -76,9 +94,13 @@ async def revoke_key(connection: Connection, key_id: uuid.UUID) -> bool:
 
 
 async def find_key(connection: Connection, secret: str) -> ApiKey | None:
+    # The key's tenant comes with it (one round trip): whether it is enabled, its providers
+    # and its limits are what every request of the key is checked against.
     row = await connection.fetchrow(
-        "SELECT id, name, scopes, last_used_at < now() - interval '1 minute' AS stale"
-        " FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+        f"SELECT k.id, k.name, k.scopes, k.last_used_at < now() - interval '1 minute' AS stale,"
+        f" {TENANT_COLUMNS_PREFIXED}"
+        " FROM api_keys k LEFT JOIN tenants t ON t.name = k.tenant"
+        " WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         digest(secret),
     )
     if row is None:
@@ -88,11 +110,15 @@ async def find_key(connection: Connection, secret: str) -> ApiKey | None:
             await connection.execute(
                 "UPDATE api_keys SET last_used_at = now() WHERE id = $1", row["id"]
             )
-    return ApiKey(row["id"], row["name"], tuple(row["scopes"]))
+    tenant = Tenant.of_row(row, "tenant_") if row["tenant_name"] is not None else None
+    return ApiKey(row["id"], row["name"], tuple(row["scopes"]), tenant)
 
 
 async def still_valid(connection: Connection, key_id: uuid.UUID) -> bool:
+    """Whether the key is neither revoked nor of a tenant disabled since."""
     valid = await connection.fetchval(
-        "SELECT revoked_at IS NULL FROM api_keys WHERE id = $1", key_id
+        "SELECT k.revoked_at IS NULL AND coalesce(t.enabled, true)"
+        " FROM api_keys k LEFT JOIN tenants t ON t.name = k.tenant WHERE k.id = $1",
+        key_id,
     )
     return valid is True

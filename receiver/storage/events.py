@@ -13,6 +13,7 @@ import asyncpg
 
 from normalizers.events import EVENT_V1_FIELDS, rfc3339
 from receiver.storage.pool import Connection
+from receiver.storage.tenants import Asker
 
 # The schema-v1 event's columns of `events e`: named as its fields.
 EVENT_COLUMNS = ", ".join(f"e.{name}" for name in EVENT_V1_FIELDS)
@@ -64,14 +65,16 @@ async def feed(
     limit: int,
     event_type: str | None,
     provider: str | None,
+    asker: Asker,
 ) -> list[asyncpg.Record]:
-    """Events in commit-safe order after the cursor (txid, feed_seq): only those of
+    """The asker's events in commit-safe order after the cursor (txid, feed_seq): only those of
     transactions older than every one still running, so none can appear behind it later."""
     rows: list[asyncpg.Record] = await connection.fetch(
         f"""
         SELECT e.txid::text::bigint AS txid, e.feed_seq, {EVENT_COLUMNS}
         FROM events e
-        WHERE e.txid < pg_snapshot_xmin(pg_current_snapshot())
+        WHERE {asker.only_own("e.tenant", 6)}
+          AND e.txid < pg_snapshot_xmin(pg_current_snapshot())
           AND (e.txid, e.feed_seq) > (coalesce($1::bigint, 0)::text::xid8, coalesce($2::bigint, 0))
           AND ($4::text IS NULL OR e.type = $4)
           AND ($5::text IS NULL OR e.provider = $5)
@@ -83,35 +86,41 @@ async def feed(
         limit,
         event_type,
         provider,
+        asker.tenant_param(),
     )
     return rows
 
 
 async def timeline_of_message(
-    connection: Connection, message_id: uuid.UUID
+    connection: Connection, message_id: uuid.UUID, asker: Asker
 ) -> list[dict[str, Any]]:
     rows = await connection.fetch(
-        f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.message_id = $1"
+        f"SELECT {EVENT_COLUMNS} FROM events e"
+        f" WHERE e.message_id = $1 AND {asker.only_own('e.tenant', 2)}"
         " ORDER BY e.occurred_at, e.feed_seq",
         message_id,
+        asker.tenant_param(),
     )
     return [event_json(row) for row in rows]
 
 
 async def timeline_of_provider_id(
-    connection: Connection, provider: str, provider_message_id: str
+    connection: Connection, provider: str, provider_message_id: str, asker: Asker
 ) -> list[dict[str, Any]]:
     rows = await connection.fetch(
         f"SELECT {EVENT_COLUMNS} FROM events e"
         " WHERE e.provider = $1 AND e.provider_message_id = $2"
+        f" AND {asker.only_own('e.tenant', 3)}"
         " ORDER BY e.occurred_at, e.feed_seq",
         provider,
         provider_message_id,
+        asker.tenant_param(),
     )
     return [event_json(row) for row in rows]
 
 
 async def events_of_raw(connection: Connection, raw_id: uuid.UUID) -> list[dict[str, Any]]:
+    """Every event a raw callback gave (its owner decides who may see them: `raw_owners`)."""
     rows = await connection.fetch(
         f"SELECT {EVENT_COLUMNS} FROM events e WHERE e.raw_id = $1 ORDER BY e.feed_seq", raw_id
     )
@@ -128,9 +137,11 @@ async def inbound(
     until: datetime | None,
     after: tuple[datetime, str] | None,
     limit: int,
+    asker: Asker,
 ) -> list[asyncpg.Record]:
-    """Inbound replies, newest first, each with the message it most likely answers: the latest
-    one sent to that handset from the number it wrote to."""
+    """The asker's inbound replies, newest first, each with the message it most likely
+    answers: the latest one of the reply's tenant (any, for a reply of nobody's) sent to that
+    handset from the number it wrote to."""
     rows: list[asyncpg.Record] = await connection.fetch(
         f"""
         SELECT {EVENT_COLUMNS}, e.stored_at, (
@@ -138,10 +149,11 @@ async def inbound(
             JOIN message_recipients r ON r.message_id = m.id
             WHERE r.recipient = e.sender AND m.sender = e.recipient
               AND m.created_at <= e.received_at
+              AND (e.tenant IS NULL OR m.tenant = e.tenant)
             ORDER BY m.created_at DESC, m.id DESC LIMIT 1
         ) AS in_reply_to
         FROM events e
-        WHERE e.type = 'message.inbound'
+        WHERE e.type = 'message.inbound' AND {asker.only_own("e.tenant", 9)}
           AND ($1::text IS NULL OR e.provider = $1)
           AND ($2::text IS NULL OR e.sender = $2)
           AND ($3::text IS NULL OR e.recipient = $3)
@@ -159,8 +171,17 @@ async def inbound(
         after[0] if after else None,
         after[1] if after else None,
         limit,
+        asker.tenant_param(),
     )
     return rows
+
+
+async def raw_owners(connection: Connection, raw_id: uuid.UUID) -> list[str | None]:
+    """The tenants of the events a raw callback gave (None for an event of nobody's)."""
+    rows = await connection.fetch(
+        "SELECT DISTINCT tenant FROM events WHERE raw_id = $1 ORDER BY tenant", raw_id
+    )
+    return [row["tenant"] for row in rows]
 
 
 async def replies_since(

@@ -13,6 +13,7 @@ import asyncpg
 
 from normalizers.base import to_e164
 from receiver.storage.pool import Connection
+from receiver.storage.tenants import Asker
 
 # The provisional provider id of a message's recipients until the provider names its own.
 PENDING_PREFIX = "pending:"
@@ -32,6 +33,7 @@ async def create_message(
     provider: str,
     recipients: Sequence[str],
     *,
+    tenant: str,
     sender: str | None,
     body: str,
     client_ref: str | None,
@@ -45,16 +47,18 @@ async def create_message(
     dispatch_at: datetime | None = None,
     countries: Mapping[str, str | None] | None = None,
 ) -> None:
-    """The message and its recipients, stored before the provider is called; a recipient with
-    no final status by `deadline` is expired by the silence sweep. With `dispatch_at` the hub
-    sends it then (the provider cannot schedule): its recipients are `scheduled` until."""
+    """The message of `tenant` and its recipients, stored before the provider is called; a
+    recipient with no final status by `deadline` is expired by the silence sweep. With
+    `dispatch_at` the hub sends it then (the provider cannot schedule): its recipients are
+    `scheduled` until."""
     status = "scheduled" if dispatch_at is not None else "unknown"
     async with connection.transaction():
         await connection.execute(
             """
             INSERT INTO messages (id, provider, sender, body, client_ref, segments, encoding,
-                                  request, send_at, expires_at, idempotency_key, dispatch_at)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12)
+                                  request, send_at, expires_at, idempotency_key, dispatch_at,
+                                  tenant)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13)
             """,
             message_id,
             provider,
@@ -68,13 +72,14 @@ async def create_message(
             expires_at,
             idempotency_key,
             dispatch_at,
+            tenant,
         )
         await connection.executemany(
             """
             INSERT INTO message_recipients
                 (message_id, provider, provider_message_id, recipient, status, final, sequence,
-                 segments, deadline, country)
-            VALUES ($1, $2, $3, $4, $7, false, 0, $5, $6, $8)
+                 segments, deadline, country, tenant)
+            VALUES ($1, $2, $3, $4, $7, false, 0, $5, $6, $8, $9)
             """,
             [
                 (
@@ -86,6 +91,7 @@ async def create_message(
                     deadline,
                     status,
                     (countries or {}).get(to),
+                    tenant,
                 )
                 for to in recipients
             ],
@@ -131,13 +137,15 @@ async def claim_due(connection: Connection, limit: int) -> list[asyncpg.Record]:
     """Up to `limit` messages the hub holds whose send time has come, oldest first, taken for
     sending: dispatch_at cleared and dispatched_at set (committed before the provider is
     called: a message is never sent twice), their recipients back to `unknown` so that the
-    provider's answer moves them. Those another instance holds are skipped."""
+    provider's answer moves them. Those another instance holds are skipped, and those of a
+    disabled tenant stay held until it is enabled again."""
     async with connection.transaction():
         rows: list[asyncpg.Record] = await connection.fetch(
             """
             WITH due AS (
-                SELECT id FROM messages
+                SELECT id FROM messages m
                 WHERE dispatch_at IS NOT NULL AND dispatch_at <= now()
+                  AND NOT EXISTS (SELECT 1 FROM tenants t WHERE t.name = m.tenant AND NOT t.enabled)
                 ORDER BY dispatch_at
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED
@@ -156,13 +164,16 @@ async def claim_due(connection: Connection, limit: int) -> list[asyncpg.Record]:
     return rows
 
 
-async def cancel_scheduled(connection: Connection, message_id: uuid.UUID) -> bool:
-    """Takes a message the hub holds out of the schedule (cancelled_at); False when it is not
-    held (sent, being sent, cancelled already, or scheduled by its provider)."""
+async def cancel_scheduled(connection: Connection, message_id: uuid.UUID, asker: Asker) -> bool:
+    """Takes a message of the asker's that the hub holds out of the schedule (cancelled_at);
+    False when it is not held (sent, being sent, cancelled already, or scheduled by its
+    provider)."""
     cancelled = await connection.fetchval(
-        "UPDATE messages SET dispatch_at = NULL, cancelled_at = now()"
-        " WHERE id = $1 AND dispatch_at IS NOT NULL RETURNING id",
+        "UPDATE messages m SET dispatch_at = NULL, cancelled_at = now()"
+        f" WHERE id = $1 AND dispatch_at IS NOT NULL AND {asker.only_own('m.tenant', 2)}"
+        " RETURNING id",
         message_id,
+        asker.tenant_param(),
     )
     return cancelled is not None
 
@@ -218,7 +229,7 @@ async def recipients_as_answered(
 MESSAGE_COLUMNS = """
     m.id, m.provider, m.sender, m.body, m.client_ref, m.segments, m.encoding,
     m.provider_segments, m.provider_recipients, m.send_at, m.expires_at, m.created_at,
-    m.dispatch_at, m.cancelled_at
+    m.dispatch_at, m.cancelled_at, m.tenant
 """
 
 RECIPIENT_COLUMNS = (
@@ -227,9 +238,16 @@ RECIPIENT_COLUMNS = (
 )
 
 
-async def message(connection: Connection, message_id: uuid.UUID) -> asyncpg.Record | None:
+async def message(
+    connection: Connection, message_id: uuid.UUID, asker: Asker
+) -> asyncpg.Record | None:
+    """The message, if it is the asker's (another tenant's is as unknown as one that never
+    was)."""
     row: asyncpg.Record | None = await connection.fetchrow(
-        f"SELECT {MESSAGE_COLUMNS} FROM messages m WHERE m.id = $1", message_id
+        f"SELECT {MESSAGE_COLUMNS} FROM messages m"
+        f" WHERE m.id = $1 AND {asker.only_own('m.tenant', 2)}",
+        message_id,
+        asker.tenant_param(),
     )
     return row
 
@@ -246,13 +264,17 @@ async def recipients_of_message(
 
 
 async def recipients_of_provider_id(
-    connection: Connection, provider: str, provider_message_id: str
+    connection: Connection, provider: str, provider_message_id: str, asker: Asker
 ) -> list[asyncpg.Record]:
+    """The recipients under a provider's id that the asker may see: a tenant's own only (never
+    a report that matches no message: those are the operator's)."""
     rows: list[asyncpg.Record] = await connection.fetch(
         f"SELECT {RECIPIENT_COLUMNS} FROM message_recipients r"
-        " WHERE r.provider = $1 AND r.provider_message_id = $2 ORDER BY r.id",
+        " WHERE r.provider = $1 AND r.provider_message_id = $2"
+        f" AND {asker.only_own('r.tenant', 3)} ORDER BY r.id",
         provider,
         provider_message_id,
+        asker.tenant_param(),
     )
     return rows
 
@@ -279,12 +301,17 @@ async def list_messages(
     until: datetime | None,
     after: tuple[datetime, uuid.UUID] | None,
     limit: int,
+    asker: Asker,
+    tenant: str | None = None,
 ) -> list[asyncpg.Record]:
-    """Newest first, keyset-paginated on (created_at, id)."""
+    """The asker's messages (of `tenant` alone, when given), newest first, keyset-paginated on
+    (created_at, id)."""
     rows: list[asyncpg.Record] = await connection.fetch(
         f"""
         SELECT {MESSAGE_COLUMNS} FROM messages m
-        WHERE ($1::text IS NULL OR m.client_ref = $1)
+        WHERE {asker.only_own("m.tenant", 10)}
+          AND ($11::text IS NULL OR m.tenant = $11)
+          AND ($1::text IS NULL OR m.client_ref = $1)
           AND ($2::text IS NULL OR m.provider = $2)
           AND ($3::text IS NULL OR EXISTS (
                 SELECT 1 FROM message_recipients r WHERE r.message_id = m.id AND r.status = $3))
@@ -306,6 +333,8 @@ async def list_messages(
         after[0] if after else None,
         after[1] if after else None,
         limit,
+        asker.tenant_param(),
+        tenant,
     )
     return rows
 

@@ -14,13 +14,14 @@ import asyncpg
 
 from receiver.storage.events import EVENT_COLUMNS, event_json
 from receiver.storage.pool import Connection
+from receiver.storage.tenants import Asker
 from receiver.storage.values import storable_text
 
 # --- subscriptions -----------------------------------------------------------------------------
 
 SUBSCRIPTION_COLUMNS = (
     "id, url, filters, description, enabled, disabled_reason, failing_since, created_at,"
-    " updated_at, previous_secret_until"
+    " updated_at, previous_secret_until, tenant"
 )
 
 
@@ -32,11 +33,14 @@ async def create_subscription(
     filters: dict[str, Any],
     description: str | None,
     enabled: bool,
+    asker: Asker,
 ) -> asyncpg.Record:
+    """A subscription of the asker's: a tenant's receives that tenant's events, the
+    operator's every event."""
     row: asyncpg.Record | None = await connection.fetchrow(
         f"""
-        INSERT INTO subscriptions (id, url, secret, filters, description, enabled)
-        VALUES ($1, $2, $3, $4::jsonb, $5, $6)
+        INSERT INTO subscriptions (id, url, secret, filters, description, enabled, tenant)
+        VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
         RETURNING {SUBSCRIPTION_COLUMNS}
         """,
         subscription_id,
@@ -45,29 +49,35 @@ async def create_subscription(
         json.dumps(filters),
         description,
         enabled,
+        asker.tenant,
     )
     assert row is not None
     return row
 
 
-async def list_subscriptions(connection: Connection) -> list[asyncpg.Record]:
+async def list_subscriptions(connection: Connection, asker: Asker) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await connection.fetch(
-        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions ORDER BY created_at, id"
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"
+        f" WHERE {asker.only_own('tenant', 1)} ORDER BY created_at, id",
+        asker.tenant_param(),
     )
     return rows
 
 
 async def get_subscription(
-    connection: Connection, subscription_id: uuid.UUID
+    connection: Connection, subscription_id: uuid.UUID, asker: Asker
 ) -> asyncpg.Record | None:
     row: asyncpg.Record | None = await connection.fetchrow(
-        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1", subscription_id
+        f"SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions"
+        f" WHERE id = $1 AND {asker.only_own('tenant', 2)}",
+        subscription_id,
+        asker.tenant_param(),
     )
     return row
 
 
 async def update_subscription(
-    connection: Connection, subscription_id: uuid.UUID, changes: dict[str, Any]
+    connection: Connection, subscription_id: uuid.UUID, changes: dict[str, Any], asker: Asker
 ) -> asyncpg.Record | None:
     """Set the given fields (url, filters, description, enabled); enabling clears the reason."""
     row: asyncpg.Record | None = await connection.fetchrow(
@@ -80,7 +90,7 @@ async def update_subscription(
             disabled_reason = CASE WHEN $6 THEN NULL ELSE disabled_reason END,
             failing_since = CASE WHEN $6 THEN NULL ELSE failing_since END,
             updated_at = now()
-        WHERE id = $1
+        WHERE id = $1 AND {asker.only_own("tenant", 7)}
         RETURNING {SUBSCRIPTION_COLUMNS}
         """,
         subscription_id,
@@ -89,13 +99,18 @@ async def update_subscription(
         "description" in changes,
         changes.get("description"),
         changes.get("enabled"),
+        asker.tenant_param(),
     )
     return row
 
 
-async def delete_subscription(connection: Connection, subscription_id: uuid.UUID) -> bool:
+async def delete_subscription(
+    connection: Connection, subscription_id: uuid.UUID, asker: Asker
+) -> bool:
     result: str = await connection.execute(
-        "DELETE FROM subscriptions WHERE id = $1", subscription_id
+        f"DELETE FROM subscriptions WHERE id = $1 AND {asker.only_own('tenant', 2)}",
+        subscription_id,
+        asker.tenant_param(),
     )
     return result.endswith(" 1")
 
@@ -111,21 +126,22 @@ async def forget_expired_secrets(connection: Connection) -> int:
 
 
 async def rotate_secret(
-    connection: Connection, subscription_id: uuid.UUID, secret: str, overlap_s: int
+    connection: Connection, subscription_id: uuid.UUID, secret: str, overlap_s: int, asker: Asker
 ) -> bool:
     """The new secret signs from now on; the old one signs too for `overlap_s`."""
     result: str = await connection.execute(
-        """
+        f"""
         UPDATE subscriptions SET
             previous_secret = secret,
             previous_secret_until = now() + make_interval(secs => $3),
             secret = $2,
             updated_at = now()
-        WHERE id = $1
+        WHERE id = $1 AND {asker.only_own("tenant", 4)}
         """,
         subscription_id,
         secret,
         overlap_s,
+        asker.tenant_param(),
     )
     return result.endswith(" 1")
 
@@ -134,12 +150,12 @@ async def replay(
     connection: Connection, subscription_id: uuid.UUID, since: datetime, filters: dict[str, Any]
 ) -> int:
     """Queue again every event stored since `since` that the subscription (and the extra
-    filters) take; returns how many."""
+    filters) take, of its tenant's (of every tenant for the operator's); returns how many."""
     result: str = await connection.execute(
         """
         INSERT INTO deliveries AS d (subscription_id, event_id)
         SELECT s.id, e.id FROM subscriptions s JOIN events e ON e.stored_at >= $2
-        WHERE s.id = $1
+        WHERE s.id = $1 AND (s.tenant IS NULL OR e.tenant = s.tenant)
           AND subscription_takes(s.filters, e.type, e.provider, e.status)
           AND subscription_takes($3::jsonb, e.type, e.provider, e.status)
         ON CONFLICT (subscription_id, event_id) DO UPDATE SET
@@ -154,14 +170,18 @@ async def replay(
     return int(result.split()[-1])
 
 
-async def retry_delivery(connection: Connection, delivery_id: int) -> bool:
+async def retry_delivery(connection: Connection, delivery_id: int, asker: Asker) -> bool:
+    """A delivery of one of the asker's subscriptions tried again now."""
     result: str = await connection.execute(
-        """
-        UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at = now(),
+        f"""
+        UPDATE deliveries d SET status = 'pending', attempts = 0, next_attempt_at = now(),
             leased_until = NULL, lease_token = NULL, updated_at = now()
-        WHERE id = $1 AND (status <> 'delivering' OR leased_until < now())
+        FROM subscriptions s
+        WHERE d.id = $1 AND (d.status <> 'delivering' OR d.leased_until < now())
+          AND s.id = d.subscription_id AND {asker.only_own("s.tenant", 2)}
         """,
         delivery_id,
+        asker.tenant_param(),
     )
     return result.endswith(" 1")
 
@@ -196,8 +216,11 @@ async def claim_deliveries(
         subscriptions = [
             row["id"]
             for row in await connection.fetch(
-                "SELECT id FROM subscriptions WHERE enabled ORDER BY id"
-                " FOR NO KEY UPDATE SKIP LOCKED"
+                # A disabled tenant's subscriptions keep their deliveries until it is
+                # enabled again.
+                "SELECT s.id FROM subscriptions s WHERE s.enabled AND NOT EXISTS"
+                " (SELECT 1 FROM tenants t WHERE t.name = s.tenant AND NOT t.enabled)"
+                " ORDER BY s.id FOR NO KEY UPDATE OF s SKIP LOCKED"
             )
         ]
         if not subscriptions:
@@ -393,31 +416,39 @@ async def _claim(
     return rows
 
 
-async def subscription_health(connection: Connection) -> dict[uuid.UUID, dict[str, Any]]:
-    """Per subscription: its backlog (deliveries waiting or under way), its attempts of the
-    last 24 hours and how many succeeded, and its latest failed attempt of the last 7 days."""
+async def subscription_health(
+    connection: Connection, subscriptions: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, Any]]:
+    """Per subscription of these: its backlog (deliveries waiting or under way), its attempts
+    of the last 24 hours and how many succeeded, and its latest failed attempt of the last 7
+    days."""
+    ids = list(subscriptions)
     backlog = await connection.fetch(
         "SELECT subscription_id, count(*) AS n FROM deliveries"
-        " WHERE status IN ('pending', 'delivering') GROUP BY subscription_id"
+        " WHERE status IN ('pending', 'delivering') AND subscription_id = ANY($1::uuid[])"
+        " GROUP BY subscription_id",
+        ids,
     )
     attempts = await connection.fetch(
         """
         SELECT d.subscription_id, count(*) AS attempts,
                count(*) FILTER (WHERE a.status_code BETWEEN 200 AND 299) AS succeeded
         FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
-        WHERE a.started_at > now() - interval '24 hours'
+        WHERE a.started_at > now() - interval '24 hours' AND d.subscription_id = ANY($1::uuid[])
         GROUP BY d.subscription_id
-        """
+        """,
+        ids,
     )
     last_errors = await connection.fetch(
         """
         SELECT DISTINCT ON (d.subscription_id) d.subscription_id, a.started_at, a.status_code,
                a.error
         FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id
-        WHERE a.started_at > now() - interval '7 days'
+        WHERE a.started_at > now() - interval '7 days' AND d.subscription_id = ANY($1::uuid[])
           AND (a.status_code IS NULL OR a.status_code NOT BETWEEN 200 AND 299)
         ORDER BY d.subscription_id, a.started_at DESC
-        """
+        """,
+        ids,
     )
     health: dict[uuid.UUID, dict[str, Any]] = {}
     for row in backlog:
@@ -435,11 +466,16 @@ async def subscription_health(connection: Connection) -> dict[uuid.UUID, dict[st
     return health
 
 
-async def failed_deliveries(connection: Connection, limit: int) -> list[asyncpg.Record]:
-    """The deliveries given up on most recently (to retry one)."""
+async def failed_deliveries(
+    connection: Connection, limit: int, asker: Asker
+) -> list[asyncpg.Record]:
+    """The deliveries of the asker's subscriptions given up on most recently (to retry one)."""
     rows: list[asyncpg.Record] = await connection.fetch(
-        "SELECT id, subscription_id, event_id, attempts, last_status, last_error, updated_at"
-        " FROM deliveries WHERE status = 'failed' ORDER BY updated_at DESC LIMIT $1",
+        "SELECT d.id, d.subscription_id, d.event_id, d.attempts, d.last_status, d.last_error,"
+        " d.updated_at FROM deliveries d JOIN subscriptions s ON s.id = d.subscription_id"
+        f" WHERE d.status = 'failed' AND {asker.only_own('s.tenant', 2)}"
+        " ORDER BY d.updated_at DESC LIMIT $1",
         limit,
+        asker.tenant_param(),
     )
     return rows

@@ -84,9 +84,16 @@ async def create_pool(dsn: str, settings: Settings, max_size: int | None = None)
         # Idle connections are recycled so that a restarted server is not met by stale ones.
         max_inactive_connection_lifetime=60.0,
         reset=_keep_session,
+        server_settings=session_settings(settings),
     )
     assert pool is not None
     return pool
+
+
+def session_settings(settings: Settings) -> dict[str, str]:
+    """What the hub's own SQL reads from its session: the reply window of store_events'
+    attribution of replies (reply_tenant, migration 0021)."""
+    return {"smsr.reply_window_days": str(settings.reply_window_days)}
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

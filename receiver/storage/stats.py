@@ -9,6 +9,7 @@ from datetime import datetime
 import asyncpg
 
 from receiver.storage.pool import Connection
+from receiver.storage.tenants import Asker
 
 # What message statistics are grouped by: a fixed choice, never caller text in the SQL.
 GROUPINGS = {"provider": "m.provider", "country": "coalesce(r.country, 'unknown')"}
@@ -19,6 +20,7 @@ async def message_stats(
     since: datetime | None,
     until: datetime | None,
     fast_under_s: float,
+    asker: Asker,
     by: str = "provider",
 ) -> list[asyncpg.Record]:
     """Per provider (or destination country) for the messages created in the window: counts,
@@ -35,6 +37,7 @@ async def message_stats(
                     WHERE e.recipient_id = r.id AND e.final) AS final_at
             FROM messages m JOIN message_recipients r ON r.message_id = m.id
             WHERE m.created_at >= $1 AND ($2::timestamptz IS NULL OR m.created_at < $2)
+              AND {asker.only_own("m.tenant", 4)}
         )
         SELECT key,
                count(DISTINCT message_id) AS messages,
@@ -55,21 +58,23 @@ async def message_stats(
         since,
         until,
         fast_under_s,
+        asker.tenant_param(),
     )
     return rows
 
 
 async def reports_by_status(
-    connection: Connection, since: datetime | None, until: datetime | None
+    connection: Connection, since: datetime | None, until: datetime | None, asker: Asker
 ) -> list[asyncpg.Record]:
     rows: list[asyncpg.Record] = await connection.fetch(
         "SELECT e.provider, e.status, count(*) AS n FROM events e"
         " JOIN raw_callbacks c ON c.id = e.raw_id AND c.source = 'callback'"
         " WHERE e.stored_at >= $1 AND ($2::timestamptz IS NULL OR e.stored_at < $2)"
-        " AND e.type = 'message.status' AND NOT e.synthetic"
+        f" AND e.type = 'message.status' AND NOT e.synthetic AND {asker.only_own('e.tenant', 3)}"
         " GROUP BY e.provider, e.status",
         since,
         until,
+        asker.tenant_param(),
     )
     return rows
 
@@ -91,12 +96,14 @@ async def unusable_callbacks(
     return rows
 
 
-async def daily_stats(connection: Connection, since: datetime) -> list[asyncpg.Record]:
+async def daily_stats(
+    connection: Connection, since: datetime, asker: Asker
+) -> list[asyncpg.Record]:
     """Per provider and UTC day of sending since `since`: recipients, delivered, final, the
     median seconds from sending to a real final status (to the recipient's last update: cheap
     enough for a page)."""
     rows: list[asyncpg.Record] = await connection.fetch(
-        """
+        f"""
         SELECT m.provider, date_trunc('day', m.created_at AT TIME ZONE 'UTC') AS day,
                count(*) AS recipients,
                count(*) FILTER (WHERE r.status = 'delivered') AS delivered,
@@ -105,19 +112,24 @@ async def daily_stats(connection: Connection, since: datetime) -> list[asyncpg.R
                    ORDER BY extract(epoch FROM r.updated_at - coalesce(m.send_at, m.created_at)))
                    FILTER (WHERE r.final AND NOT r.synthetic_final) AS p50_s
         FROM messages m JOIN message_recipients r ON r.message_id = m.id
-        WHERE m.created_at >= $1
+        WHERE m.created_at >= $1 AND {asker.only_own("m.tenant", 2)}
         GROUP BY 1, 2
         """,
         since,
+        asker.tenant_param(),
     )
     return rows
 
 
-async def daily_inbound(connection: Connection, since: datetime) -> list[asyncpg.Record]:
-    """Inbound replies per provider and UTC day since `since`."""
+async def daily_inbound(
+    connection: Connection, since: datetime, asker: Asker
+) -> list[asyncpg.Record]:
+    """The asker's inbound replies per provider and UTC day since `since`."""
     rows: list[asyncpg.Record] = await connection.fetch(
         "SELECT provider, date_trunc('day', stored_at AT TIME ZONE 'UTC') AS day, count(*) AS n"
-        " FROM events WHERE type = 'message.inbound' AND stored_at >= $1 GROUP BY 1, 2",
+        " FROM events WHERE type = 'message.inbound' AND stored_at >= $1"
+        f" AND {asker.only_own('tenant', 2)} GROUP BY 1, 2",
         since,
+        asker.tenant_param(),
     )
     return rows

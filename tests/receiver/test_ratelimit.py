@@ -13,6 +13,7 @@ from receiver import ratelimit
 from receiver.config import Settings
 from receiver.ratelimit import RateLimiter, retry_after_header
 from receiver.storage.apikeys import create_key
+from receiver.storage.tenants import create_tenant
 
 Client = TestClient[Any, Any]
 
@@ -53,12 +54,14 @@ def settings(dsn: str) -> Settings:
     )
 
 
-async def test_a_key_over_its_rate_gets_429_with_retry_after(
+async def test_a_tenant_over_its_rate_gets_429_with_retry_after(
     client: Client, db: asyncpg.Connection
 ) -> None:
-    (_, first), (_, second) = (
+    await create_tenant(db, "other")
+    (_, first), (_, second), (_, same_tenant) = (
         await create_key(db, "a", ["send"]),
-        await create_key(db, "b", ["send"]),
+        await create_key(db, "b", ["send"], "other"),
+        await create_key(db, "c", ["send"]),
     )
     body = {"provider": "carrierx", "to": ["+15550000001"], "from": "+15550000002", "body": "hi"}
 
@@ -72,7 +75,8 @@ async def test_a_key_over_its_rate_gets_429_with_retry_after(
     assert answers[2].headers["Retry-After"] == "2"
     error = (await answers[2].json())["error"]
     assert error["code"] == "rate_limited"
-    assert (await send(second)).status != 429  # another key, another bucket
+    assert (await send(second)).status != 429  # another tenant, another bucket
+    assert (await send(same_tenant)).status == 429  # the tenant's keys share theirs
 
 
 def test_memory_stays_bounded_and_the_quietest_caller_is_forgotten_first(

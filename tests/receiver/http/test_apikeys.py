@@ -180,10 +180,11 @@ async def test_a_revoked_keys_stream_ends(guarded: Client, db: asyncpg.Connectio
 
 
 def test_every_v1_route_declares_a_scope(dsn: str) -> None:
-    from receiver.http.routing import ROUTE_SCOPES
+    from receiver.http.routing import ROUTE_ACCESS
 
     app = create_app(Settings(database_url=dsn), dsn)
-    scopes = app[ROUTE_SCOPES]
+    access = app[ROUTE_ACCESS]
+    scopes = {route: given.scope for route, given in access.items()}
     unscoped = [
         route.resource.canonical
         for route in app.router.routes()

@@ -106,6 +106,7 @@ async def make_messages(db: asyncpg.Connection, count: int) -> list[uuid.UUID]:
             message_id,
             "swift" if n % 2 else "carrierx",
             [f"+4477009000{n:02d}"],
+            tenant="default",
             sender="+447700900999",
             body="b",
             client_ref=f"ref-{n % 3}",

@@ -14,6 +14,7 @@ from pydantic import SecretStr, ValidationError
 from normalizers.base import to_e164
 from receiver.config import ProviderSettings, Settings
 from receiver.storage.apikeys import create_key
+from receiver.storage.tenants import create_tenant
 from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
@@ -81,13 +82,15 @@ async def test_a_country_outside_the_allow_list_is_422(
     assert "SEND_ALLOWED_COUNTRIES" in detail["error"]
 
 
-async def test_a_key_over_its_daily_recipients_is_429_until_midnight(
+async def test_a_tenant_over_its_daily_recipients_is_429_until_midnight(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
     hub = await sandbox_hub(aiohttp_client, dsn, api_auth=True, send_daily_recipients=3)
-    (_, first), (_, second) = (
+    await create_tenant(db, "other")
+    (_, first), (_, second), (_, same_tenant) = (
         await create_key(db, "a", ["send"]),
-        await create_key(db, "b", ["send"]),
+        await create_key(db, "b", ["send"], "other"),
+        await create_key(db, "c", ["send"]),
     )
 
     def send(key: str, *numbers: str) -> Any:
@@ -106,7 +109,8 @@ async def test_a_key_over_its_daily_recipients_is_429_until_midnight(
     assert error["code"] == "quota_exceeded"
     assert 1 <= int(over.headers["Retry-After"]) <= 86_400
     assert last_one.status == 201  # what is left of the day's 3 is still usable
-    assert other_key.status == 201  # another key, another quota
+    assert other_key.status == 201  # another tenant, another quota
+    assert (await send(same_tenant, "+447700900041")).status == 429  # the tenant's keys share
     assert await db.fetchval("SELECT count(*) FROM messages") == 3  # nothing of the refused
 
 
