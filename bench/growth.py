@@ -59,19 +59,20 @@ FILL = [
     " FROM unnest(ARRAY['events', 'raw_callbacks', 'delivery_attempts']) AS t",
     """
     INSERT INTO messages (id, provider, provider_message_id, sender, body, client_ref,
-                          segments, encoding, created_at, request)
+                          segments, encoding, created_at, request, tenant)
     SELECT md5('m' || n)::uuid, 'carrierx', NULL, '+447700900999', 'Your code is ' || n,
            'ref-' || n, 1, 'GSM-7', now() - make_interval(secs => (n * 3.1)::int % 7776000),
            jsonb_build_object('to', jsonb_build_array('+4477009' || lpad((2 * n % 99991)::text,
-               5, '0'), '+4477009' || lpad(((2 * n + 1) % 99991)::text, 5, '0')))
+               5, '0'), '+4477009' || lpad(((2 * n + 1) % 99991)::text, 5, '0'))), 'default'
     FROM generate_series(1, $1) AS n
     """,
     """
     INSERT INTO message_recipients (message_id, provider, provider_message_id, recipient,
-                                    status, final, sequence, segments, updated_at, country)
+                                    status, final, sequence, segments, updated_at, country,
+                                    tenant)
     SELECT md5('m' || (n + 1) / 2)::uuid, 'carrierx', 'g-' || n,
            '+4477009' || lpad((n % 99991)::text, 5, '0'), 'delivered', true, 2, 1,
-           now() - make_interval(secs => (((n + 1) / 2) * 3.1)::int % 7776000), 'GB'
+           now() - make_interval(secs => (((n + 1) / 2) * 3.1)::int % 7776000), 'GB', 'default'
     FROM generate_series(1, $1) AS n
     """,
     """
@@ -88,13 +89,14 @@ FILL = [
     """
     INSERT INTO events (id, type, provider, message_id, recipient_id, provider_message_id,
                         recipient, status, final, provider_status, occurred_at, received_at,
-                        raw_id, sequence, recipient_status, occurred_at_source, stored_at)
+                        raw_id, sequence, recipient_status, occurred_at_source, stored_at,
+                        tenant)
     SELECT 'gev-' || n, 'message.status', 'carrierx', md5('m' || (r.id + 1) / 2)::uuid, r.id,
            'g-' || r.id, '+4477009' || lpad((r.id % 99991)::text, 5, '0'),
            CASE WHEN n % 2 = 0 THEN 'delivered' ELSE 'sent' END, n % 2 = 0,
            CASE WHEN n % 2 = 0 THEN 'delivered' ELSE 'sent' END, at, at,
            md5('r' || n)::uuid, 1 + n % 2, CASE WHEN n % 2 = 0 THEN 'delivered' ELSE 'sent' END,
-           'provider', at
+           'provider', at, 'default'
     FROM generate_series(1, $1) AS n,
          LATERAL (SELECT (n + 1) / 2 AS id) AS r,
          LATERAL (SELECT now() - make_interval(secs => (((r.id + 1) / 2) * 3.1)::int % 7776000)

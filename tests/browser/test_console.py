@@ -1,6 +1,7 @@
 """The console in a real Chromium against a real `serve` with the simulated providers: a
 message sent through the API appears with its statuses without a reload, its timeline opens,
-and with keys on the operator logs in and out."""
+and with keys on the operator logs in and out, and a tenant's key sees its tenant's messages
+alone while an operator key sees every tenant's."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import asyncpg
 import pytest
 from playwright.sync_api import Page, expect
 
+from receiver.storage.apikeys import create_key
+from receiver.storage.tenants import create_tenant
 from tests.helpers import free_port, running_serve
 
 SCREENSHOTS = Path(__file__).resolve().parent.parent.parent / "docs" / "screenshots"
@@ -60,8 +63,10 @@ def keyed_hub(dsn: str) -> Iterator[str]:
         yield url
 
 
-def send(url: str, ref: str, to: str = "+447700900001", key: str | None = None) -> str:
-    body = {"provider": "carrierx", "to": [to], "from": "+447700900999", "body": "hi", "ref": ref}
+def send(
+    url: str, ref: str, to: str = "+447700900001", key: str | None = None, text: str = "hi"
+) -> str:
+    body = {"provider": "carrierx", "to": [to], "from": "+447700900999", "body": text, "ref": ref}
     request = urllib.request.Request(
         f"{url}/v1/messages",
         data=json.dumps(body).encode(),
@@ -161,6 +166,80 @@ def test_with_keys_on_the_operator_logs_in_and_out(keyed_hub: str, dsn: str, pag
     expect(page).to_have_url(re.compile(r"/console/login"))
     page.goto(keyed_hub + "/console")
     expect(page).to_have_url(re.compile(r"/console/login"))
+
+
+def log_in(page: Page, url: str, key: str) -> None:
+    page.goto(url + "/console")
+    expect(page).to_have_url(re.compile(r"/console/login"))
+    page.get_by_label("API key").fill(key)
+    page.get_by_role("button", name="Log in").click()
+    expect(page.get_by_role("heading", name="Messages")).to_be_visible()
+
+
+def test_a_tenant_sees_its_own_messages_and_the_operator_every_tenants(
+    keyed_hub: str, dsn: str, page: Page
+) -> None:
+    # in a thread of its own: Playwright's synchronous API runs an event loop in this one
+    with ThreadPoolExecutor(1) as thread:
+        keys = thread.submit(asyncio.run, two_tenants_and_the_operator(dsn)).result()
+    tag = uuid.uuid4().hex[:8]
+    alpha_ref, beta_ref = f"alpha-{tag}", f"beta-{tag}"
+    # numbers of their own too: a leak would show in the recipients column, not only the ref's
+    send(keyed_hub, alpha_ref, "+447700900021", keys["alpha"], text="from alpha")
+    beta_id = send(keyed_hub, beta_ref, "+447700900022", keys["beta"], text="from beta")
+
+    log_in(page, keyed_hub, keys["alpha"])
+    expect(page.locator("header")).to_contain_text("key alpha-app of the tenant alpha")
+    rows = page.locator("#rows")
+    expect(rows.locator("tr", has_text=alpha_ref)).to_be_visible()
+    expect(rows).not_to_contain_text(beta_ref)  # the rows are there: absent means not sent
+    expect(rows).not_to_contain_text("+447700900022")
+    expect(page.locator("td.tenant")).to_have_count(0)  # one tenant's console: no column
+    expect(page.locator("select[name=tenant]")).to_have_count(0)
+
+    # The live refresh asks again with alpha's key: beta's later message, stored before alpha's
+    # later one, would be in the rows that alpha's brought if the refresh leaked.
+    expect(page.locator("#live-state")).to_contain_text("live updates: on")
+    send(keyed_hub, f"{beta_ref}-late", "+447700900022", keys["beta"], text="beta again")
+    send(keyed_hub, f"{alpha_ref}-late", "+447700900021", keys["alpha"], text="alpha again")
+    expect(rows.locator("tr", has_text=f"{alpha_ref}-late")).to_be_visible()  # no reload
+    expect(rows).not_to_contain_text(beta_ref)
+
+    answer = page.goto(f"{keyed_hub}/console/messages/{beta_id}")
+    assert answer is not None and answer.status == 404  # as if it did not exist
+    expect(page.get_by_role("heading", name="No such message")).to_be_visible()
+
+    page.get_by_role("button", name="Log out").click()
+    log_in(page, keyed_hub, keys["operator"])
+    expect(page.locator("header")).to_contain_text("key ops (operator)")
+    # by the ref's cell alone: the later messages' refs begin with the same words
+    alpha_row = rows.locator("tr", has=page.get_by_role("cell", name=alpha_ref, exact=True))
+    beta_row = rows.locator("tr", has=page.get_by_role("cell", name=beta_ref, exact=True))
+    expect(page.get_by_role("columnheader", name="Tenant")).to_be_visible()
+    expect(alpha_row.locator("td.tenant")).to_have_text("alpha")
+    expect(beta_row.locator("td.tenant")).to_have_text("beta")
+
+    page.locator("select[name=tenant]").select_option("beta")
+    page.get_by_role("button", name="Search").click()
+    expect(page).to_have_url(re.compile(r"tenant=beta"))
+    expect(beta_row.locator("td.tenant")).to_have_text("beta")
+    expect(rows).not_to_contain_text(alpha_ref)
+    expect(rows.locator("td.tenant")).to_have_text(["beta", "beta"])  # beta's two, no other
+
+
+async def two_tenants_and_the_operator(dsn: str) -> dict[str, str]:
+    """The tenants alpha and beta with a key each that sends (alpha's reads too), and an
+    operator key (of no tenant) that reads: their secrets by who holds them."""
+    connection = await asyncpg.connect(dsn)
+    try:
+        for tenant in ("alpha", "beta"):
+            await create_tenant(connection, tenant)
+        _, alpha = await create_key(connection, "alpha-app", ["send", "read"], "alpha")
+        _, beta = await create_key(connection, "beta-app", ["send"], "beta")
+        _, operator = await create_key(connection, "ops", ["read"], None)
+        return {"alpha": alpha, "beta": beta, "operator": operator}
+    finally:
+        await connection.close()
 
 
 def test_the_api_docs_try_a_call_against_the_running_hub(open_hub: str, page: Page) -> None:

@@ -139,7 +139,8 @@ async def test_query_endpoints_read_from_database_read_url(
     try:
         await apply_migrations(replica, migrations_dir())
         await replica.execute(
-            "INSERT INTO messages (id, provider, client_ref) VALUES ($1, 'swift', 'on-replica')",
+            "INSERT INTO messages (id, provider, client_ref, tenant)"
+            " VALUES ($1, 'swift', 'on-replica', 'default')",
             uuid.uuid4(),
         )
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from pathlib import Path
+from uuid import uuid4
 
 import asyncpg
 import pytest
@@ -27,6 +28,8 @@ EXPECTED_TABLES = {
     "api_keys",
     "send_rate_buckets",
     "send_quota_days",
+    "tenants",
+    "tenant_numbers",
 }
 
 
@@ -248,7 +251,8 @@ async def test_a_report_finds_its_recipient_by_the_unique_key_however_often_a_nu
     # a number that received many messages: the generic plan of store_events' update must
     # still take the unique key, not walk the number's rows (migration 0017)
     await db.execute(
-        "INSERT INTO messages (id, provider) VALUES ('00000000-0000-0000-0000-000000000001', 'x')"
+        "INSERT INTO messages (id, provider, tenant)"
+        " VALUES ('00000000-0000-0000-0000-000000000001', 'x', 'default')"
     )
     await db.execute(
         "INSERT INTO message_recipients (message_id, provider, provider_message_id, recipient,"
@@ -269,3 +273,82 @@ async def test_a_report_finds_its_recipient_by_the_unique_key_however_often_a_nu
     )
     await db.execute("DEALLOCATE report")
     assert "message_recipients_provider_provider_message_id_recipient_key" in plan
+
+
+async def test_tenants_migration_moves_a_single_tenant_hubs_data_into_default(
+    fresh_database: str, tmp_path: Path
+) -> None:
+    earlier = migrations_before(21, tmp_path)
+    connection = await asyncpg.connect(fresh_database)
+    try:
+        await apply_migrations(connection, earlier)
+        await connection.execute(
+            """
+            INSERT INTO messages (id, provider, sender) VALUES
+                ('00000000-0000-0000-0000-000000000001', 'swift', '+447700900999');
+            INSERT INTO message_recipients (message_id, provider, provider_message_id, recipient,
+                                            status) VALUES
+                ('00000000-0000-0000-0000-000000000001', 'swift', 'sw-1', '+447700900001',
+                 'sent'),
+                (NULL, 'swift', 'orphan-1', '+447700900002', 'delivered');
+            INSERT INTO events (id, type, provider, message_id, provider_message_id, recipient,
+                                status, final, provider_status, occurred_at, received_at,
+                                occurred_at_source) VALUES
+                ('ev-ours', 'message.status', 'swift', '00000000-0000-0000-0000-000000000001',
+                 'sw-1', '+447700900001', 'sent', false, 'sent', now(), now(), 'provider'),
+                ('ev-orphan', 'message.status', 'swift', NULL, 'orphan-1', '+447700900002',
+                 'delivered', true, 'delivered', now(), now(), 'provider'),
+                ('ev-summary', 'message.summary', 'swift', NULL, 'sw-1', NULL, 'sent', false,
+                 'sent', now(), now(), 'provider'),
+                ('ev-summary-of-nothing', 'message.summary', 'swift', NULL, 'nobody', NULL,
+                 'sent', false, 'sent', now(), now(), 'provider'),
+                ('ev-reply', 'message.inbound', 'swift', NULL, 'mo-1', '+447700900999',
+                 'received', true, 'received', now(), now(), 'provider');
+            INSERT INTO subscriptions (id, url, secret) VALUES
+                ('00000000-0000-0000-0000-00000000000a', 'http://127.0.0.1:9/x', 's');
+            INSERT INTO api_keys (id, name, prefix, secret_hash, scopes) VALUES
+                ('00000000-0000-0000-0000-0000000000b1', 'reader', 'smsr_a', 'a', '{read}'),
+                ('00000000-0000-0000-0000-0000000000b2', 'shop', 'smsr_b', 'b', '{send,read}'),
+                ('00000000-0000-0000-0000-0000000000b3', 'ops', 'smsr_c', 'c', '{admin}'),
+                ('00000000-0000-0000-0000-0000000000b4', 'all', 'smsr_d', 'd',
+                 '{admin,read,send}');
+            """
+        )
+
+        await apply_migrations(connection, migrations_dir())
+
+        message_tenant = await connection.fetchval("SELECT tenant FROM messages")
+        recipients = dict(
+            await connection.fetch("SELECT provider_message_id, tenant FROM message_recipients")
+        )
+        events = dict(await connection.fetch("SELECT id, tenant FROM events"))
+        subscription = await connection.fetchval("SELECT tenant FROM subscriptions")
+        keys = dict(await connection.fetch("SELECT name, tenant FROM api_keys"))
+        # A report for the old message after the migration is the tenant's, through its row.
+        await connection.execute(
+            "SELECT store_events(NULL, $1::jsonb)",
+            '[{"id": "ev-late", "type": "message.status", "provider": "swift",'
+            ' "provider_message_id": "sw-1", "recipient": "+447700900001",'
+            ' "status": "delivered", "final": true, "provider_status": "delivered",'
+            ' "occurred_at": "2026-12-01T00:00:00Z", "received_at": "2026-12-01T00:00:00Z",'
+            ' "occurred_at_source": "provider", "raw_id": null}]',
+        )
+        late = await connection.fetchval("SELECT tenant FROM events WHERE id = 'ev-late'")
+        with pytest.raises(asyncpg.NotNullViolationError):
+            await connection.execute(
+                "INSERT INTO messages (id, provider) VALUES ($1, 'x')", uuid4()
+            )
+    finally:
+        await connection.close()
+    assert message_tenant == "default"
+    assert recipients == {"sw-1": "default", "orphan-1": None}
+    assert events == {
+        "ev-ours": "default",
+        "ev-orphan": None,  # matches no message: the operator's
+        "ev-summary": "default",
+        "ev-summary-of-nothing": None,
+        "ev-reply": "default",
+    }
+    assert subscription is None  # made by an admin key: the operator's, every event as before
+    assert keys == {"reader": "default", "shop": "default", "ops": None, "all": None}
+    assert late == "default"

@@ -175,8 +175,8 @@ async def test_messages_recipients_and_deliveries_are_retired_in_batches(
 ) -> None:
     old, young = uuid.uuid4(), uuid.uuid4()
     await migrated.execute(
-        "INSERT INTO messages (id, provider, created_at) VALUES"
-        " ($1, 'swift', now() - interval '100 days'), ($2, 'swift', now())",
+        "INSERT INTO messages (id, provider, created_at, tenant) VALUES"
+        " ($1, 'swift', now() - interval '100 days', 'default'), ($2, 'swift', now(), 'default')",
         old,
         young,
     )
