@@ -62,9 +62,10 @@ audit:
 	.venv-audit/bin/pip-audit --strict --no-deps --disable-pip -r requirements.lock
 
 ## bench: the callback path against its ceilings (wrk, ~5 minutes); results in bench/results/
+## (BENCH_BEFORE=REV also runs C on that revision's code, interleaved: a change's cost)
 bench: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/run.py $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE))
 
 ## bench-growth: C against an empty database and against 10M events (G); status query at size (~8 minutes)
 bench-growth: $(VENV)/.dev-deps

@@ -14,6 +14,9 @@ Swift, 23 Telecom as JSON POSTs, the Properties API's GET receipt):
      verify signatures; E0 the same aiohttp client posting the same bodies with no database
   F  end-to-end latency at a fixed offered rate (open loop), callback sent -> subscriber
      received, at half of C's rate
+  C0 with `--before REV`: C on the code (and migrations) of another revision, in the same runs,
+     interleaved with C: what a change costs the callback path, measured on the same machine at
+     the same time
 Every run ends with a correctness check (acknowledged = stored, no duplicate events, an outbox row
 per event and subscriber, every delivery arrived). Writes bench/results/<time>.json and prints a
 table with the app's and the database's CPU per request.
@@ -49,9 +52,15 @@ from bench import fanout  # noqa: E402
 from bench.tokens import CALLBACK_TOKEN, token_env  # noqa: E402
 from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
-ROUTES = {"A": "/bench/ceiling", "B": "/bench/naive", "C": "/", "D": "/"}
-NAMES = {"A": "ceiling", "B": "naive insert", "C": "real pipeline", "D": "real, 20% repeats"}
-ROUTED = {"C", "D"}  # each request to its provider's /callbacks/<provider>/<token>
+ROUTES = {"A": "/bench/ceiling", "B": "/bench/naive", "C": "/", "D": "/", "C0": "/"}
+NAMES = {
+    "A": "ceiling",
+    "B": "naive insert",
+    "C": "real pipeline",
+    "D": "real, 20% repeats",
+    "C0": "real pipeline, before",
+}
+ROUTED = {"C", "D", "C0"}  # each request to its provider's /callbacks/<provider>/<token>
 SUBSCRIBERS = 2
 F_LOADS = (0.25, 0.4, 0.5)  # F's offered rates, as shares of C's
 
@@ -67,14 +76,16 @@ def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path="/" + name))
 
 
-async def fresh_database(admin: str, name: str, subscribers: int) -> str:
+async def fresh_database(
+    admin: str, name: str, subscribers: int, migrations: Path | None = None
+) -> str:
     connection = await asyncpg.connect(admin)
     await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await connection.execute(f'CREATE DATABASE "{name}"')
     await connection.close()
     dsn = with_database(admin, name)
     connection = await asyncpg.connect(dsn)
-    await apply_migrations(connection, migrations_dir())
+    await apply_migrations(connection, migrations or migrations_dir())
     assert await connection.fetchval("SHOW synchronous_commit") == "on"
     for _ in range(subscribers):
         await connection.execute(
@@ -121,9 +132,11 @@ async def stored(dsn: str) -> dict[str, int]:
         await connection.close()
 
 
-def start_server(dsn: str, port: int) -> subprocess.Popen[bytes]:
+def start_server(dsn: str, port: int, root: Path = ROOT) -> subprocess.Popen[bytes]:
+    """The hub of the code under `root` (this tree, or another revision's for C0)."""
     env = {
         **os.environ,
+        "PYTHONPATH": str(root),  # before the editable install's path: that tree's modules
         "DATABASE_URL": dsn,
         "DISPATCHER": "false",
         "API_AUTH": "false",
@@ -134,7 +147,7 @@ def start_server(dsn: str, port: int) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [sys.executable, "-m", "bench.serve", "--port", str(port)],  # the hub + /bench routes
         env=env,
-        cwd=ROOT,
+        cwd=root,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -231,11 +244,12 @@ async def load(
     warmup: float,
     duplicates: bool,
     routed: bool,
+    root: Path = ROOT,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, float]]:
     """wrk against a `serve` of its own on `dsn`: a warm-up, ANALYZE, then the measured run.
     Returns both wrk results and the app's and the database's CPU per request and peak RSS."""
     port = free_port()
-    process = start_server(dsn, port)
+    process = start_server(dsn, port, root)
     url = f"http://127.0.0.1:{port}{route}"
     try:
         warm = wrk(url, connections, warmup, duplicates, routed)
@@ -266,12 +280,16 @@ async def one_run(
     rep: int,
     seconds: float,
     warmup: float,
+    before: Path | None = None,
 ) -> dict[str, Any]:
     name = f"bench_{scenario}_{connections}_{rep}".lower()
-    dsn = await fresh_database(admin, name, SUBSCRIBERS if scenario in ROUTED else 0)
+    root = before if scenario == "C0" and before is not None else ROOT
+    dsn = await fresh_database(
+        admin, name, SUBSCRIBERS if scenario in ROUTED else 0, root / "migrations"
+    )
     duplicates, routed = scenario == "D", scenario in ROUTED
     warm, run, measured = await load(
-        dsn, data_dir, ROUTES[scenario], connections, seconds, warmup, duplicates, routed
+        dsn, data_dir, ROUTES[scenario], connections, seconds, warmup, duplicates, routed, root
     )
     counts = await stored(dsn)
     await drop_database(admin, name)
@@ -455,7 +473,21 @@ def table(summary: dict[str, Any], connections: list[int]) -> str:
             lines.append(
                 f"@{count}: C/A = {c / a:.2f} (target >= 0.45)   C/B = {c / b:.2f} (target >= 2.0)"
             )
+        before = summary.get(f"C0@{count}", {}).get("rps_median")
+        if before and c:
+            lines.append(f"@{count}: C after / C before = {c / before:.2f}")
     return "\n".join(lines)
+
+
+def checkout(revision: str, into: Path) -> Path:
+    """The tree of `revision` (git archive: the repository is left as it is)."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", revision],
+        capture_output=True,
+        check=True,
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
 
 
 async def main() -> int:
@@ -466,10 +498,19 @@ async def main() -> int:
     parser.add_argument("--connections", default="32,128")
     parser.add_argument("--scenarios", default="A,B,C,D,E,F")
     parser.add_argument("--events", type=int, default=10000, help="E: events to fan out")
+    parser.add_argument(
+        "--before",
+        metavar="REV",
+        help="also run C on this revision's code (C0), interleaved with C (BENCH_BEFORE=REV)",
+    )
     args = parser.parse_args()
     connections = [int(c) for c in args.connections.split(",")]
     scenarios = args.scenarios.split(",")
+    if args.before and "C" in scenarios and "C0" not in scenarios:
+        scenarios.insert(scenarios.index("C") + 1, "C0")
     closed_loop = [s for s in scenarios if s in ROUTES]
+    before_tree = tempfile.TemporaryDirectory(prefix="bench-before-") if args.before else None
+    before = checkout(args.before, Path(before_tree.name)) if before_tree else None
 
     import pgserver
 
@@ -485,7 +526,7 @@ async def main() -> int:
                     if scenario == "D" and conns != max(connections):
                         continue
                     run = await one_run(
-                        admin, data_dir, scenario, conns, rep, args.seconds, args.warmup
+                        admin, data_dir, scenario, conns, rep, args.seconds, args.warmup, before
                     )
                     runs.append(run)
                     print(
@@ -495,12 +536,15 @@ async def main() -> int:
                     )
         fan_out = await fan_out_runs(admin, args, scenarios, runs)
         server.cleanup()
+    if before_tree is not None:
+        before_tree.cleanup()
     summary = summarise(runs)
     verdicts = floors(summary, fan_out)
     report = {
         "when": datetime.now(UTC).isoformat(),
         "seconds": args.seconds,
         "reps": args.reps,
+        "before": args.before,
         "elapsed_s": round(time.monotonic() - started, 1),
         "cpus": os.cpu_count(),
         "summary": summary,

@@ -318,12 +318,17 @@ async def test_tenants_migration_moves_a_single_tenant_hubs_data_into_default(
         await apply_migrations(connection, migrations_dir())
 
         message_tenant = await connection.fetchval("SELECT tenant FROM messages")
-        recipients = dict(
-            await connection.fetch("SELECT provider_message_id, tenant FROM message_recipients")
-        )
-        events = dict(await connection.fetch("SELECT id, tenant FROM events"))
+        recipients = {
+            row[0]: row[1]
+            for row in await connection.fetch(
+                "SELECT provider_message_id, tenant FROM message_recipients"
+            )
+        }
+        events = {row[0]: row[1] for row in await connection.fetch("SELECT id, tenant FROM events")}
         subscription = await connection.fetchval("SELECT tenant FROM subscriptions")
-        keys = dict(await connection.fetch("SELECT name, tenant FROM api_keys"))
+        keys = {
+            row[0]: row[1] for row in await connection.fetch("SELECT name, tenant FROM api_keys")
+        }
         # A report for the old message after the migration is the tenant's, through its row.
         await connection.execute(
             "SELECT store_events(NULL, $1::jsonb)",
