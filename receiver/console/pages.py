@@ -151,6 +151,12 @@ async def index(request: web.Request) -> web.Response:
 @page("read")
 async def messages(request: web.Request, who: Viewer) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
+    blank = [name for name, value in request.query.items() if not value]
+    if blank:
+        # The search form sends its fields left at "any" empty: they filter nothing (the API
+        # refuses an empty filter; the page asks again without them).
+        kept = [(name, value) for name, value in request.query.items() if value]
+        raise web.HTTPSeeOther(f"{HOME}?{urlencode(kept)}" if kept else HOME)
     error = None
     try:
         page = await message_page(request)

@@ -33,7 +33,9 @@ class TenantSettings(BaseModel):
 
 
 class TenantIn(TenantSettings):
-    name: str = Field(max_length=63, description=tenants.NAME_RULE)
+    # Bounded loosely: the name rule (63 characters at most) is the storage's, so that every
+    # bad name is refused alike, as `invalid_tenant_name`.
+    name: str = Field(max_length=1024, description=tenants.NAME_RULE)
 
 
 class TenantPatch(TenantSettings):
@@ -74,9 +76,16 @@ _STATUS = {
 }
 
 
+# The body field each 422 is about.
+_FIELD = {"invalid_tenant_name": "name", "unknown_provider": "providers"}
+
+
 def refusal(error: TenantError) -> ReceiverError:
-    answer = {404: NotFound, 409: Conflict, 422: Unprocessable}[_STATUS.get(error.code, 422)](
-        error.message
+    status = _STATUS.get(error.code, 422)
+    field = _FIELD.get(error.code)
+    details = [{"field": field, "error": error.message}] if field else None
+    answer = {404: NotFound, 409: Conflict, 422: Unprocessable}[status](
+        error.message, details=details
     )
     answer.code = error.code
     return answer
@@ -99,8 +108,9 @@ def tenant_json(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def owned_number(text: str) -> str:
-    """A number or sender id as replies name it: E.164 for a phone number (given with `+` or
-    `00`), else a sender id; anything else is a 422."""
+    """A number or sender id as replies name it: E.164 for a phone number (given with `+`, `00`,
+    or as the digits of an international number, as providers write them), else a sender id;
+    anything else is a 422."""
     value = text.strip()
     e164 = to_e164(value)
     if e164 is not None and e164.startswith("+"):

@@ -206,7 +206,8 @@ def test_a_tenant_sees_its_own_messages_and_the_operator_every_tenants(
     expect(rows).not_to_contain_text(beta_ref)
 
     answer = page.goto(f"{keyed_hub}/console/messages/{beta_id}")
-    assert answer is not None and answer.status == 404  # as if it did not exist
+    assert answer is not None
+    assert answer.status == 404  # as if it did not exist
     expect(page.get_by_role("heading", name="No such message")).to_be_visible()
 
     page.get_by_role("button", name="Log out").click()

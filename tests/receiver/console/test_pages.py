@@ -236,3 +236,22 @@ async def test_older_messages_are_a_keyset_page_away(
     assert "page-0" in second
     assert "page-2" not in second
     assert "provider=swift" in html.unescape(older.group(1))  # the filters are kept
+
+
+async def test_the_search_forms_fields_left_at_any_filter_nothing(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    client = await sandbox_hub(aiohttp_client, dsn)
+
+    # What the form sends with only a tenant chosen: every other field empty.
+    answer = await client.get(
+        "/console?to=&ref=&status=&provider=&tenant=default", allow_redirects=False
+    )
+    nothing_chosen = await client.get("/console?to=&status=", allow_redirects=False)
+    followed = await client.get("/console?to=&ref=&status=&provider=&tenant=default")
+
+    assert answer.status == 303
+    assert answer.headers["Location"] == "/console?tenant=default"
+    assert nothing_chosen.headers["Location"] == "/console"
+    assert followed.status == 200
+    assert 'role="alert"' not in await followed.text()

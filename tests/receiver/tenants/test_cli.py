@@ -138,7 +138,9 @@ async def test_keys_of_a_disabled_tenant_are_refused(
 async def test_an_operator_key_is_of_no_tenant(
     capsys: pytest.CaptureFixture[str], db: asyncpg.Connection
 ) -> None:
-    made = await cli_run(capsys, "keys", "create", "--operator", "--scope", "admin", "--name", "ops")
+    made = await cli_run(
+        capsys, "keys", "create", "--operator", "--scope", "admin", "--name", "ops"
+    )
 
     assert made.status == 0, made.err
     assert "operator" in made.out

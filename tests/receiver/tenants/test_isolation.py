@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from receiver.app import ROUTES
 from receiver.http.session import COOKIE
 from receiver.storage.apikeys import create_key
-from receiver.storage.tenants import create_tenant
+from receiver.storage.tenants import add_number, create_tenant
 from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
@@ -78,6 +78,8 @@ async def world(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> World:
     hub = await sandbox_hub(aiohttp_client, dsn, api_auth=True)
     for name in ("alpha", "beta"):
         await create_tenant(db, name)
+    # B owns its number: a reply to it is B's even after A sends from it (the `send` case does).
+    await add_number(db, "beta", B_SENDER)
     _, a_key = await create_key(db, "a-app", ["admin"], "alpha")
     _, b_key = await create_key(db, "b-app", ["admin"], "beta")
     _, operator_key = await create_key(db, "ops", ["admin"], None)

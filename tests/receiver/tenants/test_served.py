@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -54,6 +54,13 @@ async def read_stream(
         async for line in answer.content:
             if line.startswith(b"data: "):
                 into.append(json.loads(line[6:]))
+
+
+async def until(condition: Callable[[], bool], seconds: float) -> None:
+    """Polls `condition` (the events arrive from other processes) for at most `seconds`."""
+    async with asyncio.timeout(seconds):
+        while not condition():  # noqa: ASYNC110 - filled by other tasks and processes
+            await asyncio.sleep(0.2)
 
 
 def complete(events: list[dict[str, Any]], message_id: str) -> bool:
@@ -115,12 +122,14 @@ async def test_each_tenants_subscription_feed_and_stream_get_its_own_events_repl
                 ) as answer:
                     assert answer.status == 201, await answer.text()
                     sent[name] = (await answer.json())["id"]
+
+            def everything_arrived() -> bool:
+                return all(
+                    complete(hooks[n][1], sent[n]) and complete(streamed[n], sent[n]) for n in sent
+                )
+
             try:
-                async with asyncio.timeout(60):
-                    while not all(complete(hooks[n][1], sent[n]) for n in sent) or not all(
-                        complete(streamed[n], sent[n]) for n in sent
-                    ):
-                        await asyncio.sleep(0.2)
+                await until(everything_arrived, 60)
             finally:
                 for task in streams:
                     task.cancel()
