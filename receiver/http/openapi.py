@@ -17,7 +17,8 @@ from receiver.http.session import PAGE_HEADERS
 ERRORS: dict[str, str] = {
     "400": "Bad request",
     "401": "Missing or wrong API key",
-    "403": "The API key lacks the scope",
+    "403": "The API key lacks the scope, is a tenant's on an operator's endpoint"
+    " (operator_only), or its tenant is disabled (tenant_disabled)",
     "404": "Not found",
     "408": "The request body did not arrive in time (BODY_TIMEOUT_S)",
     "409": "Conflict",

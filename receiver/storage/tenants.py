@@ -132,33 +132,25 @@ async def create_tenant(
     return row
 
 
+# A tenant as the operator sees it: its settings, its live keys (how many) and its numbers.
+TENANT_VIEW = f"""
+    SELECT {TENANT_COLUMNS},
+           (SELECT count(*) FROM api_keys k
+            WHERE k.tenant = t.name AND k.revoked_at IS NULL) AS keys,
+           (SELECT coalesce(array_agg(n.number ORDER BY n.number), '{{}}')
+            FROM tenant_numbers n WHERE n.tenant = t.name) AS numbers
+    FROM tenants t
+"""
+
+
 async def list_tenants(connection: Connection) -> list[asyncpg.Record]:
     """Every tenant, with how many live keys and numbers it has."""
-    rows: list[asyncpg.Record] = await connection.fetch(
-        f"""
-        SELECT {TENANT_COLUMNS},
-               (SELECT count(*) FROM api_keys k
-                WHERE k.tenant = t.name AND k.revoked_at IS NULL) AS keys,
-               (SELECT coalesce(array_agg(n.number ORDER BY n.number), '{{}}')
-                FROM tenant_numbers n WHERE n.tenant = t.name) AS numbers
-        FROM tenants t ORDER BY t.name
-        """
-    )
+    rows: list[asyncpg.Record] = await connection.fetch(f"{TENANT_VIEW} ORDER BY t.name")
     return rows
 
 
 async def get_tenant(connection: Connection, name: str) -> asyncpg.Record | None:
-    row: asyncpg.Record | None = await connection.fetchrow(
-        f"""
-        SELECT {TENANT_COLUMNS},
-               (SELECT count(*) FROM api_keys k
-                WHERE k.tenant = t.name AND k.revoked_at IS NULL) AS keys,
-               (SELECT coalesce(array_agg(n.number ORDER BY n.number), '{{}}')
-                FROM tenant_numbers n WHERE n.tenant = t.name) AS numbers
-        FROM tenants t WHERE t.name = $1
-        """,
-        name,
-    )
+    row: asyncpg.Record | None = await connection.fetchrow(f"{TENANT_VIEW} WHERE t.name = $1", name)
     return row
 
 

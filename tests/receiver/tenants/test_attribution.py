@@ -159,30 +159,20 @@ async def test_a_summary_is_the_tenants_of_its_recipients(db: asyncpg.Connection
     await create_tenant(db, "alpha")
     await sent_by(db, "alpha", timedelta(minutes=1), HANDSET)
     pmid = await db.fetchval("SELECT provider_message_id FROM message_recipients")
-    summary = Event(
-        id=event_id("swift", "summary", pmid),
-        type=EventType.SUMMARY,
-        provider="swift",
-        status=Status.SENT,
-        provider_status="sent",
-        occurred_at=NOW,
-        received_at=NOW,
-        occurred_at_source="provider",
-        provider_message_id=pmid,
-        counts={"sent": 1},
-    )
-    of_nothing = Event(
-        id=event_id("swift", "summary", "nothing"),
-        type=EventType.SUMMARY,
-        provider="swift",
-        status=Status.SENT,
-        provider_status="sent",
-        occurred_at=NOW,
-        received_at=NOW,
-        occurred_at_source="provider",
-        provider_message_id="nothing",
-        counts={"sent": 1},
-    )
 
-    assert await store(db, summary) == "alpha"
-    assert await store(db, of_nothing) is None
+    def summary(provider_message_id: str) -> Event:
+        return Event(
+            id=event_id("swift", "summary", provider_message_id),
+            type=EventType.SUMMARY,
+            provider="swift",
+            status=Status.SENT,
+            provider_status="sent",
+            occurred_at=NOW,
+            received_at=NOW,
+            occurred_at_source="provider",
+            provider_message_id=provider_message_id,
+            counts={"sent": 1},
+        )
+
+    assert await store(db, summary(pmid)) == "alpha"
+    assert await store(db, summary("nothing")) is None
