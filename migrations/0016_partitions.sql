@@ -184,7 +184,12 @@ FROM (VALUES ('events', 'stored_at'), ('raw_callbacks', 'received_at'),
 
 DROP FUNCTION partition_existing(text, text, timestamptz);
 
-SELECT create_partitions(t.name, now(), now() + interval '7 days')
+-- From the cut: the units before it are the legacy partition's (from now(), in the hour before
+-- midnight, the day's unit would be made again over the legacy partition's last hour, and the
+-- migration refused: fixed 2026-12-02, see 0022).
+SELECT create_partitions(t.name,
+    date_trunc('hour', now() AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' + interval '1 hour',
+    now() + interval '7 days')
 FROM (VALUES ('events'), ('raw_callbacks'), ('delivery_attempts')) AS t(name);
 
 -- Events are no longer unique by id alone (see store_events), and a raw callback's key is its id

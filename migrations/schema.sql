@@ -139,18 +139,22 @@ CREATE FUNCTION public.create_partitions(p_table text, p_from timestamp with tim
 DECLARE
     unit text := partition_unit(p_table);
     step interval := CASE unit WHEN 'month' THEN interval '1 month' ELSE interval '1 day' END;
-    starts timestamp := date_trunc(unit, p_from AT TIME ZONE 'UTC');
+    unit_start timestamp := date_trunc(unit, p_from AT TIME ZONE 'UTC');
     created integer := 0;
 BEGIN
     PERFORM partitioned_table(p_table);
-    WHILE starts <= p_until AT TIME ZONE 'UTC' LOOP
-        IF to_regclass(partition_name(p_table, starts AT TIME ZONE 'UTC')) IS NULL THEN
+    WHILE unit_start <= p_until AT TIME ZONE 'UTC' LOOP
+        IF to_regclass(partition_name(p_table, unit_start AT TIME ZONE 'UTC')) IS NULL
+           AND NOT EXISTS (
+               SELECT 1 FROM table_partitions(p_table) p
+               WHERE p.starts < (unit_start + step) AT TIME ZONE 'UTC'
+                 AND p.ends > unit_start AT TIME ZONE 'UTC') THEN
             EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES FROM (%L) TO (%L)',
-                partition_name(p_table, starts AT TIME ZONE 'UTC'), p_table,
-                starts AT TIME ZONE 'UTC', (starts + step) AT TIME ZONE 'UTC');
+                partition_name(p_table, unit_start AT TIME ZONE 'UTC'), p_table,
+                unit_start AT TIME ZONE 'UTC', (unit_start + step) AT TIME ZONE 'UTC');
             created := created + 1;
         END IF;
-        starts := starts + step;
+        unit_start := unit_start + step;
     END LOOP;
     RETURN created;
 END

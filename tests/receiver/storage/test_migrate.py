@@ -357,3 +357,25 @@ async def test_tenants_migration_moves_a_single_tenant_hubs_data_into_default(
     assert subscription is None  # made by an admin key: the operator's, every event as before
     assert keys == {"reader": "default", "shop": "default", "ops": None, "all": None}
     assert late == "default"
+
+
+async def test_no_partition_is_made_over_the_legacy_one(db: asyncpg.Connection) -> None:
+    # The legacy partitions of 0016 cover everything before the hour after the migration: the
+    # days before it (and, in the hour before midnight, the day of the migration itself, whose
+    # unit then reaches into the legacy partition) are not made again (migration 0022).
+    made = await db.fetchval(
+        "SELECT create_partitions('raw_callbacks', now() - interval '3 days', now())"
+    )
+    months = await db.fetchval(
+        "SELECT create_partitions('events', now() - interval '65 days', now())"
+    )
+    legacy_end = await db.fetchval(
+        "SELECT ends FROM table_partitions('raw_callbacks') WHERE name = 'raw_callbacks_legacy'"
+    )
+    days_after = await db.fetchval(
+        "SELECT count(*) FROM table_partitions('raw_callbacks') WHERE starts >= $1", legacy_end
+    )
+
+    assert made == 0
+    assert months == 0
+    assert days_after >= 7  # the week ahead is there, from the legacy partition's end

@@ -163,7 +163,9 @@ async def test_partitions_past_retention_are_dropped_whole(
     dropped = {d.partition for d in later.dropped if d.table == "raw_callbacks"}
     assert "raw_callbacks_legacy" in dropped
     today = await migrated.fetchval("SELECT partition_name('raw_callbacks', now())")
-    assert today in dropped
+    # Migrated in the hour before midnight, today is the legacy partition's to its end.
+    if await migrated.fetchval("SELECT to_regclass($1) IS NOT NULL", today):
+        assert today in dropped
     assert set(before) - dropped  # the days after today's remain
     assert await migrated.fetchval("SELECT count(*) FROM raw_callbacks") == 0
     events_dropped = {d.partition for d in later.dropped if d.table == "events"}
