@@ -70,7 +70,7 @@ bench: $(VENV)/.dev-deps
 ## bench-growth: C against an empty database and against 10M events (G); status query at size (~8 minutes)
 bench-growth: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
-	$(BIN)/python bench/growth.py
+	$(BIN)/python bench/growth.py $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE))
 
 ## bench-reports: the database's time per report of a message and per orphan, this revision and
 ## the one before tenants (BENCH_BEFORE=REV for another), interleaved (~1 minute)

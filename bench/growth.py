@@ -9,7 +9,9 @@ At that size it also times the status query (`GET /v1/messages/{id}` and
 `/v1/messages/by-provider-id/...`, p50/p99 over random ids), dropping a month of partitions
 (the oldest month of events, and a month of daily raw-callback partitions) and reports the
 database's size. Prints G/C (goal >= 0.8) and the query p99s (goal <= 10 ms); writes
-bench/results/growth-<time>.json.
+bench/results/growth-<time>.json. With `--before REV` (BENCH_BEFORE=REV) the status query is also
+timed on that revision's code against the same filled database, the two in turn (twice each):
+what a change does to the query, on the same data and machine.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.run import (  # noqa: E402
+    checkout,
     drop_database,
     free_port,
     fresh_database,
@@ -170,6 +173,16 @@ async def query_latencies(port: int, messages: int, samples: int) -> dict[str, A
     return result
 
 
+async def status_query(dsn: str, messages: int, samples: int, root: Path) -> dict[str, Any]:
+    """The status query's latencies on a `serve` of the code under `root`."""
+    port = free_port()
+    process = start_server(dsn, port, root)
+    try:
+        return await query_latencies(port, messages, samples)
+    finally:
+        stop_server(process)
+
+
 async def _md5_uuid(prefix: str, n: int) -> str:
     """The id the fill gave row n (md5(prefix || n)::uuid in SQL)."""
     digest = hashlib.md5(f"{prefix}{n}".encode(), usedforsecurity=False).hexdigest()
@@ -235,6 +248,7 @@ async def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--samples", type=int, default=500, help="status queries of each kind")
     parser.add_argument("--reps", type=int, default=2, help="runs of C and of G, in turn")
+    parser.add_argument("--before", metavar="REV", help="also time the status query on REV")
     args = parser.parse_args()
     import pgserver
 
@@ -259,13 +273,17 @@ async def main() -> int:
         dsn = await fresh_database(admin, "bench_growth", 0)
         filled = await fill(dsn, args.events, args.raw)
         print(f"  filled in {filled['fill_s']} s: {filled}", flush=True)
-        port = free_port()
-        process = start_server(dsn, port)
-        try:
-            queries = await query_latencies(port, filled["messages"], args.samples)
-        finally:
-            stop_server(process)
+        queries = await status_query(dsn, filled["messages"], args.samples, ROOT)
         print(f"  status query: {queries}", flush=True)
+        compared: dict[str, Any] = {}
+        if args.before:
+            with tempfile.TemporaryDirectory(prefix="bench-before-") as tree:
+                before = checkout(args.before, Path(tree))
+                for rep in range(2):  # before, now, before, now: both meet the same machine
+                    for label, root in ((args.before, before), ("now", ROOT)):
+                        timed = await status_query(dsn, filled["messages"], args.samples, root)
+                        compared.setdefault(label, []).append(timed)
+                        print(f"  status query ({label}, {rep + 1}): {timed}", flush=True)
         for rep in range(args.reps):  # G and C in turn, so that both meet the same machine
             print("G: the same load against the filled database", flush=True)
             g_runs.append(await g_run(dsn, data_dir, args.seconds, args.warmup))
@@ -290,6 +308,7 @@ async def main() -> int:
         "G_over_C": g["rps"] / c["rps"],
         "filled": {**filled, "bytes": int(filled["bytes"])},
         "status_query": queries,
+        "status_query_compared": compared,
         "drop_a_month": dropped,
     }
     out = ROOT / "bench" / "results" / f"growth-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
@@ -307,6 +326,11 @@ async def main() -> int:
             f"status query {kind}: p50 {q['p50_ms']} ms, p99 {q['p99_ms']} ms"
             f" {'PASS' if q['p99_ms'] <= GOAL_QUERY_P99_MS else 'FAIL'} (goal p99 <= 10 ms)"
         )
+    for label, timings in compared.items():
+        for kind in ("by_message_id", "by_provider_id"):
+            p99s = ", ".join(f"{t[kind]['p99_ms']}" for t in timings)
+            p50s = ", ".join(f"{t[kind]['p50_ms']}" for t in timings)
+            print(f"status query {kind} on {label}: p50 {p50s} ms, p99 {p99s} ms")
     print(
         f"dropping a month: events {dropped['events_partition']}"
         f" (~{dropped['events_rows']:,} rows) in {dropped['events_drop_s']} s, raw callbacks"
