@@ -48,11 +48,11 @@ BEGIN
     -- two never both create it.
     INSERT INTO message_recipients AS mr
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments, deadline, country, tenant)
+         segments, deadline, country, tenant, attempt, superseded)
     VALUES
         (p_message_id, p_provider, p_provider_message_id, p_recipient, pending.status,
          pending.final, pending.sequence, pending.segments, pending.deadline, pending.country,
-         pending.tenant)
+         pending.tenant, pending.attempt, pending.superseded)
     ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
     RETURNING mr.id INTO found_row;
     IF found_row IS NOT NULL THEN
@@ -84,9 +84,12 @@ BEGIN
     UPDATE message_recipients SET message_id = p_message_id,
         deadline = coalesce(deadline, pending.deadline),
         country = coalesce(country, pending.country), tenant = pending.tenant,
-        updated_at = now()
+        attempt = pending.attempt, superseded = pending.superseded, updated_at = now()
     WHERE id = found_row;
     PERFORM adopt_events(found_row, p_message_id, pending.tenant, p_recipient);
+    IF pending.attempt > 1 THEN
+        UPDATE events SET attempt = pending.attempt WHERE recipient_id = found_row;
+    END IF;
     DELETE FROM message_recipients WHERE id = pending.id;
     RETURN found_row;
 END
@@ -213,6 +216,29 @@ CREATE FUNCTION public.event_recipient_key(ev jsonb) RETURNS TABLE(provider text
         HAVING count(*) = 1
     ) only_one ON true
     WHERE ev->>'type' = 'message.status' AND ev->>'provider_message_id' IS NOT NULL
+$$;
+
+-- FUNCTION fail_over(uuid, text[], text, timestamp with time zone)
+
+CREATE FUNCTION public.fail_over(p_message_id uuid, p_recipients text[], p_provider text, p_deadline timestamp with time zone) RETURNS SETOF text
+    LANGUAGE sql
+    AS $$
+    WITH old AS (
+        UPDATE message_recipients mr SET superseded = true, deadline = NULL, updated_at = now()
+        WHERE mr.message_id = p_message_id AND mr.recipient = ANY(p_recipients)
+          AND NOT mr.superseded
+          AND NOT EXISTS (SELECT 1 FROM message_recipients o
+                          WHERE o.message_id = p_message_id AND o.recipient = mr.recipient
+                            AND o.provider = p_provider)
+        RETURNING mr.recipient, mr.attempt, mr.sequence, mr.segments, mr.country, mr.tenant
+    )
+    INSERT INTO message_recipients
+        (message_id, provider, provider_message_id, recipient, status, final, sequence,
+         segments, deadline, country, tenant, attempt)
+    SELECT p_message_id, p_provider, 'pending:' || p_message_id, old.recipient, 'unknown', false,
+           old.sequence, old.segments, p_deadline, old.country, old.tenant, old.attempt + 1
+    FROM old
+    RETURNING recipient
 $$;
 
 -- FUNCTION ingest_callback(uuid, text, text, text, text, jsonb, bytea, text, timestamp with time zone, text, text, jsonb)
@@ -486,6 +512,7 @@ DECLARE
     owner_raw uuid;
     is_synthetic boolean;
     alone_tenant text;
+    latest record;
 BEGIN
     FOR k IN
         SELECT DISTINCT key.provider, key.provider_message_id, key.recipient
@@ -605,14 +632,35 @@ BEGIN
             updated_at = now()
         WHERE mr.provider = e.key_provider AND mr.provider_message_id = e.key_pmid
           AND mr.recipient = e.key_recipient
-        RETURNING mr.id, mr.message_id, mr.sequence, mr.status, mr.tenant INTO rec;
+        RETURNING mr.id, mr.message_id, mr.sequence, mr.status, mr.tenant, mr.attempt,
+                  mr.superseded, mr.recipient INTO rec;
+
+        IF rec.superseded THEN
+            UPDATE message_recipients AS mr SET
+                sequence = mr.sequence + 1,
+                status = CASE WHEN candidate = 'delivered' THEN 'delivered' ELSE mr.status END,
+                final = CASE WHEN candidate = 'delivered' THEN true ELSE mr.final END,
+                synthetic_final = CASE WHEN candidate = 'delivered' THEN false
+                                       ELSE mr.synthetic_final END,
+                failure_kind = CASE WHEN candidate = 'delivered' THEN NULL
+                                    ELSE mr.failure_kind END,
+                deadline = CASE WHEN candidate = 'delivered' THEN NULL ELSE mr.deadline END,
+                updated_at = now()
+            WHERE mr.message_id = rec.message_id AND mr.recipient = rec.recipient
+              AND NOT mr.superseded
+            RETURNING mr.sequence, mr.status INTO latest;
+            IF FOUND THEN
+                rec.sequence := latest.sequence;
+                rec.status := latest.status;
+            END IF;
+        END IF;
 
         INSERT INTO events
             (id, type, provider, provider_message_id, provider_part_id, recipient, sender,
              status, final, provider_status, error_code, error_message, occurred_at,
              received_at, client_ref, segments, price, text, counts, raw_id, failure_kind,
              occurred_at_source, synthetic, message_id, recipient_id, sequence,
-             recipient_status, tenant)
+             recipient_status, tenant, attempt)
         VALUES
             (e.v->>'id', e.v->>'type', e.v->>'provider', e.key_pmid, e.part_id,
              e.v->>'recipient', e.v->>'sender', e.v->>'status', (e.v->>'final')::boolean,
@@ -622,7 +670,7 @@ BEGIN
              nullif(e.v->'price', 'null'::jsonb), e.v->>'text',
              nullif(e.v->'counts', 'null'::jsonb), owner_raw, e.v->>'failure_kind',
              e.v->>'occurred_at_source', coalesce((e.v->>'synthetic')::boolean, false),
-             rec.message_id, rec.id, rec.sequence, rec.status, rec.tenant);
+             rec.message_id, rec.id, rec.sequence, rec.status, rec.tenant, rec.attempt);
         RETURN QUERY SELECT e.v->>'id', true, rec.message_id, rec.sequence, rec.status,
             owner_raw;
     END LOOP;
@@ -826,7 +874,8 @@ CREATE TABLE public.events (
     stored_at timestamp with time zone DEFAULT now() NOT NULL,
     txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
     feed_seq bigint NOT NULL,
-    tenant text
+    tenant text,
+    attempt smallint DEFAULT 1 NOT NULL
 )
 PARTITION BY RANGE (stored_at);
 
@@ -873,7 +922,9 @@ CREATE TABLE public.message_recipients (
     deadline timestamp with time zone,
     synthetic_final boolean DEFAULT false NOT NULL,
     country text,
-    tenant text
+    tenant text,
+    attempt smallint DEFAULT 1 NOT NULL,
+    superseded boolean DEFAULT false NOT NULL
 );
 
 -- SEQUENCE message_recipients_id_seq
@@ -908,7 +959,8 @@ CREATE TABLE public.messages (
     dispatch_at timestamp with time zone,
     dispatched_at timestamp with time zone,
     cancelled_at timestamp with time zone,
-    tenant text NOT NULL
+    tenant text NOT NULL,
+    routing jsonb
 );
 
 -- TABLE raw_callbacks
@@ -966,6 +1018,41 @@ CREATE TABLE public.send_rate_buckets (
     caller text NOT NULL,
     tokens double precision NOT NULL,
     updated_at timestamp with time zone NOT NULL
+);
+
+-- TABLE send_route_changes
+
+CREATE TABLE public.send_route_changes (
+    id bigint NOT NULL,
+    route text NOT NULL,
+    action text NOT NULL,
+    who text NOT NULL,
+    at timestamp with time zone DEFAULT now() NOT NULL,
+    before jsonb,
+    after jsonb,
+    CONSTRAINT send_route_changes_action_check CHECK ((action = ANY (ARRAY['create'::text, 'update'::text, 'delete'::text])))
+);
+
+-- SEQUENCE send_route_changes_id_seq
+
+ALTER TABLE public.send_route_changes ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.send_route_changes_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+-- TABLE send_routes
+
+CREATE TABLE public.send_routes (
+    name text NOT NULL,
+    "position" integer NOT NULL,
+    spec jsonb NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT send_routes_name_check CHECK ((name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text))
 );
 
 -- TABLE subscriptions
@@ -1099,6 +1186,16 @@ ALTER TABLE ONLY public.send_quota_days
 
 ALTER TABLE ONLY public.send_rate_buckets
     ADD CONSTRAINT send_rate_buckets_pkey PRIMARY KEY (caller);
+
+-- CONSTRAINT send_route_changes send_route_changes_pkey
+
+ALTER TABLE ONLY public.send_route_changes
+    ADD CONSTRAINT send_route_changes_pkey PRIMARY KEY (id);
+
+-- CONSTRAINT send_routes send_routes_pkey
+
+ALTER TABLE ONLY public.send_routes
+    ADD CONSTRAINT send_routes_pkey PRIMARY KEY (name);
 
 -- CONSTRAINT subscriptions subscriptions_pkey
 
@@ -1234,6 +1331,10 @@ CREATE INDEX raw_callbacks_outcome_idx ON ONLY public.raw_callbacks USING btree 
 -- INDEX recipient_parts_recipient_idx
 
 CREATE INDEX recipient_parts_recipient_idx ON public.recipient_parts USING btree (recipient_id);
+
+-- INDEX send_route_changes_route_idx
+
+CREATE INDEX send_route_changes_route_idx ON public.send_route_changes USING btree (route, id);
 
 -- INDEX tenant_numbers_tenant_idx
 

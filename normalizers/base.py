@@ -142,7 +142,9 @@ class SendOutcome:
     parts: the provider's part ids per recipient, when it gives them (for multipart reports);
     segments: the number of segments the provider says it will bill, when it says;
     recipients: the number of recipients the provider says it took, when it says;
-    details: what else a refusal says that the caller needs (23 Telecom's balance), verbatim."""
+    details: what else a refusal says that the caller needs (23 Telecom's balance), verbatim;
+    about_account: the refusal is about our account with the provider (its credit), not the
+      message: another provider may take it."""
 
     events: Sequence[Event]
     refused: bool = False
@@ -153,6 +155,7 @@ class SendOutcome:
     segments: int | None = None
     recipients: int | None = None
     details: Mapping[str, Any] = field(default_factory=dict)
+    about_account: bool = False
 
 
 class OptionsError(NormalizerError):

@@ -87,6 +87,7 @@ EVENT_V1_FIELDS: tuple[str, ...] = (
     "occurred_at_source",
     "synthetic",
     "tenant",
+    "attempt",
 )
 
 FailureKind = Literal["temporary", "permanent"]
@@ -102,7 +103,7 @@ class Price:
 @dataclass(frozen=True, slots=True)
 class Event:
     """One normalised report. Storage fields (raw_id, message_id, sequence, recipient_status,
-    tenant) are filled by the pipeline once the event is stored; a normaliser leaves them
+    tenant, attempt) are filled by the pipeline once the event is stored; a normaliser leaves them
     empty."""
 
     id: str
@@ -131,6 +132,8 @@ class Event:
     sequence: int | None = None
     recipient_status: Status | None = None
     tenant: str | None = None  # the storage's answer: whose event it is (None: the operator's)
+    # Which send attempt of the recipient it is about (1 unless routing failed over): storage's.
+    attempt: int = 1
 
     @property
     def final(self) -> bool:
@@ -175,6 +178,7 @@ class Event:
             "occurred_at_source": self.occurred_at_source,
             "synthetic": self.synthetic,
             "tenant": self.tenant,
+            "attempt": self.attempt,
         }
 
 

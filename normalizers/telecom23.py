@@ -199,7 +199,9 @@ class Telecom23:
             error_message=_with_balance(description, details),
             failure_kind=kind,
         )
-        return dataclasses.replace(outcome, details=details)
+        return dataclasses.replace(
+            outcome, details=details, about_account=code == "INSUFFICIENT_BALANCE"
+        )
 
     def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
         payload = request.fields() if request.body.strip() else {}

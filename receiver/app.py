@@ -34,11 +34,14 @@ from receiver.ingest.reprocess import reprocess_callback
 from receiver.ingest.spool import Spool, replay_forever
 from receiver.query import health, inbound, messages, raw_callbacks, stats
 from receiver.ratelimit import RateLimiter
+from receiver.routing import routes as send_routes
+from receiver.sandbox import controls as sandbox_controls
 from receiver.sandbox import sandbox_app
-from receiver.sandbox.common import Sandbox
+from receiver.sandbox.common import SANDBOX_KEY, Sandbox
 from receiver.sending import route as send_route
 from receiver.sending import scheduler
 from receiver.sending.providers import callback_url
+from receiver.sending.routing import ROUTE_TABLE, RouteTable
 from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
 from receiver.storage.migrate import load_migrations, migrations_dir
@@ -55,6 +58,9 @@ PROVIDER_PATH = Param("provider", "path", required=True)
 TOKEN_PATH = Param("token", "path", required=True)
 ID_PATH = Param("id", "path", required=True)
 TENANT_PATH = Param(
+    "name", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, required=True
+)
+ROUTE_PATH = Param(
     "name", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, required=True
 )
 CALLBACK_ANSWERS = {"200": schemas.CallbackAnswer, "202": schemas.CallbackAnswer}
@@ -394,6 +400,73 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "get",
+        "/v1/routes",
+        send_routes.list_all,
+        "Every send route, in the order they are tried (operator keys only)",
+        {"200": send_routes.RouteList},
+        scope="admin",
+        operator=True,
+        errors=("401", "403", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/routes",
+        send_routes.create,
+        "Make a send route (operator keys only)",
+        {"201": send_routes.RouteView},
+        scope="admin",
+        operator=True,
+        body=send_routes.RouteIn,
+        errors=("401", "403", "408", "409", "422", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/routes/{name}",
+        send_routes.get_one,
+        "One send route (operator keys only)",
+        {"200": send_routes.RouteView},
+        scope="admin",
+        operator=True,
+        params=(ROUTE_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "put",
+        "/v1/routes/{name}",
+        send_routes.put,
+        "Make or replace a send route (operator keys only)",
+        {"200": send_routes.RouteView, "201": send_routes.RouteView},
+        scope="admin",
+        operator=True,
+        body=send_routes.RouteBody,
+        params=(ROUTE_PATH,),
+        errors=("401", "403", "408", "422", "503"),
+    ),
+    Route(
+        "delete",
+        "/v1/routes/{name}",
+        send_routes.delete,
+        "Delete a send route (operator keys only)",
+        {"204": None},
+        scope="admin",
+        operator=True,
+        params=(ROUTE_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/route-changes",
+        send_routes.changes,
+        "Every change of the send routes, latest first: who, when, before, after (operator keys"
+        " only)",
+        {"200": send_routes.RouteChanges},
+        scope="admin",
+        operator=True,
+        params=(Param("route"), LIMIT),
+        errors=("401", "403", "503"),
+    ),
+    Route(
+        "get",
         "/v1/tenants",
         tenant_routes.list_all,
         "Every tenant, its settings, numbers and number of keys (operator keys only)",
@@ -458,6 +531,35 @@ ROUTES: tuple[Route, ...] = (
         operator=True,
         params=(TENANT_PATH, Param("number", "path", required=True)),
         errors=("401", "403", "404", "503"),
+    ),
+)
+
+
+# Routes that exist only in sandbox mode (`serve --sandbox`, `make run`).
+SANDBOX_ROUTES = (
+    Route(
+        "get",
+        "/v1/sandbox/providers",
+        sandbox_controls.list_all,
+        "The simulated providers: how each is broken, and what each took (sandbox mode,"
+        " operator keys only)",
+        {"200": sandbox_controls.SimulatedProviders},
+        scope="admin",
+        operator=True,
+        errors=("401", "403", "503"),
+    ),
+    Route(
+        "put",
+        "/v1/sandbox/providers/{name}",
+        sandbox_controls.put,
+        "Break a simulated provider (down, slow, throttled, lossy; one country or all) or make"
+        " it normal again (sandbox mode, operator keys only)",
+        {"200": sandbox_controls.SimulatedProvider},
+        scope="admin",
+        operator=True,
+        body=sandbox_controls.TroubleIn,
+        params=(Param("name", "path", required=True),),
+        errors=("401", "403", "404", "408", "422", "503"),
     ),
 )
 
@@ -622,13 +724,17 @@ def create_app(
 
     app[feed.STOPPING] = asyncio.Event()
     app[feed.OPEN_STREAMS] = Counter()
+    app[ROUTE_TABLE] = RouteTable()
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(end_streams)
-    add_routes(app, ROUTES)
+    routes = ROUTES + (SANDBOX_ROUTES if settings.sandbox else ())
+    add_routes(app, routes)
     add_console(app)
-    app[openapi.OPENAPI] = openapi.document(ROUTES)
+    app[openapi.OPENAPI] = openapi.document(routes)
     if settings.sandbox:
-        app.add_subapp("/sandbox", sandbox_app(simulated_providers(settings, registry)))
+        sandbox = simulated_providers(settings, registry)
+        app[SANDBOX_KEY] = sandbox  # the sandbox's controls reach it from the hub's routes
+        app.add_subapp("/sandbox", sandbox_app(sandbox))
     if not settings.api_auth:
         log.warning("api_keys_not_required", hint="set API_AUTH=true outside a laptop")
     log_callback_auth(settings, registry)

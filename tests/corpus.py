@@ -21,7 +21,14 @@ from normalizers.base import CallbackRequest
 from normalizers.events import Event
 
 FIXTURES = Path(__file__).parent / "fixtures"
-STORAGE_FIELDS = ("raw_id", "message_id", "sequence", "recipient_status", "tenant")
+STORAGE_FIELDS = (
+    "raw_id",
+    "message_id",
+    "sequence",
+    "recipient_status",
+    "tenant",
+    "attempt",
+)
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ class EventV1(BaseModel):
     occurred_at_source: Literal["provider", "received"]
     synthetic: bool
     tenant: str | None  # whose event it is; null: the operator's alone
+    attempt: int  # which send attempt of the recipient (1 unless routing failed over)
 
 
 # --- answers of the HTTP API (the OpenAPI document is generated from these) -------------------
@@ -84,14 +85,29 @@ class CallbackAnswer(BaseModel):
     error: str | None = None
 
 
+class SendAttempt(BaseModel):
+    """One provider's attempt at a recipient (several when routing failed over)."""
+
+    attempt: int
+    provider: str
+    status: Status
+    final: bool
+    provider_message_id: str | None
+    error_code: str | None
+    error_message: str | None
+
+
 class SendRecipient(BaseModel):
     to: str | None
     status: Status
     final: bool
+    provider: str  # the provider that carries it: its latest attempt's
+    attempt: int
     provider_message_id: str | None
     failure_kind: Literal["temporary", "permanent"] | None
     error_code: str | None
     error_message: str | None
+    attempts: list[SendAttempt]
 
 
 class SendAnswer(BaseModel):
@@ -111,8 +127,19 @@ class CancelAnswer(BaseModel):
     recipients: list[SendRecipient]
 
 
+class RecipientAttempt(BaseModel):
+    attempt: int
+    provider: str
+    status: Status
+    final: bool
+    failure_kind: Literal["temporary", "permanent"] | None
+    provider_message_id: str | None
+
+
 class RecipientView(BaseModel):
     to: str | None
+    provider: str  # the provider that carries it: its latest attempt's
+    attempt: int
     status: Status
     final: bool
     failure_kind: Literal["temporary", "permanent"] | None
@@ -122,6 +149,19 @@ class RecipientView(BaseModel):
     price: PriceV1 | None
     sequence: int
     updated_at: datetime
+    attempts: list[RecipientAttempt]
+
+
+class RoutingDecision(BaseModel):
+    """How the hub chose the providers of some of a message's recipients."""
+
+    route: str | None  # null: DEFAULT_PROVIDER, no route matching
+    choose: str
+    providers: list[str]  # in the order they are tried
+    why: str
+    failover_on_timeout: bool
+    redeliver: dict[str, Any] | None
+    to: list[str]
 
 
 class MessageSummary(BaseModel):
@@ -140,6 +180,7 @@ class MessageSummary(BaseModel):
     expires_at: datetime | None
     created_at: datetime
     tenant: str
+    routing: list[RoutingDecision] | None  # null: the caller named the provider
     recipients: list[RecipientView]
 
 

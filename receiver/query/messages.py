@@ -35,6 +35,28 @@ def message_json(row: asyncpg.Record) -> dict[str, Any]:
         "expires_at": rfc3339(row["expires_at"]) if row["expires_at"] else None,
         "created_at": rfc3339(row["created_at"]),
         "tenant": row["tenant"],
+        "routing": json.loads(row["routing"]) if row["routing"] else None,
+    }
+
+
+def recipients_json(rows: list[asyncpg.Record]) -> list[dict[str, Any]]:
+    """One entry per recipient: its state (its latest attempt's, or delivered by an earlier
+    one), the provider that carries it, and each attempt."""
+    return [
+        recipient_json(latest) | {"attempts": [attempt_json(row) for row in attempts]}
+        for latest, attempts in messages.by_recipient(rows)
+    ]
+
+
+def attempt_json(row: asyncpg.Record) -> dict[str, Any]:
+    pmid = row["provider_message_id"]
+    return {
+        "attempt": row["attempt"],
+        "provider": row["provider"],
+        "status": row["status"],
+        "final": row["final"],
+        "failure_kind": row["failure_kind"],
+        "provider_message_id": None if is_pending(pmid) else pmid,
     }
 
 
@@ -42,6 +64,8 @@ def recipient_json(row: asyncpg.Record) -> dict[str, Any]:
     pmid = row["provider_message_id"]
     return {
         "to": row["recipient"] or None,
+        "provider": row["provider"],
+        "attempt": row["attempt"],
         "status": row["status"],
         "final": row["final"],
         "failure_kind": row["failure_kind"],
@@ -63,7 +87,7 @@ async def message_view(
         return None
     recipients = await messages.recipients_of_message(connection, message_id)
     return message_json(row) | {
-        "recipients": [recipient_json(r) for r in recipients],
+        "recipients": recipients_json(recipients),
         "events": await events.timeline_of_message(connection, message_id, asker),
     }
 
@@ -104,7 +128,7 @@ async def by_provider_id(request: web.Request) -> web.Response:
             "id": None,
             "provider": provider,
             "orphan": True,
-            "recipients": [recipient_json(r) for r in recipients],
+            "recipients": recipients_json(recipients),
             "events": timeline,
         }
     )
@@ -150,9 +174,10 @@ async def message_page(request: web.Request) -> dict[str, Any]:
         )
         page = rows[:limit]
         recipients = await messages.recipients_of_messages(connection, [row["id"] for row in page])
-    by_message: dict[uuid.UUID, list[dict[str, Any]]] = {}
+    rows_of: dict[uuid.UUID, list[asyncpg.Record]] = {}
     for recipient in recipients:
-        by_message.setdefault(recipient["message_id"], []).append(recipient_json(recipient))
+        rows_of.setdefault(recipient["message_id"], []).append(recipient)
+    by_message = {message_id: recipients_json(rows) for message_id, rows in rows_of.items()}
     next_cursor = (
         params.keyset_cursor(page[-1]["created_at"], str(page[-1]["id"]))
         if len(rows) > limit and page

@@ -16,9 +16,9 @@ from receiver.sandbox.common import (
     THROTTLED_HEADERS,
     Outcome,
     Report,
+    Sandbox,
     final_reports,
     json_body,
-    outcome_of,
     requested_error,
     sandbox_of,
     seconds_until,
@@ -89,6 +89,9 @@ async def send(request: web.Request) -> web.Response:
         return _invalid("from", "required")
     if not text:
         return _invalid("body", "required")
+    trouble = sandbox.refusal(NAME, [str(n) for n in to])
+    if trouble is not None:
+        return trouble
     if throttled_once(sandbox, NAME, text, body):
         return web.json_response(
             {"status_code": 429, "status_msg": "Too Many Requests"},
@@ -115,8 +118,10 @@ async def send(request: web.Request) -> web.Response:
     # Paused: "will not be sent until released", and the sandbox never releases it (silence
     # then ends it); a send_at is honoured: the reports start then.
     if kind is not None and not body.get("paused"):
-        reports = _reports(url, message_id, body, [str(n) for n in to], kind)
-        sandbox.later(reports, start_after_s=seconds_until(body.get("send_at")))
+        numbers = [str(n) for n in to]
+        reports = _reports(sandbox, url, message_id, body, numbers, kind)
+        delay = sandbox.report_delay_s(NAME, numbers)
+        sandbox.later(reports, start_after_s=seconds_until(body.get("send_at")) + delay)
     return web.json_response(
         {"messageID": message_id, "num_parts": parts, "num_recipients": len(to)}, status=201
     )
@@ -142,12 +147,17 @@ def _report(
 
 
 def _reports(
-    url: str, message_id: int, body: dict[str, Any], numbers: list[str], kind: str
+    sandbox: Sandbox,
+    url: str,
+    message_id: int,
+    body: dict[str, Any],
+    numbers: list[str],
+    kind: str,
 ) -> list[tuple[int, Report]]:
     steps: list[tuple[int, Report]] = []
     finals: dict[str, str] = {}
     for number in numbers:
-        outcome = outcome_of(number)
+        outcome = sandbox.outcome_of(NAME, number)
         if outcome is Outcome.SILENT:
             continue
         reports = [("rejected", 1)] if outcome is Outcome.REJECTED else final_reports(outcome)

@@ -16,7 +16,6 @@ from receiver.sandbox.common import (
     Report,
     final_reports,
     json_body,
-    outcome_of,
     requested_error,
     sandbox_of,
     throttled_once,
@@ -55,6 +54,9 @@ async def send(request: web.Request) -> web.Response:
     text = body.get("message")
     if not to or not sender or (not text and not body.get("media_urls")):
         return web.json_response({"message": "from, to and message are required"}, status=400)
+    trouble = sandbox.refusal(NAME, [to])
+    if trouble is not None:
+        return trouble
     if throttled_once(sandbox, NAME, text, body):
         return web.json_response(
             {"message": "too many requests"}, status=429, headers=THROTTLED_HEADERS
@@ -62,7 +64,7 @@ async def send(request: web.Request) -> web.Response:
     requested = requested_error(text)
     if requested in ERRORS:
         return web.json_response({"message": ERRORS[requested]}, status=int(requested))
-    outcome = outcome_of(to)
+    outcome = sandbox.outcome_of(NAME, to)
     if outcome is Outcome.REJECTED:
         return web.json_response({"message": f"destination {to} is not reachable"}, status=400)
     is_mms = (
@@ -129,5 +131,5 @@ async def send(request: web.Request) -> web.Response:
                 ),
             )
         )
-    sandbox.later(steps)
+    sandbox.later(steps, start_after_s=sandbox.report_delay_s(NAME, [to]))
     return web.json_response(sms)

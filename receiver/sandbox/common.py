@@ -6,16 +6,19 @@ import asyncio
 import hashlib
 import json
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import aiohttp
 import structlog
 from aiohttp import web
+
+from normalizers.base import number_facts, to_e164
 
 log = structlog.get_logger("receiver.sandbox")
 
@@ -97,6 +100,31 @@ def final_reports(outcome: Outcome) -> list[tuple[str, int]]:
     return [("sent", 1), (final, 2)]
 
 
+TroubleMode = Literal["normal", "down", "slow", "throttled", "lossy"]
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """How an operator broke a simulated provider (for one destination country, or all):
+    `down` answers every send 503; `throttled` answers 429 (Retry-After: 1); `slow` sends its
+    reports `report_delay_s` later; `lossy` makes `loss_share` of the recipients it accepts
+    `undelivered` (or never reported: `silent`), every n-th exactly, no randomness."""
+
+    mode: TroubleMode = "normal"
+    country: str | None = None
+    report_delay_s: float = 30.0
+    loss_share: float = 1.0
+    loss: Literal["undelivered", "silent"] = "undelivered"
+
+    def applies(self, numbers: Sequence[str]) -> bool:
+        return self.country is None or any(country_of(n) == self.country for n in numbers)
+
+
+def country_of(number: str) -> str | None:
+    e164 = to_e164(number if number.startswith("+") else "+" + number)
+    return number_facts(e164)[2] if e164 else None
+
+
 @dataclass
 class Sandbox:
     """The simulated providers' shared state: where to call back, how long to wait, and the
@@ -110,6 +138,47 @@ class Sandbox:
     counter: int = 0
     epoch: int = field(default_factory=lambda: int(time.time()))
     attempts: dict[str, int] = field(default_factory=dict)
+    troubles: dict[str, Trouble] = field(default_factory=dict)
+    # Recipients each simulated provider took (provider, number): what it would bill.
+    sent: Counter[tuple[str, str]] = field(default_factory=Counter)
+    lost: Counter[str] = field(default_factory=Counter)
+
+    def refusal(self, provider: str, numbers: Sequence[str]) -> web.Response | None:
+        """The answer of a provider that is down or throttled for these numbers, if it is."""
+        trouble = self.troubles.get(provider)
+        if trouble is None or not trouble.applies(numbers):
+            return None
+        if trouble.mode == "down":
+            return web.json_response({"error": "service unavailable (sandbox: down)"}, status=503)
+        if trouble.mode == "throttled":
+            return web.json_response(
+                {"error": "too many requests (sandbox: throttled)"},
+                status=429,
+                headers=THROTTLED_HEADERS,
+            )
+        return None
+
+    def outcome_of(self, provider: str, number: str) -> Outcome:
+        """What happens to a recipient the provider took (counted as sent), a lossy
+        provider's losses included."""
+        outcome = outcome_of(number)
+        if outcome is Outcome.REJECTED:
+            return outcome
+        self.sent[(provider, number.lstrip("+"))] += 1
+        trouble = self.troubles.get(provider)
+        if trouble is not None and trouble.mode == "lossy" and trouble.applies([number]):
+            seen = self.lost[provider + ":seen"]
+            self.lost[provider + ":seen"] += 1
+            if int((seen + 1) * trouble.loss_share) > int(seen * trouble.loss_share):
+                self.lost[provider] += 1
+                return Outcome.UNDELIVERED if trouble.loss == "undelivered" else Outcome.SILENT
+        return outcome
+
+    def report_delay_s(self, provider: str, numbers: Sequence[str]) -> float:
+        trouble = self.troubles.get(provider)
+        if trouble is not None and trouble.mode == "slow" and trouble.applies(numbers):
+            return trouble.report_delay_s
+        return 0.0
 
     def next_id(self, prefix: str) -> str:
         """Unique across restarts too, as a real provider's ids are: the hub's database

@@ -14,7 +14,6 @@ from receiver.sandbox.common import (
     Outcome,
     Report,
     json_body,
-    outcome_of,
     requested_error,
     sandbox_of,
     seconds_until,
@@ -56,13 +55,16 @@ async def send(request: web.Request) -> web.Response:
     to, text, sender = str(body.get("To") or ""), body.get("Text"), str(body.get("From") or "")
     if not to.startswith("+") or not text:
         return _error(400, "InvalidParameter", "To (E164 with +) and Text are required")
+    trouble = sandbox.refusal(NAME, [to])
+    if trouble is not None:
+        return trouble
     if throttled_once(sandbox, NAME, text, body):
         return _error(429, "TooManyRequests", "rate limit exceeded", THROTTLED_HEADERS)
     requested = requested_error(text)
     if requested in ERRORS:
         status, message = ERRORS[requested]
         return _error(status, requested, message)
-    outcome = outcome_of(to)
+    outcome = sandbox.outcome_of(NAME, to)
     if outcome is Outcome.REJECTED:
         return _error(400, "InvalidDestination", f"{to} cannot receive SMS")
     sid = sandbox.next_id("MSANDBOX")
@@ -98,7 +100,8 @@ async def send(request: web.Request) -> web.Response:
         }
         method = str(body.get("WebhookMethod") or "POST").upper()
         steps.append((3, Report.form(reply_url, reply, method)))
-    sandbox.later(steps, start_after_s=seconds_until(body.get("Schedule")))  # sent then
+    delay = sandbox.report_delay_s(NAME, [to])
+    sandbox.later(steps, start_after_s=seconds_until(body.get("Schedule")) + delay)  # sent then
     return web.json_response(
         {
             "Message": {

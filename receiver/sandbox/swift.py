@@ -19,7 +19,6 @@ from receiver.sandbox.common import (
     Sandbox,
     final_reports,
     json_body,
-    outcome_of,
     requested_error,
     sandbox_of,
     throttled_once,
@@ -53,6 +52,9 @@ async def send(request: web.Request) -> web.Response:
     body = await json_body(request)
     if not isinstance(body, dict) or not isinstance(body.get("to"), list) or not body.get("body"):
         return web.json_response({"error_code": "bad_message"}, status=422)
+    trouble = sandbox.refusal(NAME, [str(n) for n in body["to"]])
+    if trouble is not None:
+        return trouble
     if throttled_once(sandbox, NAME, body["body"], body):
         return web.json_response(
             {"error_code": "too_many_requests"}, status=429, headers=THROTTLED_HEADERS
@@ -67,7 +69,7 @@ async def send(request: web.Request) -> web.Response:
     results: list[dict[str, Any]] = []
     steps: list[tuple[int, Report]] = []
     for number in (str(n).lstrip("+") for n in body["to"]):
-        outcome = outcome_of(number)
+        outcome = sandbox.outcome_of(NAME, number)
         message_id = sandbox.next_id("01JSWIFTMSG")
         part_ids = [sandbox.next_id("01JSWIFTPRT") for _ in range(parts)]
         rejected = outcome is Outcome.REJECTED or requested not in (None, RATE_LIMITED)
@@ -118,7 +120,7 @@ async def send(request: web.Request) -> web.Response:
                 "type": "sms",
             }
             steps.append((3, _authorised(sandbox, Report.json_post(url, incoming))))
-    sandbox.later(steps)
+    sandbox.later(steps, start_after_s=sandbox.report_delay_s(NAME, list(map(str, body["to"]))))
     ok = [r for r in results if r["error_code"] == "OK"]
     status = 200 if len(ok) == len(results) else 207 if ok else 422
     return web.json_response({"results": results}, status=status)

@@ -24,7 +24,6 @@ from receiver.sandbox.common import (
     Report,
     final_reports,
     json_body,
-    outcome_of,
     requested_error,
     sandbox_of,
     throttled_once,
@@ -93,6 +92,9 @@ async def send(request: web.Request) -> web.Response:
         return _error(400, "INVALID_SENDER", "Missing or empty sender_id")
     if len(to) > 100:
         return _error(400, "TOO_MANY_RECIPIENTS", "Over 100 recipients")
+    trouble = sandbox.refusal(NAME, [str(n) for n in to])
+    if trouble is not None:
+        return trouble
     if throttled_once(sandbox, NAME, text, body):
         return _error(429, "RATE_LIMITED", "Too many requests, retry later", THROTTLED_HEADERS)
     requested = requested_error(text)
@@ -127,7 +129,7 @@ async def send(request: web.Request) -> web.Response:
     secret = sandbox.signing_secrets.get(NAME)
     steps = []
     for number in map(str, to):
-        outcome = outcome_of(number)
+        outcome = sandbox.outcome_of(NAME, number)
         if outcome is Outcome.REJECTED:
             results.append(
                 {"dnis": number, "segments": parts.segments, "status": "blocked_country"}
@@ -188,7 +190,7 @@ async def send(request: web.Request) -> web.Response:
                     ),
                 )
             )
-    sandbox.later(steps)
+    sandbox.later(steps, start_after_s=sandbox.report_delay_s(NAME, [str(n) for n in to]))
     accepted = [r for r in results if r["status"] == "accepted"]
     return web.json_response(
         {

@@ -9,7 +9,7 @@ import dataclasses
 import random
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
@@ -18,6 +18,8 @@ import asyncpg
 import structlog
 
 from normalizers.base import (
+    OUTCOME_UNKNOWN,
+    RATE_LIMITED,
     HttpRequest,
     HttpResponse,
     Provider,
@@ -46,6 +48,11 @@ STORE_ATTEMPTS = 3
 def is_simulated(settings: Settings, provider: str) -> bool:
     """Whether sends to this provider go to its simulated one (`--sandbox`, no BASE_URL)."""
     return settings.sandbox and settings.provider(provider).base_url is None
+
+
+def can_send(settings: Settings, provider: str) -> bool:
+    """Whether sends to this provider have somewhere to go (its simulated one, or BASE_URL)."""
+    return is_simulated(settings, provider) or settings.provider(provider).base_url is not None
 
 
 def account_of(settings: Settings, provider: str) -> ProviderAccount:
@@ -101,14 +108,19 @@ async def call_provider(
                 url,
                 json=call.json_body,
                 headers=dict(call.headers),
-                timeout=aiohttp.ClientTimeout(total=settings.send_timeout_s),
+                # A connection not made in time is a request never sent (failed over at once),
+                # told apart from a timeout after sending, which may hide a sent message.
+                timeout=aiohttp.ClientTimeout(
+                    total=settings.send_timeout_s,
+                    sock_connect=min(CONNECT_TIMEOUT_S, settings.send_timeout_s),
+                ),
                 allow_redirects=False,
             ) as answer:
                 response = HttpResponse(
                     status=answer.status, body=await answer.read(), headers=dict(answer.headers)
                 )
             outcome = provider.parse_send_response(call, send, response, received_now())
-        except aiohttp.ClientConnectorError as error:
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as error:
             unreachable = True
             outcome = not_sent(provider.name, call, send, repr(error)[:500], received_now())
         except (aiohttp.ClientError, TimeoutError) as error:
@@ -152,6 +164,8 @@ async def call_provider(
 
 
 THROTTLED = 429
+# Seconds to make the connection: past it, nothing was sent.
+CONNECT_TIMEOUT_S = 5.0
 # Answers that say the provider did not take the request (its server or gateway failed before
 # it): safe to send again. Not a 504: the gateway gave up waiting for a server that may have
 # sent the message, as a timeout may hide a sent one.
@@ -180,6 +194,50 @@ def retry_after_s(headers: Mapping[str, str]) -> float | None:
     return max(0.0, (moment - datetime.now(UTC)).total_seconds())
 
 
+def failover_reason(
+    outcome: SendOutcome, response: HttpResponse | None, *, on_timeout: bool
+) -> str | None:
+    """Why a refused call's recipients may go to the next provider of their route: the refusal
+    is about the provider, not the message (which any other provider would refuse too). A
+    timeout after the request was sent may hide a sent message: only when the route accepts
+    that risk (`failover_on_timeout`)."""
+    if not outcome.refused:
+        return None
+    status = response.status if response is not None else None
+    if outcome.error_code == "not_sent":
+        return "unreachable (nothing sent)"
+    if outcome.error_code == RATE_LIMITED:
+        return "throttled past SEND_RETRY_BUDGET_S"
+    if status in (401, 403):
+        return f"the provider refused our credentials (HTTP {status})"
+    if outcome.retry:
+        return (
+            f"{outcome.error_code} after SEND_ATTEMPTS tries (the provider says nothing was sent)"
+        )
+    if status == PAYMENT_REQUIRED or outcome.about_account:
+        return f"out of credit ({outcome.error_code})"
+    if outcome.error_code == OUTCOME_UNKNOWN:
+        if status in RETRYABLE_STATUSES:
+            return f"HTTP {status} after SEND_ATTEMPTS tries (the provider did not take it)"
+        if on_timeout:
+            return "no usable answer, maybe sent (the route fails over on timeouts)"
+    return None
+
+
+PAYMENT_REQUIRED = 402
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FailOver:
+    """Recipients whose attempt over this call's provider is superseded by one over
+    `provider`, in the transaction that stores the refusal."""
+
+    provider: str
+    recipients: tuple[str, ...]
+    deadline: datetime
+    reason: str
+
+
 async def store_outcome(
     context: AppContext,
     provider: Provider,
@@ -188,9 +246,12 @@ async def store_outcome(
     call: HttpRequest,
     outcome: SendOutcome,
     response: HttpResponse | None,
-) -> None:
+    fail_overs: Sequence[FailOver] = (),
+) -> list[str]:
     """Give each recipient the provider's id, then store the answer and its events like a
-    callback: the same state machine, the raw answer kept."""
+    callback: the same state machine, the raw answer kept. With `fail_overs`, those recipients
+    get their next attempt first, so that the refusal is stored as the past attempt's (the
+    recipient stays pending); returns the recipients given a next attempt."""
     pending = messages.pending_id(message_id)
     raw = RawCallback(
         id=uuid.uuid4(),
@@ -209,14 +270,25 @@ async def store_outcome(
                 context.db.connection() as connection,
                 connection.transaction(),
             ):
+                moved: list[str] = []
+                for fail_over in fail_overs:
+                    moved += await messages.fail_over(
+                        connection,
+                        message_id,
+                        fail_over.recipients,
+                        fail_over.provider,
+                        fail_over.deadline,
+                    )
                 await _store_answer(connection, provider, message_id, pending, raw, outcome)
-            return
+            return moved
         except asyncpg.PostgresError as error:
             # Lost a lock conflict with concurrent callbacks (the transaction is undone, the
             # provider has answered): store it again rather than lose its ids.
             if not lost_conflict(error) or attempt == STORE_ATTEMPTS:
                 raise
             log.warning("send_answer_store_retried", attempt=attempt, error=repr(error))
+    return []
+    return []
 
 
 async def _store_answer(

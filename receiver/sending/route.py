@@ -21,9 +21,9 @@ from pydantic_core import PydanticCustomError
 from normalizers.base import (
     OUTCOME_UNKNOWN,
     HttpRequest,
+    HttpResponse,
     OptionsError,
     Provider,
-    ProviderAccount,
     SendOutcome,
     SendRequest,
     number_facts,
@@ -31,6 +31,7 @@ from normalizers.base import (
 )
 from normalizers.encoding import Segmentation, segment
 from normalizers.events import Event
+from receiver.config import Settings
 from receiver.context import AppContext
 from receiver.http.apikeys import API_KEY, TenantDisabled, caller_of
 from receiver.http.bodies import read_model
@@ -47,11 +48,22 @@ from receiver.http.fields import Moment, no_nul
 from receiver.ratelimit import retry_after_header
 from receiver.sending import silence
 from receiver.sending.providers import (
+    FailOver,
     account_of,
     call_provider,
     callback_url,
+    can_send,
+    failover_reason,
     is_simulated,
     store_outcome,
+)
+from receiver.sending.routing import (
+    ROUTE_TABLE,
+    Decision,
+    Recipient,
+    RouteTable,
+    decide,
+    first_match,
 )
 from receiver.storage import idempotency, limits, messages, tenants
 from receiver.storage.apikeys import ApiKey
@@ -201,8 +213,11 @@ async def handle_send(request: web.Request) -> web.Response:
     tenant = await sending_tenant(request, incoming)
 
     key = request.headers.get("Idempotency-Key")
+    table = request.app[ROUTE_TABLE]
     if key is None:
-        status, answer = await _checked_send(context, incoming, None, quota=quota, tenant=tenant)
+        status, answer = await _checked_send(
+            context, incoming, None, quota=quota, tenant=tenant, table=table
+        )
         return web.json_response(answer, status=status)
     if not 1 <= len(key) <= 255:
         raise BadRequest("Idempotency-Key must be 1 to 255 characters")
@@ -228,7 +243,7 @@ async def handle_send(request: web.Request) -> web.Response:
     progress = SendProgress()
     try:
         status, answer = await _checked_send(
-            context, incoming, key, progress, quota=quota, tenant=tenant
+            context, incoming, key, progress, quota=quota, tenant=tenant, table=table
         )
     except ReceiverError as error:  # a refusal: answered again to a retry with the key
         status, answer = error.status, error_body(error.code, error.message, error.details)
@@ -306,6 +321,132 @@ def destinations(
     return countries
 
 
+class NoRoute(Unprocessable):
+    code = "no_route"
+
+
+async def plan_providers(
+    context: AppContext,
+    incoming: SendMessageIn,
+    tenant: Tenant,
+    table: RouteTable,
+) -> dict[str, Decision]:
+    """Each recipient's providers in the order they are tried, and why: the one the caller
+    names; else the first matching route's; else DEFAULT_PROVIDER; else a 422 (`no_route`)."""
+    settings = context.settings
+    named = incoming.provider
+    if named is None:
+        routed = await _routed(context, incoming, tenant, table)
+        if routed is not None:
+            return routed
+        named = settings.default_provider
+        why = "no route matches: DEFAULT_PROVIDER"
+        if named is None:  # _routed refuses first; kept for the type
+            raise NoRoute("no provider given and no route matches")
+    else:
+        why = "named by the caller"
+    if context.registry.get(named) is None:
+        raise BadRequest(f"unknown provider {named!r}", details={"known": sorted(context.registry)})
+    if not tenant.may_send_through(named):
+        raise ProviderNotAllowed(
+            f"the tenant {tenant.name!r} may not send through {named}",
+            details={"provider": named, "allowed": sorted(tenant.providers or ())},
+        )
+    decision = Decision(route=None, choose="named", providers=(named,), why=why)
+    return dict.fromkeys(incoming.to, decision)
+
+
+async def _routed(
+    context: AppContext, incoming: SendMessageIn, tenant: Tenant, table: RouteTable
+) -> dict[str, Decision] | None:
+    """The routes' decisions; None when no route takes any recipient and DEFAULT_PROVIDER is
+    set (it takes them all)."""
+    settings = context.settings
+    table_now = await table.current(context.db)
+    kind = "mms" if incoming.options.get("media_urls") else "sms"
+    sender = to_e164(incoming.sender) if incoming.sender else None
+
+    def allowed(name: str) -> bool:
+        return (
+            name in context.registry and tenant.may_send_through(name) and can_send(settings, name)
+        )
+
+    decisions: dict[str, Decision] = {}
+    unrouted: list[dict[str, str]] = []
+    for index, number in enumerate(incoming.to):
+        recipient = Recipient(number, number_facts(number)[2], tenant.name, sender, kind)
+        route = first_match(table_now, recipient)
+        if route is None:
+            unrouted.append(
+                {"field": f"to.{index}", "error": f"no route matches {number} and no provider"}
+            )
+            continue
+        decision = decide(route, recipient, allowed, table.health, table.turns)
+        if not decision.providers:
+            raise ProviderNotAllowed(
+                f"the tenant {tenant.name!r} may send through none of route"
+                f" {route.name}'s providers",
+                details={"route": route.name, "providers": route.spec.providers},
+            )
+        decisions[number] = decision
+    if unrouted:
+        if not decisions and settings.default_provider is not None:
+            return None
+        raise NoRoute(
+            "no provider given and no route matches: name a provider, or add a route",
+            details=unrouted,
+        )
+    return decisions
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SendPlan:
+    """Who carries each recipient, in which order, with each provider's options."""
+
+    decisions: Mapping[str, Decision]
+    options: Mapping[str, Mapping[str, Any]]
+
+    def providers(self) -> list[str]:
+        names: dict[str, None] = {}
+        for decision in self.decisions.values():
+            names.update(dict.fromkeys(decision.providers))
+        return list(names)
+
+    def routing_json(self) -> list[dict[str, Any]] | None:
+        """How the providers were chosen, per group of recipients decided alike; None when
+        the caller named the provider."""
+        groups: dict[int, tuple[Decision, list[str]]] = {}
+        for number, decision in self.decisions.items():
+            groups.setdefault(id(decision), (decision, []))[1].append(number)
+        if all(
+            decision.route is None and decision.choose == "named" for decision, _ in groups.values()
+        ):
+            return None
+        return [decision.as_json(numbers) for decision, numbers in groups.values()]
+
+
+def provider_options(
+    context: AppContext,
+    names: Sequence[str],
+    incoming: SendMessageIn,
+    send: SendRequest,
+    now: datetime,
+) -> dict[str, Mapping[str, Any]]:
+    """The options as each provider that may carry the message takes them (a 422 naming the
+    provider when one refuses them)."""
+    options: dict[str, Mapping[str, Any]] = {}
+    for name in names:
+        provider = context.registry[name]
+        try:
+            options[name] = provider.validate_options(incoming.options, send, now)
+        except OptionsError as error:
+            where = "" if len(names) == 1 else f" for {name}"
+            raise Unprocessable(
+                f"the options are not valid{where}", details=error.details
+            ) from None
+    return options
+
+
 async def _checked_send(
     context: AppContext,
     incoming: SendMessageIn,
@@ -314,29 +455,24 @@ async def _checked_send(
     *,
     quota: Quota,
     tenant: Tenant,
+    table: RouteTable,
 ) -> tuple[int, dict[str, Any]]:
     settings = context.settings
-    name = incoming.provider or settings.default_provider
-    if name is None:
-        raise BadRequest("no provider given and no DEFAULT_PROVIDER configured")
-    provider = context.registry.get(name)
-    if provider is None:
-        raise BadRequest(f"unknown provider {name!r}", details={"known": sorted(context.registry)})
-    if not tenant.may_send_through(name):
-        raise ProviderNotAllowed(
-            f"the tenant {tenant.name!r} may not send through {name}",
-            details={"provider": name, "allowed": sorted(tenant.providers or ())},
-        )
-    structlog.contextvars.bind_contextvars(provider=name)
-    account = account_of(settings, name)
+    decisions = await plan_providers(context, incoming, tenant, table)
+    names = list(dict.fromkeys(p for d in decisions.values() for p in d.providers))
+    first = decisions[incoming.to[0]].providers[0]
+    structlog.contextvars.bind_contextvars(provider=first)
+    for name in names:
+        account_of(settings, name)  # a provider that cannot be sent to is a 400 now
     message_id = uuid.uuid4()
+    routed = any(decision.route is not None for decision in decisions.values())
     send = SendRequest(
         to=incoming.to,
         sender=incoming.sender,
         body=incoming.body,
         message_id=str(message_id),
         client_ref=incoming.ref,
-        callback_url=callback_url(settings, name),
+        callback_url=callback_url(settings, first),
         send_at=incoming.send_at,
         expires_at=incoming.expires_at,
     )
@@ -349,50 +485,23 @@ async def _checked_send(
         )
     countries = destinations(
         incoming.to,
-        simulated=is_simulated(settings, name),
+        simulated=all(is_simulated(settings, name) for name in names),
         allowed=settings.send_allowed_countries,
     )
-    try:
-        options = provider.validate_options(incoming.options, send, now)
-    except OptionsError as error:
-        raise Unprocessable("the options are not valid", details=error.details) from None
-    send = dataclasses.replace(send, options=options)
+    plan = SendPlan(decisions, provider_options(context, names, incoming, send, now))
     await quota.take(len(incoming.to))
-    return await _send(
-        context,
-        provider,
-        account,
-        send,
-        incoming,
-        message_id,
-        key,
-        progress or SendProgress(),
-        countries,
-        tenant.name,
-    )
-
-
-async def _send(
-    context: AppContext,
-    provider: Provider,
-    account: ProviderAccount,
-    send: SendRequest,
-    incoming: SendMessageIn,
-    message_id: uuid.UUID,
-    key: str | None,
-    progress: SendProgress,
-    countries: Mapping[str, str | None],
-    tenant: str,
-) -> tuple[int, dict[str, Any]]:
     local = segment(send.body)
-    held = held_until(provider, send)
+    # A routed message the hub holds itself, whatever its providers can do: its route decides
+    # again, with the providers' health then, when it is sent.
+    held = held_at_hub(send) if routed else held_until(context.registry[first], send)
+    firsts = {number: decision.providers[0] for number, decision in decisions.items()}
     async with context.db.connection() as connection:
         await messages.create_message(
             connection,
             message_id,
-            provider.name,
+            first,
             send.to,
-            tenant=tenant,
+            tenant=tenant.name,
             sender=send.sender,
             body=send.body,
             client_ref=send.client_ref,
@@ -402,57 +511,108 @@ async def _send(
             send_at=send.send_at,
             expires_at=send.expires_at,
             idempotency_key=key,
-            deadline=silence.deadline(context.settings, provider.name, send),
+            deadline=silence.deadline(settings, first, send),
             dispatch_at=held,
             countries=countries,
+            providers=firsts,
+            deadlines={n: silence.deadline(settings, p, send) for n, p in firsts.items()},
+            routing=plan.routing_json(),
         )
     structlog.contextvars.bind_contextvars(message_id=str(message_id))
     if held is not None:
         log.info("send_held", dispatch_at=held.isoformat())
-        return 201, await _answer(context, provider, message_id, local, [], None, None)
-    return await deliver(context, provider, account, send, message_id, progress)
+        return 201, await _answer(context, first, message_id, local, [], None, None)
+    if routed:
+        send = dataclasses.replace(send, send_at=None)
+    return await deliver(context, send, message_id, plan, progress or SendProgress())
 
 
 async def deliver(
     context: AppContext,
-    provider: Provider,
-    account: ProviderAccount,
     send: SendRequest,
     message_id: uuid.UUID,
+    plan: SendPlan,
     progress: SendProgress,
 ) -> tuple[int, dict[str, Any]]:
-    """Calls the provider for a stored message and stores its answers: what POST /v1/messages
-    does at once, and the scheduler at a held message's send time."""
+    """Calls the providers for a stored message and stores their answers: what POST
+    /v1/messages does at once, and the scheduler at a held message's send time. Recipients that
+    a provider refuses for a reason that is not about the message go to the next provider of
+    their route, in the same call, as their next attempt."""
+    settings = context.settings
     local = segment(send.body)
-    calls = provider.build_send_request(send, account)
     limit = asyncio.Semaphore(CALLS_AT_ONCE)
     progress.provider_called = True
     stored = True
+    position = dict.fromkeys(send.to, 0)
+    last: dict[str, SendOutcome] = {}  # each recipient's latest answer
+    outcomes: list[SendOutcome] = []
 
-    # From here on the provider may have sent: whatever fails on our side, the client gets what
-    # is known (never a "retry" that could send twice), and the log has what was not stored.
-    async def one(call: HttpRequest) -> SendOutcome:
+    async def over(name: str, numbers: list[str]) -> list[str]:
+        """Sends to these numbers through one provider; returns those that go on to their
+        next one."""
         nonlocal stored
-        async with limit:
-            outcome, answer = await call_provider(context, provider, account, call, send)
-        try:
-            await store_outcome(context, provider, send, message_id, call, outcome, answer)
-        except Exception:
-            stored = False
-            log.exception(
-                "send_answer_not_stored",
-                recipients=list(call.recipients),
-                provider_ids=[e.provider_message_id for e in outcome.events],
-                statuses=[str(e.status) for e in outcome.events],
-            )
-        return outcome
+        provider = context.registry[name]
+        account = account_of(settings, name)
+        request = dataclasses.replace(
+            send,
+            to=numbers,
+            callback_url=callback_url(settings, name),
+            options=plan.options.get(name, {}),
+        )
 
-    outcomes = await asyncio.gather(*(one(call) for call in calls))
+        # From here on the provider may have sent: whatever fails on our side, the client gets
+        # what is known (never a "retry" that could send twice), and the log has what was not
+        # stored.
+        async def one(call: HttpRequest) -> list[str]:
+            nonlocal stored
+            async with limit:
+                outcome, answer = await call_provider(context, provider, account, call, request)
+            onward = _fail_overs(settings, plan, position, name, call, outcome, answer, request)
+            moved: list[str] = []
+            try:
+                moved = await store_outcome(
+                    context, provider, request, message_id, call, outcome, answer, onward
+                )
+            except Exception:
+                stored = False
+                log.exception(
+                    "send_answer_not_stored",
+                    recipients=list(call.recipients),
+                    provider_ids=[e.provider_message_id for e in outcome.events],
+                    statuses=[str(e.status) for e in outcome.events],
+                )
+            for number in call.recipients:
+                last[number] = outcome
+            for number in moved:
+                position[number] += 1
+            if moved:
+                log.warning(
+                    "send_failed_over",
+                    provider=name,
+                    recipients=len(moved),
+                    to=sorted({f.provider for f in onward}),
+                    reason=onward[0].reason if onward else None,
+                )
+            outcomes.append(outcome)
+            return moved
+
+        calls = provider.build_send_request(request, account)
+        moved = await asyncio.gather(*(one(call) for call in calls))
+        return [number for numbers in moved for number in numbers]
+
+    todo = list(send.to)
+    while todo:
+        groups: dict[str, list[str]] = {}
+        for number in todo:
+            groups.setdefault(plan.decisions[number].providers[position[number]], []).append(number)
+        onward = await asyncio.gather(*(over(name, numbers) for name, numbers in groups.items()))
+        todo = [number for numbers in onward for number in numbers]
     context.signal.new_events()
-    provider_segments = max((o.segments or 0 for o in outcomes), default=0) or None
+    answered = [o for o in outcomes if not o.refused]
+    provider_segments = max((o.segments or 0 for o in answered), default=0) or None
     if provider_segments is not None and provider_segments != local.segments:
         log.warning("segment_count_differs", ours=local.segments, provider=provider_segments)
-    counted = [o.recipients for o in outcomes if o.recipients is not None]
+    counted = [o.recipients for o in answered if o.recipients is not None]
     provider_recipients = sum(counted) if counted else None
     if provider_recipients is not None and provider_recipients != len(send.to):
         log.warning("recipient_count_differs", sent=len(send.to), provider=provider_recipients)
@@ -464,25 +624,28 @@ async def deliver(
                 )
         except Exception:
             log.exception("provider_counts_not_stored")
+    first = plan.decisions[send.to[0]].providers[0]
     answer = await _answer(
-        context, provider, message_id, local, outcomes, provider_segments, provider_recipients
+        context, first, message_id, local, outcomes, provider_segments, provider_recipients
     )
     answer["stored"] = answer["stored"] and stored
-    if all(outcome.refused for outcome in outcomes):
-        first = outcomes[0]
-        unknown = first.error_code == OUTCOME_UNKNOWN
+    finals = [last[number] for number in send.to if number in last]
+    if finals and all(outcome.refused for outcome in finals):
+        failed = finals[-1]
+        name = next((e.provider for e in failed.events), plan.decisions[send.to[-1]].providers[0])
+        unknown = failed.error_code == OUTCOME_UNKNOWN
         error = error_body(
             "provider_outcome_unknown" if unknown else "provider_refused",
             (
-                f"{provider.name} did not answer usably: the message may or may not have been"
+                f"{name} did not answer usably: the message may or may not have been"
                 " sent (do not send it again blindly; later reports are still recorded)"
                 if unknown
-                else f"{provider.name} refused the message"
+                else f"{name} refused the message"
             ),
             {
-                "provider_error_code": first.error_code,
-                "provider_error_message": first.error_message,
-                "provider_details": dict(first.details),
+                "provider_error_code": failed.error_code,
+                "provider_error_message": failed.error_message,
+                "provider_details": dict(failed.details),
                 "message": answer,
             },
         )
@@ -490,23 +653,61 @@ async def deliver(
     return 201, answer
 
 
+def _fail_overs(
+    settings: Settings,
+    plan: SendPlan,
+    position: Mapping[str, int],
+    provider: str,
+    call: HttpRequest,
+    outcome: SendOutcome,
+    answer: HttpResponse | None,
+    request: SendRequest,
+) -> list[FailOver]:
+    """Where a refused call's recipients go next: the next provider of each one's route, when
+    the refusal is about the provider (see `failover_reason`) and one is left."""
+    if not outcome.refused:
+        return []
+    by_next: dict[str, list[str]] = {}
+    reason = None
+    for number in call.recipients:
+        decision = plan.decisions.get(number)
+        if decision is None or decision.route is None:
+            continue
+        reason = failover_reason(outcome, answer, on_timeout=decision.failover_on_timeout)
+        following = position[number] + 1
+        if reason is None or following >= len(decision.providers):
+            continue
+        by_next.setdefault(decision.providers[following], []).append(number)
+    return [
+        FailOver(
+            name,
+            tuple(numbers),
+            silence.deadline(settings, name, request),
+            f"{provider}: {reason}",
+        )
+        for name, numbers in by_next.items()
+    ]
+
+
 async def _answer(
     context: AppContext,
-    provider: Provider,
+    provider: str,
     message_id: uuid.UUID,
     local: Segmentation,
     outcomes: Sequence[SendOutcome],
     provider_segments: int | None,
     provider_recipients: int | None,
 ) -> dict[str, Any]:
-    """The send API's answer: the message with its recipients as stored (as the provider
+    """The send API's answer: the message with its recipients as stored (as the providers
     answered, should they not be readable)."""
     stored = True
     recipients: list[dict[str, Any]] | None = None
     try:
         async with context.db.connection() as connection:
             rows = await messages.recipients_as_answered(connection, message_id)
-        recipients = [answered_recipient(row) for row in rows]
+        recipients = [
+            answered_recipient(latest, attempts) for latest, attempts in messages.by_recipient(rows)
+        ]
     except Exception:
         stored = False
         log.exception("message_state_not_read")
@@ -514,7 +715,7 @@ async def _answer(
         recipients = [_as_answered(event) for outcome in outcomes for event in outcome.events]
     return {
         "id": str(message_id),
-        "provider": provider.name,
+        "provider": provider,
         "segments": local.segments,
         "encoding": local.encoding,
         "provider_segments": provider_segments,
@@ -536,16 +737,40 @@ def held_until(provider: Provider, send: SendRequest) -> datetime | None:
 HOLD_AFTER = timedelta(seconds=1)
 
 
-def answered_recipient(row: asyncpg.Record) -> dict[str, Any]:
-    """A recipient as stored, in the send API's answers (the send's, and a cancel's)."""
+def held_at_hub(send: SendRequest) -> datetime | None:
+    """When the hub itself sends a routed message: its send_at, if that is not now."""
+    if send.send_at is None:
+        return None
+    return send.send_at if send.send_at > datetime.now(UTC) + HOLD_AFTER else None
+
+
+def answered_recipient(
+    row: asyncpg.Record, attempts: Sequence[asyncpg.Record] = ()
+) -> dict[str, Any]:
+    """A recipient as stored, in the send API's answers (the send's, and a cancel's): its
+    latest attempt's state, the provider that carries it, and each attempt."""
     return {
         "to": row["recipient"],
         "status": row["status"],
         "final": row["final"],
+        "provider": row["provider"],
+        "attempt": row["attempt"],
         "provider_message_id": row["provider_message_id"],
         "failure_kind": row["failure_kind"],
         "error_code": row["error_code"],
         "error_message": row["error_message"],
+        "attempts": [
+            {
+                "attempt": each["attempt"],
+                "provider": each["provider"],
+                "status": each["status"],
+                "final": each["final"],
+                "provider_message_id": each["provider_message_id"],
+                "error_code": each["error_code"],
+                "error_message": each["error_message"],
+            }
+            for each in attempts or (row,)
+        ],
     }
 
 

@@ -8,7 +8,6 @@ Runs in `worker`, and in `serve` with its dispatcher."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
@@ -26,8 +25,16 @@ from receiver.http.apikeys import asker_of
 from receiver.http.errors import NotFound, ReceiverError
 from receiver.periodic import repeat
 from receiver.sending.hub_events import end_recipients
-from receiver.sending.providers import account_of, callback_url
-from receiver.sending.route import SendMessageIn, SendProgress, answered_recipient, deliver
+from receiver.sending.providers import account_of
+from receiver.sending.route import (
+    SendMessageIn,
+    SendPlan,
+    SendProgress,
+    answered_recipient,
+    deliver,
+    provider_options,
+)
+from receiver.sending.routing import Decision
 from receiver.storage import messages
 
 log = structlog.get_logger("receiver.sending.scheduler")
@@ -68,31 +75,24 @@ class Scheduler:
             if row["expires_at"] is not None and row["expires_at"] <= now:
                 await self._end(message_id, Status.EXPIRED, "expired_before_sending", now)
                 return
-            provider = context.registry.get(row["provider"])
             try:
-                if provider is None:
-                    raise OptionsError([{"field": "provider", "error": "no longer configured"}])
                 incoming = SendMessageIn.model_validate(json.loads(row["request"]))
-                send = SendRequest(
-                    to=incoming.to,
-                    sender=incoming.sender,
-                    body=incoming.body,
-                    message_id=str(message_id),
-                    client_ref=incoming.ref,
-                    callback_url=callback_url(context.settings, provider.name),
-                    expires_at=incoming.expires_at,  # send_at: now, the hub's
-                )
-                options = provider.validate_options(incoming.options, send, now)
-                account = account_of(context.settings, provider.name)
+                plan = held_plan(context, row, incoming, now)
             except (OptionsError, ValidationError, ReceiverError) as error:
                 # What was valid when held is not now (the configuration changed): not sent.
                 log.error("held_send_not_possible", error=repr(error))
                 await self._end(message_id, Status.FAILED, "not_sendable", now, repr(error))
                 return
-            send = dataclasses.replace(send, options=options)
-            status, _answer = await deliver(
-                context, provider, account, send, message_id, SendProgress()
+            send = SendRequest(
+                to=incoming.to,
+                sender=incoming.sender,
+                body=incoming.body,
+                message_id=str(message_id),
+                client_ref=incoming.ref,
+                callback_url="",  # each provider's own, when it is called
+                expires_at=incoming.expires_at,  # send_at: now, the hub's
             )
+            status, _answer = await deliver(context, send, message_id, plan, SendProgress())
             log.info("held_send_sent", status=status)
 
     async def _end(
@@ -110,6 +110,38 @@ class Scheduler:
             await end_recipients(connection, recipients, status, word, now, detail)
         self.context.signal.new_events()
         log.info("held_send_ended", status=str(status), recipients=len(recipients))
+
+
+def held_plan(
+    context: AppContext, row: asyncpg.Record, incoming: SendMessageIn, now: datetime
+) -> SendPlan:
+    """The providers of a held message as chosen when it was accepted (its route's order, or
+    the one the caller named), each still configured and taking its options."""
+    if row["routing"]:
+        decisions = {
+            number: Decision.from_json(group)
+            for group in json.loads(row["routing"])
+            for number in group["to"]
+        }
+    else:
+        named = Decision(route=None, choose="named", providers=(row["provider"],), why="")
+        decisions = dict.fromkeys(incoming.to, named)
+    names = list(dict.fromkeys(p for d in decisions.values() for p in d.providers))
+    for name in names:
+        provider = context.registry.get(name)
+        if provider is None:
+            raise OptionsError([{"field": "provider", "error": f"{name} no longer configured"}])
+        account_of(context.settings, name)
+    probe = SendRequest(
+        to=incoming.to,
+        sender=incoming.sender,
+        body=incoming.body,
+        message_id="",
+        client_ref=incoming.ref,
+        callback_url="",
+        expires_at=incoming.expires_at,
+    )
+    return SendPlan(decisions, provider_options(context, names, incoming, probe, now))
 
 
 class NotCancellable(ReceiverError):
@@ -149,6 +181,9 @@ async def cancel_message(request: web.Request) -> web.Response:
         {
             "id": str(message_id),
             "cancelled": True,
-            "recipients": [answered_recipient(row) for row in rows],
+            "recipients": [
+                answered_recipient(latest, attempts)
+                for latest, attempts in messages.by_recipient(rows)
+            ],
         }
     )

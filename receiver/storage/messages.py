@@ -46,19 +46,25 @@ async def create_message(
     deadline: datetime,
     dispatch_at: datetime | None = None,
     countries: Mapping[str, str | None] | None = None,
+    providers: Mapping[str, str] | None = None,
+    deadlines: Mapping[str, datetime] | None = None,
+    routing: Any = None,
 ) -> None:
     """The message of `tenant` and its recipients, stored before the provider is called; a
     recipient with no final status by `deadline` is expired by the silence sweep. With
     `dispatch_at` the hub sends it then (the provider cannot schedule): its recipients are
-    `scheduled` until."""
+    `scheduled` until. A routed message's recipients each have their first provider
+    (`providers`, with its `deadlines`), and `routing` says how they were chosen."""
     status = "scheduled" if dispatch_at is not None else "unknown"
+    first_of = providers or {}
+    deadline_of = deadlines or {}
     async with connection.transaction():
         await connection.execute(
             """
             INSERT INTO messages (id, provider, sender, body, client_ref, segments, encoding,
                                   request, send_at, expires_at, idempotency_key, dispatch_at,
-                                  tenant)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13)
+                                  tenant, routing)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9, $10, $11, $12, $13, $14::jsonb)
             """,
             message_id,
             provider,
@@ -73,6 +79,7 @@ async def create_message(
             idempotency_key,
             dispatch_at,
             tenant,
+            json.dumps(routing) if routing is not None else None,
         )
         await connection.executemany(
             """
@@ -84,11 +91,11 @@ async def create_message(
             [
                 (
                     message_id,
-                    provider,
+                    first_of.get(to, provider),
                     pending_id(message_id),
                     to,
                     segments,
-                    deadline,
+                    deadline_of.get(to, deadline),
                     status,
                     (countries or {}).get(to),
                     tenant,
@@ -115,6 +122,25 @@ async def adopt_recipient(
         recipient,
     )
     return row_id
+
+
+async def fail_over(
+    connection: Connection,
+    message_id: uuid.UUID,
+    recipients: Sequence[str],
+    provider: str,
+    deadline: datetime,
+) -> list[str]:
+    """The recipients' next attempt, over `provider` (see migration 0023); returns those given
+    one (never a second attempt over the same provider)."""
+    rows = await connection.fetch(
+        "SELECT fail_over($1, $2::text[], $3, $4) AS recipient",
+        message_id,
+        list(recipients),
+        provider,
+        deadline,
+    )
+    return [row["recipient"] for row in rows]
 
 
 async def register_parts(
@@ -152,7 +178,7 @@ async def claim_due(connection: Connection, limit: int) -> list[asyncpg.Record]:
             )
             UPDATE messages m SET dispatch_at = NULL, dispatched_at = now()
             FROM due WHERE m.id = due.id
-            RETURNING m.id, m.provider, m.request, m.expires_at
+            RETURNING m.id, m.provider, m.request, m.expires_at, m.routing
             """,
             limit,
         )
@@ -206,7 +232,8 @@ async def recipients_as_answered(
     """A message's recipients as the send API answers them, each with its latest error."""
     rows: list[asyncpg.Record] = await connection.fetch(
         """
-        SELECT r.recipient, r.status, r.final, r.failure_kind, r.segments,
+        SELECT r.recipient, r.status, r.final, r.failure_kind, r.segments, r.provider,
+               r.attempt, r.superseded,
                CASE WHEN r.provider_message_id LIKE 'pending:%' THEN NULL
                     ELSE r.provider_message_id END AS provider_message_id,
                e.error_code, e.error_message
@@ -224,17 +251,34 @@ async def recipients_as_answered(
     return rows
 
 
+def by_recipient(
+    rows: Sequence[asyncpg.Record],
+) -> list[tuple[asyncpg.Record, list[asyncpg.Record]]]:
+    """Rows of recipients (one per attempt) as one entry per recipient of a message, in the
+    order first seen: its latest attempt (its state) and every attempt, first to last."""
+    grouped: dict[tuple[Any, str], list[asyncpg.Record]] = {}
+    for row in rows:
+        key = (row.get("message_id"), row["recipient"])
+        grouped.setdefault(key, []).append(row)
+    answer = []
+    for attempts in grouped.values():
+        attempts.sort(key=lambda row: row["attempt"])
+        latest = next((row for row in attempts if not row["superseded"]), attempts[-1])
+        answer.append((latest, attempts))
+    return answer
+
+
 # --- the query API -----------------------------------------------------------------------------
 
 MESSAGE_COLUMNS = """
     m.id, m.provider, m.sender, m.body, m.client_ref, m.segments, m.encoding,
     m.provider_segments, m.provider_recipients, m.send_at, m.expires_at, m.created_at,
-    m.dispatch_at, m.cancelled_at, m.tenant
+    m.dispatch_at, m.cancelled_at, m.tenant, m.routing
 """
 
 RECIPIENT_COLUMNS = (
     "r.recipient, r.status, r.final, r.failure_kind, r.provider_message_id, r.segments, r.price,"
-    " r.sequence, r.updated_at, r.message_id, r.country"
+    " r.sequence, r.updated_at, r.message_id, r.country, r.provider, r.attempt, r.superseded"
 )
 
 
@@ -314,7 +358,8 @@ async def list_messages(
           AND ($1::text IS NULL OR m.client_ref = $1)
           AND ($2::text IS NULL OR m.provider = $2)
           AND ($3::text IS NULL OR EXISTS (
-                SELECT 1 FROM message_recipients r WHERE r.message_id = m.id AND r.status = $3))
+                SELECT 1 FROM message_recipients r WHERE r.message_id = m.id AND r.status = $3
+                AND NOT r.superseded))
           AND ($4::text IS NULL OR EXISTS (
                 SELECT 1 FROM message_recipients r WHERE r.message_id = m.id
                 AND r.recipient = $4))

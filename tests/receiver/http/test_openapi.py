@@ -17,7 +17,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from receiver.app import ROUTES, create_app
+from receiver.app import ROUTES, SANDBOX_ROUTES, create_app
 from receiver.config import Settings
 from receiver.http.openapi import document
 
@@ -35,10 +35,20 @@ def test_every_route_is_in_the_document(dsn: str) -> None:
         and route.resource.canonical != "/"
     }
     documented = {
-        (method, path) for path, methods in document(ROUTES)["paths"].items() for method in methods
+        (method, path)
+        for path, methods in document(ROUTES + SANDBOX_ROUTES)["paths"].items()
+        for method in methods
     }
 
     assert served == documented
+
+
+def test_the_sandbox_controls_exist_only_in_sandbox_mode(dsn: str) -> None:
+    app = create_app(Settings(database_url=dsn, sandbox=False), dsn)
+    paths = {route.resource.canonical for route in app.router.routes() if route.resource}
+
+    assert "/v1/sandbox/providers/{name}" not in paths
+    assert "/v1/sandbox/providers" not in paths
 
 
 @pytest.fixture(scope="module")

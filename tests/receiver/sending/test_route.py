@@ -149,12 +149,17 @@ async def test_not_json_is_422(hub: Client) -> None:
     assert (await response.json())["error"]["code"] == "validation_error"
 
 
-async def test_unknown_or_missing_provider_is_400(hub: Client) -> None:
+async def test_unknown_provider_is_400_and_no_provider_nor_route_is_422(hub: Client) -> None:
     unknown = await send(hub, provider="pigeon", to=["+447700900001"])
     missing = await send(hub, to=["+447700900001"])
 
-    assert (unknown.status, missing.status) == (400, 400)
+    assert (unknown.status, missing.status) == (400, 422)
     assert "pigeon" in (await unknown.json())["error"]["message"]
+    refusal = (await missing.json())["error"]
+    assert refusal["code"] == "no_route"
+    assert refusal["details"] == [
+        {"field": "to.0", "error": "no route matches +447700900001 and no provider"}
+    ]
 
 
 async def test_provider_options_are_validated_by_the_adapter(hub: Client) -> None:

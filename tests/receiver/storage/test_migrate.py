@@ -30,6 +30,8 @@ EXPECTED_TABLES = {
     "send_quota_days",
     "tenants",
     "tenant_numbers",
+    "send_routes",
+    "send_route_changes",
 }
 
 

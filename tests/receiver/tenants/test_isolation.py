@@ -17,7 +17,7 @@ import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
-from receiver.app import ROUTES
+from receiver.app import ROUTES, SANDBOX_ROUTES
 from receiver.http.session import COOKIE
 from receiver.storage.apikeys import create_key
 from receiver.storage.tenants import add_number, create_tenant
@@ -371,6 +371,20 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("get", "/v1/callback-refusals"): operator_only("GET", lambda w: "/v1/callback-refusals"),
     ("get", "/v1/stats"): stats,
+    ("get", "/v1/routes"): operator_only("GET", lambda w: "/v1/routes"),
+    ("post", "/v1/routes"): operator_only(
+        "POST", lambda w: "/v1/routes", {"name": "uk", "providers": ["swift"]}
+    ),
+    ("get", "/v1/routes/{name}"): operator_only("GET", lambda w: "/v1/routes/uk"),
+    ("put", "/v1/routes/{name}"): operator_only(
+        "PUT", lambda w: "/v1/routes/uk", {"providers": ["swift"]}
+    ),
+    ("delete", "/v1/routes/{name}"): operator_only("DELETE", lambda w: "/v1/routes/uk"),
+    ("get", "/v1/route-changes"): operator_only("GET", lambda w: "/v1/route-changes"),
+    ("get", "/v1/sandbox/providers"): operator_only("GET", lambda w: "/v1/sandbox/providers"),
+    ("put", "/v1/sandbox/providers/{name}"): operator_only(
+        "PUT", lambda w: "/v1/sandbox/providers/swift", {"mode": "down"}
+    ),
     ("get", "/v1/tenants"): operator_only("GET", lambda w: "/v1/tenants"),
     ("post", "/v1/tenants"): operator_only("POST", lambda w: "/v1/tenants", {"name": "gamma"}),
     ("get", "/v1/tenants/{name}"): operator_only("GET", lambda w: "/v1/tenants/beta"),
@@ -387,7 +401,8 @@ CASES: dict[tuple[str, str], Case] = {
 
 
 def test_every_route_behind_keys_has_an_isolation_case() -> None:
-    behind_keys = {(route.method, route.path) for route in ROUTES if route.scope is not None}
+    every_route = ROUTES + SANDBOX_ROUTES  # the hub of these tests runs in sandbox mode
+    behind_keys = {(route.method, route.path) for route in every_route if route.scope is not None}
     missing = sorted(behind_keys - CASES.keys())
     assert not missing, f"routes without a tenant isolation case (add one): {missing}"
     assert not CASES.keys() - behind_keys, "cases of routes that no longer exist"

@@ -1,0 +1,1 @@
+"""Routing: the send routes' operator API and files, and the providers' health."""

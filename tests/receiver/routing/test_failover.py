@@ -1,0 +1,375 @@
+"""Routing at send time against the simulated providers: the first matching route decides,
+recipients a provider refuses for a reason that is not about the message go on to the next
+provider in the same call (attempt 2, the first refusal on the timeline), and nothing is sent
+twice: the simulated providers' own counts show it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from normalizers.events import Event, EventType, Status, event_id
+from receiver.sandbox.common import SANDBOX_KEY, Sandbox
+from receiver.storage import messages
+from receiver.storage.callbacks import store_events_alone
+from tests.helpers import sandbox_hub
+
+Client = TestClient[Any, Any]
+
+SWIFT_THEN_CARRIERX = {
+    "name": "uk",
+    "match": {"country": ["GB"]},
+    "providers": ["swift", "carrierx"],
+}
+
+
+async def hub_with(
+    aiohttp_client: Any, dsn: str, *routes: Mapping[str, Any], **settings: Any
+) -> Client:
+    # One try per call: a provider that is down fails over at once (no backoff to wait for).
+    hub = await sandbox_hub(aiohttp_client, dsn, **({"send_attempts": 1} | settings))
+    for route in routes:
+        made = await hub.post("/v1/routes", json=route)
+        assert made.status == 201, await made.json()
+    return hub
+
+
+def sandbox(hub: Client) -> Sandbox:
+    state: Sandbox = hub.app[SANDBOX_KEY]
+    return state
+
+
+def taken(hub: Client, provider: str) -> int:
+    return sum(n for (name, _), n in sandbox(hub).sent.items() if name == provider)
+
+
+async def send(hub: Client, to: str = "+447700900001", **fields: Any) -> tuple[int, dict[str, Any]]:
+    answer = await hub.post(
+        "/v1/messages", json={"to": [to], "from": "+447700900999", "body": "hi"} | fields
+    )
+    return answer.status, await answer.json()
+
+
+async def break_provider(hub: Client, name: str, **trouble: Any) -> None:
+    answer = await hub.put(f"/v1/sandbox/providers/{name}", json=trouble)
+    assert answer.status == 200, await answer.json()
+
+
+async def test_a_message_naming_no_provider_goes_through_the_first_matching_route(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(
+        aiohttp_client,
+        dsn,
+        {"name": "us", "match": {"country": ["US"]}, "providers": ["carrierx"]},
+        SWIFT_THEN_CARRIERX,
+    )
+
+    status, sent = await send(hub)
+
+    assert status == 201, sent
+    [recipient] = sent["recipients"]
+    assert (recipient["provider"], recipient["attempt"], recipient["status"]) == (
+        "swift",
+        1,
+        "accepted",
+    )
+    assert (taken(hub, "swift"), taken(hub, "carrierx")) == (1, 0)
+    view = await (await hub.get(f"/v1/messages/{sent['id']}")).json()
+    [decision] = view["routing"]
+    assert decision["route"] == "uk"
+    assert decision["providers"] == ["swift", "carrierx"]
+    assert decision["why"] == "route uk: priority: swift first"
+    assert decision["to"] == ["+447700900001"]
+    assert view["recipients"][0]["provider"] == "swift"
+
+
+async def test_a_provider_that_is_down_fails_over_to_the_next_in_the_same_call(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, SWIFT_THEN_CARRIERX)
+    await break_provider(hub, "swift", mode="down")
+
+    status, sent = await send(hub)
+
+    assert status == 201, sent
+    [recipient] = sent["recipients"]
+    assert (recipient["provider"], recipient["attempt"], recipient["final"]) == (
+        "carrierx",
+        2,
+        False,
+    )
+    first, second = recipient["attempts"]
+    assert (first["attempt"], first["provider"], first["error_code"]) == (
+        1,
+        "swift",
+        "outcome_unknown",
+    )
+    assert (second["attempt"], second["provider"]) == (2, "carrierx")
+    assert (taken(hub, "swift"), taken(hub, "carrierx")) == (0, 1)
+    view = await (await hub.get(f"/v1/messages/{sent['id']}")).json()
+    timeline = [
+        (e["attempt"], e["provider"], e["status"], e["recipient_status"]) for e in view["events"]
+    ]
+    # The first refusal is on the timeline as attempt 1's, and never ended the recipient.
+    by_sequence = sorted(view["events"], key=lambda e: e["sequence"])
+    assert timeline.count((1, "swift", "unknown", "unknown")) == 1
+    assert [e["attempt"] for e in by_sequence] == [1, 2]
+    assert [e["sequence"] for e in by_sequence] == [1, 2]
+
+
+async def test_a_provider_throttled_past_the_budget_fails_over(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, SWIFT_THEN_CARRIERX, send_retry_budget_s=0.2)
+    await break_provider(hub, "swift", mode="throttled")
+
+    status, sent = await send(hub)
+
+    assert status == 201, sent
+    [recipient] = sent["recipients"]
+    assert [a["error_code"] for a in recipient["attempts"]] == ["rate_limited", None]
+    assert recipient["provider"] == "carrierx"
+
+
+async def test_refused_credentials_fail_over(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, SWIFT_THEN_CARRIERX)
+
+    status, sent = await send(hub, body="ERROR:unauthorized")  # swift answers 401
+
+    assert status == 201, sent
+    assert sent["recipients"][0]["provider"] == "carrierx"
+    assert (taken(hub, "swift"), taken(hub, "carrierx")) == (0, 1)
+
+
+async def test_out_of_credit_fails_over(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(
+        aiohttp_client,
+        dsn,
+        {"name": "uk", "providers": ["telecom23", "carrierx"]},
+    )
+
+    status, sent = await send(hub, body="ERROR:INSUFFICIENT_BALANCE", **{"from": "MyApp"})
+
+    assert status == 201, sent
+    [recipient] = sent["recipients"]
+    assert [a["provider"] for a in recipient["attempts"]] == ["telecom23", "carrierx"]
+    assert recipient["attempts"][0]["error_code"] == "INSUFFICIENT_BALANCE"
+
+
+async def test_a_refusal_about_the_message_is_not_failed_over(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(
+        aiohttp_client, dsn, {"name": "uk", "providers": ["properties", "carrierx"]}
+    )
+
+    # The simulated Properties API refuses numbers ending in 4: a bad destination.
+    status, answer = await send(hub, to="+447700900004")
+
+    assert status == 502, answer
+    [recipient] = answer["error"]["details"]["message"]["recipients"]
+    assert [a["provider"] for a in recipient["attempts"]] == ["properties"]
+    assert taken(hub, "carrierx") == 0
+
+
+async def test_a_timeout_after_sending_fails_over_only_when_the_route_says_so(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    careful = {
+        "name": "careful",
+        "match": {"prefix": ["+4477009000"]},
+        "providers": ["telecom23", "carrierx"],
+    }
+    bold = {
+        "name": "bold",
+        "match": {"prefix": ["+4477009001"]},
+        "providers": ["telecom23", "carrierx"],
+        "failover_on_timeout": True,
+    }
+    hub = await hub_with(aiohttp_client, dsn, careful, bold, send_timeout_s=0.5)
+
+    kept_status, kept = await send(hub, to="+447700900001", body="ERROR:SLOW", **{"from": "MyApp"})
+    moved_status, moved = await send(
+        hub, to="+447700900101", body="ERROR:SLOW", **{"from": "MyApp"}
+    )
+
+    # Telecom23 may have sent it: sending again could deliver it twice.
+    assert kept_status == 502
+    assert kept["error"]["code"] == "provider_outcome_unknown"
+    [unmoved] = kept["error"]["details"]["message"]["recipients"]
+    assert [a["provider"] for a in unmoved["attempts"]] == ["telecom23"]
+    assert moved_status == 201, moved
+    assert [a["provider"] for a in moved["recipients"][0]["attempts"]] == ["telecom23", "carrierx"]
+
+
+async def test_every_provider_refusing_is_a_502_with_each_attempt(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, SWIFT_THEN_CARRIERX)
+    await break_provider(hub, "swift", mode="down")
+    await break_provider(hub, "carrierx", mode="down")
+
+    status, answer = await send(hub)
+
+    assert status == 502
+    [recipient] = answer["error"]["details"]["message"]["recipients"]
+    assert [a["provider"] for a in recipient["attempts"]] == ["swift", "carrierx"]
+    assert recipient["provider"] == "carrierx"
+
+
+async def test_a_provider_down_for_one_country_only_fails_that_country_over(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, {"name": "any", "providers": ["swift", "carrierx"]})
+    await break_provider(hub, "swift", mode="down", country="US")
+
+    _, uk = await send(hub, to="+447700900001")
+    _, us = await send(hub, to="+12015550101")
+
+    assert uk["recipients"][0]["provider"] == "swift"
+    assert us["recipients"][0]["provider"] == "carrierx"
+
+
+async def test_weights_split_the_first_choices_exactly(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(
+        aiohttp_client,
+        dsn,
+        {
+            "name": "split",
+            "providers": ["swift", "carrierx"],
+            "choose": "weighted",
+            "weights": {"swift": 70, "carrierx": 30},
+        },
+    )
+
+    firsts = [
+        (await send(hub, to=f"+4477009000{n:02d}"))[1]["recipients"][0]["provider"]
+        for n in (11, 21, 31, 41, 51, 61, 71, 81, 91, 10)
+    ]
+
+    assert (firsts.count("swift"), firsts.count("carrierx")) == (7, 3)
+
+
+async def test_cheapest_takes_the_lowest_price_for_the_country(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(
+        aiohttp_client,
+        dsn,
+        {
+            "name": "cheap",
+            "providers": ["swift", "carrierx"],
+            "choose": "cheapest",
+            "prices": {"swift": {"GB": 0.05, "*": 0.01}, "carrierx": {"*": 0.03}},
+        },
+    )
+
+    _, uk = await send(hub, to="+447700900001")
+    _, us = await send(hub, to="+12015550101")
+
+    assert uk["recipients"][0]["provider"] == "carrierx"
+    assert us["recipients"][0]["provider"] == "swift"
+    view = await (await hub.get(f"/v1/messages/{uk['id']}")).json()
+    assert view["routing"][0]["why"] == "route cheap: cheapest for GB: carrierx at 0.03"
+
+
+async def test_a_route_for_one_tenant_leaves_the_others_to_theirs(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    await db.execute("INSERT INTO tenants (name) VALUES ('shop')")
+    hub = await hub_with(
+        aiohttp_client,
+        dsn,
+        {"name": "shop", "match": {"tenant": ["shop"]}, "providers": ["carrierx"]},
+        {"name": "rest", "providers": ["swift"]},
+    )
+
+    _, shop = await send(hub, tenant="shop")
+    _, other = await send(hub)
+
+    assert shop["recipients"][0]["provider"] == "carrierx"
+    assert other["recipients"][0]["provider"] == "swift"
+
+
+async def test_a_tenant_limited_to_some_providers_is_routed_among_them(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    await db.execute("INSERT INTO tenants (name, providers) VALUES ('shop', '{carrierx}')")
+    hub = await hub_with(aiohttp_client, dsn, SWIFT_THEN_CARRIERX)
+
+    _, shop = await send(hub, tenant="shop")
+
+    assert shop["recipients"][0]["provider"] == "carrierx"
+    assert taken(hub, "swift") == 0
+
+
+async def test_no_route_and_no_provider_is_a_422_saying_so(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(
+        aiohttp_client, dsn, {"name": "us", "match": {"country": ["US"]}, "providers": ["carrierx"]}
+    )
+
+    status, answer = await send(hub)
+
+    assert status == 422
+    assert answer["error"]["code"] == "no_route"
+    assert answer["error"]["details"][0]["field"] == "to.0"
+
+
+async def test_a_late_delivery_of_a_superseded_attempt_makes_the_recipient_delivered(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn)
+    # Swift never reports numbers ending in 7: attempt 1 stays open, then is superseded.
+    status, sent = await send(hub, to="+447700900007", provider="swift")
+    assert status == 201
+    swift_id = sent["recipients"][0]["provider_message_id"]
+    message_id = uuid.UUID(sent["id"])
+    moved = await messages.fail_over(
+        db, message_id, ["+447700900007"], "carrierx", datetime.now(UTC)
+    )
+    assert moved == ["+447700900007"]
+    before = await db.fetchrow(
+        "SELECT sequence, status FROM message_recipients WHERE message_id = $1 AND NOT superseded",
+        message_id,
+    )
+    assert before is not None
+
+    now = datetime.now(UTC)
+    late = Event(
+        id=event_id("swift", "test-late", swift_id),
+        type=EventType.STATUS,
+        provider="swift",
+        status=Status.DELIVERED,
+        provider_status="DELIVERED",
+        occurred_at=now,
+        received_at=now,
+        occurred_at_source="received",
+        provider_message_id=swift_id,
+        recipient="+447700900007",
+    )
+    result = await store_events_alone(db, [late])
+
+    [stored] = result.new_events
+    assert (stored.recipient_status, stored.sequence) == ("delivered", before["sequence"] + 1)
+    row = await db.fetchrow(
+        "SELECT provider, status, final, attempt FROM message_recipients"
+        " WHERE message_id = $1 AND NOT superseded",
+        message_id,
+    )
+    assert row is not None
+    assert dict(row) == {"provider": "carrierx", "status": "delivered", "final": True, "attempt": 2}
+    assert await db.fetchval("SELECT attempt FROM events WHERE id = $1", late.id) == 1
