@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import signal as signal_module
@@ -32,9 +33,10 @@ from receiver.http.errors import ReceiverError
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
+from receiver.routing.files import RoutesFileError, read_routes, routes_toml
 from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
-from receiver.storage import tenants
+from receiver.storage import routes, tenants
 from receiver.storage.apikeys import SCOPES, create_key, list_keys, revoke_key
 from receiver.storage.migrate import apply_migrations, migrations_dir, pending_migrations
 from receiver.storage.notify import Signal
@@ -91,6 +93,8 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     revoke.add_argument("key_id")
 
     add_tenant_commands(commands, registry)
+    add_route_commands(commands, registry)
+    add_sandbox_commands(commands, registry)
 
     again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
     again.add_argument("--provider", choices=sorted(registry), help="only this provider")
@@ -181,10 +185,47 @@ def add_tenant_commands(commands: Any, registry: Registry) -> None:
     listed.add_argument("name")
 
 
+def add_route_commands(commands: Any, registry: Registry) -> None:
+    group = commands.add_parser(
+        "routes", help="send routes: list, import and export (TOML, for version control)"
+    )
+    actions = group.add_subparsers(dest="routes_command", required=True)
+    actions.add_parser("list", help="every route in the order they are tried")
+    load = actions.add_parser(
+        "import", help="the routes become exactly the file's (all or nothing), each change kept"
+    )
+    load.add_argument("file", help="a TOML file of [[route]] tables, or - for stdin")
+    load.add_argument("--dry-run", action="store_true", help="check and show, change nothing")
+    dump = actions.add_parser("export", help="the routes as a TOML file that import reads back")
+    dump.add_argument("file", nargs="?", default="-", help="where to write (default: stdout)")
+
+
+def add_sandbox_commands(commands: Any, registry: Registry) -> None:
+    group = commands.add_parser(
+        "sandbox", help="break a simulated provider of a running `serve --sandbox`"
+    )
+    actions = group.add_subparsers(dest="sandbox_command", required=True)
+    change = actions.add_parser("set", help="down, slow, throttled, lossy, or normal again")
+    change.add_argument("provider", choices=sorted(registry))
+    change.add_argument("mode", choices=["normal", "down", "slow", "throttled", "lossy"])
+    change.add_argument("--country", help="ISO 3166 alpha-2: only for numbers of that country")
+    change.add_argument("--delay", type=float, default=30.0, help="slow: seconds before reports")
+    change.add_argument(
+        "--loss-share", type=float, default=1.0, help="lossy: share of recipients lost (0-1]"
+    )
+    change.add_argument("--loss", choices=["undelivered", "silent"], default="undelivered")
+    actions.add_parser("show", help="each simulated provider's mode and what it took")
+    for action in actions.choices.values():
+        action.add_argument("--url", default="http://127.0.0.1:8080", help="the hub's URL")
+        action.add_argument("--key", help="an operator API key (when API_AUTH is on)")
+
+
 def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTRY) -> int:
     args = build_parser(registry).parse_args(argv)
     if args.command == "normalize":
         return normalize_command(args, registry)
+    if args.command == "sandbox":
+        return asyncio.run(sandbox_command(args))
     settings = settings_at_start(registry)
     if args.command == "serve":
         if args.sandbox:
@@ -199,6 +240,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
         return asyncio.run(keys_command(settings, dsn, args))
     if args.command == "tenants":
         return asyncio.run(tenants_command(settings, dsn, args, registry))
+    if args.command == "routes":
+        return asyncio.run(routes_command(settings, dsn, args, registry))
     if args.command == "worker":
         return asyncio.run(worker_command(settings, dsn, registry))
     if args.command == "erase":
@@ -425,6 +468,91 @@ async def _tenants(
     if not await tenants.remove_number(connection, args.name, number):
         raise TenantError("not_found", f"{number} is not a number of the tenant {args.name!r}")
     print(f"{number} is the tenant {args.name}'s no longer")
+    return 0
+
+
+async def routes_command(
+    settings: Settings, dsn: str, args: argparse.Namespace, registry: Registry
+) -> int:
+    """The routes subcommands; a bad file is every problem on stderr (route and field) and
+    exit status 1, with nothing changed."""
+    await wait_for_database(dsn, settings.db_connect_retry_s)
+    connection = await asyncpg.connect(dsn)
+    try:
+        command = args.routes_command
+        if command == "list":
+            for row in await routes.list_routes(connection):
+                spec = routes.route_of(row).spec
+                match = spec.match.model_dump(exclude_none=True) or "any"
+                state = "" if spec.enabled else " (disabled)"
+                print(
+                    f"{row['position']:>5} {row['name']:<20} {spec.choose:<9}"
+                    f" {','.join(spec.providers):<30} match={match}{state}"
+                )
+            return 0
+        if command == "export":
+            text = routes_toml(await routes.list_routes(connection))
+            if args.file == "-":
+                sys.stdout.write(text)
+            else:
+                await asyncio.to_thread(Path(args.file).write_text, text)
+                print(f"routes written to {args.file}", file=sys.stderr)
+            return 0
+        source = await asyncio.to_thread(
+            sys.stdin.read if args.file == "-" else Path(args.file).read_text
+        )
+        try:
+            wanted = read_routes(source, registry.keys())
+        except RoutesFileError as error:
+            for problem in error.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            return 1
+        if args.dry_run:
+            present = {row["name"] for row in await routes.list_routes(connection)}
+            for name, _spec in wanted:
+                print(f"{'keep or update' if name in present else 'create'} {name}")
+            for name in sorted(present - {name for name, _ in wanted}):
+                print(f"delete {name}")
+            return 0
+        done = await routes.replace_all(connection, wanted, who=f"cli ({getpass.getuser()})")
+        for action in ("create", "update", "delete", "unchanged"):
+            if done[action]:
+                print(f"{action}: {', '.join(done[action])}")
+        return 0
+    finally:
+        await connection.close()
+
+
+async def sandbox_command(args: argparse.Namespace) -> int:
+    """Asks a running `serve --sandbox` to break a simulated provider (or shows them)."""
+    headers = {"Authorization": f"Bearer {args.key}"} if args.key else {}
+    base = args.url.rstrip("/")
+    async with aiohttp.ClientSession(headers=headers) as session:
+        if args.sandbox_command == "show":
+            request = session.get(f"{base}/v1/sandbox/providers")
+        else:
+            trouble: dict[str, Any] = {"mode": args.mode, "country": args.country}
+            if args.mode == "slow":
+                trouble["report_delay_s"] = args.delay
+            if args.mode == "lossy":
+                trouble |= {"loss_share": args.loss_share, "loss": args.loss}
+            request = session.put(f"{base}/v1/sandbox/providers/{args.provider}", json=trouble)
+        try:
+            async with request as answer:
+                body = await answer.json(content_type=None)
+        except aiohttp.ClientError as error:
+            print(f"error: cannot reach the hub at {base}: {error}", file=sys.stderr)
+            return 1
+    if answer.status >= 400:
+        message = body.get("error", {}).get("message") if isinstance(body, dict) else body
+        print(f"error: {answer.status} {message}", file=sys.stderr)
+        return 1
+    for provider in body.get("data", [body]):
+        where = f" ({provider['country']})" if provider["country"] else ""
+        print(
+            f"{provider['name']:<12} {provider['mode']}{where:<6} took {provider['sent']}"
+            f" lost {provider['lost']}"
+        )
     return 0
 
 
