@@ -34,9 +34,18 @@ CREATE INDEX send_route_changes_route_idx ON send_route_changes (route, id);
 -- How the hub chose the message's providers (NULL: the caller named one).
 ALTER TABLE messages ADD COLUMN routing jsonb;
 
+-- created_at: when the attempt was made (a provider's health looks at its recent ones; rows
+-- from before this migration get the migration's time). redeliver_until/redeliver_on: the
+-- route's redelivery after the fact, while it may still happen (NULL: it may not, or no
+-- longer); the partial index is the redelivery sweep's, and stays as small as what is open.
 ALTER TABLE message_recipients
     ADD COLUMN attempt smallint NOT NULL DEFAULT 1,
-    ADD COLUMN superseded boolean NOT NULL DEFAULT false;
+    ADD COLUMN superseded boolean NOT NULL DEFAULT false,
+    ADD COLUMN created_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN redeliver_until timestamptz,
+    ADD COLUMN redeliver_on text[];
+CREATE INDEX message_recipients_redeliver_idx ON message_recipients (redeliver_until)
+    WHERE redeliver_until IS NOT NULL;
 
 ALTER TABLE events ADD COLUMN attempt smallint NOT NULL DEFAULT 1;
 
@@ -44,11 +53,12 @@ ALTER TABLE events ADD COLUMN attempt smallint NOT NULL DEFAULT 1;
 -- under the message's provisional id until that provider names its own; their sequence goes
 -- on from where it was. Returns the recipients given a new attempt (not those of another
 -- message, nor those already sent over p_provider).
-CREATE FUNCTION fail_over(p_message_id uuid, p_recipients text[], p_provider text, p_deadline timestamptz) RETURNS SETOF text
+CREATE FUNCTION fail_over(p_message_id uuid, p_recipients text[], p_provider text, p_deadline timestamptz, p_redeliver_until timestamptz, p_redeliver_on text[]) RETURNS SETOF text
     LANGUAGE sql
     AS $$
     WITH old AS (
-        UPDATE message_recipients mr SET superseded = true, deadline = NULL, updated_at = now()
+        UPDATE message_recipients mr SET superseded = true, deadline = NULL,
+            redeliver_until = NULL, updated_at = now()
         WHERE mr.message_id = p_message_id AND mr.recipient = ANY(p_recipients)
           AND NOT mr.superseded
           AND NOT EXISTS (SELECT 1 FROM message_recipients o
@@ -58,9 +68,10 @@ CREATE FUNCTION fail_over(p_message_id uuid, p_recipients text[], p_provider tex
     )
     INSERT INTO message_recipients
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments, deadline, country, tenant, attempt)
+         segments, deadline, country, tenant, attempt, redeliver_until, redeliver_on)
     SELECT p_message_id, p_provider, 'pending:' || p_message_id, old.recipient, 'unknown', false,
-           old.sequence, old.segments, p_deadline, old.country, old.tenant, old.attempt + 1
+           old.sequence, old.segments, p_deadline, old.country, old.tenant, old.attempt + 1,
+           p_redeliver_until, p_redeliver_on
     FROM old
     RETURNING recipient
 $$;
@@ -86,11 +97,13 @@ BEGIN
     -- two never both create it.
     INSERT INTO message_recipients AS mr
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments, deadline, country, tenant, attempt, superseded)
+         segments, deadline, country, tenant, attempt, superseded, created_at,
+         redeliver_until, redeliver_on)
     VALUES
         (p_message_id, p_provider, p_provider_message_id, p_recipient, pending.status,
          pending.final, pending.sequence, pending.segments, pending.deadline, pending.country,
-         pending.tenant, pending.attempt, pending.superseded)
+         pending.tenant, pending.attempt, pending.superseded, pending.created_at,
+         pending.redeliver_until, pending.redeliver_on)
     ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
     RETURNING mr.id INTO found_row;
     IF found_row IS NOT NULL THEN
@@ -122,7 +135,9 @@ BEGIN
     UPDATE message_recipients SET message_id = p_message_id,
         deadline = coalesce(deadline, pending.deadline),
         country = coalesce(country, pending.country), tenant = pending.tenant,
-        attempt = pending.attempt, superseded = pending.superseded, updated_at = now()
+        attempt = pending.attempt, superseded = pending.superseded,
+        created_at = pending.created_at, redeliver_until = pending.redeliver_until,
+        redeliver_on = pending.redeliver_on, updated_at = now()
     WHERE id = found_row;
     PERFORM adopt_events(found_row, p_message_id, pending.tenant, p_recipient);
     IF pending.attempt > 1 THEN

@@ -48,11 +48,13 @@ BEGIN
     -- two never both create it.
     INSERT INTO message_recipients AS mr
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments, deadline, country, tenant, attempt, superseded)
+         segments, deadline, country, tenant, attempt, superseded, created_at,
+         redeliver_until, redeliver_on)
     VALUES
         (p_message_id, p_provider, p_provider_message_id, p_recipient, pending.status,
          pending.final, pending.sequence, pending.segments, pending.deadline, pending.country,
-         pending.tenant, pending.attempt, pending.superseded)
+         pending.tenant, pending.attempt, pending.superseded, pending.created_at,
+         pending.redeliver_until, pending.redeliver_on)
     ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
     RETURNING mr.id INTO found_row;
     IF found_row IS NOT NULL THEN
@@ -84,7 +86,9 @@ BEGIN
     UPDATE message_recipients SET message_id = p_message_id,
         deadline = coalesce(deadline, pending.deadline),
         country = coalesce(country, pending.country), tenant = pending.tenant,
-        attempt = pending.attempt, superseded = pending.superseded, updated_at = now()
+        attempt = pending.attempt, superseded = pending.superseded,
+        created_at = pending.created_at, redeliver_until = pending.redeliver_until,
+        redeliver_on = pending.redeliver_on, updated_at = now()
     WHERE id = found_row;
     PERFORM adopt_events(found_row, p_message_id, pending.tenant, p_recipient);
     IF pending.attempt > 1 THEN
@@ -218,13 +222,14 @@ CREATE FUNCTION public.event_recipient_key(ev jsonb) RETURNS TABLE(provider text
     WHERE ev->>'type' = 'message.status' AND ev->>'provider_message_id' IS NOT NULL
 $$;
 
--- FUNCTION fail_over(uuid, text[], text, timestamp with time zone)
+-- FUNCTION fail_over(uuid, text[], text, timestamp with time zone, timestamp with time zone, text[])
 
-CREATE FUNCTION public.fail_over(p_message_id uuid, p_recipients text[], p_provider text, p_deadline timestamp with time zone) RETURNS SETOF text
+CREATE FUNCTION public.fail_over(p_message_id uuid, p_recipients text[], p_provider text, p_deadline timestamp with time zone, p_redeliver_until timestamp with time zone, p_redeliver_on text[]) RETURNS SETOF text
     LANGUAGE sql
     AS $$
     WITH old AS (
-        UPDATE message_recipients mr SET superseded = true, deadline = NULL, updated_at = now()
+        UPDATE message_recipients mr SET superseded = true, deadline = NULL,
+            redeliver_until = NULL, updated_at = now()
         WHERE mr.message_id = p_message_id AND mr.recipient = ANY(p_recipients)
           AND NOT mr.superseded
           AND NOT EXISTS (SELECT 1 FROM message_recipients o
@@ -234,9 +239,10 @@ CREATE FUNCTION public.fail_over(p_message_id uuid, p_recipients text[], p_provi
     )
     INSERT INTO message_recipients
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments, deadline, country, tenant, attempt)
+         segments, deadline, country, tenant, attempt, redeliver_until, redeliver_on)
     SELECT p_message_id, p_provider, 'pending:' || p_message_id, old.recipient, 'unknown', false,
-           old.sequence, old.segments, p_deadline, old.country, old.tenant, old.attempt + 1
+           old.sequence, old.segments, p_deadline, old.country, old.tenant, old.attempt + 1,
+           p_redeliver_until, p_redeliver_on
     FROM old
     RETURNING recipient
 $$;
@@ -924,7 +930,10 @@ CREATE TABLE public.message_recipients (
     country text,
     tenant text,
     attempt smallint DEFAULT 1 NOT NULL,
-    superseded boolean DEFAULT false NOT NULL
+    superseded boolean DEFAULT false NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    redeliver_until timestamp with time zone,
+    redeliver_on text[]
 );
 
 -- SEQUENCE message_recipients_id_seq
@@ -1299,6 +1308,10 @@ CREATE INDEX message_recipients_message_idx ON public.message_recipients USING b
 -- INDEX message_recipients_recipient_idx
 
 CREATE INDEX message_recipients_recipient_idx ON public.message_recipients USING btree (recipient) WHERE (message_id IS NOT NULL);
+
+-- INDEX message_recipients_redeliver_idx
+
+CREATE INDEX message_recipients_redeliver_idx ON public.message_recipients USING btree (redeliver_until) WHERE (redeliver_until IS NOT NULL);
 
 -- INDEX messages_client_ref_idx
 

@@ -35,13 +35,13 @@ from receiver.ingest.spool import Spool, replay_forever
 from receiver.query import health, inbound, messages, raw_callbacks, stats
 from receiver.ratelimit import RateLimiter
 from receiver.routing import routes as send_routes
+from receiver.routing.choice import ROUTE_TABLE, RouteTable
 from receiver.sandbox import controls as sandbox_controls
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import SANDBOX_KEY, Sandbox
 from receiver.sending import route as send_route
 from receiver.sending import scheduler
 from receiver.sending.providers import callback_url
-from receiver.sending.routing import ROUTE_TABLE, RouteTable
 from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
 from receiver.storage.migrate import load_migrations, migrations_dir

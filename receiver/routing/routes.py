@@ -18,6 +18,7 @@ from receiver.http import params
 from receiver.http.apikeys import API_KEY
 from receiver.http.bodies import read_model
 from receiver.http.errors import Conflict, NotFound, Unprocessable
+from receiver.routing.choice import ROUTE_TABLE
 from receiver.storage import routes
 from receiver.storage.routes import ROUTE_NAME_PATTERN, ROUTE_NAME_RULE, RouteError, RouteSpec
 
@@ -125,6 +126,7 @@ async def create(request: web.Request) -> web.Response:
     except RouteError as error:
         raise RouteExists(error.message) from None
     assert row is not None
+    request.app[ROUTE_TABLE].changed()
     return web.json_response(route_json(row), status=201)
 
 
@@ -155,6 +157,7 @@ async def put(request: web.Request) -> web.Response:
         )
         row = await routes.get_route(connection, name)
     assert row is not None
+    request.app[ROUTE_TABLE].changed()
     return web.json_response(route_json(row), status=201 if action == "create" else 200)
 
 
@@ -165,6 +168,7 @@ async def delete(request: web.Request) -> web.Response:
         deleted = await routes.delete_route(connection, name, who=who_of(request))
     if not deleted:
         raise NotFound(f"no route named {name[:80]!r}")
+    request.app[ROUTE_TABLE].changed()
     return web.Response(status=204)
 
 

@@ -236,6 +236,7 @@ class FailOver:
     recipients: tuple[str, ...]
     deadline: datetime
     reason: str
+    redeliver: messages.Redelivery | None = None
 
 
 async def store_outcome(
@@ -278,6 +279,7 @@ async def store_outcome(
                         fail_over.recipients,
                         fail_over.provider,
                         fail_over.deadline,
+                        fail_over.redeliver,
                     )
                 await _store_answer(connection, provider, message_id, pending, raw, outcome)
             return moved

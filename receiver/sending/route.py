@@ -46,6 +46,15 @@ from receiver.http.errors import (
 )
 from receiver.http.fields import Moment, no_nul
 from receiver.ratelimit import retry_after_header
+from receiver.routing.choice import (
+    ROUTE_TABLE,
+    Decision,
+    Recipient,
+    RouteTable,
+    decide,
+    first_match,
+    redelivery,
+)
 from receiver.sending import silence
 from receiver.sending.providers import (
     FailOver,
@@ -56,14 +65,6 @@ from receiver.sending.providers import (
     failover_reason,
     is_simulated,
     store_outcome,
-)
-from receiver.sending.routing import (
-    ROUTE_TABLE,
-    Decision,
-    Recipient,
-    RouteTable,
-    decide,
-    first_match,
 )
 from receiver.storage import idempotency, limits, messages, tenants
 from receiver.storage.apikeys import ApiKey
@@ -517,6 +518,11 @@ async def _checked_send(
             providers=firsts,
             deadlines={n: silence.deadline(settings, p, send) for n, p in firsts.items()},
             routing=plan.routing_json(),
+            redeliver={
+                number: again
+                for number, decision in decisions.items()
+                if (again := redelivery(decision, held or now)) is not None
+            },
         )
     structlog.contextvars.bind_contextvars(message_id=str(message_id))
     if held is not None:
@@ -533,6 +539,8 @@ async def deliver(
     message_id: uuid.UUID,
     plan: SendPlan,
     progress: SendProgress,
+    *,
+    counts: bool = True,
 ) -> tuple[int, dict[str, Any]]:
     """Calls the providers for a stored message and stores their answers: what POST
     /v1/messages does at once, and the scheduler at a held message's send time. Recipients that
@@ -616,7 +624,7 @@ async def deliver(
     provider_recipients = sum(counted) if counted else None
     if provider_recipients is not None and provider_recipients != len(send.to):
         log.warning("recipient_count_differs", sent=len(send.to), provider=provider_recipients)
-    if provider_segments is not None or provider_recipients is not None:
+    if counts and (provider_segments is not None or provider_recipients is not None):
         try:
             async with context.db.connection() as connection:
                 await messages.set_provider_counts(
@@ -684,6 +692,7 @@ def _fail_overs(
             tuple(numbers),
             silence.deadline(settings, name, request),
             f"{provider}: {reason}",
+            redelivery(plan.decisions[numbers[0]], datetime.now(UTC)),
         )
         for name, numbers in by_next.items()
     ]

@@ -1,9 +1,10 @@
 """Sends the hub holds: a message with a future send_at for a provider that cannot schedule
-(23 Telecom, Swift, CarrierX) is stored with its recipients `scheduled` and sent here at its
-time, at most SCHEDULE_POLL_S late. Claimed with FOR UPDATE SKIP LOCKED and marked before the
-provider is called, so several instances share the work and none sends a message twice (a
-worker killed between the two leaves it unsent; its recipients expire at their deadline).
-Runs in `worker`, and in `serve` with its dispatcher."""
+(23 Telecom, Swift, CarrierX), or a routed one, is stored with its recipients `scheduled` and
+sent here at its time, at most SCHEDULE_POLL_S late. Claimed with FOR UPDATE SKIP LOCKED and
+marked before the provider is called, so several instances share the work and none sends a
+message twice (a worker killed between the two leaves it unsent; its recipients expire at their
+deadline). Runs in `worker`, and in `serve` with its dispatcher; redeliveries after the fact
+run in the same loop."""
 
 from __future__ import annotations
 
@@ -24,8 +25,11 @@ from receiver.http import params
 from receiver.http.apikeys import asker_of
 from receiver.http.errors import NotFound, ReceiverError
 from receiver.periodic import repeat
+from receiver.routing.choice import Decision
+from receiver.sending import redelivery
 from receiver.sending.hub_events import end_recipients
 from receiver.sending.providers import account_of
+from receiver.sending.redelivery import Redeliveries
 from receiver.sending.route import (
     SendMessageIn,
     SendPlan,
@@ -34,7 +38,6 @@ from receiver.sending.route import (
     deliver,
     provider_options,
 )
-from receiver.sending.routing import Decision
 from receiver.storage import messages
 
 log = structlog.get_logger("receiver.sending.scheduler")
@@ -47,13 +50,16 @@ class Scheduler:
     def __init__(self, context: AppContext) -> None:
         self.context = context
         self.stopping = asyncio.Event()
+        self.redeliveries = Redeliveries(context)
 
     async def run(self) -> None:
         """Sends what is due every SCHEDULE_POLL_S (at once again after a full batch) until
         stopped."""
 
         async def step() -> bool:
-            return await self.tick() >= BATCH
+            held = await self.tick()
+            ended = await self.redeliveries.tick()
+            return held >= BATCH or ended >= redelivery.BATCH
 
         await repeat(log, "scheduler", step, self.context.settings.schedule_poll_s, self.stopping)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +50,7 @@ async def create_message(
     providers: Mapping[str, str] | None = None,
     deadlines: Mapping[str, datetime] | None = None,
     routing: Any = None,
+    redeliver: Mapping[str, Redelivery] | None = None,
 ) -> None:
     """The message of `tenant` and its recipients, stored before the provider is called; a
     recipient with no final status by `deadline` is expired by the silence sweep. With
@@ -58,6 +60,7 @@ async def create_message(
     status = "scheduled" if dispatch_at is not None else "unknown"
     first_of = providers or {}
     deadline_of = deadlines or {}
+    redeliver_of = redeliver or {}
     async with connection.transaction():
         await connection.execute(
             """
@@ -85,8 +88,8 @@ async def create_message(
             """
             INSERT INTO message_recipients
                 (message_id, provider, provider_message_id, recipient, status, final, sequence,
-                 segments, deadline, country, tenant)
-            VALUES ($1, $2, $3, $4, $7, false, 0, $5, $6, $8, $9)
+                 segments, deadline, country, tenant, redeliver_until, redeliver_on)
+            VALUES ($1, $2, $3, $4, $7, false, 0, $5, $6, $8, $9, $10, $11)
             """,
             [
                 (
@@ -99,6 +102,8 @@ async def create_message(
                     status,
                     (countries or {}).get(to),
                     tenant,
+                    redeliver_of[to].until if to in redeliver_of else None,
+                    list(redeliver_of[to].on) if to in redeliver_of else None,
                 )
                 for to in recipients
             ],
@@ -124,21 +129,32 @@ async def adopt_recipient(
     return row_id
 
 
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    """An attempt's redelivery after the fact: until when it may happen, on which statuses."""
+
+    until: datetime
+    on: tuple[str, ...]
+
+
 async def fail_over(
     connection: Connection,
     message_id: uuid.UUID,
     recipients: Sequence[str],
     provider: str,
     deadline: datetime,
+    redeliver: Redelivery | None = None,
 ) -> list[str]:
     """The recipients' next attempt, over `provider` (see migration 0023); returns those given
     one (never a second attempt over the same provider)."""
     rows = await connection.fetch(
-        "SELECT fail_over($1, $2::text[], $3, $4) AS recipient",
+        "SELECT fail_over($1, $2::text[], $3, $4, $5, $6::text[]) AS recipient",
         message_id,
         list(recipients),
         provider,
         deadline,
+        redeliver.until if redeliver else None,
+        list(redeliver.on) if redeliver else None,
     )
     return [row["recipient"] for row in rows]
 

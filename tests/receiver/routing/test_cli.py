@@ -77,7 +77,7 @@ async def test_a_route_left_out_of_the_file_is_deleted(
     source = tmp_path / "routes.toml"
     source.write_text(ROUTES)
     await cli_run(capsys, "routes", "import", str(source))
-    source.write_text(ROUTES.split("[[route]]\nname = \"split\"")[0])
+    source.write_text(ROUTES.split('[[route]]\nname = "split"')[0])
 
     ran = await cli_run(capsys, "routes", "import", str(source))
 

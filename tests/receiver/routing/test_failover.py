@@ -5,6 +5,7 @@ twice: the simulated providers' own counts show it."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -14,7 +15,9 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from normalizers.events import Event, EventType, Status, event_id
+from receiver.context import AppContext
 from receiver.sandbox.common import SANDBOX_KEY, Sandbox
+from receiver.sending.redelivery import Redeliveries
 from receiver.storage import messages
 from receiver.storage.callbacks import store_events_alone
 from tests.helpers import sandbox_hub
@@ -373,3 +376,116 @@ async def test_a_late_delivery_of_a_superseded_attempt_makes_the_recipient_deliv
     assert row is not None
     assert dict(row) == {"provider": "carrierx", "status": "delivered", "final": True, "attempt": 2}
     assert await db.fetchval("SELECT attempt FROM events WHERE id = $1", late.id) == 1
+
+
+REDELIVERING = SWIFT_THEN_CARRIERX | {
+    "redeliver": {"on": ["undelivered", "expired"], "within_s": 600, "max_attempts": 2}
+}
+
+
+async def report(
+    db: asyncpg.Connection,
+    provider: str,
+    provider_id: str,
+    number: str,
+    status: Status,
+    kind: Any = "temporary",
+    synthetic: bool = False,
+) -> None:
+    now = datetime.now(UTC)
+    event = Event(
+        id=event_id(provider, "test", provider_id, str(status)),
+        type=EventType.STATUS,
+        provider=provider,
+        status=status,
+        provider_status=str(status),
+        occurred_at=now,
+        received_at=now,
+        occurred_at_source="received",
+        provider_message_id=provider_id,
+        recipient=number,
+        failure_kind=kind,
+        synthetic=synthetic,
+    )
+    await store_events_alone(db, [event])
+
+
+async def silent_send(hub: Client) -> tuple[str, str]:
+    # Swift never reports numbers ending in 7: the test reports for it.
+    status, sent = await send(hub, to="+447700900007")
+    assert status == 201, sent
+    return sent["id"], sent["recipients"][0]["provider_message_id"]
+
+
+async def test_an_undelivered_recipient_goes_once_to_the_next_provider(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, REDELIVERING)
+    message_id, swift_id = await silent_send(hub)
+    await report(db, "swift", swift_id, "+447700900007", Status.UNDELIVERED)
+    redeliveries = Redeliveries(hub.app[AppContext.KEY])
+
+    assert await redeliveries.tick() == 1
+    assert await redeliveries.tick() == 0
+
+    view = await (await hub.get(f"/v1/messages/{message_id}")).json()
+    [recipient] = view["recipients"]
+    assert (recipient["provider"], recipient["attempt"]) == ("carrierx", 2)
+    assert next((a["provider"], a["status"]) for a in recipient["attempts"]) == (
+        "swift",
+        "undelivered",
+    )
+    assert (taken(hub, "swift"), taken(hub, "carrierx")) == (1, 1)
+    assert {e["attempt"] for e in view["events"]} == {1, 2}
+
+
+async def test_the_hubs_own_expiry_is_redelivered_too(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, REDELIVERING)
+    _message_id, swift_id = await silent_send(hub)
+    await report(db, "swift", swift_id, "+447700900007", Status.EXPIRED, synthetic=True)
+
+    assert await Redeliveries(hub.app[AppContext.KEY]).tick() == 1
+    assert taken(hub, "carrierx") == 1
+
+
+async def test_a_permanent_failure_or_a_route_without_redeliver_is_not_sent_again(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, REDELIVERING)
+    _message_id, swift_id = await silent_send(hub)
+    await report(db, "swift", swift_id, "+447700900007", Status.UNDELIVERED, kind="permanent")
+    await hub.put("/v1/routes/uk", json={"providers": ["swift", "carrierx"]})
+    _other, other_id = await silent_send(hub)
+    await report(db, "swift", other_id, "+447700900007", Status.UNDELIVERED)
+
+    assert await Redeliveries(hub.app[AppContext.KEY]).tick() == 1  # looked at, closed
+    assert taken(hub, "carrierx") == 0
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM message_recipients WHERE redeliver_until IS NOT NULL"
+        )
+        == 0
+    )
+
+
+async def test_two_instances_racing_redeliver_a_recipient_once(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, REDELIVERING)
+    other = await sandbox_hub(aiohttp_client, dsn)  # a second instance: its own pool
+    message_id, swift_id = await silent_send(hub)
+    await report(db, "swift", swift_id, "+447700900007", Status.UNDELIVERED)
+
+    await asyncio.gather(
+        Redeliveries(hub.app[AppContext.KEY]).tick(),
+        Redeliveries(other.app[AppContext.KEY]).tick(),
+    )
+
+    attempts = await db.fetch(
+        "SELECT provider, attempt FROM message_recipients WHERE message_id = $1 ORDER BY attempt",
+        uuid.UUID(message_id),
+    )
+    assert [(a["provider"], a["attempt"]) for a in attempts] == [("swift", 1), ("carrierx", 2)]
+    assert taken(hub, "carrierx") + taken(other, "carrierx") == 1

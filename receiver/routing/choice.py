@@ -9,11 +9,13 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
 from receiver.storage import routes
+from receiver.storage.messages import Redelivery
 from receiver.storage.pool import Database
 from receiver.storage.routes import RouteSpec, SendRoute
 
@@ -65,6 +67,14 @@ class Decision:
             failover_on_timeout=bool(data.get("failover_on_timeout")),
             redeliver=data.get("redeliver"),
         )
+
+
+def redelivery(decision: Decision, now: datetime) -> Redelivery | None:
+    """An attempt's redelivery after the fact, as its route asks (None: it does not)."""
+    policy = decision.redeliver
+    if not policy:
+        return None
+    return Redelivery(now + timedelta(seconds=policy["within_s"]), tuple(policy["on"]))
 
 
 def matches(spec: RouteSpec, recipient: Recipient) -> bool:
@@ -177,6 +187,10 @@ class RouteTable:
         # Whether a provider is degraded for a country (every one healthy until told).
         self.health: Health = everyone_healthy
         self._lock = asyncio.Lock()
+
+    def changed(self) -> None:
+        """This instance changed the routes: it looks again at its next send."""
+        self.checked_at = float("-inf")
 
     async def current(self, db: Database) -> list[SendRoute]:
         if time.monotonic() - self.checked_at < self.refresh_s:
