@@ -46,8 +46,41 @@ ALTER TABLE message_recipients
     ADD COLUMN redeliver_on text[];
 CREATE INDEX message_recipients_redeliver_idx ON message_recipients (redeliver_until)
     WHERE redeliver_until IS NOT NULL;
+-- The providers' health reads the attempts of the last window.
+CREATE INDEX message_recipients_created_idx ON message_recipients (created_at)
+    WHERE message_id IS NOT NULL;
 
 ALTER TABLE events ADD COLUMN attempt smallint NOT NULL DEFAULT 1;
+-- What an event of a type without a recipient carries besides the common fields (a
+-- provider.health's country, state, reason and figures).
+ALTER TABLE events ADD COLUMN details jsonb;
+
+-- Each provider's health per destination country ('': every country), as the health rules or
+-- its send errors left it; a row is kept once made (its changed_at holds the next change).
+CREATE TABLE provider_health (
+    provider text NOT NULL,
+    country text NOT NULL DEFAULT '',
+    state text NOT NULL CHECK (state IN ('healthy', 'degraded')),
+    -- Which rule made it so: 'slow', 'delivery_rate', 'send_errors' (the circuit breaker), or
+    -- 'recovered'.
+    rule text NOT NULL,
+    reason text NOT NULL,
+    figures jsonb,
+    changed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (provider, country)
+);
+
+-- Event types added after the first three reach a subscription only when its filter names
+-- them: a subscriber of everything keeps getting what it got.
+CREATE OR REPLACE FUNCTION subscription_takes(filters jsonb, ev_type text, ev_provider text, ev_status text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE
+    AS $$
+    SELECT (CASE WHEN filters->'event_types' IS NULL
+                 THEN ev_type IN ('message.status', 'message.summary', 'message.inbound')
+                 ELSE filters->'event_types' ? ev_type END)
+       AND (filters->'providers' IS NULL OR filters->'providers' ? ev_provider)
+       AND (filters->'statuses' IS NULL OR filters->'statuses' ? ev_status)
+$$;
 
 -- fail_over: the recipients' current attempts are superseded by new ones over p_provider,
 -- under the message's provisional id until that provider names its own; their sequence goes
@@ -220,7 +253,7 @@ BEGIN
                 (id, type, provider, provider_message_id, provider_part_id, recipient, sender,
                  status, final, provider_status, error_code, error_message, occurred_at,
                  received_at, client_ref, segments, price, text, counts, raw_id, failure_kind,
-                 occurred_at_source, synthetic, sequence, tenant)
+                 occurred_at_source, synthetic, sequence, tenant, details)
             VALUES
                 (e.v->>'id', e.v->>'type', e.v->>'provider', e.v->>'provider_message_id',
                  e.v->>'provider_part_id', e.v->>'recipient', e.v->>'sender', e.v->>'status',
@@ -230,7 +263,8 @@ BEGIN
                  (e.v->>'segments')::integer, nullif(e.v->'price', 'null'::jsonb),
                  e.v->>'text', nullif(e.v->'counts', 'null'::jsonb), owner_raw,
                  e.v->>'failure_kind', e.v->>'occurred_at_source',
-                 coalesce((e.v->>'synthetic')::boolean, false), 1, alone_tenant);
+                 coalesce((e.v->>'synthetic')::boolean, false), 1, alone_tenant,
+                 nullif(e.v->'details', 'null'::jsonb));
             RETURN QUERY SELECT e.v->>'id', true, NULL::uuid, 1, NULL::text, owner_raw;
             CONTINUE;
         END IF;

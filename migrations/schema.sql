@@ -574,7 +574,7 @@ BEGIN
                 (id, type, provider, provider_message_id, provider_part_id, recipient, sender,
                  status, final, provider_status, error_code, error_message, occurred_at,
                  received_at, client_ref, segments, price, text, counts, raw_id, failure_kind,
-                 occurred_at_source, synthetic, sequence, tenant)
+                 occurred_at_source, synthetic, sequence, tenant, details)
             VALUES
                 (e.v->>'id', e.v->>'type', e.v->>'provider', e.v->>'provider_message_id',
                  e.v->>'provider_part_id', e.v->>'recipient', e.v->>'sender', e.v->>'status',
@@ -584,7 +584,8 @@ BEGIN
                  (e.v->>'segments')::integer, nullif(e.v->'price', 'null'::jsonb),
                  e.v->>'text', nullif(e.v->'counts', 'null'::jsonb), owner_raw,
                  e.v->>'failure_kind', e.v->>'occurred_at_source',
-                 coalesce((e.v->>'synthetic')::boolean, false), 1, alone_tenant);
+                 coalesce((e.v->>'synthetic')::boolean, false), 1, alone_tenant,
+                 nullif(e.v->'details', 'null'::jsonb));
             RETURN QUERY SELECT e.v->>'id', true, NULL::uuid, 1, NULL::text, owner_raw;
             CONTINUE;
         END IF;
@@ -688,7 +689,9 @@ $$;
 CREATE FUNCTION public.subscription_takes(filters jsonb, ev_type text, ev_provider text, ev_status text) RETURNS boolean
     LANGUAGE sql IMMUTABLE
     AS $$
-    SELECT (filters->'event_types' IS NULL OR filters->'event_types' ? ev_type)
+    SELECT (CASE WHEN filters->'event_types' IS NULL
+                 THEN ev_type IN ('message.status', 'message.summary', 'message.inbound')
+                 ELSE filters->'event_types' ? ev_type END)
        AND (filters->'providers' IS NULL OR filters->'providers' ? ev_provider)
        AND (filters->'statuses' IS NULL OR filters->'statuses' ? ev_status)
 $$;
@@ -881,7 +884,8 @@ CREATE TABLE public.events (
     txid xid8 DEFAULT pg_current_xact_id() NOT NULL,
     feed_seq bigint NOT NULL,
     tenant text,
-    attempt smallint DEFAULT 1 NOT NULL
+    attempt smallint DEFAULT 1 NOT NULL,
+    details jsonb
 )
 PARTITION BY RANGE (stored_at);
 
@@ -970,6 +974,19 @@ CREATE TABLE public.messages (
     cancelled_at timestamp with time zone,
     tenant text NOT NULL,
     routing jsonb
+);
+
+-- TABLE provider_health
+
+CREATE TABLE public.provider_health (
+    provider text NOT NULL,
+    country text DEFAULT ''::text NOT NULL,
+    state text NOT NULL,
+    rule text NOT NULL,
+    reason text NOT NULL,
+    figures jsonb,
+    changed_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT provider_health_state_check CHECK ((state = ANY (ARRAY['healthy'::text, 'degraded'::text])))
 );
 
 -- TABLE raw_callbacks
@@ -1171,6 +1188,11 @@ ALTER TABLE ONLY public.message_recipients
 ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_pkey PRIMARY KEY (id);
 
+-- CONSTRAINT provider_health provider_health_pkey
+
+ALTER TABLE ONLY public.provider_health
+    ADD CONSTRAINT provider_health_pkey PRIMARY KEY (provider, country);
+
 -- CONSTRAINT raw_callbacks raw_callbacks_pkey
 
 ALTER TABLE ONLY public.raw_callbacks
@@ -1296,6 +1318,10 @@ CREATE INDEX idempotency_keys_expires_at_idx ON public.idempotency_keys USING bt
 -- INDEX idempotency_keys_expiry_idx
 
 CREATE INDEX idempotency_keys_expiry_idx ON public.idempotency_keys USING btree (expires_at);
+
+-- INDEX message_recipients_created_idx
+
+CREATE INDEX message_recipients_created_idx ON public.message_recipients USING btree (created_at) WHERE (message_id IS NOT NULL);
 
 -- INDEX message_recipients_due_idx
 

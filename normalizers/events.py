@@ -54,6 +54,8 @@ class EventType(StrEnum):
     STATUS = "message.status"
     SUMMARY = "message.summary"
     INBOUND = "message.inbound"
+    # A provider's health for a country changed (routing): the operator's only.
+    PROVIDER_HEALTH = "provider.health"
 
 
 # The schema-v1 event's fields, in the order every form of it lists them: the one declaration.
@@ -88,6 +90,7 @@ EVENT_V1_FIELDS: tuple[str, ...] = (
     "synthetic",
     "tenant",
     "attempt",
+    "details",
 )
 
 FailureKind = Literal["temporary", "permanent"]
@@ -134,6 +137,9 @@ class Event:
     tenant: str | None = None  # the storage's answer: whose event it is (None: the operator's)
     # Which send attempt of the recipient it is about (1 unless routing failed over): storage's.
     attempt: int = 1
+    # What a type without a recipient carries besides the common fields (provider.health's
+    # country, state, reason and figures); None for the others.
+    details: Mapping[str, Any] | None = None
 
     @property
     def final(self) -> bool:
@@ -179,6 +185,7 @@ class Event:
             "synthetic": self.synthetic,
             "tenant": self.tenant,
             "attempt": self.attempt,
+            "details": dict(self.details) if self.details is not None else None,
         }
 
 

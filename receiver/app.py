@@ -36,6 +36,7 @@ from receiver.query import health, inbound, messages, raw_callbacks, stats
 from receiver.ratelimit import RateLimiter
 from receiver.routing import routes as send_routes
 from receiver.routing.choice import ROUTE_TABLE, RouteTable
+from receiver.routing.health import HealthWatch
 from receiver.sandbox import controls as sandbox_controls
 from receiver.sandbox import sandbox_app
 from receiver.sandbox.common import SANDBOX_KEY, Sandbox
@@ -679,8 +680,10 @@ def create_app(
             running = asyncio.create_task(dispatcher.run()) if dispatcher else None
             sweep = SilenceSweep(db, settings, signal) if settings.dispatcher else None
             sweeping = asyncio.create_task(sweep.run()) if sweep else None
-            held = Scheduler(app[AppContext.KEY]) if settings.dispatcher else None
+            held = Scheduler(app[AppContext.KEY], app[ROUTE_TABLE]) if settings.dispatcher else None
             sending = asyncio.create_task(held.run()) if held else None
+            watch = HealthWatch(db, settings, signal) if settings.dispatcher else None
+            watching = asyncio.create_task(watch.run()) if watch else None
             upkeep = Upkeep(db, settings) if settings.dispatcher else None
             keeping = asyncio.create_task(upkeep.run()) if upkeep else None
             replaying = (
@@ -703,6 +706,9 @@ def create_app(
             if held is not None and sending is not None:
                 await held.stop()
                 await sending
+            if watch is not None and watching is not None:
+                await watch.stop()
+                await watching
             if sweep is not None and sweeping is not None:
                 await sweep.stop()
                 await sweeping
@@ -724,7 +730,7 @@ def create_app(
 
     app[feed.STOPPING] = asyncio.Event()
     app[feed.OPEN_STREAMS] = Counter()
-    app[ROUTE_TABLE] = RouteTable()
+    app[ROUTE_TABLE] = RouteTable(settings)
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(end_streams)
     routes = ROUTES + (SANDBOX_ROUTES if settings.sandbox else ())

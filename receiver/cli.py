@@ -34,6 +34,7 @@ from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
 from receiver.routing.files import RoutesFileError, read_routes, routes_toml
+from receiver.routing.health import HealthWatch
 from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
 from receiver.storage import routes, tenants
@@ -603,11 +604,13 @@ async def worker_command(settings: Settings, dsn: str, registry: Registry) -> in
     dispatcher = Dispatcher(db, settings, signal)
     sweep = SilenceSweep(db, settings, signal)
     held = Scheduler(context)
+    watch = HealthWatch(db, settings, signal)
     upkeep = Upkeep(db, settings)
     loop = asyncio.get_running_loop()
 
     async def stop() -> None:
         await upkeep.stop()
+        await watch.stop()
         await held.stop()
         await sweep.stop()
         await dispatcher.stop()
@@ -616,7 +619,9 @@ async def worker_command(settings: Settings, dsn: str, registry: Registry) -> in
         loop.add_signal_handler(number, lambda: loop.create_task(stop()))
     try:
         async with signal.connected(db, dsn):
-            await asyncio.gather(dispatcher.run(), sweep.run(), held.run(), upkeep.run())
+            await asyncio.gather(
+                dispatcher.run(), sweep.run(), held.run(), watch.run(), upkeep.run()
+            )
     finally:
         await http.close()
         await db.close()

@@ -240,6 +240,61 @@ class Settings(BaseSettings):
         description="How often the worker (or serve with DISPATCHER) sends the messages it holds"
         " whose send_at has come (for providers that cannot schedule): at most this late.",
     )
+    health_window_s: float = Field(
+        default=900.0,
+        gt=0,
+        le=86400,
+        description="Routing: the sliding window of a provider's recent sends its health is"
+        " judged on, per destination country.",
+    )
+    health_slow_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="Routing: a text not delivered this long after it was sent is slow.",
+    )
+    health_slow_share: float = Field(
+        default=0.15,
+        gt=0,
+        le=1,
+        description="Routing: a provider is degraded for a country when at least this share of"
+        " its texts there in the window were slow (GOV.UK Notify's rule).",
+    )
+    health_min_delivery_rate: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Routing: a provider is degraded for a country when its delivery rate"
+        " there (delivered among ended) in the window drops below this.",
+    )
+    health_min_sample: int = Field(
+        default=20,
+        ge=1,
+        description="Routing: the window's rules judge a provider on at least this many texts.",
+    )
+    health_send_errors: int = Field(
+        default=5,
+        ge=1,
+        description="Routing: this many send errors in a row (provider down, throttled, out of"
+        " credit...) open the provider's circuit: degraded at once.",
+    )
+    health_probe_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Routing: an open circuit lets one send through (a probe) this often; its"
+        " success closes it.",
+    )
+    health_hold_s: float = Field(
+        default=600.0,
+        ge=0,
+        description="Routing: a provider's health changes by the window's rules at most once"
+        " per this time (the circuit breaker opens at once).",
+    )
+    health_check_s: float = Field(
+        default=15.0,
+        gt=0,
+        description="Routing: how often the worker (or serve with DISPATCHER) judges the"
+        " providers' health.",
+    )
     fast_delivery_s: float = Field(
         default=2.0,
         ge=0,

@@ -36,3 +36,13 @@ SYNTHETIC_EXPIRIES = Counter(
     "Recipients given a synthetic `expired` after no final report by their deadline.",
     ["provider"],
 )
+PROVIDER_DEGRADED = Gauge(
+    "smsr_provider_degraded",
+    "1 while routing holds a provider degraded for a destination country ('' for every one).",
+    ["provider", "country"],
+)
+SEND_FAILOVERS = Counter(
+    "smsr_send_failovers_total",
+    "Recipients sent on to the next provider of their route, by the provider left and why.",
+    ["provider", "kind"],
+)

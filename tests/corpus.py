@@ -28,6 +28,7 @@ STORAGE_FIELDS = (
     "recipient_status",
     "tenant",
     "attempt",
+    "details",
 )
 
 

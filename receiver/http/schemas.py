@@ -50,6 +50,8 @@ class EventV1(BaseModel):
     synthetic: bool
     tenant: str | None  # whose event it is; null: the operator's alone
     attempt: int  # which send attempt of the recipient (1 unless routing failed over)
+    # provider.health: {country, state, reason, figures}; null for the message events
+    details: dict[str, Any] | None
 
 
 # --- answers of the HTTP API (the OpenAPI document is generated from these) -------------------

@@ -9,12 +9,15 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
 
-from receiver.storage import routes
+from normalizers.base import number_facts
+from receiver.config import Settings
+from receiver.routing.health import SEND_ERRORS, Breakers, State, change
+from receiver.storage import provider_health, routes
 from receiver.storage.messages import Redelivery
 from receiver.storage.pool import Database
 from receiver.storage.routes import RouteSpec, SendRoute
@@ -94,10 +97,6 @@ def matches(spec: RouteSpec, recipient: Recipient) -> bool:
 Health = Callable[[str, str | None], str | None]
 
 
-def everyone_healthy(provider: str, country: str | None) -> str | None:
-    return None
-
-
 @dataclass
 class WeightedTurns:
     """Smooth weighted round robin (as nginx's upstreams): over any run of sends the first
@@ -175,17 +174,19 @@ ROUTE_TABLE: web.AppKey[RouteTable]
 
 
 class RouteTable:
-    """This instance's copy of the routes: reloaded when their version moved, looked at no more
-    often than every ROUTES_REFRESH_S."""
+    """This instance's copy of the routes and of the providers' health: reloaded when the
+    routes' version moved (the health every time), looked at no more often than every
+    ROUTES_REFRESH_S; and this instance's circuit breakers, fed by every provider call."""
 
-    def __init__(self, refresh_s: float = ROUTES_REFRESH_S) -> None:
+    def __init__(self, settings: Settings, refresh_s: float = ROUTES_REFRESH_S) -> None:
+        self.settings = settings
         self.refresh_s = refresh_s
         self.routes: list[SendRoute] = []
         self.version = -1
         self.checked_at = float("-inf")
         self.turns = WeightedTurns()
-        # Whether a provider is degraded for a country (every one healthy until told).
-        self.health: Health = everyone_healthy
+        self.states: dict[tuple[str, str], State] = {}
+        self.breakers = Breakers()
         self._lock = asyncio.Lock()
 
     def changed(self) -> None:
@@ -203,8 +204,64 @@ class RouteTable:
                         rows = await routes.list_routes(connection)
                         self.routes = [routes.route_of(row) for row in rows]
                         self.version = version
+                    self.states = {
+                        (row["provider"], row["country"]): State(
+                            row["state"], row["rule"], row["reason"], row["changed_at"]
+                        )
+                        for row in await provider_health.states(connection)
+                    }
                 self.checked_at = time.monotonic()
         return self.routes
+
+    def health(self, provider: str, country: str | None) -> str | None:
+        """Why the provider is degraded for the country (None: it is healthy, or an open
+        circuit lets this send through as its probe)."""
+        for key in ((provider, country or ""), (provider, "")):
+            state = self.states.get(key)
+            if state is None or state.state != "degraded":
+                continue
+            if state.rule == SEND_ERRORS:
+                probe_s = self.settings.health_probe_s
+                waited = (datetime.now(UTC) - state.changed_at).total_seconds()
+                if waited >= probe_s and self.breakers.may_probe(key, probe_s):
+                    return None
+            return state.reason
+        return None
+
+    async def observed(
+        self, db: Database, provider: str, numbers: Sequence[str], error: str | None
+    ) -> bool:
+        """A call to the provider went through (`error` None) or failed for a reason about
+        the provider: the circuit breaker counts it, opens or closes. Returns whether the
+        provider's health changed (an event was stored)."""
+        if error is None and not self.breakers.errors and not self._open_circuits():
+            return False  # the common case, without a look at the numbers
+        countries = {number_facts(number)[2] or "" for number in numbers}
+        key = (provider, countries.pop() if len(countries) == 1 else "")
+        state = self.states.get(key)
+        if error is None:
+            self.breakers.succeeded(key)
+            if state is None or state.state != "degraded" or state.rule != SEND_ERRORS:
+                return False
+            reason = "a probe went through: the circuit is closed"
+            await self._change(db, key, "healthy", "recovered", reason)
+            return True
+        errors = self.breakers.failed(key)
+        if errors < self.settings.health_send_errors or (state and state.state == "degraded"):
+            return False
+        reason = f"{errors} send errors in a row, the last: {error}"
+        await self._change(db, key, "degraded", SEND_ERRORS, reason)
+        return True
+
+    def _open_circuits(self) -> bool:
+        return any(s.state == "degraded" and s.rule == SEND_ERRORS for s in self.states.values())
+
+    async def _change(
+        self, db: Database, key: tuple[str, str], state: str, rule: str, reason: str
+    ) -> None:
+        async with db.connection() as connection, connection.transaction():
+            await change(connection, key[0], key[1], state, rule, reason)
+        self.states[key] = State(state, rule, reason, datetime.now(UTC))
 
 
 ROUTE_TABLE = web.AppKey("route_table", RouteTable)

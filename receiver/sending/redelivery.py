@@ -17,7 +17,7 @@ import structlog
 
 from normalizers.base import SendRequest
 from receiver.context import AppContext
-from receiver.routing.choice import Decision, redelivery
+from receiver.routing.choice import Decision, RouteTable, redelivery
 from receiver.sending import silence
 from receiver.sending.route import (
     SendMessageIn,
@@ -62,8 +62,9 @@ def decision_of(row: asyncpg.Record) -> Decision | None:
 class Redeliveries:
     """Run by the scheduler's loop, at its pace (SCHEDULE_POLL_S)."""
 
-    def __init__(self, context: AppContext) -> None:
+    def __init__(self, context: AppContext, table: RouteTable | None = None) -> None:
         self.context = context
+        self.table = table
 
     async def tick(self) -> int:
         """Claims what has ended, records the new attempts, then sends them; returns how many
@@ -128,7 +129,7 @@ class Redeliveries:
                 incoming = SendMessageIn.model_validate(json.loads(row["request"]))
                 send = _send_of(row, str(message_id))
                 options = provider_options(context, plan_decision.providers, incoming, send, now)
-                plan = SendPlan({row["recipient"]: plan_decision}, options)
+                plan = SendPlan({row["recipient"]: plan_decision}, options, self.table)
                 await deliver(context, send, message_id, plan, SendProgress(), counts=False)
             except Exception:
                 # The new attempt is recorded: with no answer it ends at its deadline.

@@ -45,6 +45,7 @@ from receiver.http.errors import (
     error_body,
 )
 from receiver.http.fields import Moment, no_nul
+from receiver.metrics import SEND_FAILOVERS
 from receiver.ratelimit import retry_after_header
 from receiver.routing.choice import (
     ROUTE_TABLE,
@@ -406,6 +407,8 @@ class SendPlan:
 
     decisions: Mapping[str, Decision]
     options: Mapping[str, Mapping[str, Any]]
+    # Told of every provider call (the circuit breakers): this instance's route table.
+    observer: RouteTable | None = None
 
     def providers(self) -> list[str]:
         names: dict[str, None] = {}
@@ -489,7 +492,7 @@ async def _checked_send(
         simulated=all(is_simulated(settings, name) for name in names),
         allowed=settings.send_allowed_countries,
     )
-    plan = SendPlan(decisions, provider_options(context, names, incoming, send, now))
+    plan = SendPlan(decisions, provider_options(context, names, incoming, send, now), table)
     await quota.take(len(incoming.to))
     local = segment(send.body)
     # A routed message the hub holds itself, whatever its providers can do: its route decides
@@ -576,6 +579,7 @@ async def deliver(
             async with limit:
                 outcome, answer = await call_provider(context, provider, account, call, request)
             onward = _fail_overs(settings, plan, position, name, call, outcome, answer, request)
+            await _observe(context, plan, name, call, outcome, answer)
             moved: list[str] = []
             try:
                 moved = await store_outcome(
@@ -594,6 +598,7 @@ async def deliver(
             for number in moved:
                 position[number] += 1
             if moved:
+                SEND_FAILOVERS.labels(name, "send").inc(len(moved))
                 log.warning(
                     "send_failed_over",
                     provider=name,
@@ -659,6 +664,26 @@ async def deliver(
         )
         return 502, error
     return 201, answer
+
+
+async def _observe(
+    context: AppContext,
+    plan: SendPlan,
+    provider: str,
+    call: HttpRequest,
+    outcome: SendOutcome,
+    answer: HttpResponse | None,
+) -> None:
+    """The call's result for the provider's circuit breaker (a refusal about the message is a
+    provider that works)."""
+    if plan.observer is None:
+        return
+    error = failover_reason(outcome, answer, on_timeout=False) if outcome.refused else None
+    try:
+        if await plan.observer.observed(context.db, provider, call.recipients, error):
+            context.signal.new_events()
+    except Exception:
+        log.exception("provider_health_not_recorded", provider=provider)
 
 
 def _fail_overs(

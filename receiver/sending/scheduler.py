@@ -9,6 +9,7 @@ run in the same loop."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from receiver.http import params
 from receiver.http.apikeys import asker_of
 from receiver.http.errors import NotFound, ReceiverError
 from receiver.periodic import repeat
-from receiver.routing.choice import Decision
+from receiver.routing.choice import Decision, RouteTable
 from receiver.sending import redelivery
 from receiver.sending.hub_events import end_recipients
 from receiver.sending.providers import account_of
@@ -47,10 +48,11 @@ BATCH = 20
 
 
 class Scheduler:
-    def __init__(self, context: AppContext) -> None:
+    def __init__(self, context: AppContext, table: RouteTable | None = None) -> None:
         self.context = context
+        self.table = table or RouteTable(context.settings)
         self.stopping = asyncio.Event()
-        self.redeliveries = Redeliveries(context)
+        self.redeliveries = Redeliveries(context, self.table)
 
     async def run(self) -> None:
         """Sends what is due every SCHEDULE_POLL_S (at once again after a full batch) until
@@ -83,7 +85,9 @@ class Scheduler:
                 return
             try:
                 incoming = SendMessageIn.model_validate(json.loads(row["request"]))
-                plan = held_plan(context, row, incoming, now)
+                plan = dataclasses.replace(
+                    held_plan(context, row, incoming, now), observer=self.table
+                )
             except (OptionsError, ValidationError, ReceiverError) as error:
                 # What was valid when held is not now (the configuration changed): not sent.
                 log.error("held_send_not_possible", error=repr(error))

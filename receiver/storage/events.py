@@ -38,6 +38,7 @@ _FROM_COLUMN: dict[str, Callable[[Any], Any]] = {
     "received_at": _moment,
     "price": _json,
     "counts": _json,
+    "details": _json,
     "raw_id": _text,
 }
 

@@ -32,6 +32,7 @@ EXPECTED_TABLES = {
     "tenant_numbers",
     "send_routes",
     "send_route_changes",
+    "provider_health",
 }
 
 
