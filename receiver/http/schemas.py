@@ -306,6 +306,7 @@ class DestinationStats(BaseModel):
     synthetic_expired: int
     synthetic_expiry_share: float | None
     fast_deliveries: int  # delivered sooner than fast_under_s after sending: fake DLRs?
+    double_deliveries: int  # sent again by routing, and delivered by two attempts
 
 
 class ProviderStats(BaseModel):
@@ -319,6 +320,7 @@ class ProviderStats(BaseModel):
     synthetic_expired: int
     synthetic_expiry_share: float | None
     fast_deliveries: int
+    double_deliveries: int  # sent again by routing, and delivered by two attempts
     unparsed_callbacks: int
     rejected_callbacks: int  # refused by authentication (GET /v1/callback-refusals)
 

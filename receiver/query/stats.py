@@ -78,6 +78,7 @@ def _message_stats(row: Any) -> dict[str, Any]:
         "synthetic_expired": row["synthetic_expired"],
         "synthetic_expiry_share": round(row["synthetic_expired"] / final, 4) if final else None,
         "fast_deliveries": row["fast_deliveries"],
+        "double_deliveries": row["double_deliveries"],
     }
 
 
@@ -93,6 +94,7 @@ def _empty_stats() -> dict[str, Any]:
         "synthetic_expired": 0,
         "synthetic_expiry_share": None,
         "fast_deliveries": 0,
+        "double_deliveries": 0,
         "unparsed_callbacks": 0,
         "rejected_callbacks": 0,
     }

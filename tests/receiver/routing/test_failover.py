@@ -489,3 +489,25 @@ async def test_two_instances_racing_redeliver_a_recipient_once(
     )
     assert [(a["provider"], a["attempt"]) for a in attempts] == [("swift", 1), ("carrierx", 2)]
     assert taken(hub, "carrierx") + taken(other, "carrierx") == 1
+
+
+async def test_a_late_delivery_of_the_first_attempt_after_the_second_is_a_double_delivery(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, REDELIVERING)
+    message_id, swift_id = await silent_send(hub)
+    await report(db, "swift", swift_id, "+447700900007", Status.UNDELIVERED)
+    await Redeliveries(hub.app[AppContext.KEY]).tick()
+    carrierx_id = await db.fetchval(
+        "SELECT provider_message_id FROM message_recipients WHERE message_id = $1"
+        " AND provider = 'carrierx'",
+        uuid.UUID(message_id),
+    )
+    await report(db, "carrierx", carrierx_id, "+447700900007", Status.DELIVERED, kind=None)
+    await report(db, "swift", swift_id, "+447700900007", Status.DELIVERED, kind=None)
+
+    stats = await (await hub.get("/v1/stats")).json()
+    view = await (await hub.get(f"/v1/messages/{message_id}")).json()
+
+    assert stats["providers"]["swift"]["double_deliveries"] == 1
+    assert view["recipients"][0]["status"] == "delivered"
