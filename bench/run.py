@@ -48,7 +48,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import fanout  # noqa: E402
+from bench import fanout, sends  # noqa: E402
 from bench.tokens import CALLBACK_TOKEN, token_env  # noqa: E402
 from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
@@ -63,6 +63,8 @@ NAMES = {
 ROUTED = {"C", "D", "C0"}  # each request to its provider's /callbacks/<provider>/<token>
 SUBSCRIBERS = 2
 F_LOADS = (0.25, 0.4, 0.5)  # F's offered rates, as shares of C's
+# S's connections: few enough that a send's time in the hub is its work, not a queue's.
+S_CONNECTIONS = 4
 
 
 def free_port() -> int:
@@ -351,6 +353,19 @@ async def fan_out_runs(
             await drop_database(admin, "bench_f")
             results["F"].append({"share_of_c": share, **result})
             print(f"  F at {share:.0%} of C: {result}", flush=True)
+    if "S" in scenarios:
+        results["S"] = await sends.scenario_s(
+            fresh_database,
+            drop_database,
+            admin,
+            S_CONNECTIONS,
+            args.seconds,
+            args.warmup,
+            args.reps,
+        )
+        a_rates = [r["rps"] for r in runs if r["scenario"] == "A"]
+        if a_rates:
+            results["S"]["S_over_A"] = results["S"]["S"]["rps"] / statistics.median(a_rates)
     return results
 
 
@@ -362,6 +377,18 @@ def fan_out_lines(results: dict[str, Any]) -> list[str]:
             f"E dispatcher {e['rate']:.0f} deliveries/s vs E0 bare client {e0['rate']:.0f}/s:"
             f" E/E0 = {e['rate'] / e0['rate']:.2f} (target >= 0.6)"
             f"  check {'ok' if e['check_ok'] and e0['check_ok'] else 'FAILED'}"
+        )
+    if "S" in results:
+        s, s1 = results["S"]["S"], results["S"]["S1"]
+        over_a = results["S"].get("S_over_A")
+        ratio = f"  S/A {over_a:.2f}" if over_a is not None else ""
+        lines.append(
+            f"S sends through a route {s['rps']:.0f}/s (p99 {s['p99_ms']:.1f} ms), the hub's own"
+            f" time a send p50 {s['own_p50_ms']:.2f} ms p99 {s['own_p99_ms']:.2f} ms; S1 naming"
+            f" the provider {s1['rps']:.0f}/s, own p50 {s1['own_p50_ms']:.2f} ms p99"
+            f" {s1['own_p99_ms']:.2f} ms: routing costs {results['S']['routing_cost']:+.1%}"
+            f"{ratio}"
+            f"  check {'ok' if results['S']['check_ok'] else 'FAILED'}"
         )
     for f in results.get("F", []):
         if "p99_ms" not in f:
@@ -388,8 +415,9 @@ FLOORS = {
     "E/E0": 0.6,
     "F p99 ms at 25% of C": 100.0,
     "peak RSS MiB": 300.0,
+    "routing cost (S own p50 / S1's - 1)": 0.05,
 }
-AT_MOST = {"F p99 ms at 25% of C", "peak RSS MiB"}
+AT_MOST = {"F p99 ms at 25% of C", "peak RSS MiB", "routing cost (S own p50 / S1's - 1)"}
 
 
 def floors(summary: dict[str, Any], fan_out: dict[str, Any]) -> list[dict[str, Any]]:
@@ -411,6 +439,8 @@ def floors(summary: dict[str, Any], fan_out: dict[str, Any]) -> list[dict[str, A
         measured["F p99 ms at 25% of C"] = quarter[0]["p99_ms"]
     if summary:
         measured["peak RSS MiB"] = max(row["peak_rss_mib"] for row in summary.values())
+    if "S" in fan_out:
+        measured["routing cost (S own p50 / S1's - 1)"] = fan_out["S"]["routing_cost"]
     verdicts = []
     for name, floor in FLOORS.items():
         value = measured[name]
@@ -496,7 +526,7 @@ async def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--connections", default="32,128")
-    parser.add_argument("--scenarios", default="A,B,C,D,E,F")
+    parser.add_argument("--scenarios", default="A,B,C,D,E,F,S")
     parser.add_argument("--events", type=int, default=10000, help="E: events to fan out")
     parser.add_argument(
         "--before",
