@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.resources
+import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -38,7 +39,8 @@ from receiver.http.session import (
 )
 from receiver.query.messages import message_page, message_view
 from receiver.query.raw_callbacks import raw_callback_page, raw_callback_view, refusal_page
-from receiver.storage import events, outbox, stats
+from receiver.routing.routes import change_json, route_json
+from receiver.storage import events, outbox, provider_health, routes, stats
 from receiver.storage import messages as storage_messages
 from receiver.storage import tenants as storage_tenants
 from receiver.storage.apikeys import ApiKey, list_keys
@@ -321,6 +323,19 @@ async def providers(request: web.Request, who: Viewer) -> web.Response:
     at 200,000), the page served from the last result meanwhile."""
     summary = request.app[PROVIDER_SUMMARY].setdefault(who.asker, ProviderSummary(who.asker))
     shown, days = await summary.current(request.app)
+    health: dict[str, list[Any]] = {}
+    splits: dict[str, list[dict[str, Any]]] = {}
+    if who.asker.is_operator:  # routing spans every tenant's traffic: the operator's view
+        context: AppContext = request.app[AppContext.KEY]
+        async with context.read_db.connection() as connection:
+            for row in await provider_health.states(connection):
+                health.setdefault(row["provider"], []).append(row)
+            for row in await routes.route_split(connection, SPLIT_MINUTES):
+                splits.setdefault(row["route"], []).append(dict(row))
+        for parts in splits.values():
+            total = sum(part["n"] for part in parts)
+            for part in parts:
+                part["share"] = 100.0 * part["n"] / total
     return render(
         "providers.html",
         request,
@@ -330,6 +345,42 @@ async def providers(request: web.Request, who: Viewer) -> web.Response:
         first_day=days[0],
         last_day=days[-1],
         computed_at=summary.computed_at,
+        health=health,
+        splits=splits,
+        split_minutes=SPLIT_MINUTES,
+    )
+
+
+# The routes' live split on the Providers page: over the recipients of the last this many minutes.
+SPLIT_MINUTES = 15
+
+
+@page("admin", operator=True)
+async def send_routes(request: web.Request, who: Viewer) -> web.Response:
+    """The routes in the order they are tried, an editor (the API's own PUT and DELETE), and
+    the latest changes."""
+    context: AppContext = request.app[AppContext.KEY]
+    async with context.read_db.connection() as connection:
+        rows = await routes.list_routes(connection)
+        changes = await routes.route_changes(connection, None, 20)
+    listed = [route_json(row) for row in rows]
+    for route in listed:
+        route["editable"] = json.dumps(
+            {k: v for k, v in route.items() if k not in ("created_at", "updated_at")}, indent=2
+        )
+    example = {
+        "name": "uk",
+        "match": {"country": ["GB"]},
+        "providers": sorted(context.registry)[:2],
+    }
+    return render(
+        "routes.html",
+        request,
+        who,
+        active="routes",
+        routes=listed,
+        changes=[change_json(row) for row in changes],
+        example=json.dumps(example, indent=2),
     )
 
 
@@ -475,6 +526,7 @@ def add_console(app: web.Application) -> None:
     app.router.add_get("/console/subscriptions", subscriptions)
     app.router.add_get("/console/providers", providers)
     app.router.add_get("/console/tenants", tenants)
+    app.router.add_get("/console/routes", send_routes)
     app[PROVIDER_SUMMARY] = {}
     app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
     app.router.add_get(LOGIN, login_page)

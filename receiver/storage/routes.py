@@ -295,3 +295,22 @@ async def route_changes(
         limit,
     )
     return rows
+
+
+async def route_split(connection: Connection, minutes: int) -> list[asyncpg.Record]:
+    """Per route, the recipients of the last `minutes` by the provider that carries them now
+    (their latest attempt's)."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        """
+        SELECT d.value->>'route' AS route, r.provider, count(*) AS n
+        FROM messages m
+        CROSS JOIN LATERAL jsonb_array_elements(m.routing) AS d(value)
+        JOIN message_recipients r ON r.message_id = m.id AND NOT r.superseded
+             AND d.value->'to' ? r.recipient
+        WHERE m.routing IS NOT NULL AND m.created_at >= now() - make_interval(mins => $1)
+          AND d.value->>'route' IS NOT NULL
+        GROUP BY 1, 2 ORDER BY 1, 3 DESC
+        """,
+        minutes,
+    )
+    return rows

@@ -339,3 +339,32 @@ async def given_up_delivery(dsn: str) -> int:
         return delivery_id
     finally:
         await connection.close()
+
+
+def test_a_route_is_made_refused_edited_and_deleted_in_the_console(
+    open_hub: str, page: Page
+) -> None:
+    page.goto(open_hub + "/console")
+    page.get_by_role("link", name="Routes").click()
+    editor = page.get_by_role("textbox", name="Add or replace a route")
+
+    editor.fill('{"name": "browser", "providers": ["swift", "pigeon"]}')
+    page.get_by_role("button", name="Save the route").click()
+    expect(page.locator("#out-editor")).to_contain_text("providers.1: unknown provider")
+
+    editor.fill('{"name": "browser", "match": {"country": ["GB"]}, "providers": ["swift"]}')
+    page.get_by_role("button", name="Save the route").click()
+    row = page.locator("#route-browser")
+    expect(row).to_contain_text("country: GB")  # reloaded
+
+    row.get_by_role("button", name="Edit").click()
+    edited = editor.input_value().replace('"swift"\n', '"swift",\n    "carrierx"\n')
+    editor.fill(edited)
+    page.get_by_role("button", name="Save the route").click()
+    expect(page.locator("#route-browser")).to_contain_text("swift → carrierx")
+    expect(page.locator("table.changes")).to_contain_text("update")
+    shot(page, "routes", full_page=True)
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.locator("#route-browser").get_by_role("button", name="Delete").click()
+    expect(page.locator("#route-browser")).to_have_count(0)

@@ -41,21 +41,42 @@
     if (confirmText && !window.confirm(confirmText)) { return; }
     button.disabled = true;
     let body = button.dataset.body;
+    let url = button.dataset.url;
+    if (button.dataset.bodyFrom) {
+      // An editor's JSON: its `name` goes in the URL, the rest is the body.
+      const text = document.getElementById(button.dataset.bodyFrom).value;
+      let parsed;
+      try { parsed = JSON.parse(text); } catch (error) {
+        if (output) { output.textContent = "not JSON: " + error.message; }
+        button.disabled = false;
+        return;
+      }
+      url += encodeURIComponent(parsed.name || "");
+      delete parsed.name;
+      body = JSON.stringify(parsed);
+    }
     if (button.dataset.sinceHours) {
       const since = new Date(Date.now() - Number(button.dataset.sinceHours) * 3600 * 1000);
       body = JSON.stringify({ since: since.toISOString() });
     }
-    fetch(button.dataset.url, {
+    fetch(url, {
       method: button.dataset.action,
       credentials: "same-origin",
       headers: Object.assign({ "X-CSRF-Token": token, Accept: "application/json" },
                              body ? { "Content-Type": "application/json" } : {}),
       body: body || undefined,
     })
-      .then(function (answer) { return answer.json().then(function (json) { return { ok: answer.ok, json: json }; }); })
+      .then(function (answer) {
+        if (answer.status === 204) { return { ok: true, json: {} }; }
+        return answer.json().then(function (json) { return { ok: answer.ok, json: json }; });
+      })
       .then(function (done) {
         const json = done.json;
         let said = (json.error || {}).message || "refused";
+        const details = (json.error || {}).details;
+        if (Array.isArray(details)) {
+          said += ": " + details.map(function (d) { return d.field + ": " + d.error; }).join("; ");
+        }
         if (done.ok) {
           said = json.result || (json.secret && "new secret (shown once): " + json.secret)
             || (typeof json.queued === "number" && "queued " + json.queued + " events")
@@ -66,5 +87,17 @@
       })
       .catch(function () { if (output) { output.textContent = "failed: the hub did not answer"; } })
       .finally(function () { button.disabled = false; });
+  });
+})();
+
+// Edit: a route's JSON into the editor.
+(function () {
+  "use strict";
+  document.addEventListener("click", function (event) {
+    const button = event.target.closest("button[data-edit]");
+    if (!button) { return; }
+    const editor = document.getElementById(button.dataset.target);
+    editor.value = button.dataset.edit;
+    editor.focus();
   });
 })();

@@ -511,3 +511,25 @@ async def test_a_late_delivery_of_the_first_attempt_after_the_second_is_a_double
 
     assert stats["providers"]["swift"]["double_deliveries"] == 1
     assert view["recipients"][0]["status"] == "delivered"
+
+
+async def test_the_console_shows_routes_their_split_health_and_a_messages_attempts(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, SWIFT_THEN_CARRIERX, health_send_errors=1)
+    await break_provider(hub, "swift", mode="down")
+    _, sent = await send(hub)
+
+    routes_page = await (await hub.get("/console/routes")).text()
+    providers_page = await (await hub.get("/console/providers")).text()
+    message_page = await (await hub.get(f"/console/messages/{sent['id']}")).text()
+
+    assert 'id="route-uk"' in routes_page
+    assert "swift → carrierx" in routes_page
+    assert "operator (API_AUTH off)" in routes_page  # the change history
+    split = providers_page[providers_page.index('id="split-uk"') :]
+    assert "carrierx 100% (1)" in split[: split.index("</tr>")]
+    swift = providers_page[providers_page.index('id="provider-swift"') :]
+    assert "degraded" in swift[: swift.index("</tr>")]
+    assert "route uk: priority: swift first" in message_page
+    assert "attempt 2: swift unknown → carrierx" in message_page

@@ -485,6 +485,7 @@ async def console_providers(world: World) -> None:
     row = html[html.index('id="provider-carrierx"') :]
     assert "<small>0 recipients</small>" in row[: row.index("</tr>")]
     assert "unparsed" not in html  # nobody's callbacks: the operator's page
+    assert "live split" not in html  # routing spans every tenant's traffic
 
 
 async def console_raw(world: World) -> None:
@@ -498,6 +499,7 @@ CONSOLE_CASES: dict[str, Case] = {
     "/console/find": console_find,
     "/console/callbacks": lambda w: console_operator_page(w, "/console/callbacks"),
     "/console/tenants": lambda w: console_operator_page(w, "/console/tenants"),
+    "/console/routes": lambda w: console_operator_page(w, "/console/routes"),
     "/console/subscriptions": console_subscriptions,
     "/console/providers": console_providers,
     "/console/raw-callbacks/{id}": console_raw,
