@@ -28,7 +28,7 @@ from receiver.app import create_app
 from receiver.config import MIN_TOKEN_LENGTH, Settings
 from receiver.context import AppContext
 from receiver.delivery.dispatcher import Dispatcher
-from receiver.demo import run_demo
+from receiver.demo import run_demo, run_failover_demo
 from receiver.http.errors import ReceiverError
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
@@ -112,6 +112,11 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     )
     demo.add_argument("--url", default="http://127.0.0.1:8080", help="the running hub")
     demo.add_argument("--seconds", type=float, default=8.0, help="how long to watch")
+    demo.add_argument(
+        "--failover",
+        action="store_true",
+        help="a route over swift then carrierx: swift goes down, the messages move on",
+    )
     demo.add_argument(
         "--key",
         default=os.environ.get("SMS_RECEIVER_API_KEY"),
@@ -248,6 +253,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
     if args.command == "erase":
         return asyncio.run(erase_command(settings, dsn, args.number))
     if args.command == "demo":
+        if args.failover:
+            return asyncio.run(run_failover_demo(args.url, api_key=args.key))
         return asyncio.run(run_demo(args.url, dsn, args.seconds, api_key=args.key))
     return asyncio.run(
         reprocess_command(

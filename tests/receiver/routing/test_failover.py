@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 
 from normalizers.events import Event, EventType, Status, event_id
 from receiver.context import AppContext
+from receiver.demo import run_failover_demo
 from receiver.sandbox.common import SANDBOX_KEY, Sandbox
 from receiver.sending.redelivery import Redeliveries
 from receiver.storage import messages
@@ -533,3 +534,22 @@ async def test_the_console_shows_routes_their_split_health_and_a_messages_attemp
     assert "degraded" in swift[: swift.index("</tr>")]
     assert "route uk: priority: swift first" in message_page
     assert "attempt 2: swift unknown → carrierx" in message_page
+
+
+async def test_the_failover_demo_shows_messages_moving_off_a_provider_that_goes_down(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn)
+    lines: list[str] = []
+
+    status = await run_failover_demo(str(hub.make_url("/")), emit=lines.append)
+
+    assert status == 0, lines
+    shown = "\n".join(lines)
+    assert "+447700900001: swift (accepted); carried by swift" in shown
+    assert (
+        "+447700900001: swift (outcome_unknown) -> carrierx (queued); carried by carrierx" in shown
+    )
+    assert (taken(hub, "swift"), taken(hub, "carrierx")) == (3, 3)
+    assert await db.fetchval("SELECT count(*) FROM send_routes") == 0  # cleaned up
+    assert sandbox(hub).troubles == {}
