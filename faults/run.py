@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench.fanout import wait_ready  # noqa: E402
 from bench.run import free_port, stop_server  # noqa: E402
 from bench.tokens import callback_path, token_env  # noqa: E402
+from faults import failover  # noqa: E402
 from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
 RATE = 150.0  # callbacks per second offered, about 30% of what this machine serves end to end
@@ -550,7 +551,9 @@ async def main() -> int:
     parser.add_argument("--only", help="comma separated fault names (default: all)")
     args = parser.parse_args()
     chosen = [n for n in FAULTS if not args.only or n in args.only.split(",")]
+    sends = not args.only or "provider_down_during_sends" in args.only.split(",")
     results = []
+    others = []
     with tempfile.TemporaryDirectory(prefix="faults-pg-") as data:
         postgres = Postgres(Path(data) / "pg")
         try:
@@ -559,13 +562,19 @@ async def main() -> int:
                 result = await one_fault(postgres, name, fault, separate)
                 results.append(result)
                 print(f"  {name}: {json.dumps(result)}", flush=True)
+            if sends:
+                dsn = await fresh_database(postgres, "faults_sends", "http://127.0.0.1:9/x")
+                others.append(await failover.scenario(dsn, spawn))
+                print(f"  {json.dumps(others[-1])}", flush=True)
         finally:
             postgres.server.cleanup()
     print(table(results))
+    for result in others:
+        print(failover.line(result))
     out = ROOT / "faults" / "results.json"
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(results + others, indent=2))
     print(f"written {out.relative_to(ROOT)}")
-    return 0 if all(r["ok"] for r in results) else 1
+    return 0 if all(r["ok"] for r in results + others) else 1
 
 
 if __name__ == "__main__":

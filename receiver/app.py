@@ -550,6 +550,16 @@ SANDBOX_ROUTES = (
         errors=("401", "403", "503"),
     ),
     Route(
+        "get",
+        "/v1/sandbox/sent",
+        sandbox_controls.sent,
+        "What each simulated provider took, per number (sandbox mode, operator keys only)",
+        {"200": sandbox_controls.SentCounts},
+        scope="admin",
+        operator=True,
+        errors=("401", "403", "503"),
+    ),
+    Route(
         "put",
         "/v1/sandbox/providers/{name}",
         sandbox_controls.put,

@@ -48,6 +48,12 @@ class SimulatedProviders(BaseModel):
     data: list[SimulatedProvider]
 
 
+class SentCounts(BaseModel):
+    """Per simulated provider, the recipients it took, each number with how many times."""
+
+    data: dict[str, dict[str, int]]
+
+
 def provider_json(sandbox: Sandbox, name: str) -> dict[str, Any]:
     trouble = sandbox.troubles.get(name, Trouble())
     return {
@@ -66,6 +72,16 @@ async def list_all(request: web.Request) -> web.Response:
     sandbox = sandbox_of(request)
     names = sorted(request.app[AppContext.KEY].registry)
     return web.json_response({"data": [provider_json(sandbox, name) for name in names]})
+
+
+async def sent(request: web.Request) -> web.Response:
+    """What each simulated provider took, per number: a number taken twice is a message sent
+    twice (what failover must never do by itself)."""
+    sandbox = sandbox_of(request)
+    counts: dict[str, dict[str, int]] = {name: {} for name in request.app[AppContext.KEY].registry}
+    for (provider, number), n in sandbox.sent.items():
+        counts.setdefault(provider, {})["+" + number] = n
+    return web.json_response({"data": counts})
 
 
 async def put(request: web.Request) -> web.Response:

@@ -382,6 +382,7 @@ CASES: dict[tuple[str, str], Case] = {
     ("delete", "/v1/routes/{name}"): operator_only("DELETE", lambda w: "/v1/routes/uk"),
     ("get", "/v1/route-changes"): operator_only("GET", lambda w: "/v1/route-changes"),
     ("get", "/v1/sandbox/providers"): operator_only("GET", lambda w: "/v1/sandbox/providers"),
+    ("get", "/v1/sandbox/sent"): operator_only("GET", lambda w: "/v1/sandbox/sent"),
     ("put", "/v1/sandbox/providers/{name}"): operator_only(
         "PUT", lambda w: "/v1/sandbox/providers/swift", {"mode": "down"}
     ),
