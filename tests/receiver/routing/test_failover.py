@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -19,6 +19,7 @@ from receiver.context import AppContext
 from receiver.demo import run_failover_demo
 from receiver.sandbox.common import SANDBOX_KEY, Sandbox
 from receiver.sending.redelivery import Redeliveries
+from receiver.sending.scheduler import Scheduler
 from receiver.storage import messages
 from receiver.storage.callbacks import store_events_alone
 from tests.helpers import sandbox_hub
@@ -553,3 +554,23 @@ async def test_the_failover_demo_shows_messages_moving_off_a_provider_that_goes_
     assert (taken(hub, "swift"), taken(hub, "carrierx")) == (3, 3)
     assert await db.fetchval("SELECT count(*) FROM send_routes") == 0  # cleaned up
     assert sandbox(hub).troubles == {}
+
+
+async def test_a_routed_message_with_a_send_time_is_held_by_the_hub_and_fails_over_when_sent(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await hub_with(aiohttp_client, dsn, SWIFT_THEN_CARRIERX)
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    status, held = await send(hub, send_at=later)
+    assert status == 201, held
+    assert held["recipients"][0]["status"] == "scheduled"
+    assert taken(hub, "swift") + taken(hub, "carrierx") == 0
+    await break_provider(hub, "swift", mode="down")
+    await db.execute("UPDATE messages SET dispatch_at = now() WHERE id = $1", uuid.UUID(held["id"]))
+
+    assert await Scheduler(hub.app[AppContext.KEY]).tick() == 1
+
+    view = await (await hub.get(f"/v1/messages/{held['id']}")).json()
+    [recipient] = view["recipients"]
+    assert [a["provider"] for a in recipient["attempts"]] == ["swift", "carrierx"]
+    assert (taken(hub, "swift"), taken(hub, "carrierx")) == (0, 1)
