@@ -13,8 +13,10 @@ from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestClient
+from pydantic import SecretStr
 
 from normalizers.events import Event, EventType, Status, event_id
+from receiver.config import ProviderSettings
 from receiver.context import AppContext
 from receiver.demo import run_failover_demo
 from receiver.sandbox.common import SANDBOX_KEY, Sandbox
@@ -22,7 +24,7 @@ from receiver.sending.redelivery import Redeliveries
 from receiver.sending.scheduler import Scheduler
 from receiver.storage import messages
 from receiver.storage.callbacks import store_events_alone
-from tests.helpers import sandbox_hub
+from tests.helpers import free_port, sandbox_hub
 
 Client = TestClient[Any, Any]
 
@@ -574,3 +576,25 @@ async def test_a_routed_message_with_a_send_time_is_held_by_the_hub_and_fails_ov
     [recipient] = view["recipients"]
     assert [a["provider"] for a in recipient["attempts"]] == ["swift", "carrierx"]
     assert (taken(hub, "swift"), taken(hub, "carrierx")) == (0, 1)
+
+
+async def test_a_provider_refusing_connections_fails_over_at_once(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    closed = ProviderSettings(
+        base_url=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        api_key=SecretStr("k"),
+        allow_unauthenticated=True,
+    )
+    hub = await hub_with(aiohttp_client, dsn, SWIFT_THEN_CARRIERX, providers={"swift": closed})
+
+    # A real number: swift is a real provider to the hub here.
+    status, sent = await send(hub, to="+447400123451", **{"from": "+447400900999"})
+
+    assert status == 201, sent
+    [recipient] = sent["recipients"]
+    assert next((a["provider"], a["error_code"]) for a in recipient["attempts"]) == (
+        "swift",
+        "not_sent",
+    )
+    assert recipient["provider"] == "carrierx"
