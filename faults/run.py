@@ -156,6 +156,15 @@ class Postgres:
     def start(self) -> None:
         self._pg_ctl(["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "start"])
 
+    def close(self) -> None:
+        """Stops the server, the one a fault started again too (pgserver's own cleanup stops
+        only the server it started: a restarted one outlived the run, its directory gone)."""
+        try:
+            self._pg_ctl(["-m", "fast", "-w", "stop"])
+        except Exception as error:  # already stopped
+            print(f"  (Postgres stop: {error!r})", flush=True)
+        self.server.cleanup()
+
     def _pg_ctl(self, arguments: list[str]) -> None:
         from pgserver._commands import pg_ctl
 
@@ -567,7 +576,7 @@ async def main() -> int:
                 others.append(await failover.scenario(dsn, spawn))
                 print(f"  {json.dumps(others[-1])}", flush=True)
         finally:
-            postgres.server.cleanup()
+            postgres.close()
     print(table(results))
     for result in others:
         print(failover.line(result))
