@@ -99,6 +99,52 @@ BEGIN
 END
 $$;
 
+-- FUNCTION apply_reply_keyword()
+
+CREATE FUNCTION public.apply_reply_keyword() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $_$
+DECLARE
+    word text := reply_keyword(NEW.text);
+    whole_tenant boolean;
+    ours text;
+    changed integer;
+BEGIN
+    IF word IS NULL OR NEW.sender IS NULL OR NEW.sender !~ '^\+[0-9]{6,15}$' THEN
+        RETURN NULL;
+    END IF;
+    whole_tenant := NEW.tenant IS NOT NULL
+        AND (word = ANY(opt_out_words('opt_out_all_keywords'))
+             OR current_setting('smsr.opt_out_scope', true) = 'tenant');
+    ours := CASE WHEN whole_tenant THEN NULL ELSE NEW.recipient END;
+    IF ours IS NULL AND NEW.tenant IS NULL THEN
+        RETURN NULL;  -- nobody's reply to no known number: nothing to scope it to
+    END IF;
+    IF word = ANY(opt_out_words('opt_out_keywords')) THEN
+        INSERT INTO opt_outs (tenant, number, number_hash, sender, source, event_id)
+        VALUES (NEW.tenant, NEW.sender, opt_out_hash(NEW.sender), ours, 'keyword', NEW.id)
+        ON CONFLICT DO NOTHING;
+        GET DIAGNOSTICS changed = ROW_COUNT;
+        IF changed > 0 THEN
+            PERFORM store_contact_event('contact.opted_out', NEW.id, NEW.provider, ours,
+                NEW.sender, NEW.occurred_at, NEW.received_at, NEW.tenant, NEW.raw_id, 'keyword');
+        END IF;
+    ELSIF word = ANY(opt_out_words('opt_in_keywords')) THEN
+        -- Back in: for the number it wrote to, and the tenant's whole-tenant entry.
+        DELETE FROM opt_outs o
+        WHERE o.number_hash = opt_out_hash(NEW.sender)
+          AND coalesce(o.tenant, '') = coalesce(NEW.tenant, '')
+          AND (o.sender IS NULL OR o.sender = NEW.recipient OR ours IS NULL);
+        GET DIAGNOSTICS changed = ROW_COUNT;
+        IF changed > 0 THEN
+            PERFORM store_contact_event('contact.opted_in', NEW.id, NEW.provider, ours,
+                NEW.sender, NEW.occurred_at, NEW.received_at, NEW.tenant, NEW.raw_id, 'keyword');
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$_$;
+
 -- FUNCTION attach_orphans(uuid, text, text, text)
 
 CREATE FUNCTION public.attach_orphans(p_message_id uuid, p_provider text, p_provider_message_id text, p_recipient text) RETURNS bigint
@@ -247,6 +293,32 @@ CREATE FUNCTION public.fail_over(p_message_id uuid, p_recipients text[], p_provi
     RETURNING recipient
 $$;
 
+-- FUNCTION hmac_pads(bytea)
+
+CREATE FUNCTION public.hmac_pads(p_key bytea, OUT inner_pad bytea, OUT outer_pad bytea) RETURNS record
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+DECLARE
+    k bytea := CASE WHEN length(p_key) > 64 THEN sha256(p_key) ELSE p_key END;
+BEGIN
+    k := k || decode(repeat('00', 64 - length(k)), 'hex');
+    inner_pad := k;
+    outer_pad := k;
+    FOR i IN 0..63 LOOP
+        inner_pad := set_byte(inner_pad, i, get_byte(k, i) # 54);  -- 0x36
+        outer_pad := set_byte(outer_pad, i, get_byte(k, i) # 92);  -- 0x5c
+    END LOOP;
+END
+$$;
+
+-- FUNCTION hmac_with(bytea, bytea, text)
+
+CREATE FUNCTION public.hmac_with(p_inner_pad bytea, p_outer_pad bytea, p_message text) RETURNS bytea
+    LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+    AS $$
+    SELECT sha256(p_outer_pad || sha256(p_inner_pad || convert_to(p_message, 'UTF8')))
+$$;
+
 -- FUNCTION ingest_callback(uuid, text, text, text, text, jsonb, bytea, text, timestamp with time zone, text, text, jsonb)
 
 CREATE FUNCTION public.ingest_callback(p_raw_id uuid, p_provider text, p_method text, p_path text, p_query text, p_headers jsonb, p_body bytea, p_remote_addr text, p_received_at timestamp with time zone, p_outcome text, p_error text, p_events jsonb) RETURNS TABLE(event_id text, inserted boolean, message_id uuid, sequence integer, recipient_status text, raw_outcome text)
@@ -381,6 +453,37 @@ BEGIN
 END
 $$;
 
+-- FUNCTION opt_out_hash(text)
+
+CREATE FUNCTION public.opt_out_hash(p_number text) RETURNS bytea
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT hmac_with(p.inner_pad, p.outer_pad, p_number) FROM hmac_pads(opt_out_key()) AS p
+$$;
+
+-- FUNCTION opt_out_key()
+
+CREATE FUNCTION public.opt_out_key() RETURNS bytea
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT coalesce(
+        convert_to(nullif(current_setting('smsr.opt_out_key', true), ''), 'UTF8'),
+        (SELECT value FROM hub_keys WHERE name = 'opt_out'))
+$$;
+
+-- FUNCTION opt_out_words(text)
+
+CREATE FUNCTION public.opt_out_words(p_which text) RETURNS text[]
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT string_to_array(coalesce(nullif(current_setting('smsr.' || p_which, true), ''),
+        CASE p_which
+            WHEN 'opt_out_keywords' THEN 'STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT'
+            WHEN 'opt_in_keywords' THEN 'START,UNSTOP'
+            WHEN 'opt_out_all_keywords' THEN 'STOPALL'
+        END), ',')
+$$;
+
 -- FUNCTION partition_name(text, timestamp with time zone)
 
 CREATE FUNCTION public.partition_name(p_table text, p_at timestamp with time zone) RETURNS text
@@ -472,6 +575,16 @@ BEGIN
 END
 $$;
 
+-- FUNCTION reply_keyword(text)
+
+CREATE FUNCTION public.reply_keyword(p_text text) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    AS $_$
+    SELECT CASE WHEN length(p_text) <= 40
+                THEN upper(regexp_replace(btrim(p_text), '[[:punct:][:space:]]+$', ''))
+           END
+$_$;
+
 -- FUNCTION reply_tenant(text, text, timestamp with time zone)
 
 CREATE FUNCTION public.reply_tenant(p_ours text, p_handset text, p_at timestamp with time zone) RETURNS text
@@ -501,6 +614,21 @@ CREATE FUNCTION public.status_rank(status text) RETURNS integer
                         'cancelled', 'received') THEN 4
         ELSE 0
     END
+$$;
+
+-- FUNCTION store_contact_event(text, text, text, text, text, timestamp with time zone, timestamp with time zone, text, uuid, text)
+
+CREATE FUNCTION public.store_contact_event(p_type text, p_reply_id text, p_provider text, p_scope text, p_handset text, p_at timestamp with time zone, p_received_at timestamp with time zone, p_tenant text, p_raw_id uuid, p_source text) RETURNS void
+    LANGUAGE sql
+    AS $$
+    INSERT INTO events
+        (id, type, provider, recipient, sender, status, final, provider_status, occurred_at,
+         received_at, occurred_at_source, synthetic, sequence, tenant, details, raw_id)
+    VALUES
+        ('evt_' || left(encode(sha256(convert_to(p_type || ':' || p_reply_id, 'UTF8')), 'hex'), 32),
+         p_type, p_provider, p_scope, p_handset, 'unknown', false, p_type, p_at, p_received_at,
+         'received', true, 1, p_tenant,
+         jsonb_build_object('source', p_source, 'reply_event_id', p_reply_id), p_raw_id)
 $$;
 
 -- FUNCTION store_events(uuid, jsonb)
@@ -694,6 +822,20 @@ CREATE FUNCTION public.subscription_takes(filters jsonb, ev_type text, ev_provid
                  ELSE filters->'event_types' ? ev_type END)
        AND (filters->'providers' IS NULL OR filters->'providers' ? ev_provider)
        AND (filters->'statuses' IS NULL OR filters->'statuses' ? ev_status)
+$$;
+
+-- FUNCTION suppressed(uuid, text[])
+
+CREATE FUNCTION public.suppressed(p_message_id uuid, p_numbers text[]) RETURNS SETOF text
+    LANGUAGE sql STABLE
+    AS $$
+    SELECT n FROM hmac_pads(opt_out_key()) AS p, unnest(p_numbers) AS n
+    WHERE EXISTS (
+        SELECT 1 FROM messages m
+        JOIN opt_outs o ON o.number_hash = hmac_with(p.inner_pad, p.outer_pad, n)
+        WHERE m.id = p_message_id
+          AND (o.tenant = m.tenant OR o.tenant IS NULL)
+          AND (o.sender IS NULL OR o.sender = m.sender))
 $$;
 
 -- FUNCTION table_partitions(text)
@@ -902,6 +1044,14 @@ CREATE SEQUENCE public.events_feed_seq_seq
 
 ALTER SEQUENCE public.events_feed_seq_seq OWNED BY public.events.feed_seq;
 
+-- TABLE hub_keys
+
+CREATE TABLE public.hub_keys (
+    name text NOT NULL,
+    value bytea NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 -- TABLE idempotency_keys
 
 CREATE TABLE public.idempotency_keys (
@@ -974,6 +1124,32 @@ CREATE TABLE public.messages (
     cancelled_at timestamp with time zone,
     tenant text NOT NULL,
     routing jsonb
+);
+
+-- TABLE opt_outs
+
+CREATE TABLE public.opt_outs (
+    id bigint NOT NULL,
+    tenant text,
+    number text,
+    number_hash bytea NOT NULL,
+    sender text,
+    source text NOT NULL,
+    event_id text,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT opt_outs_check CHECK (((tenant IS NOT NULL) OR (sender IS NOT NULL))),
+    CONSTRAINT opt_outs_source_check CHECK ((source = ANY (ARRAY['keyword'::text, 'provider'::text, 'api'::text, 'import'::text])))
+);
+
+-- SEQUENCE opt_outs_id_seq
+
+ALTER TABLE public.opt_outs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.opt_outs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
 );
 
 -- TABLE provider_health
@@ -1168,6 +1344,11 @@ ALTER TABLE ONLY public.delivery_attempts
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id, stored_at);
 
+-- CONSTRAINT hub_keys hub_keys_pkey
+
+ALTER TABLE ONLY public.hub_keys
+    ADD CONSTRAINT hub_keys_pkey PRIMARY KEY (name);
+
 -- CONSTRAINT idempotency_keys idempotency_keys_pkey
 
 ALTER TABLE ONLY public.idempotency_keys
@@ -1187,6 +1368,11 @@ ALTER TABLE ONLY public.message_recipients
 
 ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_pkey PRIMARY KEY (id);
+
+-- CONSTRAINT opt_outs opt_outs_pkey
+
+ALTER TABLE ONLY public.opt_outs
+    ADD CONSTRAINT opt_outs_pkey PRIMARY KEY (id);
 
 -- CONSTRAINT provider_health provider_health_pkey
 
@@ -1363,6 +1549,14 @@ CREATE INDEX messages_sender_idx ON public.messages USING btree (sender, created
 
 CREATE INDEX messages_tenant_created_idx ON public.messages USING btree (tenant, created_at DESC, id DESC);
 
+-- INDEX opt_outs_key
+
+CREATE UNIQUE INDEX opt_outs_key ON public.opt_outs USING btree (number_hash, COALESCE(tenant, ''::text), COALESCE(sender, ''::text));
+
+-- INDEX opt_outs_tenant_idx
+
+CREATE INDEX opt_outs_tenant_idx ON public.opt_outs USING btree (tenant, created_at DESC, id DESC);
+
 -- INDEX raw_callbacks_outcome_idx
 
 CREATE INDEX raw_callbacks_outcome_idx ON ONLY public.raw_callbacks USING btree (outcome, provider, received_at);
@@ -1383,6 +1577,10 @@ CREATE INDEX tenant_numbers_tenant_idx ON public.tenant_numbers USING btree (ten
 
 CREATE TRIGGER events_queue_deliveries AFTER INSERT ON public.events FOR EACH ROW EXECUTE FUNCTION public.queue_deliveries();
 
+-- TRIGGER events events_reply_keyword
+
+CREATE TRIGGER events_reply_keyword AFTER INSERT ON public.events FOR EACH ROW WHEN ((new.type = 'message.inbound'::text)) EXECUTE FUNCTION public.apply_reply_keyword();
+
 -- FK CONSTRAINT api_keys api_keys_tenant_fkey
 
 ALTER TABLE ONLY public.api_keys
@@ -1402,6 +1600,11 @@ ALTER TABLE ONLY public.message_recipients
 
 ALTER TABLE ONLY public.messages
     ADD CONSTRAINT messages_tenant_fkey FOREIGN KEY (tenant) REFERENCES public.tenants(name) NOT VALID;
+
+-- FK CONSTRAINT opt_outs opt_outs_tenant_fkey
+
+ALTER TABLE ONLY public.opt_outs
+    ADD CONSTRAINT opt_outs_tenant_fkey FOREIGN KEY (tenant) REFERENCES public.tenants(name);
 
 -- FK CONSTRAINT recipient_parts recipient_parts_recipient_id_fkey
 

@@ -32,6 +32,7 @@ from receiver.ingest.groupcommit import CallbackWriter
 from receiver.ingest.refusals import Refusals
 from receiver.ingest.reprocess import reprocess_callback
 from receiver.ingest.spool import Spool, replay_forever
+from receiver.optouts import routes as optout_routes
 from receiver.query import health, inbound, messages, raw_callbacks, stats
 from receiver.ratelimit import RateLimiter
 from receiver.routing import routes as send_routes
@@ -398,6 +399,36 @@ ROUTES: tuple[Route, ...] = (
             Param("fast_under_s", schema={"type": "number", "minimum": 0, "maximum": 3600}),
         ),
         errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/opt-outs",
+        optout_routes.list_all,
+        "The opt-out list: a tenant's own entries, the operator's every one",
+        {"200": optout_routes.OptOutList},
+        scope="read",
+        params=(Param("number"), LIMIT, Param("cursor")),
+        errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/opt-outs",
+        optout_routes.create,
+        "Add a handset to the opt-out list (its sends are refused: rejected, opted_out)",
+        {"201": optout_routes.OptOutView},
+        scope="send",
+        body=optout_routes.OptOutIn,
+        errors=("401", "403", "408", "422", "503"),
+    ),
+    Route(
+        "delete",
+        "/v1/opt-outs/{id}",
+        optout_routes.delete,
+        "Take an entry off the opt-out list",
+        {"204": None},
+        scope="admin",
+        params=(Param("id", "path", {"type": "string"}, required=True),),
+        errors=("401", "403", "404", "503"),
     ),
     Route(
         "get",

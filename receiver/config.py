@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import phonenumbers
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
@@ -384,6 +384,33 @@ class Settings(BaseSettings):
         description="A reply to a number no tenant owns is the tenant's that most recently sent"
         " from that number to that handset within this many days; else nobody's (the"
         " operator's).",
+    )
+    opt_out_secret: SecretStr | None = Field(
+        default=None,
+        description="The key of the opt-out list's hashes of numbers (HMAC-SHA256): set it in"
+        " production, before the first opt-out (unset: a key made by migration 0024 and kept in"
+        " the database, where whoever reads the database can use it).",
+    )
+    opt_out_keywords: str = Field(
+        default="STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT",
+        pattern=r"^[A-Za-z0-9 ,]{1,500}$",
+        description="A reply whose whole text is one of these (any case, trailing punctuation"
+        " left out) opts its handset out.",
+    )
+    opt_in_keywords: str = Field(
+        default="START,UNSTOP",
+        pattern=r"^[A-Za-z0-9 ,]{1,500}$",
+        description="A reply whose whole text is one of these opts its handset back in.",
+    )
+    opt_out_all_keywords: str = Field(
+        default="STOPALL",
+        pattern=r"^[A-Za-z0-9 ,]{1,500}$",
+        description="Opt-out keywords that reach the whole tenant, not only the number written to.",
+    )
+    opt_out_scope: Literal["sender", "tenant"] = Field(
+        default="sender",
+        description="What an opt-out reaches: the number or sender id the reply went to, or the"
+        " whole tenant.",
     )
     streams_per_key: int = Field(
         default=5,

@@ -82,14 +82,17 @@ class SecretFilter(logging.Filter):
 
 
 def configured_secrets(settings: Any) -> list[str]:
-    """Every secret the settings hold: providers' keys, tokens and signing secrets, and the
-    databases' passwords."""
+    """Every secret the settings hold: providers' keys, tokens and signing secrets, the opt-out
+    list's key, and the databases' passwords."""
     found: list[str] = []
     for value in getattr(settings, "providers", {}).values():
         for field in ("api_key", "callback_token", "signing_secret"):
             secret = getattr(value, field, None)
             if secret is not None and hasattr(secret, "get_secret_value"):
                 found.append(secret.get_secret_value())
+    opt_out_secret = getattr(settings, "opt_out_secret", None)
+    if opt_out_secret is not None and hasattr(opt_out_secret, "get_secret_value"):
+        found.append(opt_out_secret.get_secret_value())
     for name in ("database_url", "database_read_url"):
         database_url = getattr(settings, name, None)
         if database_url:

@@ -30,7 +30,7 @@ from normalizers.base import (
     to_e164,
 )
 from normalizers.encoding import Segmentation, segment
-from normalizers.events import Event
+from normalizers.events import Event, EventType, Status, event_id
 from receiver.config import Settings
 from receiver.context import AppContext
 from receiver.http.apikeys import API_KEY, TenantDisabled, caller_of
@@ -67,8 +67,9 @@ from receiver.sending.providers import (
     is_simulated,
     store_outcome,
 )
-from receiver.storage import idempotency, limits, messages, tenants
+from receiver.storage import idempotency, limits, messages, optouts, tenants
 from receiver.storage.apikeys import ApiKey
+from receiver.storage.callbacks import store_events_alone
 from receiver.storage.tenants import DEFAULT_TENANT, Tenant
 
 log = structlog.get_logger("receiver.sending.route")
@@ -613,7 +614,11 @@ async def deliver(
         moved = await asyncio.gather(*(one(call) for call in calls))
         return [number for numbers in moved for number in numbers]
 
-    todo = list(send.to)
+    async with context.db.connection() as connection:
+        blocked = await optouts.suppressed(connection, message_id, send.to)
+    if blocked:
+        await _refuse_opted_out(context, message_id, plan, position, blocked)
+    todo = [number for number in send.to if number not in blocked]
     while todo:
         groups: dict[str, list[str]] = {}
         for number in todo:
@@ -664,6 +669,47 @@ async def deliver(
         )
         return 502, error
     return 201, answer
+
+
+async def _refuse_opted_out(
+    context: AppContext,
+    message_id: uuid.UUID,
+    plan: SendPlan,
+    position: Mapping[str, int],
+    numbers: set[str],
+) -> None:
+    """Recipients on the opt-out list: `rejected` (permanent, error `opted_out`) without a
+    provider call; the rest of the message goes on."""
+    now = datetime.now(UTC)
+    pending = messages.pending_id(message_id)
+    events = []
+    for number in sorted(numbers):
+        provider = plan.decisions[number].providers[position[number]]
+        events.append(
+            Event(
+                id=event_id(provider, OPTED_OUT, pending, number),
+                type=EventType.STATUS,
+                provider=provider,
+                status=Status.REJECTED,
+                provider_status=OPTED_OUT,
+                occurred_at=now,
+                received_at=now,
+                occurred_at_source="received",
+                provider_message_id=pending,
+                recipient=number,
+                error_code=OPTED_OUT,
+                error_message="the handset opted out (a STOP reply, or the opt-out list): not sent",
+                failure_kind="permanent",
+                synthetic=True,
+            )
+        )
+    async with context.db.connection() as connection, connection.transaction():
+        await store_events_alone(connection, events)
+    log.info("send_opted_out", recipients=len(events))
+
+
+# The error code (and provider status) of a recipient not sent to because it opted out.
+OPTED_OUT = "opted_out"
 
 
 async def _observe(

@@ -92,8 +92,22 @@ async def create_pool(dsn: str, settings: Settings, max_size: int | None = None)
 
 def session_settings(settings: Settings) -> dict[str, str]:
     """What the hub's own SQL reads from its session: the reply window of store_events'
-    attribution of replies (reply_tenant, migration 0021)."""
-    return {"smsr.reply_window_days": str(settings.reply_window_days)}
+    attribution of replies (reply_tenant, migration 0021); the opt-out keywords, scope and key
+    (migration 0024)."""
+
+    def words(text: str) -> str:
+        return ",".join(w.strip().upper() for w in text.split(",") if w.strip())
+
+    values = {
+        "smsr.reply_window_days": str(settings.reply_window_days),
+        "smsr.opt_out_keywords": words(settings.opt_out_keywords),
+        "smsr.opt_in_keywords": words(settings.opt_in_keywords),
+        "smsr.opt_out_all_keywords": words(settings.opt_out_all_keywords),
+        "smsr.opt_out_scope": settings.opt_out_scope,
+    }
+    if settings.opt_out_secret is not None:
+        values["smsr.opt_out_key"] = settings.opt_out_secret.get_secret_value()
+    return values
 
 
 async def _keep_session(connection: asyncpg.Connection) -> None:

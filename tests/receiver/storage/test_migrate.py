@@ -33,6 +33,8 @@ EXPECTED_TABLES = {
     "send_routes",
     "send_route_changes",
     "provider_health",
+    "hub_keys",
+    "opt_outs",
 }
 
 

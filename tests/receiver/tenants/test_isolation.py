@@ -167,6 +167,46 @@ async def not_found_like_nothing(answer: Any, nothing: Any) -> None:
 Case = Callable[[World], Awaitable[None]]
 
 
+async def b_opt_out(world: World) -> int:
+    """An entry on B's list (B_NUMBER may not be sent to from B_SENDER)."""
+    made = await world.hub.post(
+        "/v1/opt-outs", json={"number": B_NUMBER, "sender": B_SENDER}, headers=world.b()
+    )
+    assert made.status == 201, await made.text()
+    entry: int = (await made.json())["id"]
+    return entry
+
+
+async def list_opt_outs(world: World) -> None:
+    await b_opt_out(world)
+    for query in ("", f"?number={B_NUMBER}"):
+        mine = await (await world.hub.get(f"/v1/opt-outs{query}", headers=world.a())).json()
+        assert mine["data"] == [], mine
+    theirs = await (await world.hub.get("/v1/opt-outs", headers=world.b())).json()
+    assert [e["number"] for e in theirs["data"]] == [B_NUMBER]
+
+
+async def add_opt_out(world: World) -> None:
+    # A's entry for the same handset is A's alone: B's sends to it are not touched.
+    made = await world.hub.post("/v1/opt-outs", json={"number": B_NUMBER}, headers=world.a())
+    assert made.status == 201, await made.text()
+    assert (await made.json())["tenant"] == "alpha"
+    as_b = await world.hub.post(
+        "/v1/opt-outs", json={"number": B_NUMBER, "tenant": "beta"}, headers=world.a()
+    )
+    assert as_b.status == 403
+    theirs = await (await world.hub.get("/v1/opt-outs", headers=world.b())).json()
+    assert all(e["tenant"] == "beta" for e in theirs["data"])
+
+
+async def remove_opt_out(world: World) -> None:
+    entry = await b_opt_out(world)
+    answer = await world.hub.delete(f"/v1/opt-outs/{entry}", headers=world.a())
+    nothing = await world.hub.delete("/v1/opt-outs/999999999", headers=world.a())
+    await not_found_like_nothing(answer, nothing)
+    assert await world.db.fetchval("SELECT count(*) FROM opt_outs WHERE id = $1", entry) == 1
+
+
 async def send(world: World) -> None:
     # B's Idempotency-Key and body: A starts a message of its own, never reads B's answer.
     answer = await world.hub.post(
@@ -371,6 +411,9 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("get", "/v1/callback-refusals"): operator_only("GET", lambda w: "/v1/callback-refusals"),
     ("get", "/v1/stats"): stats,
+    ("get", "/v1/opt-outs"): list_opt_outs,
+    ("post", "/v1/opt-outs"): add_opt_out,
+    ("delete", "/v1/opt-outs/{id}"): remove_opt_out,
     ("get", "/v1/routes"): operator_only("GET", lambda w: "/v1/routes"),
     ("post", "/v1/routes"): operator_only(
         "POST", lambda w: "/v1/routes", {"name": "uk", "providers": ["swift"]}

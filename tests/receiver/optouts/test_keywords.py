@@ -1,0 +1,165 @@
+"""Opt-outs by keyword against the simulated providers: a STOP reply suppresses the handset for
+the number it wrote to (STOPALL: the whole tenant), the next send to it is `rejected` with
+`opted_out` and no provider call (the simulated provider's own count), START lifts it, longer
+text is not a keyword, and subscribers that ask get contact.opted_out / contact.opted_in."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+from aiohttp.test_utils import TestClient
+
+from normalizers.events import Event, EventType, Status, event_id
+from receiver.sandbox.common import SANDBOX_KEY, Sandbox
+from receiver.storage.callbacks import store_events_alone
+from tests.helpers import sandbox_hub
+
+Client = TestClient[Any, Any]
+
+HANDSET = "+447700900011"
+OURS = "+447700900990"
+OTHER_OURS = "+447700900991"
+
+
+def taken(hub: Client) -> int:
+    sandbox: Sandbox = hub.app[SANDBOX_KEY]
+    return sum(n for (_, number), n in sandbox.sent.items() if "+" + number == HANDSET)
+
+
+async def send(hub: Client, sender: str = OURS, **fields: Any) -> dict[str, Any]:
+    body = {"provider": "swift", "to": [HANDSET], "from": sender, "body": "hi"} | fields
+    answer = await hub.post("/v1/messages", json=body)
+    sent: dict[str, Any] = await answer.json()
+    assert answer.status == 201, sent
+    recipient: dict[str, Any] = sent["recipients"][0]
+    return recipient
+
+
+async def reply(db: asyncpg.Connection, text: str, ours: str = OURS) -> None:
+    now = datetime.now(UTC)
+    inbound = Event(
+        id=event_id("swift", "test-reply", text, ours, uuid.uuid4()),
+        type=EventType.INBOUND,
+        provider="swift",
+        status=Status.RECEIVED,
+        provider_status="received",
+        occurred_at=now,
+        received_at=now,
+        occurred_at_source="received",
+        sender=HANDSET,
+        recipient=ours,
+        text=text,
+    )
+    await store_events_alone(db, [inbound])
+
+
+async def test_stop_suppresses_the_handset_for_that_number_and_start_lifts_it(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    await send(hub)  # the reply is the tenant's: it answers this send
+    before = taken(hub)
+
+    await reply(db, "  Stop! ")
+    refused = await send(hub)
+    from_other = await send(hub, OTHER_OURS)
+
+    assert (refused["status"], refused["failure_kind"], refused["error_code"]) == (
+        "rejected",
+        "permanent",
+        "opted_out",
+    )
+    assert from_other["status"] != "rejected"
+    assert taken(hub) == before + 1  # only the other number's send reached the provider
+    listed = (await (await hub.get("/v1/opt-outs")).json())["data"]
+    assert [(e["number"], e["sender"], e["source"], e["tenant"]) for e in listed] == [
+        (HANDSET, OURS, "keyword", "default")
+    ]
+
+    await reply(db, "start")
+    again = await send(hub)
+
+    assert again["status"] != "rejected"
+    assert (await (await hub.get("/v1/opt-outs")).json())["data"] == []
+    kinds = await db.fetch(
+        "SELECT type, tenant, recipient, sender, details FROM events"
+        " WHERE type LIKE 'contact.%' ORDER BY stored_at"
+    )
+    assert [(k["type"], k["tenant"], k["recipient"], k["sender"]) for k in kinds] == [
+        ("contact.opted_out", "default", OURS, HANDSET),
+        ("contact.opted_in", "default", OURS, HANDSET),
+    ]
+    assert json.loads(kinds[0]["details"])["source"] == "keyword"
+
+
+async def test_a_keyword_inside_longer_text_is_not_a_keyword(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    await send(hub)
+
+    await reply(db, "don't stop")
+    await reply(db, "STOP sending me the wrong time")
+
+    assert (await send(hub))["status"] != "rejected"
+    assert await db.fetchval("SELECT count(*) FROM opt_outs") == 0
+
+
+async def test_stopall_reaches_every_number_of_the_tenant(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    await send(hub)
+
+    await reply(db, "STOPALL")
+
+    assert (await send(hub))["error_code"] == "opted_out"
+    assert (await send(hub, OTHER_OURS))["error_code"] == "opted_out"
+    assert (await send(hub, "MyShop"))["error_code"] == "opted_out"
+
+
+async def test_a_reply_of_nobodys_still_suppresses_the_number_it_went_to(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    await db.execute("INSERT INTO tenants (name) VALUES ('shop')")
+
+    await reply(db, "STOP")  # no tenant sent to this handset: nobody's reply
+
+    assert await db.fetchval("SELECT tenant FROM opt_outs") is None
+    assert (await send(hub, tenant="shop"))["error_code"] == "opted_out"
+    assert (await send(hub, OTHER_OURS, tenant="shop"))["status"] != "rejected"
+
+
+async def test_one_tenants_stop_leaves_another_tenants_sends_alone(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    await db.execute("INSERT INTO tenants (name) VALUES ('shop')")
+    await send(hub)  # default's: the reply is default's
+
+    await reply(db, "STOPALL")
+
+    assert (await send(hub))["error_code"] == "opted_out"
+    assert (await send(hub, OTHER_OURS, tenant="shop"))["status"] != "rejected"
+
+
+async def test_an_entry_added_through_the_api_refuses_the_send_and_is_removed(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    made = await hub.post("/v1/opt-outs", json={"number": HANDSET})
+    entry = await made.json()
+    assert made.status == 201, entry
+    assert (entry["source"], entry["sender"]) == ("api", None)
+
+    assert (await send(hub))["error_code"] == "opted_out"
+    assert taken(hub) == 0
+    assert (await hub.delete(f"/v1/opt-outs/{entry['id']}")).status == 204
+    assert (await send(hub))["status"] != "rejected"
+    bad = await hub.post("/v1/opt-outs", json={"number": "12"})
+    assert bad.status == 422
