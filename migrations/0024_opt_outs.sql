@@ -33,6 +33,9 @@ CREATE TABLE opt_outs (
 -- One entry per handset, tenant and sender; a send's lookup leads with the hash.
 CREATE UNIQUE INDEX opt_outs_key ON opt_outs (number_hash, coalesce(tenant, ''), coalesce(sender, ''));
 CREATE INDEX opt_outs_tenant_idx ON opt_outs (tenant, created_at DESC, id DESC);
+-- Erasure finds a handset's contact.* events (they name it as their sender).
+CREATE INDEX events_contact_sender_idx ON events (sender)
+    WHERE type IN ('contact.opted_out', 'contact.opted_in');
 
 -- HMAC-SHA256 (RFC 2104) with the core sha256(): no extension needed (the hub may run without
 -- DDL rights, migration 0019). The key's two pads are made once per statement (hmac_pads), so
@@ -72,6 +75,32 @@ CREATE FUNCTION opt_out_hash(p_number text) RETURNS bytea
     LANGUAGE sql STABLE
     AS $$
     SELECT hmac_with(p.inner_pad, p.outer_pad, p_number) FROM hmac_pads(opt_out_key()) AS p
+$$;
+
+-- The fingerprint of the key the list's hashes were made with: when the key changes (OPT_OUT_SECRET
+-- set, or changed), rekey_opt_outs() hashes again every entry that still has its number; an
+-- erased entry cannot be, and no longer matches (said at start).
+INSERT INTO hub_keys (name, value) SELECT 'opt_out_in_use', sha256(value) FROM hub_keys
+WHERE name = 'opt_out';
+
+CREATE FUNCTION rekey_opt_outs(OUT rehashed bigint, OUT erased_lost bigint)
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    print bytea := sha256(opt_out_key());
+BEGIN
+    rehashed := 0;
+    erased_lost := 0;
+    PERFORM pg_advisory_xact_lock(hashtext('smsr opt-out rekey'));
+    IF (SELECT value FROM hub_keys WHERE name = 'opt_out_in_use') IS NOT DISTINCT FROM print THEN
+        RETURN;
+    END IF;
+    UPDATE opt_outs SET number_hash = opt_out_hash(number) WHERE number IS NOT NULL;
+    GET DIAGNOSTICS rehashed = ROW_COUNT;
+    SELECT count(*) INTO erased_lost FROM opt_outs WHERE number IS NULL;
+    INSERT INTO hub_keys (name, value) VALUES ('opt_out_in_use', print)
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, created_at = now();
+END
 $$;
 
 -- The keyword lists of the session (OPT_OUT_KEYWORDS, OPT_IN_KEYWORDS, OPT_OUT_ALL_KEYWORDS),

@@ -575,6 +575,28 @@ BEGIN
 END
 $$;
 
+-- FUNCTION rekey_opt_outs()
+
+CREATE FUNCTION public.rekey_opt_outs(OUT rehashed bigint, OUT erased_lost bigint) RETURNS record
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    print bytea := sha256(opt_out_key());
+BEGIN
+    rehashed := 0;
+    erased_lost := 0;
+    PERFORM pg_advisory_xact_lock(hashtext('smsr opt-out rekey'));
+    IF (SELECT value FROM hub_keys WHERE name = 'opt_out_in_use') IS NOT DISTINCT FROM print THEN
+        RETURN;
+    END IF;
+    UPDATE opt_outs SET number_hash = opt_out_hash(number) WHERE number IS NOT NULL;
+    GET DIAGNOSTICS rehashed = ROW_COUNT;
+    SELECT count(*) INTO erased_lost FROM opt_outs WHERE number IS NULL;
+    INSERT INTO hub_keys (name, value) VALUES ('opt_out_in_use', print)
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, created_at = now();
+END
+$$;
+
 -- FUNCTION reply_keyword(text)
 
 CREATE FUNCTION public.reply_keyword(p_text text) RETURNS text
@@ -1460,6 +1482,10 @@ CREATE INDEX deliveries_leased_idx ON public.deliveries USING btree (subscriptio
 -- INDEX delivery_attempts_delivery_idx
 
 CREATE INDEX delivery_attempts_delivery_idx ON ONLY public.delivery_attempts USING btree (delivery_id, attempt);
+
+-- INDEX events_contact_sender_idx
+
+CREATE INDEX events_contact_sender_idx ON ONLY public.events USING btree (sender) WHERE (type = ANY (ARRAY['contact.opted_out'::text, 'contact.opted_in'::text]));
 
 -- INDEX events_feed_idx
 

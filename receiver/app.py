@@ -33,6 +33,7 @@ from receiver.ingest.refusals import Refusals
 from receiver.ingest.reprocess import reprocess_callback
 from receiver.ingest.spool import Spool, replay_forever
 from receiver.optouts import routes as optout_routes
+from receiver.optouts.keys import check_key
 from receiver.query import health, inbound, messages, raw_callbacks, stats
 from receiver.ratelimit import RateLimiter
 from receiver.routing import routes as send_routes
@@ -693,6 +694,7 @@ def create_app(
             if settings.database_read_url
             else db
         )
+        await check_key(db, settings)
         http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
         signal = Signal()
         writer = CallbackWriter(

@@ -33,6 +33,7 @@ from receiver.http.errors import ReceiverError
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
+from receiver.optouts.keys import check_key
 from receiver.routing.files import RoutesFileError, read_routes, routes_toml
 from receiver.routing.health import HealthWatch
 from receiver.sending.scheduler import Scheduler
@@ -597,6 +598,7 @@ async def worker_command(settings: Settings, dsn: str, registry: Registry) -> in
     if await schema_behind(settings, dsn):
         return 2
     db = await open_database(dsn, settings)
+    await check_key(db, settings)
     signal = Signal()
     http = aiohttp.ClientSession(headers={"User-Agent": "sms-receiver/0.1"})
     context = AppContext(

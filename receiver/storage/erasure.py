@@ -129,6 +129,24 @@ async def erase_number(connection: Connection, number: str, forms: list[str]) ->
                 ERASED,
             ),
         )
+        # The person stays opted out without the number: the entry keeps its keyed hash.
+        erased.add(
+            "opt-outs kept by their hash alone",
+            await connection.execute(
+                "UPDATE opt_outs SET number = NULL"
+                " WHERE number_hash = opt_out_hash($1) AND number IS NOT NULL",
+                number,
+            ),
+        )
+        erased.add(
+            "opt-out events anonymised",
+            await connection.execute(
+                "UPDATE events SET sender = $2"
+                " WHERE type IN ('contact.opted_out', 'contact.opted_in') AND sender = $1",
+                number,
+                ERASED,
+            ),
+        )
         # A stored answer to a send (Idempotency-Key) names its recipients.
         erased.add(
             "idempotency answers deleted",

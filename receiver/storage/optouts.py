@@ -94,3 +94,11 @@ async def remove_opt_out(connection: Connection, entry_id: int, asker: Asker) ->
         asker.tenant_param(),
     )
     return removed is not None
+
+
+async def rekey(connection: Connection) -> tuple[int, int]:
+    """After the list's key changed: every entry with its number hashed again; returns how many,
+    and how many erased entries no longer match (their number is gone)."""
+    row = await connection.fetchrow("SELECT rehashed, erased_lost FROM rekey_opt_outs()")
+    assert row is not None
+    return row["rehashed"], row["erased_lost"]
