@@ -33,6 +33,13 @@ from receiver.http.errors import ReceiverError
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
+from receiver.optouts.files import (
+    OptOutFileError,
+    entries_csv,
+    export_rows,
+    import_entries,
+    read_entries,
+)
 from receiver.optouts.keys import check_key
 from receiver.routing.files import RoutesFileError, read_routes, routes_toml
 from receiver.routing.health import HealthWatch
@@ -96,6 +103,7 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
 
     add_tenant_commands(commands, registry)
     add_route_commands(commands, registry)
+    add_opt_out_commands(commands)
     add_sandbox_commands(commands, registry)
 
     again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
@@ -207,6 +215,22 @@ def add_route_commands(commands: Any, registry: Registry) -> None:
     dump.add_argument("file", nargs="?", default="-", help="where to write (default: stdout)")
 
 
+def add_opt_out_commands(commands: Any) -> None:
+    group = commands.add_parser(
+        "opt-outs", help="the opt-out list: import and export (CSV, to and from other systems)"
+    )
+    actions = group.add_subparsers(dest="opt_outs_command", required=True)
+    load = actions.add_parser(
+        "import", help="adds the file's entries (all or nothing: bad lines are named)"
+    )
+    load.add_argument("file", help="CSV with a header: number[,tenant][,sender]; - for stdin")
+    load.add_argument(
+        "--tenant", default=DEFAULT_TENANT, help="for lines without a tenant (default: default)"
+    )
+    dump = actions.add_parser("export", help="every entry that still has its number, as CSV")
+    dump.add_argument("file", nargs="?", default="-", help="where to write (default: stdout)")
+
+
 def add_sandbox_commands(commands: Any, registry: Registry) -> None:
     group = commands.add_parser(
         "sandbox", help="break a simulated provider of a running `serve --sandbox`"
@@ -249,6 +273,8 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
         return asyncio.run(tenants_command(settings, dsn, args, registry))
     if args.command == "routes":
         return asyncio.run(routes_command(settings, dsn, args, registry))
+    if args.command == "opt-outs":
+        return asyncio.run(opt_outs_command(settings, dsn, args))
     if args.command == "worker":
         return asyncio.run(worker_command(settings, dsn, registry))
     if args.command == "erase":
@@ -527,6 +553,41 @@ async def routes_command(
         for action in ("create", "update", "delete", "unchanged"):
             if done[action]:
                 print(f"{action}: {', '.join(done[action])}")
+        return 0
+    finally:
+        await connection.close()
+
+
+async def opt_outs_command(settings: Settings, dsn: str, args: argparse.Namespace) -> int:
+    """opt-outs import|export; a bad file is every problem on stderr (by line) and exit 1, with
+    nothing stored."""
+    await wait_for_database(dsn, settings.db_connect_retry_s)
+    connection = await asyncpg.connect(dsn, server_settings=session_settings(settings))
+    try:
+        if args.opt_outs_command == "export":
+            rows, erased = await export_rows(connection)
+            text = entries_csv(rows)
+            if args.file == "-":
+                sys.stdout.write(text)
+            else:
+                await asyncio.to_thread(Path(args.file).write_text, text)
+            print(
+                f"{len(rows)} entries exported; {erased} erased ones stay (kept by hash alone)",
+                file=sys.stderr,
+            )
+            return 0
+        source = await asyncio.to_thread(
+            sys.stdin.read if args.file == "-" else Path(args.file).read_text
+        )
+        names = set(await tenants.tenant_names(connection))
+        try:
+            entries = read_entries(source, names, args.tenant)
+        except OptOutFileError as error:
+            for problem in error.problems:
+                print(f"error: {problem}", file=sys.stderr)
+            return 1
+        added = await import_entries(connection, entries)
+        print(f"{added} entries added ({len(entries) - added} were on the list already)")
         return 0
     finally:
         await connection.close()
