@@ -8,6 +8,20 @@
 -- A keyword reply is applied by a trigger on the reply's own insert, in the transaction that
 -- stores it: a reply answered 2xx has done its work, whichever instance stored it.
 
+-- A tenant's answer to a HELP or INFO reply (NULL: none, the default).
+ALTER TABLE tenants ADD COLUMN help_reply text CHECK (length(help_reply) BETWEEN 1 AND 640);
+
+-- HELP/INFO replies waiting for their answer: made by the reply's trigger, sent (and deleted)
+-- by the scheduler's loop through the provider the reply came from.
+CREATE TABLE help_replies (
+    reply_event_id text PRIMARY KEY,
+    tenant text NOT NULL REFERENCES tenants (name),
+    provider text NOT NULL,
+    handset text NOT NULL,
+    ours text NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+
 CREATE TABLE hub_keys (
     name text PRIMARY KEY,
     value bytea NOT NULL,
@@ -113,6 +127,7 @@ CREATE FUNCTION opt_out_words(p_which text) RETURNS text[]
             WHEN 'opt_out_keywords' THEN 'STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT'
             WHEN 'opt_in_keywords' THEN 'START,UNSTOP'
             WHEN 'opt_out_all_keywords' THEN 'STOPALL'
+            WHEN 'help_keywords' THEN 'HELP,INFO'
         END), ',')
 $$;
 
@@ -169,6 +184,13 @@ BEGIN
         IF changed > 0 THEN
             PERFORM store_contact_event('contact.opted_out', NEW.id, NEW.provider, ours,
                 NEW.sender, NEW.occurred_at, NEW.received_at, NEW.tenant, NEW.raw_id, 'keyword');
+        END IF;
+    ELSIF word = ANY(opt_out_words('help_keywords')) THEN
+        IF NEW.tenant IS NOT NULL AND NEW.recipient IS NOT NULL
+           AND (SELECT t.help_reply IS NOT NULL FROM tenants t WHERE t.name = NEW.tenant) THEN
+            INSERT INTO help_replies (reply_event_id, tenant, provider, handset, ours)
+            VALUES (NEW.id, NEW.tenant, NEW.provider, NEW.sender, NEW.recipient)
+            ON CONFLICT DO NOTHING;
         END IF;
     ELSIF word = ANY(opt_out_words('opt_in_keywords')) THEN
         -- Back in: for the number it wrote to, and the tenant's whole-tenant entry.

@@ -129,6 +129,13 @@ BEGIN
             PERFORM store_contact_event('contact.opted_out', NEW.id, NEW.provider, ours,
                 NEW.sender, NEW.occurred_at, NEW.received_at, NEW.tenant, NEW.raw_id, 'keyword');
         END IF;
+    ELSIF word = ANY(opt_out_words('help_keywords')) THEN
+        IF NEW.tenant IS NOT NULL AND NEW.recipient IS NOT NULL
+           AND (SELECT t.help_reply IS NOT NULL FROM tenants t WHERE t.name = NEW.tenant) THEN
+            INSERT INTO help_replies (reply_event_id, tenant, provider, handset, ours)
+            VALUES (NEW.id, NEW.tenant, NEW.provider, NEW.sender, NEW.recipient)
+            ON CONFLICT DO NOTHING;
+        END IF;
     ELSIF word = ANY(opt_out_words('opt_in_keywords')) THEN
         -- Back in: for the number it wrote to, and the tenant's whole-tenant entry.
         DELETE FROM opt_outs o
@@ -481,6 +488,7 @@ CREATE FUNCTION public.opt_out_words(p_which text) RETURNS text[]
             WHEN 'opt_out_keywords' THEN 'STOP,STOPALL,UNSUBSCRIBE,CANCEL,END,QUIT'
             WHEN 'opt_in_keywords' THEN 'START,UNSTOP'
             WHEN 'opt_out_all_keywords' THEN 'STOPALL'
+            WHEN 'help_keywords' THEN 'HELP,INFO'
         END), ',')
 $$;
 
@@ -1066,6 +1074,17 @@ CREATE SEQUENCE public.events_feed_seq_seq
 
 ALTER SEQUENCE public.events_feed_seq_seq OWNED BY public.events.feed_seq;
 
+-- TABLE help_replies
+
+CREATE TABLE public.help_replies (
+    reply_event_id text NOT NULL,
+    tenant text NOT NULL,
+    provider text NOT NULL,
+    handset text NOT NULL,
+    ours text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL
+);
+
 -- TABLE hub_keys
 
 CREATE TABLE public.hub_keys (
@@ -1317,7 +1336,9 @@ CREATE TABLE public.tenants (
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     disabled_at timestamp with time zone,
+    help_reply text,
     CONSTRAINT tenants_daily_recipients_check CHECK ((daily_recipients >= 0)),
+    CONSTRAINT tenants_help_reply_check CHECK (((length(help_reply) >= 1) AND (length(help_reply) <= 640))),
     CONSTRAINT tenants_name_check CHECK ((name ~ '^[a-z0-9][a-z0-9_-]{0,62}$'::text)),
     CONSTRAINT tenants_send_burst_check CHECK ((send_burst > 0)),
     CONSTRAINT tenants_send_rate_per_s_check CHECK ((send_rate_per_s > (0)::double precision))
@@ -1365,6 +1386,11 @@ ALTER TABLE ONLY public.delivery_attempts
 
 ALTER TABLE ONLY public.events
     ADD CONSTRAINT events_pkey PRIMARY KEY (id, stored_at);
+
+-- CONSTRAINT help_replies help_replies_pkey
+
+ALTER TABLE ONLY public.help_replies
+    ADD CONSTRAINT help_replies_pkey PRIMARY KEY (reply_event_id);
 
 -- CONSTRAINT hub_keys hub_keys_pkey
 
@@ -1616,6 +1642,11 @@ ALTER TABLE ONLY public.api_keys
 
 ALTER TABLE ONLY public.deliveries
     ADD CONSTRAINT deliveries_subscription_id_fkey FOREIGN KEY (subscription_id) REFERENCES public.subscriptions(id) ON DELETE CASCADE;
+
+-- FK CONSTRAINT help_replies help_replies_tenant_fkey
+
+ALTER TABLE ONLY public.help_replies
+    ADD CONSTRAINT help_replies_tenant_fkey FOREIGN KEY (tenant) REFERENCES public.tenants(name);
 
 -- FK CONSTRAINT message_recipients message_recipients_message_id_fkey
 

@@ -170,6 +170,9 @@ def add_tenant_commands(commands: Any, registry: Registry) -> None:
         parser.add_argument(
             "--daily-recipients", type=int, help="recipients a UTC day (SEND_DAILY_RECIPIENTS)"
         )
+        parser.add_argument(
+            "--help-reply", help="the answer to a HELP or INFO reply (default: none)"
+        )
 
     create = actions.add_parser("create", help="a new tenant, enabled")
     create.add_argument("name", help=tenants.NAME_RULE)
@@ -186,6 +189,9 @@ def add_tenant_commands(commands: Any, registry: Registry) -> None:
     limits(change)
     change.add_argument(
         "--all-providers", action="store_true", help="it may send through every provider again"
+    )
+    change.add_argument(
+        "--no-help-reply", action="store_true", help="a HELP reply gets no answer again"
     )
     numbers = actions.add_parser("numbers", help="the numbers and sender ids a tenant owns")
     number_actions = numbers.add_subparsers(dest="numbers_command", required=True)
@@ -436,6 +442,12 @@ def _limits(args: argparse.Namespace) -> dict[str, Any]:
         given["providers"] = args.provider
     if getattr(args, "all_providers", False):
         given["providers"] = None
+    if args.help_reply is not None:
+        if not 1 <= len(args.help_reply) <= 640:
+            raise TenantError("invalid_help_reply", "--help-reply is 1 to 640 characters")
+        given["help_reply"] = args.help_reply
+    if getattr(args, "no_help_reply", False):
+        given["help_reply"] = None
     for option, field in (
         ("send_rate", "send_rate_per_s"),
         ("send_burst", "send_burst"),

@@ -407,6 +407,12 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9 ,]{1,500}$",
         description="Opt-out keywords that reach the whole tenant, not only the number written to.",
     )
+    help_keywords: str = Field(
+        default="HELP,INFO",
+        pattern=r"^[A-Za-z0-9 ,]{1,500}$",
+        description="A reply whose whole text is one of these gets the tenant's help_reply, when"
+        " it has one.",
+    )
     opt_out_scope: Literal["sender", "tenant"] = Field(
         default="sender",
         description="What an opt-out reaches: the number or sender id the reply went to, or the"

@@ -324,6 +324,18 @@ def destinations(
     return countries
 
 
+async def send_for_tenant(
+    context: AppContext,
+    incoming: SendMessageIn,
+    tenant: Tenant,
+    quota: Quota,
+    table: RouteTable,
+) -> tuple[int, dict[str, Any]]:
+    """A send the hub makes itself for a tenant (a HELP answer): checked and sent as the API's
+    are, without an API key's rate limit or Idempotency-Key."""
+    return await _checked_send(context, incoming, None, quota=quota, tenant=tenant, table=table)
+
+
 class NoRoute(Unprocessable):
     code = "no_route"
 

@@ -27,7 +27,8 @@ from receiver.http.apikeys import asker_of
 from receiver.http.errors import NotFound, ReceiverError
 from receiver.periodic import repeat
 from receiver.routing.choice import Decision, RouteTable
-from receiver.sending import redelivery
+from receiver.sending import help_replies, redelivery
+from receiver.sending.help_replies import HelpReplies
 from receiver.sending.hub_events import end_recipients
 from receiver.sending.providers import account_of
 from receiver.sending.redelivery import Redeliveries
@@ -53,6 +54,7 @@ class Scheduler:
         self.table = table or RouteTable(context.settings)
         self.stopping = asyncio.Event()
         self.redeliveries = Redeliveries(context, self.table)
+        self.help_replies = HelpReplies(context, self.table)
 
     async def run(self) -> None:
         """Sends what is due every SCHEDULE_POLL_S (at once again after a full batch) until
@@ -61,12 +63,17 @@ class Scheduler:
         async def step() -> bool:
             held = await self.tick()
             ended = await self.redeliveries.tick()
-            return held >= BATCH or ended >= redelivery.BATCH
+            answered = await self.tick_answers()
+            return held >= BATCH or ended >= redelivery.BATCH or answered >= help_replies.BATCH
 
         await repeat(log, "scheduler", step, self.context.settings.schedule_poll_s, self.stopping)
 
     async def stop(self) -> None:
         self.stopping.set()
+
+    async def tick_answers(self) -> int:
+        """Answers the HELP replies waiting; returns how many were taken."""
+        return await self.help_replies.tick()
 
     async def tick(self) -> int:
         """Claims the due messages and sends them; returns how many were claimed."""

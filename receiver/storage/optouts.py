@@ -102,3 +102,23 @@ async def rekey(connection: Connection) -> tuple[int, int]:
     row = await connection.fetchrow("SELECT rehashed, erased_lost FROM rekey_opt_outs()")
     assert row is not None
     return row["rehashed"], row["erased_lost"]
+
+
+async def claim_help_replies(connection: Connection, limit: int) -> list[asyncpg.Record]:
+    """Up to `limit` HELP/INFO replies waiting for their answer, taken (deleted: an answer is
+    sent at most once) with the tenant's answer text; those another instance took are
+    skipped."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        """
+        WITH taken AS (
+            SELECT reply_event_id FROM help_replies
+            ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED
+        )
+        DELETE FROM help_replies h USING taken, tenants t
+        WHERE h.reply_event_id = taken.reply_event_id AND t.name = h.tenant
+        RETURNING h.reply_event_id, h.tenant, h.provider, h.handset, h.ours, t.help_reply,
+                  t.enabled
+        """,
+        limit,
+    )
+    return rows

@@ -103,6 +103,7 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "smsr.opt_out_keywords": words(settings.opt_out_keywords),
         "smsr.opt_in_keywords": words(settings.opt_in_keywords),
         "smsr.opt_out_all_keywords": words(settings.opt_out_all_keywords),
+        "smsr.help_keywords": words(settings.help_keywords),
         "smsr.opt_out_scope": settings.opt_out_scope,
     }
     if settings.opt_out_secret is not None:

@@ -96,7 +96,7 @@ class Tenant:
 
 TENANT_COLUMNS = (
     "t.name, t.enabled, t.providers, t.send_rate_per_s, t.send_burst, t.daily_recipients,"
-    " t.created_at, t.updated_at, t.disabled_at"
+    " t.created_at, t.updated_at, t.disabled_at, t.help_reply"
 )
 # The same, each named `tenant_<column>`: beside another table's columns (a key's).
 TENANT_COLUMNS_PREFIXED = ", ".join(
@@ -104,7 +104,7 @@ TENANT_COLUMNS_PREFIXED = ", ".join(
     for column in TENANT_COLUMNS.replace(" ", "").split(",")
 )
 # The settings a tenant may be given (each None: the hub's setting).
-SETTABLE = ("providers", "send_rate_per_s", "send_burst", "daily_recipients")
+SETTABLE = ("providers", "send_rate_per_s", "send_burst", "daily_recipients", "help_reply")
 
 
 async def create_tenant(
@@ -116,8 +116,9 @@ async def create_tenant(
     given = {field: (settings or {}).get(field) for field in SETTABLE}
     row: asyncpg.Record | None = await connection.fetchrow(
         f"""
-        INSERT INTO tenants AS t (name, providers, send_rate_per_s, send_burst, daily_recipients)
-        VALUES ($1, $2, $3, $4, $5)
+        INSERT INTO tenants AS t
+            (name, providers, send_rate_per_s, send_burst, daily_recipients, help_reply)
+        VALUES ($1, $2, $3, $4, $5, $6)
         ON CONFLICT (name) DO NOTHING
         RETURNING {TENANT_COLUMNS}
         """,
@@ -126,6 +127,7 @@ async def create_tenant(
         given["send_rate_per_s"],
         given["send_burst"],
         given["daily_recipients"],
+        given["help_reply"],
     )
     if row is None:
         raise TenantError("tenant_exists", f"a tenant named {name!r} exists already")
@@ -177,6 +179,7 @@ async def update_tenant(
             send_rate_per_s = CASE WHEN $5 THEN $6 ELSE t.send_rate_per_s END,
             send_burst = CASE WHEN $7 THEN $8 ELSE t.send_burst END,
             daily_recipients = CASE WHEN $9 THEN $10 ELSE t.daily_recipients END,
+            help_reply = CASE WHEN $11 THEN $12 ELSE t.help_reply END,
             updated_at = now()
         WHERE t.name = $1
         RETURNING {TENANT_COLUMNS}
@@ -191,6 +194,8 @@ async def update_tenant(
         changes.get("send_burst"),
         "daily_recipients" in changes,
         changes.get("daily_recipients"),
+        "help_reply" in changes,
+        changes.get("help_reply"),
     )
     return row
 

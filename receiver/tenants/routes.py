@@ -30,6 +30,8 @@ class TenantSettings(BaseModel):
     send_rate_per_s: float | None = Field(default=None, gt=0, le=1_000_000)
     send_burst: int | None = Field(default=None, gt=0, le=1_000_000)
     daily_recipients: int | None = Field(default=None, ge=0, le=1_000_000_000)
+    # Sent back to a HELP or INFO reply (null: nothing is sent).
+    help_reply: str | None = Field(default=None, min_length=1, max_length=640)
 
 
 class TenantIn(TenantSettings):
@@ -55,6 +57,7 @@ class TenantView(BaseModel):
     send_rate_per_s: float | None  # null: SEND_RATE_PER_S
     send_burst: int | None  # null: SEND_BURST
     daily_recipients: int | None  # null: SEND_DAILY_RECIPIENTS
+    help_reply: str | None  # null: a HELP reply gets no answer
     numbers: list[str]
     keys: int  # live API keys
     created_at: datetime
@@ -99,6 +102,7 @@ def tenant_json(row: asyncpg.Record) -> dict[str, Any]:
         "send_rate_per_s": row["send_rate_per_s"],
         "send_burst": row["send_burst"],
         "daily_recipients": row["daily_recipients"],
+        "help_reply": row["help_reply"],
         "numbers": list(row["numbers"]),
         "keys": row["keys"],
         "created_at": row["created_at"].isoformat(),

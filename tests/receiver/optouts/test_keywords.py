@@ -14,7 +14,9 @@ import asyncpg
 from aiohttp.test_utils import TestClient
 
 from normalizers.events import Event, EventType, Status, event_id
+from receiver.context import AppContext
 from receiver.sandbox.common import SANDBOX_KEY, Sandbox
+from receiver.sending.scheduler import Scheduler
 from receiver.storage.callbacks import store_events_alone
 from tests.helpers import sandbox_hub
 
@@ -163,3 +165,28 @@ async def test_an_entry_added_through_the_api_refuses_the_send_and_is_removed(
     assert (await send(hub))["status"] != "rejected"
     bad = await hub.post("/v1/opt-outs", json={"number": "12"})
     assert bad.status == 422
+
+
+async def test_help_is_answered_through_the_provider_it_came_from_when_the_tenant_says_what(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    scheduler = Scheduler(hub.app[AppContext.KEY])
+    await send(hub)
+    before = taken(hub)
+
+    await reply(db, "help")  # the tenant has no answer: none is sent
+    assert await scheduler.tick_answers() == 0
+    changed = await hub.patch("/v1/tenants/default", json={"help_reply": "Shop: call 0800"})
+    assert changed.status == 200, await changed.text()
+    await reply(db, "INFO.")
+    assert await scheduler.tick_answers() == 1
+
+    assert taken(hub) == before + 1
+    answer = await db.fetchrow(
+        "SELECT m.provider, m.sender, m.body, m.tenant, r.recipient FROM messages m"
+        " JOIN message_recipients r ON r.message_id = m.id WHERE m.client_ref LIKE 'help:%'"
+    )
+    assert answer is not None
+    assert tuple(answer) == ("swift", OURS, "Shop: call 0800", "default", HANDSET)
+    assert await db.fetchval("SELECT count(*) FROM help_replies") == 0

@@ -35,6 +35,7 @@ EXPECTED_TABLES = {
     "provider_health",
     "hub_keys",
     "opt_outs",
+    "help_replies",
 }
 
 
