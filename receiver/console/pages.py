@@ -37,6 +37,7 @@ from receiver.http.session import (
     csrf_token,
     set_session,
 )
+from receiver.optouts.routes import optout_page
 from receiver.query.messages import message_page, message_view
 from receiver.query.raw_callbacks import raw_callback_page, raw_callback_view, refusal_page
 from receiver.routing.routes import change_json, route_json
@@ -351,6 +352,32 @@ async def providers(request: web.Request, who: Viewer) -> web.Response:
     )
 
 
+@page("read")
+async def opt_outs(request: web.Request, who: Viewer) -> web.Response:
+    """The viewer's opt-out list, searched by number, with add and remove through the API."""
+    number = request.query.get("number", "").strip()
+    if "number" in request.query and not number:
+        raise web.HTTPSeeOther("/console/opt-outs")
+    error = None
+    entries: list[dict[str, Any]] = []
+    next_cursor = None
+    try:
+        found = await optout_page(request)
+        entries, next_cursor = found["data"], found["next_cursor"]
+    except ReceiverError as refused:  # a bad number: said on the page
+        error = str(refused)
+    return render(
+        "optouts.html",
+        request,
+        who,
+        active="optouts",
+        entries=entries,
+        next_cursor=next_cursor,
+        number=number,
+        error=error,
+    )
+
+
 # The routes' live split on the Providers page: over the recipients of the last this many minutes.
 SPLIT_MINUTES = 15
 
@@ -527,6 +554,7 @@ def add_console(app: web.Application) -> None:
     app.router.add_get("/console/providers", providers)
     app.router.add_get("/console/tenants", tenants)
     app.router.add_get("/console/routes", send_routes)
+    app.router.add_get("/console/opt-outs", opt_outs)
     app[PROVIDER_SUMMARY] = {}
     app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
     app.router.add_get(LOGIN, login_page)

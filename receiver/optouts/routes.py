@@ -67,6 +67,12 @@ def handset(text: str, field: str = "number") -> str:
 
 
 async def list_all(request: web.Request) -> web.Response:
+    return web.json_response(await optout_page(request))
+
+
+async def optout_page(request: web.Request) -> dict[str, Any]:
+    """A page of the asker's list as the request's parameters ask (the API's and the
+    console's)."""
     context = request.app[AppContext.KEY]
     asker = asker_of(request)
     limit = params.limit(request)
@@ -87,9 +93,7 @@ async def list_all(request: web.Request) -> web.Response:
         if len(rows) > limit and page
         else None
     )
-    return web.json_response(
-        {"data": [opt_out_json(row) for row in page], "next_cursor": next_cursor}
-    )
+    return {"data": [opt_out_json(row) for row in page], "next_cursor": next_cursor}
 
 
 async def create(request: web.Request) -> web.Response:

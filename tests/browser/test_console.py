@@ -368,3 +368,27 @@ def test_a_route_is_made_refused_edited_and_deleted_in_the_console(
     page.once("dialog", lambda dialog: dialog.accept())
     page.locator("#route-browser").get_by_role("button", name="Delete").click()
     expect(page.locator("#route-browser")).to_have_count(0)
+
+
+def test_a_handset_is_added_to_the_opt_out_list_and_removed_in_the_console(
+    open_hub: str, page: Page
+) -> None:
+    page.goto(open_hub + "/console")
+    page.get_by_role("link", name="Opt-outs").click()
+    form = page.locator("#optout-form")
+    form.get_by_label("Number").fill("+447700900061")
+    form.get_by_label("From").fill("+447700900999")
+    form.get_by_role("button", name="Add").click()
+    row = page.locator("tr", has=page.get_by_role("rowheader", name="+447700900061"))
+    expect(row).to_contain_text("+447700900999")  # reloaded
+    expect(row).to_contain_text("api")
+    shot(page, "opt-outs", full_page=True)
+
+    form = page.locator("#optout-form")
+    form.get_by_label("Number").fill("12")
+    form.get_by_role("button", name="Add").click()
+    expect(page.locator("#out-add")).to_contain_text("number")
+
+    page.once("dialog", lambda dialog: dialog.accept())
+    row.get_by_role("button", name="Remove").click()
+    expect(page.get_by_role("rowheader", name="+447700900061")).to_have_count(0)

@@ -55,6 +55,14 @@
       delete parsed.name;
       body = JSON.stringify(parsed);
     }
+    if (button.dataset.bodyForm) {
+      // A form's filled fields, as the JSON body.
+      const fields = {};
+      new FormData(document.getElementById(button.dataset.bodyForm)).forEach(function (value, key) {
+        if (String(value).trim()) { fields[key] = String(value).trim(); }
+      });
+      body = JSON.stringify(fields);
+    }
     if (button.dataset.sinceHours) {
       const since = new Date(Date.now() - Number(button.dataset.sinceHours) * 3600 * 1000);
       body = JSON.stringify({ since: since.toISOString() });

@@ -190,3 +190,23 @@ async def test_help_is_answered_through_the_provider_it_came_from_when_the_tenan
     assert answer is not None
     assert tuple(answer) == ("swift", OURS, "Shop: call 0800", "default", HANDSET)
     assert await db.fetchval("SELECT count(*) FROM help_replies") == 0
+
+
+async def test_the_console_lists_adds_and_marks_opted_out_recipients(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    await hub.post("/v1/opt-outs", json={"number": HANDSET, "sender": OURS})
+    answer = await hub.post(
+        "/v1/messages", json={"provider": "swift", "to": [HANDSET], "from": OURS, "body": "hi"}
+    )
+    message_id = (await answer.json())["id"]
+
+    listed = await (await hub.get("/console/opt-outs")).text()
+    searched = await (await hub.get("/console/opt-outs?number=%2B447700900012")).text()
+    shown = await (await hub.get(f"/console/messages/{message_id}")).text()
+
+    assert f'<th scope="row">{HANDSET}</th>' in listed
+    assert OURS in listed
+    assert "No one on the list for +447700900012" in searched
+    assert "opted out: not sent" in shown

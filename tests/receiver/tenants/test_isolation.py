@@ -532,6 +532,15 @@ async def console_providers(world: World) -> None:
     assert "live split" not in html  # routing spans every tenant's traffic
 
 
+async def console_opt_outs(world: World) -> None:
+    await b_opt_out(world)
+    for query in ("", f"?number={B_NUMBER}"):
+        status, html = await page(world, f"/console/opt-outs{query}")
+        assert status == 200
+        assert f'<th scope="row">{B_NUMBER}</th>' not in html
+        assert "No one on the list" in html
+
+
 async def console_raw(world: World) -> None:
     status, _ = await page(world, f"/console/raw-callbacks/{world.b_raw}")
     assert status == 404
@@ -544,6 +553,7 @@ CONSOLE_CASES: dict[str, Case] = {
     "/console/callbacks": lambda w: console_operator_page(w, "/console/callbacks"),
     "/console/tenants": lambda w: console_operator_page(w, "/console/tenants"),
     "/console/routes": lambda w: console_operator_page(w, "/console/routes"),
+    "/console/opt-outs": console_opt_outs,
     "/console/subscriptions": console_subscriptions,
     "/console/providers": console_providers,
     "/console/raw-callbacks/{id}": console_raw,
