@@ -12,13 +12,13 @@ from aiohttp import web
 
 from normalizers.encoding import segment
 from receiver.sandbox.common import (
-    REPLY_TEXT,
     THROTTLED_HEADERS,
     Outcome,
     Report,
     Sandbox,
     final_reports,
     json_body,
+    reply_text,
     requested_error,
     sandbox_of,
     seconds_until,
@@ -174,7 +174,7 @@ def _reports(
                 "messageID": message_id + 500_000,
                 "from": number,
                 "to": body.get("from"),
-                "body": REPLY_TEXT,
+                "body": reply_text(body.get("body")),
                 "ref": "sandbox number",
                 "callback_type": "inbound_message",
                 "tstamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),

@@ -10,12 +10,12 @@ from aiohttp import web
 
 from normalizers.encoding import segment
 from receiver.sandbox.common import (
-    REPLY_TEXT,
     THROTTLED_HEADERS,
     Outcome,
     Report,
     final_reports,
     json_body,
+    reply_text,
     requested_error,
     sandbox_of,
     throttled_once,
@@ -123,7 +123,7 @@ async def send(request: web.Request) -> web.Response:
                         "message_sid": sandbox.next_id("cx-"),
                         "from": to,
                         "to": sender,
-                        "message": REPLY_TEXT,
+                        "message": reply_text(text),
                         "date_created": _stamp(3),
                         "date_status_changed": _stamp(3),
                         "user_data": None,

@@ -47,6 +47,15 @@ BY_LAST_DIGIT: Mapping[str, Outcome] = {
 }
 
 REPLY_TEXT = "YES"
+# A message whose text starts with this has its handset (a number ending in 8) reply with the
+# rest (`REPLY:STOP`), so that keyword replies can be driven end to end in every format.
+REPLY_PREFIX = "REPLY:"
+
+
+def reply_text(sent: object) -> str:
+    if isinstance(sent, str) and sent.startswith(REPLY_PREFIX):
+        return sent.removeprefix(REPLY_PREFIX).strip()[:160] or REPLY_TEXT
+    return REPLY_TEXT
 
 
 # A message whose text starts with this asks the simulated provider for one of its documented

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from aiohttp import web
 
 from receiver.sandbox.common import (
-    REPLY_TEXT,
     THROTTLED_HEADERS,
     Outcome,
     Report,
     json_body,
+    reply_text,
     requested_error,
     sandbox_of,
     seconds_until,
@@ -96,7 +96,7 @@ async def send(request: web.Request) -> web.Response:
             "Message.Sid": sandbox.next_id("MREPLY"),
             "Message.From": to,
             "Message.To": leased,
-            "Message.Text": REPLY_TEXT,
+            "Message.Text": reply_text(text),
         }
         method = str(body.get("WebhookMethod") or "POST").upper()
         steps.append((3, Report.form(reply_url, reply, method)))

@@ -12,13 +12,13 @@ from aiohttp import web
 from normalizers.encoding import segment
 from receiver.sandbox.common import (
     RATE_LIMITED,
-    REPLY_TEXT,
     THROTTLED_HEADERS,
     Outcome,
     Report,
     Sandbox,
     final_reports,
     json_body,
+    reply_text,
     requested_error,
     sandbox_of,
     throttled_once,
@@ -112,7 +112,7 @@ async def send(request: web.Request) -> web.Response:
                 steps.append((step, _authorised(sandbox, Report.json_post(url, dlr))))
         if outcome is Outcome.REPLY:
             incoming = {
-                "body": REPLY_TEXT,
+                "body": reply_text(body["body"]),
                 "from": number,
                 "id": sandbox.next_id("01JSWIFTMO"),
                 "timestamp": _stamp(3),

@@ -18,12 +18,12 @@ from aiohttp import web
 
 from normalizers.encoding import segment
 from receiver.sandbox.common import (
-    REPLY_TEXT,
     THROTTLED_HEADERS,
     Outcome,
     Report,
     final_reports,
     json_body,
+    reply_text,
     requested_error,
     sandbox_of,
     throttled_once,
@@ -183,7 +183,7 @@ async def send(request: web.Request) -> web.Response:
                                 "message_id": sandbox.next_id("mo_42_"),
                                 "from": number,
                                 "to": sender,
-                                "message": REPLY_TEXT,
+                                "message": reply_text(text),
                                 "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                             },
                         ),
