@@ -387,7 +387,9 @@ def fan_out_lines(results: dict[str, Any]) -> list[str]:
             f" time a send p50 {s['own_p50_ms']:.2f} ms p99 {s['own_p99_ms']:.2f} ms; S1 naming"
             f" the provider {s1['rps']:.0f}/s, own p50 {s1['own_p50_ms']:.2f} ms p99"
             f" {s1['own_p99_ms']:.2f} ms: routing costs {results['S']['routing_cost']:+.1%}"
-            f"{ratio}"
+            f"{ratio}; SL, with {results['S']['list_size']:,} opt-outs:"
+            f" {results['S']['SL']['rps']:.0f}/s, own p50 {results['S']['SL']['own_p50_ms']:.2f} ms"
+            f" ({results['S']['opt_out_list_cost']:+.1%} against S)"
             f"  check {'ok' if results['S']['check_ok'] else 'FAILED'}"
         )
     for f in results.get("F", []):
@@ -416,8 +418,14 @@ FLOORS = {
     "F p99 ms at 25% of C": 100.0,
     "peak RSS MiB": 300.0,
     "routing cost (S own p50 / S1's - 1)": 0.05,
+    "opt-out list cost (SL own p50 / S's - 1)": 0.05,
 }
-AT_MOST = {"F p99 ms at 25% of C", "peak RSS MiB", "routing cost (S own p50 / S1's - 1)"}
+AT_MOST = {
+    "F p99 ms at 25% of C",
+    "peak RSS MiB",
+    "routing cost (S own p50 / S1's - 1)",
+    "opt-out list cost (SL own p50 / S's - 1)",
+}
 
 
 def floors(summary: dict[str, Any], fan_out: dict[str, Any]) -> list[dict[str, Any]]:
@@ -441,6 +449,7 @@ def floors(summary: dict[str, Any], fan_out: dict[str, Any]) -> list[dict[str, A
         measured["peak RSS MiB"] = max(row["peak_rss_mib"] for row in summary.values())
     if "S" in fan_out:
         measured["routing cost (S own p50 / S1's - 1)"] = fan_out["S"]["routing_cost"]
+        measured["opt-out list cost (SL own p50 / S's - 1)"] = fan_out["S"]["opt_out_list_cost"]
     verdicts = []
     for name, floor in FLOORS.items():
         value = measured[name]

@@ -513,7 +513,7 @@ async def _checked_send(
     held = held_at_hub(send) if routed else held_until(context.registry[first], send)
     firsts = {number: decision.providers[0] for number, decision in decisions.items()}
     async with context.db.connection() as connection:
-        await messages.create_message(
+        blocked = await messages.create_message(
             connection,
             message_id,
             first,
@@ -546,7 +546,9 @@ async def _checked_send(
         return 201, await _answer(context, first, message_id, local, [], None, None)
     if routed:
         send = dataclasses.replace(send, send_at=None)
-    return await deliver(context, send, message_id, plan, progress or SendProgress())
+    return await deliver(
+        context, send, message_id, plan, progress or SendProgress(), blocked=blocked
+    )
 
 
 async def deliver(
@@ -557,6 +559,7 @@ async def deliver(
     progress: SendProgress,
     *,
     counts: bool = True,
+    blocked: set[str] | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Calls the providers for a stored message and stores their answers: what POST
     /v1/messages does at once, and the scheduler at a held message's send time. Recipients that
@@ -626,8 +629,9 @@ async def deliver(
         moved = await asyncio.gather(*(one(call) for call in calls))
         return [number for numbers in moved for number in numbers]
 
-    async with context.db.connection() as connection:
-        blocked = await optouts.suppressed(connection, message_id, send.to)
+    if blocked is None:  # not known from the message's creation: a held send, a redelivery
+        async with context.db.connection() as connection:
+            blocked = await optouts.suppressed(connection, message_id, send.to)
     if blocked:
         await _refuse_opted_out(context, message_id, plan, position, blocked)
     todo = [number for number in send.to if number not in blocked]

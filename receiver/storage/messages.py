@@ -51,12 +51,13 @@ async def create_message(
     deadlines: Mapping[str, datetime] | None = None,
     routing: Any = None,
     redeliver: Mapping[str, Redelivery] | None = None,
-) -> None:
+) -> set[str]:
     """The message of `tenant` and its recipients, stored before the provider is called; a
     recipient with no final status by `deadline` is expired by the silence sweep. With
     `dispatch_at` the hub sends it then (the provider cannot schedule): its recipients are
     `scheduled` until. A routed message's recipients each have their first provider
-    (`providers`, with its `deadlines`), and `routing` says how they were chosen."""
+    (`providers`, with its `deadlines`), and `routing` says how they were chosen. Returns the
+    recipients on the opt-out list for this tenant and sender."""
     status = "scheduled" if dispatch_at is not None else "unknown"
     first_of = providers or {}
     deadline_of = deadlines or {}
@@ -84,30 +85,40 @@ async def create_message(
             tenant,
             json.dumps(routing) if routing is not None else None,
         )
-        await connection.executemany(
+        # One statement for every recipient, which also says which are on the opt-out list
+        # for this tenant and sender (the send's one lookup of it, migration 0024).
+        rows = await connection.fetch(
             """
-            INSERT INTO message_recipients
+            WITH pads AS (SELECT * FROM hmac_pads(opt_out_key()))
+            INSERT INTO message_recipients AS r
                 (message_id, provider, provider_message_id, recipient, status, final, sequence,
                  segments, deadline, country, tenant, redeliver_until, redeliver_on)
-            VALUES ($1, $2, $3, $4, $7, false, 0, $5, $6, $8, $9, $10, $11)
+            SELECT $1, given.provider, $2, given.recipient, $3, false, 0, $4, given.deadline,
+                   given.country, $5, given.redeliver_until,
+                   string_to_array(given.redeliver_on, ',')
+            FROM unnest($6::text[], $7::text[], $8::timestamptz[], $9::text[],
+                        $10::timestamptz[], $11::text[])
+                 AS given(recipient, provider, deadline, country, redeliver_until, redeliver_on)
+            RETURNING r.recipient, EXISTS (
+                SELECT 1 FROM opt_outs o, pads
+                WHERE o.number_hash = hmac_with(pads.inner_pad, pads.outer_pad, r.recipient)
+                  AND (o.tenant = $5 OR o.tenant IS NULL)
+                  AND (o.sender IS NULL OR o.sender = $12)) AS suppressed
             """,
-            [
-                (
-                    message_id,
-                    first_of.get(to, provider),
-                    pending_id(message_id),
-                    to,
-                    segments,
-                    deadline_of.get(to, deadline),
-                    status,
-                    (countries or {}).get(to),
-                    tenant,
-                    redeliver_of[to].until if to in redeliver_of else None,
-                    list(redeliver_of[to].on) if to in redeliver_of else None,
-                )
-                for to in recipients
-            ],
+            message_id,
+            pending_id(message_id),
+            status,
+            segments,
+            tenant,
+            list(recipients),
+            [first_of.get(to, provider) for to in recipients],
+            [deadline_of.get(to, deadline) for to in recipients],
+            [(countries or {}).get(to) for to in recipients],
+            [redeliver_of[to].until if to in redeliver_of else None for to in recipients],
+            [",".join(redeliver_of[to].on) if to in redeliver_of else None for to in recipients],
+            to_e164(sender),
         )
+    return {row["recipient"] for row in rows if row["suppressed"]}
 
 
 async def adopt_recipient(
