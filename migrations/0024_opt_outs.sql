@@ -2,8 +2,9 @@
 --
 -- The list keeps a keyed hash (HMAC-SHA256) of each E.164 number, and the number itself until
 -- it is erased: sends look entries up by the hash, so an erased number stays suppressed. The key
--- is OPT_OUT_SECRET (the session's smsr.opt_out_key), else one made here once and kept in
--- hub_keys (which whoever reads the database can use: set OPT_OUT_SECRET in production).
+-- is OPT_OUT_SECRET (the session is given its HMAC pads, smsr.opt_out_pads), else one made here
+-- once and kept in hub_keys (which whoever reads the database can use: set OPT_OUT_SECRET in
+-- production).
 --
 -- A keyword reply is applied by a trigger on the reply's own insert, in the transaction that
 -- stores it: a reply answered 2xx has done its work, whichever instance stored it.
@@ -76,32 +77,39 @@ CREATE FUNCTION hmac_with(p_inner_pad bytea, p_outer_pad bytea, p_message text) 
     SELECT sha256(p_outer_pad || sha256(p_inner_pad || convert_to(p_message, 'UTF8')))
 $$;
 
-CREATE FUNCTION opt_out_key() RETURNS bytea
+-- The pads of the list's key, made once: the session's (smsr.opt_out_pads, which the hub makes
+-- from OPT_OUT_SECRET), else those of the database's key, made here. A send's lookup then costs
+-- two sha256() a number and no loop.
+INSERT INTO hub_keys (name, value)
+SELECT 'opt_out_pads', p.inner_pad || p.outer_pad FROM hub_keys k, hmac_pads(k.value) AS p
+WHERE k.name = 'opt_out';
+
+CREATE FUNCTION opt_out_pads(OUT inner_pad bytea, OUT outer_pad bytea)
     LANGUAGE sql STABLE
     AS $$
-    SELECT coalesce(
-        convert_to(nullif(current_setting('smsr.opt_out_key', true), ''), 'UTF8'),
-        (SELECT value FROM hub_keys WHERE name = 'opt_out'))
+    SELECT substring(k.pads FROM 1 FOR 64), substring(k.pads FROM 65 FOR 64)
+    FROM (SELECT coalesce(decode(nullif(current_setting('smsr.opt_out_pads', true), ''), 'hex'),
+                          (SELECT value FROM hub_keys WHERE name = 'opt_out_pads')) AS pads) AS k
 $$;
 
 -- The list's hash of one E.164 number.
 CREATE FUNCTION opt_out_hash(p_number text) RETURNS bytea
     LANGUAGE sql STABLE
     AS $$
-    SELECT hmac_with(p.inner_pad, p.outer_pad, p_number) FROM hmac_pads(opt_out_key()) AS p
+    SELECT hmac_with(p.inner_pad, p.outer_pad, p_number) FROM opt_out_pads() AS p
 $$;
 
 -- The fingerprint of the key the list's hashes were made with: when the key changes (OPT_OUT_SECRET
 -- set, or changed), rekey_opt_outs() hashes again every entry that still has its number; an
 -- erased entry cannot be, and no longer matches (said at start).
 INSERT INTO hub_keys (name, value) SELECT 'opt_out_in_use', sha256(value) FROM hub_keys
-WHERE name = 'opt_out';
+WHERE name = 'opt_out_pads';
 
 CREATE FUNCTION rekey_opt_outs(OUT rehashed bigint, OUT erased_lost bigint)
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    print bytea := sha256(opt_out_key());
+    print bytea := (SELECT sha256(p.inner_pad || p.outer_pad) FROM opt_out_pads() AS p);
 BEGIN
     rehashed := 0;
     erased_lost := 0;
@@ -216,7 +224,7 @@ CREATE TRIGGER events_reply_keyword AFTER INSERT ON events
 CREATE FUNCTION suppressed(p_message_id uuid, p_numbers text[]) RETURNS SETOF text
     LANGUAGE sql STABLE
     AS $$
-    SELECT n FROM hmac_pads(opt_out_key()) AS p, unnest(p_numbers) AS n
+    SELECT n FROM opt_out_pads() AS p, unnest(p_numbers) AS n
     WHERE EXISTS (
         SELECT 1 FROM messages m
         JOIN opt_outs o ON o.number_hash = hmac_with(p.inner_pad, p.outer_pad, n)

@@ -465,17 +465,17 @@ $$;
 CREATE FUNCTION public.opt_out_hash(p_number text) RETURNS bytea
     LANGUAGE sql STABLE
     AS $$
-    SELECT hmac_with(p.inner_pad, p.outer_pad, p_number) FROM hmac_pads(opt_out_key()) AS p
+    SELECT hmac_with(p.inner_pad, p.outer_pad, p_number) FROM opt_out_pads() AS p
 $$;
 
--- FUNCTION opt_out_key()
+-- FUNCTION opt_out_pads()
 
-CREATE FUNCTION public.opt_out_key() RETURNS bytea
+CREATE FUNCTION public.opt_out_pads(OUT inner_pad bytea, OUT outer_pad bytea) RETURNS record
     LANGUAGE sql STABLE
     AS $$
-    SELECT coalesce(
-        convert_to(nullif(current_setting('smsr.opt_out_key', true), ''), 'UTF8'),
-        (SELECT value FROM hub_keys WHERE name = 'opt_out'))
+    SELECT substring(k.pads FROM 1 FOR 64), substring(k.pads FROM 65 FOR 64)
+    FROM (SELECT coalesce(decode(nullif(current_setting('smsr.opt_out_pads', true), ''), 'hex'),
+                          (SELECT value FROM hub_keys WHERE name = 'opt_out_pads')) AS pads) AS k
 $$;
 
 -- FUNCTION opt_out_words(text)
@@ -589,7 +589,7 @@ CREATE FUNCTION public.rekey_opt_outs(OUT rehashed bigint, OUT erased_lost bigin
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    print bytea := sha256(opt_out_key());
+    print bytea := (SELECT sha256(p.inner_pad || p.outer_pad) FROM opt_out_pads() AS p);
 BEGIN
     rehashed := 0;
     erased_lost := 0;
@@ -859,7 +859,7 @@ $$;
 CREATE FUNCTION public.suppressed(p_message_id uuid, p_numbers text[]) RETURNS SETOF text
     LANGUAGE sql STABLE
     AS $$
-    SELECT n FROM hmac_pads(opt_out_key()) AS p, unnest(p_numbers) AS n
+    SELECT n FROM opt_out_pads() AS p, unnest(p_numbers) AS n
     WHERE EXISTS (
         SELECT 1 FROM messages m
         JOIN opt_outs o ON o.number_hash = hmac_with(p.inner_pad, p.outer_pad, n)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections.abc import Iterable
@@ -86,6 +87,9 @@ class ProviderEnvironment(PydanticBaseSettingsSource):
                 continue
             found.setdefault(match[1].lower(), {})[match[2].lower()] = value
         return {"providers": found} if found else {}
+
+
+HMAC_BLOCK = 64  # SHA-256's block size
 
 
 class Settings(BaseSettings):
@@ -504,6 +508,17 @@ class Settings(BaseSettings):
         if self.webhook_lease_s <= self.webhook_timeout_s + 1:
             raise ValueError("WEBHOOK_LEASE_S must exceed WEBHOOK_TIMEOUT_S + 1")
         return self
+
+    def opt_out_pads(self) -> str | None:
+        """HMAC-SHA256's inner and outer pads of OPT_OUT_SECRET (RFC 2104), hex: the database
+        session hashes numbers with them (migration 0024's opt_out_pads), never with the key."""
+        if self.opt_out_secret is None:
+            return None
+        key = self.opt_out_secret.get_secret_value().encode()
+        if len(key) > HMAC_BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(HMAC_BLOCK, b"\0")
+        return (bytes(b ^ 0x36 for b in key) + bytes(b ^ 0x5C for b in key)).hex()
 
     def provider(self, name: str) -> ProviderSettings:
         return self.providers.get(name) or ProviderSettings()

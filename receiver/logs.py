@@ -93,6 +93,7 @@ def configured_secrets(settings: Any) -> list[str]:
     opt_out_secret = getattr(settings, "opt_out_secret", None)
     if opt_out_secret is not None and hasattr(opt_out_secret, "get_secret_value"):
         found.append(opt_out_secret.get_secret_value())
+        found.append(settings.opt_out_pads())
     for name in ("database_url", "database_read_url"):
         database_url = getattr(settings, name, None)
         if database_url:

@@ -83,7 +83,7 @@ async def import_entries(connection: Connection, entries: Sequence[Entry]) -> in
             INSERT INTO opt_outs (tenant, number, number_hash, sender, source)
             SELECT i.tenant, i.number, hmac_with(p.inner_pad, p.outer_pad, i.number), i.sender,
                    'import'
-            FROM opt_out_import i, hmac_pads(opt_out_key()) AS p
+            FROM opt_out_import i, opt_out_pads() AS p
             ON CONFLICT DO NOTHING
             """
         )

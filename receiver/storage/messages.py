@@ -89,7 +89,7 @@ async def create_message(
         # for this tenant and sender (the send's one lookup of it, migration 0024).
         rows = await connection.fetch(
             """
-            WITH pads AS (SELECT * FROM hmac_pads(opt_out_key()))
+            WITH pads AS (SELECT * FROM opt_out_pads())
             INSERT INTO message_recipients AS r
                 (message_id, provider, provider_message_id, recipient, status, final, sequence,
                  segments, deadline, country, tenant, redeliver_until, redeliver_on)

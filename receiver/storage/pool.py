@@ -106,8 +106,9 @@ def session_settings(settings: Settings) -> dict[str, str]:
         "smsr.help_keywords": words(settings.help_keywords),
         "smsr.opt_out_scope": settings.opt_out_scope,
     }
-    if settings.opt_out_secret is not None:
-        values["smsr.opt_out_key"] = settings.opt_out_secret.get_secret_value()
+    pads = settings.opt_out_pads()
+    if pads is not None:
+        values["smsr.opt_out_pads"] = pads
     return values
 
 
