@@ -496,7 +496,7 @@ ROUTES: tuple[Route, ...] = (
         scope="admin",
         operator=True,
         params=(Param("route"), LIMIT),
-        errors=("401", "403", "503"),
+        errors=("400", "401", "403", "503"),
     ),
     Route(
         "get",
@@ -590,6 +590,19 @@ SANDBOX_ROUTES = (
         scope="admin",
         operator=True,
         errors=("401", "403", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/sandbox/providers/{name}/inbound",
+        sandbox_controls.inbound,
+        "A simulated handset writes on its own: the simulated provider posts it to the hub in"
+        " its inbound format (sandbox mode, operator keys only)",
+        {"200": sandbox_controls.InboundSent},
+        scope="admin",
+        operator=True,
+        body=sandbox_controls.InboundIn,
+        params=(Param("name", "path", required=True),),
+        errors=("401", "403", "404", "408", "422", "503"),
     ),
     Route(
         "put",

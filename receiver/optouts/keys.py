@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncpg
 import structlog
 
 from receiver.config import Settings
@@ -18,7 +19,13 @@ async def check_key(db: Database, settings: Settings) -> None:
             hint="set OPT_OUT_SECRET: the opt-out list's hashes of erased numbers are only as"
             " safe as their key, now kept in the database beside them",
         )
-    async with db.connection() as connection:
-        rehashed, lost = await optouts.rekey(connection)
+    try:
+        async with db.connection() as connection:
+            rehashed, lost = await optouts.rekey(connection)
+    except asyncpg.UndefinedFunctionError:
+        # A database not migrated yet (serve answers /readyz 503 meanwhile): the next start,
+        # after the migrations, looks again.
+        log.warning("opt_out_key_not_checked", reason="migration 0024 is not applied")
+        return
     if rehashed or lost:
         log.warning("opt_out_key_changed", rehashed=rehashed, erased_entries_lost=lost)

@@ -187,3 +187,20 @@ def _reports(
         counts = dict(Counter(finals.values()))
         steps.append((2, Report.json_post(url, _report(message_id, body, counts, kind, 2))))
     return steps
+
+
+def inbound(sandbox: Sandbox, handset: str, ours: str, text: str) -> Report:
+    """A handset writing on its own, as apicontrol reports an inbound message."""
+    return Report.json_post(
+        sandbox.callback_urls[NAME],
+        {
+            "messageID": sandbox.next_number() + 500_000,
+            "from": handset.lstrip("+"),
+            "to": ours,
+            "body": text,
+            "ref": "sandbox number",
+            "callback_type": "inbound_message",
+            "tstamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "message_type": "sms",
+        },
+    )

@@ -13,6 +13,7 @@ from receiver.sandbox.common import (
     THROTTLED_HEADERS,
     Outcome,
     Report,
+    Sandbox,
     final_reports,
     json_body,
     reply_text,
@@ -133,3 +134,28 @@ async def send(request: web.Request) -> web.Response:
         )
     sandbox.later(steps, start_after_s=sandbox.report_delay_s(NAME, [to]))
     return web.json_response(sms)
+
+
+def inbound(sandbox: Sandbox, handset: str, ours: str, text: str) -> Report:
+    """A handset writing on its own: CarrierX's SMS object, inbound."""
+    return Report.json_post(
+        sandbox.callback_urls[NAME],
+        {
+            "date_changed": _stamp(),
+            "date_created": _stamp(),
+            "date_status_changed": _stamp(),
+            "direction": "inbound",
+            "from": handset,
+            "group_recipients": [],
+            "media_urls": [],
+            "message": text,
+            "message_segments": 1,
+            "message_sid": sandbox.next_id("cx-"),
+            "partner_sid": "sandbox-partner",
+            "price": None,
+            "status": "received",
+            "to": ours,
+            "type": "sms",
+            "user_data": None,
+        },
+    )

@@ -214,7 +214,8 @@ class Sandbox:
             done = step
             await self.deliver(report)
 
-    async def deliver(self, report: Report) -> None:
+    async def deliver(self, report: Report) -> int:
+        """Posts one report to the hub; its answer's status (0 when it did not answer)."""
         if self.session is None:
             self.session = aiohttp.ClientSession()
         try:
@@ -226,8 +227,10 @@ class Sandbox:
                 timeout=aiohttp.ClientTimeout(total=10),
             ) as answer:
                 log.info("sandbox_report", url=report.url, status=answer.status)
+                return answer.status
         except (aiohttp.ClientError, TimeoutError) as error:
             log.warning("sandbox_report_failed", url=report.url, error=repr(error))
+            return 0
 
     async def close(self) -> None:
         for task in list(self.tasks):

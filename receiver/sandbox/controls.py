@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from receiver.context import AppContext
 from receiver.http.bodies import read_model
 from receiver.http.errors import NotFound
+from receiver.sandbox import apicontrol, carrierx, properties, swift, telecom23
 from receiver.sandbox.common import Sandbox, Trouble, TroubleMode, sandbox_of
 
 
@@ -46,6 +47,21 @@ class SimulatedProvider(BaseModel):
 
 class SimulatedProviders(BaseModel):
     data: list[SimulatedProvider]
+
+
+class InboundIn(BaseModel):
+    """A simulated handset writing on its own (STOP, START, HELP, anything)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    handset: str = Field(min_length=8, max_length=16, pattern=r"^\+[0-9]{7,15}$")
+    to: str = Field(min_length=1, max_length=32, description="our number or sender id")
+    text: str = Field(min_length=1, max_length=640)
+
+
+class InboundSent(BaseModel):
+    provider: str
+    status: int  # what the hub answered the simulated provider's callback
 
 
 class SentCounts(BaseModel):
@@ -82,6 +98,25 @@ async def sent(request: web.Request) -> web.Response:
     for (provider, number), n in sandbox.sent.items():
         counts.setdefault(provider, {})["+" + number] = n
     return web.json_response({"data": counts})
+
+
+# Each simulated provider's builder of an inbound message, in its own format.
+INBOUND = {
+    module.NAME: module.inbound for module in (apicontrol, carrierx, properties, swift, telecom23)
+}
+
+
+async def inbound(request: web.Request) -> web.Response:
+    """The simulated provider posts a message from the handset to the hub now, in its own
+    inbound format, as if the handset wrote on its own."""
+    sandbox = sandbox_of(request)
+    name = request.match_info["name"]
+    if name not in INBOUND or name not in request.app[AppContext.KEY].registry:
+        raise NotFound(f"no simulated provider named {name[:50]!r}")
+    incoming = await read_model(request, InboundIn)
+    report = INBOUND[name](sandbox, incoming.handset, incoming.to, incoming.text)
+    status = await sandbox.deliver(report)
+    return web.json_response({"provider": name, "status": status})
 
 
 async def put(request: web.Request) -> web.Response:

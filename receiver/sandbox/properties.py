@@ -12,6 +12,7 @@ from receiver.sandbox.common import (
     THROTTLED_HEADERS,
     Outcome,
     Report,
+    Sandbox,
     json_body,
     reply_text,
     requested_error,
@@ -113,4 +114,21 @@ async def send(request: web.Request) -> web.Response:
                 "Text": text,
             }
         }
+    )
+
+
+def inbound(sandbox: Sandbox, handset: str, ours: str, text: str) -> Report:
+    """A handset writing on its own, as the Properties API posts a received message."""
+    return Report.form(
+        sandbox.callback_urls[NAME],
+        {
+            "Action": "Webhook",
+            "Account.Sid": "ACSANDBOX",
+            "Property.Sid": "PSSANDBOX",
+            "Event": "Message.Received",
+            "Message.Sid": sandbox.next_id("MREPLY"),
+            "Message.From": handset,
+            "Message.To": ours,
+            "Message.Text": text,
+        },
     )

@@ -124,3 +124,16 @@ async def send(request: web.Request) -> web.Response:
     ok = [r for r in results if r["error_code"] == "OK"]
     status = 200 if len(ok) == len(results) else 207 if ok else 422
     return web.json_response({"results": results}, status=status)
+
+
+def inbound(sandbox: Sandbox, handset: str, ours: str, text: str) -> Report:
+    """A handset writing on its own: Swift's incoming message to the switch's webhook."""
+    incoming = {
+        "body": text,
+        "from": handset.lstrip("+"),
+        "id": sandbox.next_id("01JSWIFTMO"),
+        "timestamp": _stamp(),
+        "to": ours.lstrip("+"),
+        "type": "sms",
+    }
+    return _authorised(sandbox, Report.json_post(sandbox.callback_urls[NAME], incoming))

@@ -21,6 +21,7 @@ from receiver.sandbox.common import (
     THROTTLED_HEADERS,
     Outcome,
     Report,
+    Sandbox,
     final_reports,
     json_body,
     reply_text,
@@ -212,4 +213,23 @@ async def send(request: web.Request) -> web.Response:
                 "db_error_count": 0,
             },
         }
+    )
+
+
+def inbound(sandbox: Sandbox, handset: str, ours: str, text: str) -> Report:
+    """A handset writing on its own: 23 Telecom's inbound webhook (signed when the hub holds
+    the secret)."""
+    return _signed(
+        sandbox.signing_secrets.get(NAME),
+        Report.json_post(
+            sandbox.callback_urls[NAME],
+            {
+                "direction": "inbound",
+                "message_id": sandbox.next_id("mo_42_"),
+                "from": handset,
+                "to": ours,
+                "message": text,
+                "timestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+        ),
     )

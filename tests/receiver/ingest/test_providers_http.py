@@ -47,8 +47,12 @@ async def test_corpus_over_http_stored_once_then_duplicate(
     assert first.status == 200, await first.text()
     assert (await first.json())["events"] == len(expected_ids)
     assert (await second.json())["status"] == "duplicate"
-    stored = await db.fetch("SELECT id, raw_id FROM events")
+    stored = await db.fetch("SELECT id, raw_id FROM events WHERE type LIKE 'message.%'")
     assert {row["id"] for row in stored} == expected_ids
+    # A STOP among the corpus's replies also puts its handset on the opt-out list (Opt-outs).
+    contacts = await db.fetchval("SELECT count(*) FROM events WHERE type LIKE 'contact.%'")
+    inbound = [e for e in case.data["expected"] if e["type"] == "message.inbound"]
+    assert contacts == sum(1 for e in inbound if (e["text"] or "").strip().upper() == "STOP")
     raws = await db.fetch("SELECT method, query, outcome FROM raw_callbacks ORDER BY received_at")
     assert [row["outcome"] for row in raws] == ["normalised", "duplicate"]
     assert raws[0]["method"] == case.method

@@ -1,8 +1,8 @@
 """Opt-outs on a real `serve --sandbox`, through each provider's own inbound format: a handset
 (a number ending in 8 replies with what the message asks: `REPLY:STOP`) answers STOP; the next
 send to it through that provider is `rejected: opted_out` and the simulated provider never sees
-it (its own count); HELP gets the tenant's answer through the provider it came from; an erased
-number stays suppressed."""
+it (its own count); START, written on its own, lifts it; HELP gets the tenant's answer through
+the provider it came from; an erased number stays suppressed."""
 
 from __future__ import annotations
 
@@ -69,6 +69,27 @@ async def test_stop_and_help_in_every_providers_inbound_format(
                 refused = await send(provider, handset, "hi again")
                 assert (refused["status"], refused["error_code"]) == ("rejected", "opted_out")
             assert await sent_counts() == before  # no provider saw the second sends
+
+            # START, written on the handset's own, in each provider's format, lifts it.
+            for provider, handset in handsets.items():
+                async with http.post(
+                    f"{url}/v1/sandbox/providers/{provider}/inbound",
+                    json={"handset": handset, "to": SENDERS[provider], "text": "Start"},
+                ) as answer:
+                    assert (await answer.json())["status"] == 200, provider
+
+            async def lifted() -> bool:
+                async with http.get(f"{url}/v1/opt-outs") as answer:
+                    return not (await answer.json())["data"]
+
+            await until_async(lifted, 20)
+            for provider, handset in handsets.items():
+                again = await send(provider, handset, "welcome back")
+                assert again["status"] != "rejected", (provider, again)
+            async with http.post(
+                f"{url}/v1/opt-outs", json={"number": handsets["swift"]}
+            ) as answer:
+                assert answer.status == 201  # to be erased below
 
             # HELP, through each provider, from a handset of its own.
             helped = {name: f"+4477009003{i}8" for i, name in enumerate(sorted(DEFAULT_REGISTRY))}

@@ -426,6 +426,11 @@ CASES: dict[tuple[str, str], Case] = {
     ("get", "/v1/route-changes"): operator_only("GET", lambda w: "/v1/route-changes"),
     ("get", "/v1/sandbox/providers"): operator_only("GET", lambda w: "/v1/sandbox/providers"),
     ("get", "/v1/sandbox/sent"): operator_only("GET", lambda w: "/v1/sandbox/sent"),
+    ("post", "/v1/sandbox/providers/{name}/inbound"): operator_only(
+        "POST",
+        lambda w: "/v1/sandbox/providers/swift/inbound",
+        {"handset": B_NUMBER, "to": B_SENDER, "text": "STOP"},
+    ),
     ("put", "/v1/sandbox/providers/{name}"): operator_only(
         "PUT", lambda w: "/v1/sandbox/providers/swift", {"mode": "down"}
     ),
