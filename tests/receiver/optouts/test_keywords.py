@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestClient
 from normalizers.events import Event, EventType, Status, event_id
 from receiver.context import AppContext
 from receiver.sandbox.common import SANDBOX_KEY, Sandbox
+from receiver.sending.redelivery import Redeliveries
 from receiver.sending.scheduler import Scheduler
 from receiver.storage.callbacks import store_events_alone
 from tests.helpers import sandbox_hub
@@ -210,3 +211,74 @@ async def test_the_console_lists_adds_and_marks_opted_out_recipients(
     assert OURS in listed
     assert "No one on the list for +447700900012" in searched
     assert "opted out: not sent" in shown
+
+
+async def test_a_held_message_is_checked_again_when_it_is_sent(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    await send(hub)  # the reply below is the tenant's
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    held = await hub.post(
+        "/v1/messages",
+        json={
+            "provider": "swift",  # cannot schedule: the hub holds it
+            "to": [HANDSET],
+            "from": OURS,
+            "body": "later",
+            "send_at": later,
+        },
+    )
+    message_id = (await held.json())["id"]
+    assert held.status == 201
+    before = taken(hub)
+    await reply(db, "STOP")  # after it was accepted, before it is sent
+    await db.execute("UPDATE messages SET dispatch_at = now() WHERE id = $1", uuid.UUID(message_id))
+
+    assert await Scheduler(hub.app[AppContext.KEY]).tick() == 1
+
+    view = await (await hub.get(f"/v1/messages/{message_id}")).json()
+    assert view["recipients"][0]["status"] == "rejected"
+    assert taken(hub) == before
+
+
+async def test_a_redelivery_is_checked_again_when_it_is_sent(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    hub = await sandbox_hub(aiohttp_client, dsn)
+    route = {
+        "name": "uk",
+        "providers": ["swift", "carrierx"],
+        "redeliver": {"on": ["undelivered"], "within_s": 600, "max_attempts": 2},
+    }
+    assert (await hub.post("/v1/routes", json=route)).status == 201
+    silent = "+447700900017"  # swift never reports numbers ending in 7: the test does
+    answer = await hub.post("/v1/messages", json={"to": [silent], "from": OURS, "body": "hi"})
+    sent = await answer.json()
+    swift_id = sent["recipients"][0]["provider_message_id"]
+    now = datetime.now(UTC)
+    undelivered = Event(
+        id=event_id("swift", "test-undelivered", swift_id),
+        type=EventType.STATUS,
+        provider="swift",
+        status=Status.UNDELIVERED,
+        provider_status="undelivered",
+        occurred_at=now,
+        received_at=now,
+        occurred_at_source="received",
+        provider_message_id=swift_id,
+        recipient=silent,
+        failure_kind="temporary",
+    )
+    await store_events_alone(db, [undelivered])
+    made = await hub.post("/v1/opt-outs", json={"number": silent})
+    assert made.status == 201
+
+    assert await Redeliveries(hub.app[AppContext.KEY]).tick() == 1
+
+    view = await (await hub.get(f"/v1/messages/{sent['id']}")).json()
+    [recipient] = view["recipients"]
+    assert (recipient["provider"], recipient["attempt"]) == ("carrierx", 2)
+    assert (recipient["status"], recipient["failure_kind"]) == ("rejected", "permanent")
+    sandbox: Sandbox = hub.app[SANDBOX_KEY]
+    assert sandbox.sent[("carrierx", silent.lstrip("+"))] == 0
