@@ -3,34 +3,17 @@ bad lines named by number with nothing of the file stored."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import NamedTuple
 
 import asyncpg
 import pytest
 
-from receiver import cli
-from receiver.cli import main
-
-
-class Ran(NamedTuple):
-    status: int
-    out: str
-    err: str
+from tests.cli_runs import cli_run, commands_on
 
 
 @pytest.fixture(autouse=True)
 def database(monkeypatch: pytest.MonkeyPatch, dsn: str, db: asyncpg.Connection) -> None:
-    monkeypatch.setenv("DATABASE_URL", dsn)
-    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
-
-
-async def cli_run(capsys: pytest.CaptureFixture[str], *argv: str) -> Ran:
-    capsys.readouterr()
-    status = await asyncio.to_thread(main, list(argv))
-    out, err = capsys.readouterr()
-    return Ran(status, out, err)
+    commands_on(monkeypatch, dsn)  # emptied by `db`
 
 
 async def test_a_list_is_imported_then_exported_and_imported_again_unchanged(

@@ -3,15 +3,12 @@ becomes the routes (all or nothing), and an export reads back to the same routes
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
-from typing import NamedTuple
 
 import asyncpg
 import pytest
 
-from receiver import cli
-from receiver.cli import main
+from tests.cli_runs import cli_run, commands_on
 
 ROUTES = """
 [[route]]
@@ -28,23 +25,9 @@ weights = { swift = 70, carrierx = 30 }
 """
 
 
-class Ran(NamedTuple):
-    status: int
-    out: str
-    err: str
-
-
 @pytest.fixture(autouse=True)
 def database(monkeypatch: pytest.MonkeyPatch, dsn: str, db: asyncpg.Connection) -> None:
-    monkeypatch.setenv("DATABASE_URL", dsn)
-    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
-
-
-async def cli_run(capsys: pytest.CaptureFixture[str], *argv: str) -> Ran:
-    capsys.readouterr()
-    status = await asyncio.to_thread(main, list(argv))
-    out, err = capsys.readouterr()
-    return Ran(status, out, err)
+    commands_on(monkeypatch, dsn)  # emptied by `db`
 
 
 async def test_an_import_makes_the_routes_the_files_and_an_export_reads_back_the_same(

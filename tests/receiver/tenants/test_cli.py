@@ -1,42 +1,20 @@
-"""`sms-receiver tenants` and `sms-receiver keys` as an operator runs them, on the test database.
-
-`main` runs each command with `asyncio.run`, so it is called in a thread of its own (the tests'
-event loop is running); its logging set-up is left out, so that the session's logging does not
-write to this test's captured output once it is closed."""
+"""`sms-receiver tenants` and `sms-receiver keys` as an operator runs them, on the test database
+(tests/cli_runs.py)."""
 
 from __future__ import annotations
-
-import asyncio
-from typing import NamedTuple
 
 import asyncpg
 import pytest
 
-from receiver import cli
-from receiver.cli import main
 from receiver.storage.tenants import NAME_RULE
+from tests.cli_runs import cli_run, commands_on
 
 NUMBER = "+447700900990"
 
 
-class Ran(NamedTuple):
-    status: int
-    out: str
-    err: str
-
-
 @pytest.fixture(autouse=True)
 def database(monkeypatch: pytest.MonkeyPatch, dsn: str, db: asyncpg.Connection) -> None:
-    """The commands reach the test database (emptied by `db`), as DATABASE_URL tells them."""
-    monkeypatch.setenv("DATABASE_URL", dsn)
-    monkeypatch.setattr(cli, "configure_logging", lambda *args, **kwargs: None)
-
-
-async def cli_run(capsys: pytest.CaptureFixture[str], *argv: str) -> Ran:
-    capsys.readouterr()  # what earlier commands printed is theirs
-    status = await asyncio.to_thread(main, list(argv))
-    out, err = capsys.readouterr()
-    return Ran(status, out, err)
+    commands_on(monkeypatch, dsn)  # emptied by `db`
 
 
 async def test_tenants_create_then_list(
