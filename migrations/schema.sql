@@ -559,6 +559,96 @@ BEGIN
 END
 $$;
 
+-- FUNCTION refold_recipient(bigint, timestamp with time zone, boolean)
+
+CREATE FUNCTION public.refold_recipient(p_recipient_id bigint, p_deadline timestamp with time zone, p_bump boolean) RETURNS TABLE(recipient_id bigint, message_id uuid, recipient text, before_status text, after_status text)
+    LANGUAGE plpgsql
+    AS $$
+#variable_conflict use_column
+DECLARE
+    r record;
+    ev record;
+    folded text;
+    folded_synthetic boolean := false;
+    folded_kind text;
+    candidate text;
+    latest_id bigint;
+BEGIN
+    SELECT mr.id, mr.message_id, mr.recipient, mr.status, mr.final, mr.segments,
+           mr.superseded, mr.sequence,
+           (m.dispatch_at IS NOT NULL AND m.dispatched_at IS NULL) AS held
+    INTO r
+    FROM message_recipients mr LEFT JOIN messages m ON m.id = mr.message_id
+    WHERE mr.id = p_recipient_id
+    FOR UPDATE OF mr;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    folded := CASE WHEN r.held THEN 'scheduled' ELSE 'unknown' END;
+    DELETE FROM recipient_parts rp WHERE rp.recipient_id = p_recipient_id;
+    FOR ev IN
+        SELECT e.status, e.synthetic, e.failure_kind, e.provider_part_id, e.segments,
+               e.recipient_id = p_recipient_id AS own
+        FROM events e
+        WHERE e.type = 'message.status' AND e.replaced_by IS NULL
+          AND (e.recipient_id = p_recipient_id
+               OR (NOT r.superseded AND r.message_id IS NOT NULL AND e.status = 'delivered'
+                   AND e.recipient_id IN (
+                       SELECT s.id FROM message_recipients s
+                       WHERE s.message_id = r.message_id AND s.recipient = r.recipient
+                         AND s.superseded)))
+        ORDER BY e.received_at, e.feed_seq
+    LOOP
+        IF NOT ev.own THEN
+            folded := 'delivered';
+            folded_synthetic := false;
+            folded_kind := NULL;
+            CONTINUE;
+        END IF;
+        candidate := ev.status;
+        IF ev.provider_part_id IS NOT NULL THEN
+            INSERT INTO recipient_parts AS rp (provider, part_id, recipient_id, status)
+            SELECT mr.provider, ev.provider_part_id, p_recipient_id, ev.status
+            FROM message_recipients mr WHERE mr.id = p_recipient_id
+            ON CONFLICT (provider, part_id) DO UPDATE SET
+                status = CASE WHEN status_rank(excluded.status) > status_rank(rp.status)
+                              THEN excluded.status ELSE rp.status END,
+                updated_at = now();
+            candidate := parts_status(p_recipient_id, coalesce(ev.segments, r.segments));
+        END IF;
+        IF takes_over(candidate, ev.synthetic, folded, folded_synthetic) THEN
+            folded_kind := ev.failure_kind;
+            folded_synthetic := ev.synthetic AND status_rank(candidate) = 4;
+            folded := candidate;
+        END IF;
+    END LOOP;
+
+    UPDATE message_recipients AS mr SET
+        status = folded,
+        final = status_rank(folded) = 4,
+        synthetic_final = folded_synthetic,
+        failure_kind = folded_kind,
+        deadline = CASE WHEN status_rank(folded) = 4 THEN NULL
+                        ELSE coalesce(mr.deadline, p_deadline) END,
+        sequence = mr.sequence + CASE WHEN p_bump AND folded IS DISTINCT FROM r.status
+                                      THEN 1 ELSE 0 END,
+        updated_at = now()
+    WHERE mr.id = p_recipient_id;
+    UPDATE events AS e SET recipient_status = folded
+    WHERE e.recipient_id = p_recipient_id AND e.txid = pg_current_xact_id()
+      AND e.correction IS NOT NULL;
+    RETURN QUERY SELECT r.id, r.message_id, r.recipient, r.status, folded;
+
+    IF r.superseded AND r.message_id IS NOT NULL THEN
+        SELECT s.id INTO latest_id FROM message_recipients s
+        WHERE s.message_id = r.message_id AND s.recipient = r.recipient AND NOT s.superseded;
+        IF FOUND THEN
+            RETURN QUERY SELECT * FROM refold_recipient(latest_id, p_deadline, p_bump);
+        END IF;
+    END IF;
+END
+$$;
+
 -- FUNCTION register_parts(text, text, text, text[])
 
 CREATE FUNCTION public.register_parts(p_provider text, p_provider_message_id text, p_recipient text, p_part_ids text[]) RETURNS bigint
@@ -732,7 +822,8 @@ BEGIN
                 (id, type, provider, provider_message_id, provider_part_id, recipient, sender,
                  status, final, provider_status, error_code, error_message, occurred_at,
                  received_at, client_ref, segments, price, text, counts, raw_id, failure_kind,
-                 occurred_at_source, synthetic, sequence, tenant, details)
+                 occurred_at_source, synthetic, sequence, tenant, details, normalizer,
+                 natural_id, correction)
             VALUES
                 (e.v->>'id', e.v->>'type', e.v->>'provider', e.v->>'provider_message_id',
                  e.v->>'provider_part_id', e.v->>'recipient', e.v->>'sender', e.v->>'status',
@@ -743,7 +834,8 @@ BEGIN
                  e.v->>'text', nullif(e.v->'counts', 'null'::jsonb), owner_raw,
                  e.v->>'failure_kind', e.v->>'occurred_at_source',
                  coalesce((e.v->>'synthetic')::boolean, false), 1, alone_tenant,
-                 nullif(e.v->'details', 'null'::jsonb));
+                 nullif(e.v->'details', 'null'::jsonb), e.v->>'normalizer', e.v->>'natural_id',
+                 nullif(e.v->'correction', 'null'::jsonb));
             RETURN QUERY SELECT e.v->>'id', true, NULL::uuid, 1, NULL::text, owner_raw;
             CONTINUE;
         END IF;
@@ -825,7 +917,7 @@ BEGIN
              status, final, provider_status, error_code, error_message, occurred_at,
              received_at, client_ref, segments, price, text, counts, raw_id, failure_kind,
              occurred_at_source, synthetic, message_id, recipient_id, sequence,
-             recipient_status, tenant, attempt)
+             recipient_status, tenant, attempt, normalizer, natural_id, correction)
         VALUES
             (e.v->>'id', e.v->>'type', e.v->>'provider', e.key_pmid, e.part_id,
              e.v->>'recipient', e.v->>'sender', e.v->>'status', (e.v->>'final')::boolean,
@@ -835,7 +927,8 @@ BEGIN
              nullif(e.v->'price', 'null'::jsonb), e.v->>'text',
              nullif(e.v->'counts', 'null'::jsonb), owner_raw, e.v->>'failure_kind',
              e.v->>'occurred_at_source', coalesce((e.v->>'synthetic')::boolean, false),
-             rec.message_id, rec.id, rec.sequence, rec.status, rec.tenant, rec.attempt);
+             rec.message_id, rec.id, rec.sequence, rec.status, rec.tenant, rec.attempt,
+             e.v->>'normalizer', e.v->>'natural_id', nullif(e.v->'correction', 'null'::jsonb));
         RETURN QUERY SELECT e.v->>'id', true, rec.message_id, rec.sequence, rec.status,
             owner_raw;
     END LOOP;
@@ -965,6 +1058,30 @@ CREATE TABLE public.callback_refusals (
     body_sha256 bytea NOT NULL
 );
 
+-- TABLE correction_runs
+
+CREATE TABLE public.correction_runs (
+    id uuid NOT NULL,
+    mode text NOT NULL,
+    state text NOT NULL,
+    started_by text NOT NULL,
+    started_at timestamp with time zone DEFAULT now() NOT NULL,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    finished_at timestamp with time zone,
+    provider text,
+    since timestamp with time zone,
+    until timestamp with time zone NOT NULL,
+    versions jsonb NOT NULL,
+    total bigint DEFAULT 0 NOT NULL,
+    examined bigint DEFAULT 0 NOT NULL,
+    cursor uuid,
+    counts jsonb DEFAULT '{}'::jsonb NOT NULL,
+    examples jsonb DEFAULT '[]'::jsonb NOT NULL,
+    error text,
+    CONSTRAINT correction_runs_mode_check CHECK ((mode = ANY (ARRAY['dry_run'::text, 'apply'::text]))),
+    CONSTRAINT correction_runs_state_check CHECK ((state = ANY (ARRAY['running'::text, 'finished'::text, 'stopped'::text, 'failed'::text])))
+);
+
 -- TABLE deliveries
 
 CREATE TABLE public.deliveries (
@@ -1057,7 +1174,11 @@ CREATE TABLE public.events (
     feed_seq bigint NOT NULL,
     tenant text,
     attempt smallint DEFAULT 1 NOT NULL,
-    details jsonb
+    details jsonb,
+    normalizer text,
+    natural_id text,
+    correction jsonb,
+    replaced_by uuid
 )
 PARTITION BY RANGE (stored_at);
 
@@ -1367,6 +1488,11 @@ ALTER TABLE ONLY public.api_keys
 ALTER TABLE ONLY public.callback_refusals
     ADD CONSTRAINT callback_refusals_pkey PRIMARY KEY (id);
 
+-- CONSTRAINT correction_runs correction_runs_pkey
+
+ALTER TABLE ONLY public.correction_runs
+    ADD CONSTRAINT correction_runs_pkey PRIMARY KEY (id);
+
 -- CONSTRAINT deliveries deliveries_pkey
 
 ALTER TABLE ONLY public.deliveries
@@ -1489,6 +1615,10 @@ CREATE INDEX callback_refusals_provider_idx ON public.callback_refusals USING bt
 
 CREATE INDEX callback_refusals_received_at_idx ON public.callback_refusals USING btree (received_at);
 
+-- INDEX correction_runs_started_idx
+
+CREATE INDEX correction_runs_started_idx ON public.correction_runs USING btree (started_at DESC);
+
 -- INDEX deliveries_due_by_subscription_idx
 
 CREATE INDEX deliveries_due_by_subscription_idx ON public.deliveries USING btree (subscription_id, next_attempt_at) WHERE (status = ANY (ARRAY['pending'::text, 'delivering'::text]));
@@ -1524,6 +1654,10 @@ CREATE INDEX events_inbound_idx ON ONLY public.events USING btree (stored_at DES
 -- INDEX events_message_idx
 
 CREATE INDEX events_message_idx ON ONLY public.events USING btree (message_id, occurred_at);
+
+-- INDEX events_natural_idx
+
+CREATE INDEX events_natural_idx ON ONLY public.events USING btree (natural_id) WHERE (natural_id IS NOT NULL);
 
 -- INDEX events_provider_message_id_idx
 
@@ -1631,7 +1765,7 @@ CREATE TRIGGER events_queue_deliveries AFTER INSERT ON public.events FOR EACH RO
 
 -- TRIGGER events events_reply_keyword
 
-CREATE TRIGGER events_reply_keyword AFTER INSERT ON public.events FOR EACH ROW WHEN ((new.type = 'message.inbound'::text)) EXECUTE FUNCTION public.apply_reply_keyword();
+CREATE TRIGGER events_reply_keyword AFTER INSERT ON public.events FOR EACH ROW WHEN (((new.type = 'message.inbound'::text) AND (new.natural_id IS NULL))) EXECUTE FUNCTION public.apply_reply_keyword();
 
 -- FK CONSTRAINT api_keys api_keys_tenant_fkey
 

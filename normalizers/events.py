@@ -91,6 +91,7 @@ EVENT_V1_FIELDS: tuple[str, ...] = (
     "tenant",
     "attempt",
     "details",
+    "correction",
 )
 
 FailureKind = Literal["temporary", "permanent"]
@@ -140,6 +141,11 @@ class Event:
     # What a type without a recipient carries besides the common fields (provider.health's
     # country, state, reason and figures); None for the others.
     details: Mapping[str, Any] | None = None
+    # On an event a correction run re-derived: {"run": run id, "replaces": the event id it
+    # replaces, or None for one that is new}; storage's, like raw_id.
+    correction: Mapping[str, Any] | None = None
+    # Which normaliser version made it (`provider@hash`): stored, not part of schema v1.
+    normalizer: str | None = None
 
     @property
     def final(self) -> bool:
@@ -186,6 +192,7 @@ class Event:
             "tenant": self.tenant,
             "attempt": self.attempt,
             "details": dict(self.details) if self.details is not None else None,
+            "correction": dict(self.correction) if self.correction is not None else None,
         }
 
 

@@ -27,6 +27,8 @@ from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
 from receiver.config import MIN_TOKEN_LENGTH, Settings
 from receiver.context import AppContext
+from receiver.corrections.command import RunRequest, reprocess_all
+from receiver.corrections.run import APPLY, DRY_RUN
 from receiver.delivery.dispatcher import Dispatcher
 from receiver.demo import run_demo, run_failover_demo
 from receiver.http.errors import ReceiverError
@@ -106,9 +108,32 @@ def build_parser(registry: Registry) -> argparse.ArgumentParser:
     add_opt_out_commands(commands)
     add_sandbox_commands(commands, registry)
 
-    again = commands.add_parser("reprocess", help="normalise unparsed raw callbacks again")
+    again = commands.add_parser(
+        "reprocess",
+        help="normalise unparsed raw callbacks again; with --all, correct history",
+    )
     again.add_argument("--provider", choices=sorted(registry), help="only this provider")
-    again.add_argument("--dry-run", action="store_true", help="print what would change only")
+    again.add_argument(
+        "--all",
+        action="store_true",
+        help="every stored raw callback of the window, not only the unparsed ones: a correction"
+        " run (--dry-run or --apply)",
+    )
+    modes = again.add_mutually_exclusive_group()
+    modes.add_argument("--dry-run", action="store_true", help="report what would change only")
+    modes.add_argument(
+        "--apply", action="store_true", help="with --all: correct it (resumes an unfinished run)"
+    )
+    again.add_argument("--since", type=_timestamp, help="with --all: received at or after T")
+    again.add_argument("--until", type=_timestamp, help="with --all: received before T")
+    again.add_argument(
+        "--report",
+        metavar="FILE",
+        help="with --all: the detail as JSON lines (default: correction-<time>.jsonl here)",
+    )
+    again.add_argument(
+        "--batch-size", type=int, default=100, help="raw callbacks per transaction (--all)"
+    )
 
     erase = commands.add_parser(
         "erase",
@@ -289,6 +314,11 @@ def main(argv: Sequence[str] | None = None, registry: Registry = DEFAULT_REGISTR
         if args.failover:
             return asyncio.run(run_failover_demo(args.url, api_key=args.key))
         return asyncio.run(run_demo(args.url, dsn, args.seconds, api_key=args.key))
+    if args.all:
+        return _correction_run(args, settings, dsn, registry)
+    if args.apply or args.since or args.until or args.report:
+        print("--apply, --since, --until and --report go with --all", file=sys.stderr)
+        return 2
     return asyncio.run(
         reprocess_command(
             dsn,
@@ -788,6 +818,30 @@ def normalize_command(args: argparse.Namespace, registry: Registry) -> int:
     for event in events:
         print(json.dumps(event.to_json(), ensure_ascii=False))
     return 0
+
+
+def _correction_run(
+    args: argparse.Namespace, settings: Settings, dsn: str, registry: Registry
+) -> int:
+    if not (args.dry_run or args.apply):
+        print("reprocess --all needs --dry-run (look first) or --apply", file=sys.stderr)
+        return 2
+    if args.since and args.until and args.since >= args.until:
+        print("--since must be before --until", file=sys.stderr)
+        return 2
+    if not 1 <= args.batch_size <= 10_000:
+        print("--batch-size: 1 to 10000", file=sys.stderr)
+        return 2
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    request = RunRequest(
+        provider=args.provider,
+        since=args.since,
+        until=args.until,
+        mode=APPLY if args.apply else DRY_RUN,
+        report=args.report or f"correction-{stamp}.jsonl",
+        batch_size=args.batch_size,
+    )
+    return asyncio.run(reprocess_all(dsn, registry, settings, request, session_settings(settings)))
 
 
 def _timestamp(text: str) -> datetime:

@@ -29,6 +29,7 @@ STORAGE_FIELDS = (
     "tenant",
     "attempt",
     "details",
+    "correction",
 )
 
 

@@ -16,6 +16,11 @@ class PriceV1(BaseModel):
     currency: str
 
 
+class CorrectionV1(BaseModel):
+    run: str
+    replaces: str | None
+
+
 class EventV1(BaseModel):
     """The schema-v1 event, field for field (`EVENT_V1_FIELDS`, tested). `raw_id` and
     `sequence` are null only in the output of `sms-receiver normalize`, which stores nothing."""
@@ -52,6 +57,9 @@ class EventV1(BaseModel):
     attempt: int  # which send attempt of the recipient (1 unless routing failed over)
     # provider.health: {country, state, reason, figures}; null for the message events
     details: dict[str, Any] | None
+    # on an event a correction run re-derived: which run, and the event it replaces (null: one
+    # the old normaliser did not give); null on every other event
+    correction: CorrectionV1 | None
 
 
 # --- answers of the HTTP API (the OpenAPI document is generated from these) -------------------

@@ -4,7 +4,7 @@ callback route, the spool's replay and `reprocess` all judge a payload through `
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 
@@ -20,6 +20,7 @@ from receiver.storage.callbacks import (
     store_callback,
 )
 from receiver.storage.pool import Connection
+from receiver.versions import normalizer_version
 
 log = structlog.get_logger("receiver.ingest.pipeline")
 
@@ -70,7 +71,11 @@ def normalise(
     if max_events is not None and len(events) > max_events:
         # Storing that many in the provider's time is not possible: keep it for `reprocess`.
         return unparsed(f"{len(events)} events in one callback, over the limit of {max_events}")
-    return Normalised(outcome=NORMALISED, events=in_region(events, region))
+    version = normalizer_version(raw.provider, provider)
+    return Normalised(
+        outcome=NORMALISED,
+        events=[replace(event, normalizer=version) for event in in_region(events, region)],
+    )
 
 
 def _describe(error: Exception) -> str:

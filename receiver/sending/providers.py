@@ -38,6 +38,7 @@ from receiver.storage import callbacks, messages
 from receiver.storage.callbacks import NORMALISED, RawCallback, received_now
 from receiver.storage.errors import lost_conflict
 from receiver.storage.pool import Connection
+from receiver.versions import normalizer_version
 
 log = structlog.get_logger("receiver.sending.providers")
 
@@ -302,6 +303,7 @@ async def _store_answer(
     outcome: SendOutcome,
 ) -> None:
     events = []
+    version = normalizer_version(provider.name, provider)
     # In recipient key order, the order in which callbacks lock recipients too: a send
     # answer and a batch of callbacks sharing recipients queue instead of deadlocking.
     for event in sorted(outcome.events, key=_recipient_key):
@@ -327,7 +329,7 @@ async def _store_answer(
                 )
         if provider_id is None:
             event = dataclasses.replace(event, provider_message_id=pending)
-        events.append(event.stored_raw(str(raw.id)))
+        events.append(dataclasses.replace(event, raw_id=str(raw.id), normalizer=version))
         part_ids = outcome.parts.get(event.recipient or "")
         if provider_id is not None and event.recipient is not None and part_ids:
             await messages.register_parts(

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import asyncpg
 import structlog
@@ -101,8 +102,16 @@ class IngestResult:
         return [event for event in self.events if event.inserted]
 
 
+def stored_form(event: Event) -> dict[str, Any]:
+    """What store_events reads of an event: its schema-v1 fields and the normaliser version."""
+    serialised = event.to_json()
+    if event.normalizer is not None:
+        serialised["normalizer"] = event.normalizer
+    return serialised
+
+
 def _events_json(events: Sequence[Event]) -> str:
-    return storable_json([event.to_json() for event in events])
+    return storable_json([stored_form(event) for event in events])
 
 
 def _ingest_result(rows: Sequence[asyncpg.Record]) -> IngestResult:
@@ -169,7 +178,7 @@ async def ingest_callbacks(
     for item in batch:
         raw_id = str(item.raw.id)
         for event in item.events:
-            serialised = event.to_json()
+            serialised = stored_form(event)
             serialised["raw_id"] = raw_id  # which callback the event belongs to
             events.append(serialised)
     rows = await connection.fetch(
@@ -244,6 +253,12 @@ async def unparsed_callback(
     )
     if row is None:
         return None
+    return raw_of_row(row)
+
+
+def raw_of_row(row: asyncpg.Record) -> RawCallback:
+    """A raw callback from its row (id, provider, method, path, query, headers, body,
+    remote_addr, received_at)."""
     headers = json.loads(row["headers"])
     return RawCallback(
         id=row["id"],

@@ -39,6 +39,7 @@ _FROM_COLUMN: dict[str, Callable[[Any], Any]] = {
     "price": _json,
     "counts": _json,
     "details": _json,
+    "correction": _json,
     "raw_id": _text,
 }
 
@@ -98,6 +99,7 @@ async def timeline_of_message(
     rows = await connection.fetch(
         f"SELECT {EVENT_COLUMNS} FROM events e"
         f" WHERE e.message_id = $1 AND {asker.only_own('e.tenant', 2)}"
+        " AND e.replaced_by IS NULL"
         " ORDER BY e.occurred_at, e.feed_seq",
         message_id,
         asker.tenant_param(),
@@ -111,7 +113,7 @@ async def timeline_of_provider_id(
     rows = await connection.fetch(
         f"SELECT {EVENT_COLUMNS} FROM events e"
         " WHERE e.provider = $1 AND e.provider_message_id = $2"
-        f" AND {asker.only_own('e.tenant', 3)}"
+        f" AND {asker.only_own('e.tenant', 3)} AND e.replaced_by IS NULL"
         " ORDER BY e.occurred_at, e.feed_seq",
         provider,
         provider_message_id,

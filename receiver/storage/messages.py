@@ -267,7 +267,7 @@ async def recipients_as_answered(
         FROM message_recipients r
         LEFT JOIN LATERAL (
             SELECT error_code, error_message FROM events
-            WHERE recipient_id = r.id AND error_code IS NOT NULL
+            WHERE recipient_id = r.id AND error_code IS NOT NULL AND replaced_by IS NULL
             ORDER BY sequence DESC LIMIT 1
         ) e ON true
         WHERE r.message_id = $1

@@ -156,6 +156,7 @@ async def replay(
         INSERT INTO deliveries AS d (subscription_id, event_id)
         SELECT s.id, e.id FROM subscriptions s JOIN events e ON e.stored_at >= $2
         WHERE s.id = $1 AND (s.tenant IS NULL OR e.tenant = s.tenant)
+          AND e.replaced_by IS NULL  -- a replay rebuilds a copy: not with what was corrected
           AND subscription_takes(s.filters, e.type, e.provider, e.status)
           AND subscription_takes($3::jsonb, e.type, e.provider, e.status)
         ON CONFLICT (subscription_id, event_id) DO UPDATE SET

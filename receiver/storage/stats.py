@@ -34,14 +34,16 @@ async def message_stats(
                    coalesce(m.send_at, m.created_at) AS created_at,
                    (SELECT min(e.received_at) FROM events e
                     JOIN raw_callbacks c ON c.id = e.raw_id AND c.source = 'callback'
-                    WHERE e.recipient_id = r.id AND e.final) AS final_at,
+                    WHERE e.recipient_id = r.id AND e.final AND e.replaced_by IS NULL)
+                       AS final_at,
                    -- Sent again (routing) and delivered by two attempts: counted once, on
                    -- its latest attempt.
                    CASE WHEN r.attempt > 1 AND NOT r.superseded THEN (
                        SELECT count(DISTINCT e.recipient_id) FROM message_recipients o
                        JOIN events e ON e.recipient_id = o.id
                        WHERE o.message_id = r.message_id AND o.recipient = r.recipient
-                         AND e.status = 'delivered' AND NOT e.synthetic) >= 2
+                         AND e.status = 'delivered' AND NOT e.synthetic
+                         AND e.replaced_by IS NULL) >= 2
                    ELSE false END AS double_delivered
             FROM messages m JOIN message_recipients r ON r.message_id = m.id
             WHERE m.created_at >= $1 AND ($2::timestamptz IS NULL OR m.created_at < $2)
@@ -80,6 +82,7 @@ async def reports_by_status(
         " JOIN raw_callbacks c ON c.id = e.raw_id AND c.source = 'callback'"
         " WHERE e.stored_at >= $1 AND ($2::timestamptz IS NULL OR e.stored_at < $2)"
         f" AND e.type = 'message.status' AND NOT e.synthetic AND {asker.only_own('e.tenant', 3)}"
+        " AND e.replaced_by IS NULL"
         " GROUP BY e.provider, e.status",
         since,
         until,

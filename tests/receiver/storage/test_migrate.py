@@ -15,6 +15,7 @@ from tests.helpers import migrations_before
 
 EXPECTED_TABLES = {
     "raw_callbacks",
+    "correction_runs",
     "callback_refusals",
     "messages",
     "message_recipients",
