@@ -19,6 +19,8 @@ from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.config import Settings
 from receiver.console.pages import add_console
 from receiver.context import AppContext
+from receiver.corrections import routes as correction_routes
+from receiver.corrections.background import RUNS, BackgroundRuns
 from receiver.delivery import feed, subscriptions
 from receiver.delivery.dispatcher import Dispatcher
 from receiver.http import openapi, schemas
@@ -433,6 +435,64 @@ ROUTES: tuple[Route, ...] = (
     ),
     Route(
         "get",
+        "/v1/correction-runs",
+        correction_routes.list_all,
+        "Correction runs, latest first: window, normaliser versions, progress and findings"
+        " (operator keys only)",
+        {"200": correction_routes.CorrectionRunList},
+        scope="admin",
+        operator=True,
+        params=(LIMIT,),
+        errors=("400", "401", "403", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/correction-runs",
+        correction_routes.start,
+        "Start a correction run: a dry run (the default) reports what today's normalisers would"
+        " change, an apply changes it (operator keys only)",
+        {"202": correction_routes.CorrectionRunView},
+        scope="admin",
+        operator=True,
+        body=correction_routes.CorrectionRunIn,
+        errors=("401", "403", "408", "409", "422", "503"),
+    ),
+    Route(
+        "get",
+        "/v1/correction-runs/{id}",
+        correction_routes.get_one,
+        "One correction run (operator keys only)",
+        {"200": correction_routes.CorrectionRunView},
+        scope="admin",
+        operator=True,
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/correction-runs/{id}/apply",
+        correction_routes.apply_dry_run,
+        "Apply what a finished dry run found: a new run over the same window (operator keys only)",
+        {"202": correction_routes.CorrectionRunView},
+        scope="admin",
+        operator=True,
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "409", "503"),
+    ),
+    Route(
+        "post",
+        "/v1/correction-runs/{id}/stop",
+        correction_routes.stop,
+        "Stop a run after its batch in hand; an apply resumes from there when started again"
+        " (operator keys only)",
+        {"202": correction_routes.CorrectionRunView},
+        scope="admin",
+        operator=True,
+        params=(ID_PATH,),
+        errors=("401", "403", "404", "409", "503"),
+    ),
+    Route(
+        "get",
         "/v1/routes",
         send_routes.list_all,
         "Every send route, in the order they are tried (operator keys only)",
@@ -749,6 +809,7 @@ def create_app(
             )
             recording = asyncio.create_task(refusals.run())
             yield
+            await app[RUNS].close()
             recording.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await recording
@@ -787,6 +848,7 @@ def create_app(
     app[feed.STOPPING] = asyncio.Event()
     app[feed.OPEN_STREAMS] = Counter()
     app[ROUTE_TABLE] = RouteTable(settings)
+    app[RUNS] = BackgroundRuns(dsn)
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(end_streams)
     routes = ROUTES + (SANDBOX_ROUTES if settings.sandbox else ())

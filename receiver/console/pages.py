@@ -24,6 +24,8 @@ from aiohttp import web
 from normalizers.events import Status
 from receiver.console import charts
 from receiver.context import AppContext
+from receiver.corrections.routes import run_json
+from receiver.corrections.run import Tally
 from receiver.delivery.subscriptions import subscription_json
 from receiver.http import params
 from receiver.http.apikeys import ASKER, key_of
@@ -41,6 +43,7 @@ from receiver.optouts.routes import optout_page
 from receiver.query.messages import message_page, message_view
 from receiver.query.raw_callbacks import raw_callback_page, raw_callback_view, refusal_page
 from receiver.routing.routes import change_json, route_json
+from receiver.storage import corrections as correction_store
 from receiver.storage import events, outbox, provider_health, routes, stats
 from receiver.storage import messages as storage_messages
 from receiver.storage import tenants as storage_tenants
@@ -411,6 +414,26 @@ async def send_routes(request: web.Request, who: Viewer) -> web.Response:
     )
 
 
+@page("admin", operator=True)
+async def corrections_page(request: web.Request, who: Viewer) -> web.Response:
+    """Correction runs: a dry run started from a form, its findings shown, and its apply (the
+    API's own routes) a button beside them."""
+    context: AppContext = request.app[AppContext.KEY]
+    async with context.db.connection() as connection:
+        rows = await correction_store.list_runs(connection, 20)
+    runs = [run_json(row) for row in rows]
+    for run in runs:
+        run["tally"] = Tally.of_run(run["counts"], run["examples"]).summary(run["mode"])
+    return render(
+        "corrections.html",
+        request,
+        who,
+        active="corrections",
+        runs=runs,
+        providers=sorted(context.registry),
+    )
+
+
 async def provider_summary(
     app: web.Application, asker: Asker
 ) -> tuple[list[dict[str, Any]], list[datetime]]:
@@ -555,6 +578,7 @@ def add_console(app: web.Application) -> None:
     app.router.add_get("/console/tenants", tenants)
     app.router.add_get("/console/routes", send_routes)
     app.router.add_get("/console/opt-outs", opt_outs)
+    app.router.add_get("/console/corrections", corrections_page)
     app[PROVIDER_SUMMARY] = {}
     app.router.add_get("/console/raw-callbacks/{id}", raw_callback)
     app.router.add_get(LOGIN, login_page)

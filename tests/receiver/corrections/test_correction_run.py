@@ -11,14 +11,11 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestServer
 from standardwebhooks.webhooks import Webhook
 
 from normalizers import carrierx
 from normalizers.events import Status
 from normalizers.registry import DEFAULT_REGISTRY
-from receiver.app import create_app
 from receiver.config import Settings
 from receiver.corrections.command import RunRequest, start_or_resume
 from receiver.corrections.run import APPLY, DRY_RUN, Corrector, Tally
@@ -27,27 +24,8 @@ from tests.receiver.delivery.test_delivery import (
     Client,
     Subscriber,
     eventually,
-    hub_settings,
     subscribe,
 )
-
-
-@pytest.fixture
-async def hub(aiohttp_client: Any, dsn: str, db: asyncpg.Connection) -> Client:
-    """The hub with its dispatcher, delivering to loopback subscribers at once."""
-    client: Client = await aiohttp_client(create_app(hub_settings(dsn), dsn))
-    return client
-
-
-@pytest.fixture
-async def subscriber(aiohttp_server: Any) -> Subscriber:
-    listener = Subscriber()
-    app = web.Application()
-    app.router.add_post("/hook", listener.handle)
-    server: TestServer = await aiohttp_server(app)
-    listener.url = str(server.make_url("/hook"))
-    return listener
-
 
 ALICE = "+15162065574"
 BOB = "+15162065576"

@@ -424,6 +424,19 @@ CASES: dict[tuple[str, str], Case] = {
     ),
     ("delete", "/v1/routes/{name}"): operator_only("DELETE", lambda w: "/v1/routes/uk"),
     ("get", "/v1/route-changes"): operator_only("GET", lambda w: "/v1/route-changes"),
+    ("get", "/v1/correction-runs"): operator_only("GET", lambda w: "/v1/correction-runs"),
+    ("post", "/v1/correction-runs"): operator_only(
+        "POST", lambda w: "/v1/correction-runs", {"mode": "apply"}
+    ),
+    ("get", "/v1/correction-runs/{id}"): operator_only(
+        "GET", lambda w: f"/v1/correction-runs/{uuid.uuid4()}"
+    ),
+    ("post", "/v1/correction-runs/{id}/apply"): operator_only(
+        "POST", lambda w: f"/v1/correction-runs/{uuid.uuid4()}/apply"
+    ),
+    ("post", "/v1/correction-runs/{id}/stop"): operator_only(
+        "POST", lambda w: f"/v1/correction-runs/{uuid.uuid4()}/stop"
+    ),
     ("get", "/v1/sandbox/providers"): operator_only("GET", lambda w: "/v1/sandbox/providers"),
     ("get", "/v1/sandbox/sent"): operator_only("GET", lambda w: "/v1/sandbox/sent"),
     ("post", "/v1/sandbox/providers/{name}/inbound"): operator_only(
@@ -558,6 +571,7 @@ CONSOLE_CASES: dict[str, Case] = {
     "/console/callbacks": lambda w: console_operator_page(w, "/console/callbacks"),
     "/console/tenants": lambda w: console_operator_page(w, "/console/tenants"),
     "/console/routes": lambda w: console_operator_page(w, "/console/routes"),
+    "/console/corrections": lambda w: console_operator_page(w, "/console/corrections"),
     "/console/opt-outs": console_opt_outs,
     "/console/subscriptions": console_subscriptions,
     "/console/providers": console_providers,
