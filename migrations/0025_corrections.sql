@@ -41,7 +41,195 @@ CREATE TABLE correction_runs (
 );
 CREATE INDEX correction_runs_started_idx ON correction_runs (started_at DESC);
 
--- store_events: the new columns, from the events' JSON (normalizer, natural_id, correction).
+-- Whether libphonenumber held the recipient's number to exist (a valid, allocated number) when
+-- the message was made: a `delivered` for one that cannot is an implausible report (/v1/stats).
+-- NULL: not known (rows of reports alone, and rows from before this migration).
+ALTER TABLE message_recipients ADD COLUMN number_valid boolean;
+
+-- A send's answer and a failover carry it to the rows they make.
+CREATE OR REPLACE FUNCTION adopt_recipient(p_message_id uuid, p_provider text, p_pending_id text, p_provider_message_id text, p_recipient text) RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    pending record;
+    found_row bigint;
+    owner uuid;
+BEGIN
+    SELECT * INTO pending FROM message_recipients mr
+    WHERE mr.provider = p_provider AND mr.provider_message_id = p_pending_id
+      AND mr.recipient = p_recipient
+    FOR UPDATE;
+    IF pending.id IS NULL THEN
+        RETURN 0;
+    END IF;
+    -- Taking the key with ON CONFLICT waits for a report storing it at this moment, so the
+    -- two never both create it.
+    INSERT INTO message_recipients AS mr
+        (message_id, provider, provider_message_id, recipient, status, final, sequence,
+         segments, deadline, country, tenant, attempt, superseded, created_at,
+         redeliver_until, redeliver_on, number_valid)
+    VALUES
+        (p_message_id, p_provider, p_provider_message_id, p_recipient, pending.status,
+         pending.final, pending.sequence, pending.segments, pending.deadline, pending.country,
+         pending.tenant, pending.attempt, pending.superseded, pending.created_at,
+         pending.redeliver_until, pending.redeliver_on, pending.number_valid)
+    ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
+    RETURNING mr.id INTO found_row;
+    IF found_row IS NOT NULL THEN
+        -- No report under that id for this handset: but one without a handset may exist.
+        PERFORM 1 FROM message_recipients mr
+        WHERE mr.provider = p_provider AND mr.provider_message_id = p_provider_message_id
+          AND mr.recipient = '' AND mr.message_id IS NULL;
+        IF FOUND THEN
+            DELETE FROM message_recipients WHERE id = found_row;
+            UPDATE message_recipients mr SET recipient = p_recipient, updated_at = now()
+            WHERE mr.provider = p_provider AND mr.provider_message_id = p_provider_message_id
+              AND mr.recipient = ''
+            RETURNING mr.id INTO found_row;
+        ELSE
+            DELETE FROM message_recipients WHERE id = pending.id;
+            RETURN found_row;
+        END IF;
+    END IF;
+    SELECT mr.id, mr.message_id INTO found_row, owner FROM message_recipients mr
+    WHERE mr.provider = p_provider AND mr.provider_message_id = p_provider_message_id
+      AND mr.recipient = p_recipient
+    FOR UPDATE;
+    IF owner IS NOT NULL AND owner <> p_message_id THEN
+        -- The provider gave an id it gave another message: keep the provisional id (the
+        -- caller logs it) rather than mix two messages' reports.
+        RETURN NULL;
+    END IF;
+    -- Reports that outran the send answer: the row is the message's now, with its deadline.
+    UPDATE message_recipients SET message_id = p_message_id,
+        deadline = coalesce(deadline, pending.deadline),
+        country = coalesce(country, pending.country), tenant = pending.tenant,
+        number_valid = coalesce(number_valid, pending.number_valid),
+        attempt = pending.attempt, superseded = pending.superseded,
+        created_at = pending.created_at, redeliver_until = pending.redeliver_until,
+        redeliver_on = pending.redeliver_on, updated_at = now()
+    WHERE id = found_row;
+    PERFORM adopt_events(found_row, p_message_id, pending.tenant, p_recipient);
+    IF pending.attempt > 1 THEN
+        UPDATE events SET attempt = pending.attempt WHERE recipient_id = found_row;
+    END IF;
+    DELETE FROM message_recipients WHERE id = pending.id;
+    RETURN found_row;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fail_over(p_message_id uuid, p_recipients text[], p_provider text, p_deadline timestamp with time zone, p_redeliver_until timestamp with time zone, p_redeliver_on text[]) RETURNS SETOF text LANGUAGE sql AS $$
+    WITH old AS (
+        UPDATE message_recipients mr SET superseded = true, deadline = NULL,
+            redeliver_until = NULL, updated_at = now()
+        WHERE mr.message_id = p_message_id AND mr.recipient = ANY(p_recipients)
+          AND NOT mr.superseded
+          AND NOT EXISTS (SELECT 1 FROM message_recipients o
+                          WHERE o.message_id = p_message_id AND o.recipient = mr.recipient
+                            AND o.provider = p_provider)
+        RETURNING mr.recipient, mr.attempt, mr.sequence, mr.segments, mr.country, mr.tenant,
+                  mr.number_valid
+    )
+    INSERT INTO message_recipients
+        (message_id, provider, provider_message_id, recipient, status, final, sequence,
+         segments, deadline, country, tenant, attempt, redeliver_until, redeliver_on,
+         number_valid)
+    SELECT p_message_id, p_provider, 'pending:' || p_message_id, old.recipient, 'unknown', false,
+           old.sequence, old.segments, p_deadline, old.country, old.tenant, old.attempt + 1,
+           p_redeliver_until, p_redeliver_on, old.number_valid
+    FROM old
+    RETURNING recipient
+$$;
+
+-- Reports that contradict what the hub knows of a message: a provider's summary whose counts do
+-- not add up to the message's recipients or say more (or, once final, fewer) delivered than the
+-- recipients do, and a report about a recipient the message never had. Each is kept once (per
+-- message, kind and the report that showed it) and told as a `message.discrepancy` event.
+CREATE TABLE message_discrepancies (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    message_id uuid NOT NULL,
+    kind text NOT NULL
+        CHECK (kind IN ('summary_counts', 'summary_delivered', 'unknown_recipient')),
+    provider text NOT NULL,
+    tenant text,
+    details jsonb NOT NULL,
+    subject text NOT NULL,
+    event_id text NOT NULL,
+    found_at timestamptz NOT NULL DEFAULT now(),
+    UNIQUE (message_id, kind, subject)
+);
+
+CREATE FUNCTION record_discrepancy(p_message_id uuid, p_kind text, p_provider text,
+                                   p_tenant text, p_details jsonb, p_subject text,
+                                   p_raw_id uuid, p_recipient text, p_recipient_id bigint,
+                                   p_at timestamptz) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    discrepancy_id text := 'evt_' || left(encode(sha256(convert_to(
+        concat_ws(chr(31), 'discrepancy', p_message_id::text, p_kind, p_subject), 'UTF8')),
+        'hex'), 32);
+BEGIN
+    INSERT INTO message_discrepancies
+        (message_id, kind, provider, tenant, details, subject, event_id)
+    VALUES (p_message_id, p_kind, p_provider, p_tenant, p_details, p_subject, discrepancy_id)
+    ON CONFLICT (message_id, kind, subject) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    INSERT INTO events
+        (id, type, provider, message_id, recipient_id, recipient, status, final,
+         provider_status, occurred_at, received_at, raw_id, occurred_at_source, synthetic,
+         sequence, tenant, details)
+    VALUES
+        (discrepancy_id, 'message.discrepancy', p_provider, p_message_id, p_recipient_id,
+         p_recipient, 'unknown', false, p_kind, p_at, p_at, p_raw_id, 'received', true, 1,
+         p_tenant, jsonb_build_object('kind', p_kind) || p_details);
+END
+$$;
+
+-- A summary checked against the recipients of its message (by the provider's message id) as
+-- they stand when it arrives.
+CREATE FUNCTION check_summary() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    summed integer;
+    said_delivered integer;
+BEGIN
+    SELECT min(mr.message_id::text)::uuid AS message_id, min(mr.tenant) AS tenant,
+           count(*) AS recipients,
+           count(*) FILTER (WHERE mr.status = 'delivered') AS delivered,
+           count(*) FILTER (WHERE NOT mr.final) AS open
+    INTO r
+    FROM message_recipients mr
+    WHERE mr.provider = NEW.provider AND mr.provider_message_id = NEW.provider_message_id
+      AND mr.message_id IS NOT NULL AND NOT mr.superseded;
+    IF r.message_id IS NULL OR NEW.counts IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT coalesce(sum(value::integer), 0) INTO summed FROM jsonb_each_text(NEW.counts);
+    said_delivered := coalesce((NEW.counts->>'delivered')::integer, 0);
+    IF summed <> r.recipients THEN
+        PERFORM record_discrepancy(r.message_id, 'summary_counts', NEW.provider, r.tenant,
+            jsonb_build_object('counts', NEW.counts, 'recipients', r.recipients),
+            NEW.id, NEW.raw_id, NULL, NULL, NEW.received_at);
+    END IF;
+    IF said_delivered > r.delivered + r.open
+       OR (NEW.final AND said_delivered < r.delivered) THEN
+        PERFORM record_discrepancy(r.message_id, 'summary_delivered', NEW.provider, r.tenant,
+            jsonb_build_object('summary_delivered', said_delivered,
+                               'recipients_delivered', r.delivered, 'recipients_open', r.open),
+            NEW.id, NEW.raw_id, NULL, NULL, NEW.received_at);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER events_check_summary AFTER INSERT ON events
+    FOR EACH ROW WHEN (NEW.type = 'message.summary') EXECUTE FUNCTION check_summary();
+
+-- store_events: the new columns, from the events' JSON (normalizer, natural_id, correction),
+-- and a report about a recipient its message never had (a recipient row first made by a
+-- report, for a provider message id whose message is known) is a discrepancy.
 CREATE OR REPLACE FUNCTION store_events(p_raw_id uuid, p_events jsonb) RETURNS TABLE(event_id text, inserted boolean, message_id uuid, sequence integer, recipient_status text, event_raw_id uuid)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
@@ -55,6 +243,8 @@ DECLARE
     is_synthetic boolean;
     alone_tenant text;
     latest record;
+    made_id bigint;
+    known record;
 BEGIN
     FOR k IN
         SELECT DISTINCT key.provider, key.provider_message_id, key.recipient
@@ -65,12 +255,24 @@ BEGIN
         INSERT INTO message_recipients AS mr
             (provider, provider_message_id, recipient, status, final, sequence)
         VALUES (k.provider, k.provider_message_id, k.recipient, 'unknown', false, 0)
-        ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING;
+        ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
+        RETURNING mr.id INTO made_id;
         IF NOT FOUND THEN
             PERFORM 1 FROM message_recipients mr
             WHERE mr.provider = k.provider AND mr.provider_message_id = k.provider_message_id
               AND mr.recipient = k.recipient
             FOR UPDATE;
+        ELSIF k.recipient <> '' THEN  -- '': a report naming no recipient of several
+            SELECT mr.message_id, mr.tenant INTO known FROM message_recipients mr
+            WHERE mr.provider = k.provider AND mr.provider_message_id = k.provider_message_id
+              AND mr.message_id IS NOT NULL
+            LIMIT 1;
+            IF FOUND THEN
+                PERFORM record_discrepancy(known.message_id, 'unknown_recipient', k.provider,
+                    known.tenant, jsonb_build_object('provider_message_id',
+                                                     k.provider_message_id),
+                    'recipient:' || made_id, p_raw_id, k.recipient, made_id, now());
+            END IF;
         END IF;
     END LOOP;
 

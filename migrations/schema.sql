@@ -49,12 +49,12 @@ BEGIN
     INSERT INTO message_recipients AS mr
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
          segments, deadline, country, tenant, attempt, superseded, created_at,
-         redeliver_until, redeliver_on)
+         redeliver_until, redeliver_on, number_valid)
     VALUES
         (p_message_id, p_provider, p_provider_message_id, p_recipient, pending.status,
          pending.final, pending.sequence, pending.segments, pending.deadline, pending.country,
          pending.tenant, pending.attempt, pending.superseded, pending.created_at,
-         pending.redeliver_until, pending.redeliver_on)
+         pending.redeliver_until, pending.redeliver_on, pending.number_valid)
     ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
     RETURNING mr.id INTO found_row;
     IF found_row IS NOT NULL THEN
@@ -86,6 +86,7 @@ BEGIN
     UPDATE message_recipients SET message_id = p_message_id,
         deadline = coalesce(deadline, pending.deadline),
         country = coalesce(country, pending.country), tenant = pending.tenant,
+        number_valid = coalesce(number_valid, pending.number_valid),
         attempt = pending.attempt, superseded = pending.superseded,
         created_at = pending.created_at, redeliver_until = pending.redeliver_until,
         redeliver_on = pending.redeliver_on, updated_at = now()
@@ -190,6 +191,45 @@ BEGIN
 END
 $$;
 
+-- FUNCTION check_summary()
+
+CREATE FUNCTION public.check_summary() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    r record;
+    summed integer;
+    said_delivered integer;
+BEGIN
+    SELECT min(mr.message_id::text)::uuid AS message_id, min(mr.tenant) AS tenant,
+           count(*) AS recipients,
+           count(*) FILTER (WHERE mr.status = 'delivered') AS delivered,
+           count(*) FILTER (WHERE NOT mr.final) AS open
+    INTO r
+    FROM message_recipients mr
+    WHERE mr.provider = NEW.provider AND mr.provider_message_id = NEW.provider_message_id
+      AND mr.message_id IS NOT NULL AND NOT mr.superseded;
+    IF r.message_id IS NULL OR NEW.counts IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT coalesce(sum(value::integer), 0) INTO summed FROM jsonb_each_text(NEW.counts);
+    said_delivered := coalesce((NEW.counts->>'delivered')::integer, 0);
+    IF summed <> r.recipients THEN
+        PERFORM record_discrepancy(r.message_id, 'summary_counts', NEW.provider, r.tenant,
+            jsonb_build_object('counts', NEW.counts, 'recipients', r.recipients),
+            NEW.id, NEW.raw_id, NULL, NULL, NEW.received_at);
+    END IF;
+    IF said_delivered > r.delivered + r.open
+       OR (NEW.final AND said_delivered < r.delivered) THEN
+        PERFORM record_discrepancy(r.message_id, 'summary_delivered', NEW.provider, r.tenant,
+            jsonb_build_object('summary_delivered', said_delivered,
+                               'recipients_delivered', r.delivered, 'recipients_open', r.open),
+            NEW.id, NEW.raw_id, NULL, NULL, NEW.received_at);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- FUNCTION create_partitions(text, timestamp with time zone, timestamp with time zone)
 
 CREATE FUNCTION public.create_partitions(p_table text, p_from timestamp with time zone, p_until timestamp with time zone) RETURNS integer
@@ -288,14 +328,16 @@ CREATE FUNCTION public.fail_over(p_message_id uuid, p_recipients text[], p_provi
           AND NOT EXISTS (SELECT 1 FROM message_recipients o
                           WHERE o.message_id = p_message_id AND o.recipient = mr.recipient
                             AND o.provider = p_provider)
-        RETURNING mr.recipient, mr.attempt, mr.sequence, mr.segments, mr.country, mr.tenant
+        RETURNING mr.recipient, mr.attempt, mr.sequence, mr.segments, mr.country, mr.tenant,
+                  mr.number_valid
     )
     INSERT INTO message_recipients
         (message_id, provider, provider_message_id, recipient, status, final, sequence,
-         segments, deadline, country, tenant, attempt, redeliver_until, redeliver_on)
+         segments, deadline, country, tenant, attempt, redeliver_until, redeliver_on,
+         number_valid)
     SELECT p_message_id, p_provider, 'pending:' || p_message_id, old.recipient, 'unknown', false,
            old.sequence, old.segments, p_deadline, old.country, old.tenant, old.attempt + 1,
-           p_redeliver_until, p_redeliver_on
+           p_redeliver_until, p_redeliver_on, old.number_valid
     FROM old
     RETURNING recipient
 $$;
@@ -559,6 +601,34 @@ BEGIN
 END
 $$;
 
+-- FUNCTION record_discrepancy(uuid, text, text, text, jsonb, text, uuid, text, bigint, timestamp with time zone)
+
+CREATE FUNCTION public.record_discrepancy(p_message_id uuid, p_kind text, p_provider text, p_tenant text, p_details jsonb, p_subject text, p_raw_id uuid, p_recipient text, p_recipient_id bigint, p_at timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    discrepancy_id text := 'evt_' || left(encode(sha256(convert_to(
+        concat_ws(chr(31), 'discrepancy', p_message_id::text, p_kind, p_subject), 'UTF8')),
+        'hex'), 32);
+BEGIN
+    INSERT INTO message_discrepancies
+        (message_id, kind, provider, tenant, details, subject, event_id)
+    VALUES (p_message_id, p_kind, p_provider, p_tenant, p_details, p_subject, discrepancy_id)
+    ON CONFLICT (message_id, kind, subject) DO NOTHING;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    INSERT INTO events
+        (id, type, provider, message_id, recipient_id, recipient, status, final,
+         provider_status, occurred_at, received_at, raw_id, occurred_at_source, synthetic,
+         sequence, tenant, details)
+    VALUES
+        (discrepancy_id, 'message.discrepancy', p_provider, p_message_id, p_recipient_id,
+         p_recipient, 'unknown', false, p_kind, p_at, p_at, p_raw_id, 'received', true, 1,
+         p_tenant, jsonb_build_object('kind', p_kind) || p_details);
+END
+$$;
+
 -- FUNCTION refold_recipient(bigint, timestamp with time zone, boolean)
 
 CREATE FUNCTION public.refold_recipient(p_recipient_id bigint, p_deadline timestamp with time zone, p_bump boolean) RETURNS TABLE(recipient_id bigint, message_id uuid, recipient text, before_status text, after_status text)
@@ -767,6 +837,8 @@ DECLARE
     is_synthetic boolean;
     alone_tenant text;
     latest record;
+    made_id bigint;
+    known record;
 BEGIN
     FOR k IN
         SELECT DISTINCT key.provider, key.provider_message_id, key.recipient
@@ -777,12 +849,24 @@ BEGIN
         INSERT INTO message_recipients AS mr
             (provider, provider_message_id, recipient, status, final, sequence)
         VALUES (k.provider, k.provider_message_id, k.recipient, 'unknown', false, 0)
-        ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING;
+        ON CONFLICT (provider, provider_message_id, recipient) DO NOTHING
+        RETURNING mr.id INTO made_id;
         IF NOT FOUND THEN
             PERFORM 1 FROM message_recipients mr
             WHERE mr.provider = k.provider AND mr.provider_message_id = k.provider_message_id
               AND mr.recipient = k.recipient
             FOR UPDATE;
+        ELSIF k.recipient <> '' THEN  -- '': a report naming no recipient of several
+            SELECT mr.message_id, mr.tenant INTO known FROM message_recipients mr
+            WHERE mr.provider = k.provider AND mr.provider_message_id = k.provider_message_id
+              AND mr.message_id IS NOT NULL
+            LIMIT 1;
+            IF FOUND THEN
+                PERFORM record_discrepancy(known.message_id, 'unknown_recipient', k.provider,
+                    known.tenant, jsonb_build_object('provider_message_id',
+                                                     k.provider_message_id),
+                    'recipient:' || made_id, p_raw_id, k.recipient, made_id, now());
+            END IF;
         END IF;
     END LOOP;
 
@@ -1226,6 +1310,32 @@ CREATE TABLE public.idempotency_keys (
     owner text DEFAULT ''::text NOT NULL
 );
 
+-- TABLE message_discrepancies
+
+CREATE TABLE public.message_discrepancies (
+    id bigint NOT NULL,
+    message_id uuid NOT NULL,
+    kind text NOT NULL,
+    provider text NOT NULL,
+    tenant text,
+    details jsonb NOT NULL,
+    subject text NOT NULL,
+    event_id text NOT NULL,
+    found_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT message_discrepancies_kind_check CHECK ((kind = ANY (ARRAY['summary_counts'::text, 'summary_delivered'::text, 'unknown_recipient'::text])))
+);
+
+-- SEQUENCE message_discrepancies_id_seq
+
+ALTER TABLE public.message_discrepancies ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME public.message_discrepancies_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
 -- TABLE message_recipients
 
 CREATE TABLE public.message_recipients (
@@ -1249,7 +1359,8 @@ CREATE TABLE public.message_recipients (
     superseded boolean DEFAULT false NOT NULL,
     created_at timestamp with time zone DEFAULT now() NOT NULL,
     redeliver_until timestamp with time zone,
-    redeliver_on text[]
+    redeliver_on text[],
+    number_valid boolean
 );
 
 -- SEQUENCE message_recipients_id_seq
@@ -1528,6 +1639,16 @@ ALTER TABLE ONLY public.hub_keys
 ALTER TABLE ONLY public.idempotency_keys
     ADD CONSTRAINT idempotency_keys_pkey PRIMARY KEY (owner, key);
 
+-- CONSTRAINT message_discrepancies message_discrepancies_message_id_kind_subject_key
+
+ALTER TABLE ONLY public.message_discrepancies
+    ADD CONSTRAINT message_discrepancies_message_id_kind_subject_key UNIQUE (message_id, kind, subject);
+
+-- CONSTRAINT message_discrepancies message_discrepancies_pkey
+
+ALTER TABLE ONLY public.message_discrepancies
+    ADD CONSTRAINT message_discrepancies_pkey PRIMARY KEY (id);
+
 -- CONSTRAINT message_recipients message_recipients_pkey
 
 ALTER TABLE ONLY public.message_recipients
@@ -1758,6 +1879,10 @@ CREATE INDEX send_route_changes_route_idx ON public.send_route_changes USING btr
 -- INDEX tenant_numbers_tenant_idx
 
 CREATE INDEX tenant_numbers_tenant_idx ON public.tenant_numbers USING btree (tenant);
+
+-- TRIGGER events events_check_summary
+
+CREATE TRIGGER events_check_summary AFTER INSERT ON public.events FOR EACH ROW WHEN ((new.type = 'message.summary'::text)) EXECUTE FUNCTION public.check_summary();
 
 -- TRIGGER events events_queue_deliveries
 

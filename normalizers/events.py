@@ -56,6 +56,12 @@ class EventType(StrEnum):
     INBOUND = "message.inbound"
     # A provider's health for a country changed (routing): the operator's only.
     PROVIDER_HEALTH = "provider.health"
+    # A handset opted out or back in (a keyword reply, the API, an import): the hub's own.
+    CONTACT_OPTED_OUT = "contact.opted_out"
+    CONTACT_OPTED_IN = "contact.opted_in"
+    # A report contradicts what the hub knows of its message (a summary's counts, a recipient
+    # the message never had).
+    DISCREPANCY = "message.discrepancy"
 
 
 # The schema-v1 event's fields, in the order every form of it lists them: the one declaration.

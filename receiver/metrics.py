@@ -46,3 +46,9 @@ SEND_FAILOVERS = Counter(
     "Recipients sent on to the next provider of their route, by the provider left and why.",
     ["provider", "kind"],
 )
+DISCREPANCIES = Gauge(
+    "smsr_message_discrepancies",
+    "Messages' reports that contradict them (a summary's counts, a recipient the message never"
+    " had), by provider and kind, as kept.",
+    ["provider", "kind"],
+)

@@ -32,7 +32,7 @@ TABLES = (
     "deliveries, subscriptions, events, recipient_parts, message_recipients, messages,"
     " raw_callbacks, idempotency_keys, delivery_attempts, api_keys, callback_refusals,"
     " send_rate_buckets, send_quota_days, tenant_numbers, send_routes, send_route_changes,"
-    " provider_health, opt_outs, help_replies, correction_runs"
+    " provider_health, opt_outs, help_replies, correction_runs, message_discrepancies"
 )
 
 

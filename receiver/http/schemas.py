@@ -194,7 +194,21 @@ class MessageSummary(BaseModel):
     recipients: list[RecipientView]
 
 
+class Discrepancy(BaseModel):
+    """A report that contradicts what the hub knows of the message: `summary_counts` (a
+    summary's counts do not add up to the recipients), `summary_delivered` (it says more
+    delivered than the recipients can be, or, once final, fewer than they are),
+    `unknown_recipient` (a report about a recipient the message never had)."""
+
+    kind: Literal["summary_counts", "summary_delivered", "unknown_recipient"]
+    provider: str
+    details: dict[str, Any]
+    event_id: str  # its message.discrepancy event
+    found_at: datetime
+
+
 class MessageView(MessageSummary):
+    discrepancies: list[Discrepancy]
     events: list[EventV1]
 
 
@@ -315,6 +329,10 @@ class DestinationStats(BaseModel):
     synthetic_expiry_share: float | None
     fast_deliveries: int  # delivered sooner than fast_under_s after sending: fake DLRs?
     double_deliveries: int  # sent again by routing, and delivered by two attempts
+    # implausible reports: `delivered` to a number libphonenumber says cannot exist
+    impossible_deliveries: int
+    # recipients with a provider's report dated over a minute before the message was sent
+    reports_before_send: int
 
 
 class ProviderStats(BaseModel):
@@ -329,6 +347,8 @@ class ProviderStats(BaseModel):
     synthetic_expiry_share: float | None
     fast_deliveries: int
     double_deliveries: int  # sent again by routing, and delivered by two attempts
+    impossible_deliveries: int
+    reports_before_send: int
     unparsed_callbacks: int
     rejected_callbacks: int  # refused by authentication (GET /v1/callback-refusals)
 

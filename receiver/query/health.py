@@ -7,8 +7,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from receiver.context import AppContext
-from receiver.metrics import POOL, QUEUE
+from receiver.metrics import DISCREPANCIES, POOL, QUEUE
 from receiver.storage.errors import is_database_unavailable
+from receiver.storage.messages import discrepancy_counts
 from receiver.storage.migrate import applied_versions
 from receiver.storage.outbox import queue_counts
 
@@ -43,10 +44,15 @@ async def metrics(request: web.Request) -> web.Response:
     try:
         async with context.db.connection() as connection:
             counts = await queue_counts(connection)
+            found = await discrepancy_counts(connection)
         for status in ("pending", "delivering"):
             QUEUE.labels(status).set(counts.get(status, 0))
+        DISCREPANCIES.clear()
+        for (provider, kind), n in found.items():
+            DISCREPANCIES.labels(provider, kind).set(n)
     except Exception:  # metrics answer even while the database does not
         QUEUE.clear()
+        DISCREPANCIES.clear()
     pool = context.db.pool
     POOL.labels("open").set(pool.get_size())
     POOL.labels("idle").set(pool.get_idle_size())

@@ -88,7 +88,21 @@ async def message_view(
     recipients = await messages.recipients_of_message(connection, message_id)
     return message_json(row) | {
         "recipients": recipients_json(recipients),
+        "discrepancies": [
+            discrepancy_json(found)
+            for found in await messages.discrepancies_of(connection, message_id)
+        ],
         "events": await events.timeline_of_message(connection, message_id, asker),
+    }
+
+
+def discrepancy_json(row: Any) -> dict[str, Any]:
+    return {
+        "kind": row["kind"],
+        "provider": row["provider"],
+        "details": json.loads(row["details"]),
+        "event_id": row["event_id"],
+        "found_at": row["found_at"].isoformat(),
     }
 
 

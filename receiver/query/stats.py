@@ -79,6 +79,8 @@ def _message_stats(row: Any) -> dict[str, Any]:
         "synthetic_expiry_share": round(row["synthetic_expired"] / final, 4) if final else None,
         "fast_deliveries": row["fast_deliveries"],
         "double_deliveries": row["double_deliveries"],
+        "impossible_deliveries": row["impossible_deliveries"],
+        "reports_before_send": row["reports_before_send"],
     }
 
 
@@ -95,6 +97,8 @@ def _empty_stats() -> dict[str, Any]:
         "synthetic_expiry_share": None,
         "fast_deliveries": 0,
         "double_deliveries": 0,
+        "impossible_deliveries": 0,
+        "reports_before_send": 0,
         "unparsed_callbacks": 0,
         "rejected_callbacks": 0,
     }

@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from normalizers.base import to_e164
+from normalizers.base import number_facts, to_e164
 from receiver.storage.pool import Connection
 from receiver.storage.tenants import Asker
 
@@ -92,13 +92,15 @@ async def create_message(
             WITH pads AS (SELECT * FROM opt_out_pads())
             INSERT INTO message_recipients AS r
                 (message_id, provider, provider_message_id, recipient, status, final, sequence,
-                 segments, deadline, country, tenant, redeliver_until, redeliver_on)
+                 segments, deadline, country, tenant, redeliver_until, redeliver_on,
+                 number_valid)
             SELECT $1, given.provider, $2, given.recipient, $3, false, 0, $4, given.deadline,
                    given.country, $5, given.redeliver_until,
-                   string_to_array(given.redeliver_on, ',')
+                   string_to_array(given.redeliver_on, ','), given.valid
             FROM unnest($6::text[], $7::text[], $8::timestamptz[], $9::text[],
-                        $10::timestamptz[], $11::text[])
-                 AS given(recipient, provider, deadline, country, redeliver_until, redeliver_on)
+                        $10::timestamptz[], $11::text[], $13::boolean[])
+                 AS given(recipient, provider, deadline, country, redeliver_until, redeliver_on,
+                          valid)
             RETURNING r.recipient, EXISTS (
                 SELECT 1 FROM opt_outs o, pads
                 WHERE o.number_hash = hmac_with(pads.inner_pad, pads.outer_pad, r.recipient)
@@ -117,6 +119,7 @@ async def create_message(
             [redeliver_of[to].until if to in redeliver_of else None for to in recipients],
             [",".join(redeliver_of[to].on) if to in redeliver_of else None for to in recipients],
             to_e164(sender),
+            [number_facts(to)[1] for to in recipients],  # asked of each already: cached
         )
     return {row["recipient"] for row in rows if row["suppressed"]}
 
@@ -422,3 +425,20 @@ async def recipient_statuses(
         list(message_ids),
     )
     return rows
+
+
+async def discrepancies_of(connection: Connection, message_id: uuid.UUID) -> list[asyncpg.Record]:
+    """What reports about the message contradicted (migration 0025), oldest first."""
+    rows: list[asyncpg.Record] = await connection.fetch(
+        "SELECT kind, provider, details, event_id, found_at FROM message_discrepancies"
+        " WHERE message_id = $1 ORDER BY found_at, id",
+        message_id,
+    )
+    return rows
+
+
+async def discrepancy_counts(connection: Connection) -> dict[tuple[str, str], int]:
+    rows = await connection.fetch(
+        "SELECT provider, kind, count(*) AS n FROM message_discrepancies GROUP BY provider, kind"
+    )
+    return {(row["provider"], row["kind"]): row["n"] for row in rows}

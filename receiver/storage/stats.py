@@ -44,7 +44,19 @@ async def message_stats(
                        WHERE o.message_id = r.message_id AND o.recipient = r.recipient
                          AND e.status = 'delivered' AND NOT e.synthetic
                          AND e.replaced_by IS NULL) >= 2
-                   ELSE false END AS double_delivered
+                   ELSE false END AS double_delivered,
+                   -- Implausible reports: delivered to a number that cannot exist (as any
+                   -- attempt's row knew it), or a provider's report dated more than a minute
+                   -- (clocks differ) before the message was sent.
+                   r.status = 'delivered' AND (r.number_valid = false OR (r.attempt > 1 AND EXISTS (
+                       SELECT 1 FROM message_recipients o
+                       WHERE o.message_id = r.message_id AND o.recipient = r.recipient
+                         AND o.number_valid = false))) AS impossible_delivery,
+                   EXISTS (SELECT 1 FROM events e
+                           WHERE e.recipient_id = r.id AND e.type = 'message.status'
+                             AND e.occurred_at_source = 'provider' AND e.replaced_by IS NULL
+                             AND e.occurred_at < coalesce(m.dispatched_at, m.send_at, m.created_at)
+                                                 - interval '1 minute') AS dated_before_send
             FROM messages m JOIN message_recipients r ON r.message_id = m.id
             WHERE m.created_at >= $1 AND ($2::timestamptz IS NULL OR m.created_at < $2)
               AND {asker.only_own("m.tenant", 4)}
@@ -57,6 +69,8 @@ async def message_stats(
                count(*) FILTER (WHERE synthetic_final AND status = 'expired')
                    AS synthetic_expired,
                count(*) FILTER (WHERE double_delivered) AS double_deliveries,
+               count(*) FILTER (WHERE impossible_delivery) AS impossible_deliveries,
+               count(*) FILTER (WHERE dated_before_send) AS reports_before_send,
                count(*) FILTER (WHERE status = 'delivered'
                                 AND final_at - created_at < make_interval(secs => $3))
                    AS fast_deliveries,

@@ -4,6 +4,7 @@ redacted, statistics per provider."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,6 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from receiver.context import AppContext
 from receiver.sending.silence import SilenceSweep
+from tests.factories import attach_orphans, insert_message
 from tests.helpers import sandbox_hub
 
 Client = TestClient[Any, Any]
@@ -274,6 +276,34 @@ async def test_stats_tell_provider_health_per_provider_and_country(
     assert (us["recipients"], us["delivered"], us["delivery_rate"]) == (1, 0, 0.0)
     assert earlier["providers"]["carrierx"]["messages"] == 0  # the window ends before it
     assert (await hub.get("/v1/stats", params={"fast_under_s": "-1"})).status == 400
+    # Implausible: +44 7700 900xxx is Ofcom's drama range, a number that cannot exist (the
+    # simulated provider takes it), delivered all the same; and no report is dated too early.
+    assert carrierx["impossible_deliveries"] == 1
+    assert carrierx["reports_before_send"] == 0
+    assert gb["impossible_deliveries"] == 1
+
+
+async def test_stats_count_reports_dated_before_their_send(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    message_id = uuid.uuid4()
+    await insert_message(db, message_id, "carrierx", provider_message_id="early-1")
+    for sid, to, stamp in (
+        ("early-1", "15162065574", "2026-01-01T00:00:00Z"),  # months before the send
+        ("early-1", "15162065576", datetime.now(UTC).isoformat()),
+    ):
+        answer = await hub.post(
+            "/callbacks/carrierx",
+            json={"message_sid": sid, "status": "sent", "to": to, "date_status_changed": stamp},
+        )
+        assert answer.status == 200
+    await attach_orphans(db, message_id, "carrierx", "early-1", "+15162065574")
+    await attach_orphans(db, message_id, "carrierx", "early-1", "+15162065576")
+
+    figures = (await (await hub.get("/v1/stats")).json())["providers"]["carrierx"]
+    assert figures["recipients"] == 2
+    assert figures["reports_before_send"] == 1
+    assert figures["impossible_deliveries"] == 0
 
 
 async def test_a_stats_window_is_capped(hub: Client) -> None:

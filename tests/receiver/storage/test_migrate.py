@@ -16,6 +16,7 @@ from tests.helpers import migrations_before
 EXPECTED_TABLES = {
     "raw_callbacks",
     "correction_runs",
+    "message_discrepancies",
     "callback_refusals",
     "messages",
     "message_recipients",
