@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-browser lint format schema bench bench-growth bench-console bench-reports faults lock audit clean
+.PHONY: run test test-browser lint format schema bench bench-growth bench-console bench-reports bench-reprocess faults lock audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -76,6 +76,12 @@ bench-growth: $(VENV)/.dev-deps
 ## the one before tenants (BENCH_BEFORE=REV for another), interleaved (~1 minute)
 bench-reports: $(VENV)/.dev-deps
 	$(BIN)/python bench/report_cost.py $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE))
+
+## bench-reprocess: correction runs (dry run, apply) over 100,000 raw callbacks of its own fill,
+## and F's p99 beside an apply (~4 minutes)
+bench-reprocess: $(VENV)/.dev-deps
+	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+	$(BIN)/python bench/reprocess.py
 
 ## bench-console: the console's pages with 100,000 messages stored, one request at a time (~2 minutes)
 bench-console: $(VENV)/.dev-deps

@@ -261,7 +261,13 @@ async def wait_ready(port: int) -> None:
 
 
 async def scenario_f(
-    dsn: str, rate: float, seconds: float, serve_port: int, sink_port: int
+    dsn: str,
+    rate: float,
+    seconds: float,
+    serve_port: int,
+    sink_port: int,
+    filters: dict[str, Any] | None = None,
+    prefix: str = "f",
 ) -> dict[str, Any]:
     """Open loop: callbacks sent at a fixed rate to `serve`, each timed from its sending to its
     arrival at the subscriber, delivered by a `worker` beside it (woken by LISTEN/NOTIFY, as
@@ -269,11 +275,13 @@ async def scenario_f(
     sink = Sink()
     await sink.start(sink_port)
     connection = await asyncpg.connect(dsn)
+    subscription = uuid.uuid4()
     await connection.execute(
-        "INSERT INTO subscriptions (id, url, secret) VALUES ($1, $2, $3)",
-        uuid.uuid4(),
+        "INSERT INTO subscriptions (id, url, secret, filters) VALUES ($1, $2, $3, $4::jsonb)",
+        subscription,
         sink.url,
         SECRET,
+        json.dumps(filters or {}),
     )
     await connection.close()
     env = worker_env(dsn) | {"DB_POOL_MAX_SIZE": "20"}
@@ -301,10 +309,10 @@ async def scenario_f(
         await asyncio.sleep(2)  # the worker is up and listening
 
         async def fire(n: int, request: bytes) -> None:
-            sent[f"f-{n}"] = time.perf_counter()
+            sent[f"{prefix}-{n}"] = time.perf_counter()
             await generator.send(request)
 
-        requests = [carrierx_request(serve_port, f"f-{n}") for n in range(total)]
+        requests = [carrierx_request(serve_port, f"{prefix}-{n}") for n in range(total)]
         tasks = []
         start = time.perf_counter()
         for n, request in enumerate(requests):
@@ -325,7 +333,12 @@ async def scenario_f(
         await sink.stop()
     # The sink knows event ids; the message sid is inside: map through the database.
     connection = await asyncpg.connect(dsn)
-    rows = await connection.fetch("SELECT id, provider_message_id FROM events")
+    rows = await connection.fetch(
+        "SELECT e.id, e.provider_message_id FROM deliveries d JOIN events e ON e.id = d.event_id"
+        " WHERE d.subscription_id = $1",
+        subscription,
+    )
+    await connection.execute("DELETE FROM subscriptions WHERE id = $1", subscription)
     await connection.close()
     by_event = {row["id"]: row["provider_message_id"] for row in rows}
     latencies = sorted(

@@ -16,9 +16,9 @@ from receiver.corrections.background import RUNS, AnotherApply
 from receiver.corrections.command import RunRequest
 from receiver.corrections.run import APPLY, DRY_RUN
 from receiver.http import params
+from receiver.http.apikeys import who_of
 from receiver.http.bodies import read_model
 from receiver.http.errors import Conflict, NotFound, Unprocessable
-from receiver.routing.routes import who_of
 from receiver.storage import corrections
 
 

@@ -24,11 +24,10 @@ import structlog
 from normalizers.events import Event, event_id
 from normalizers.registry import Registry
 from receiver.corrections.diff import CallbackDiff, Standing, compare
-from receiver.ingest.pipeline import judge
+from receiver.judgement import judge, normalizer_version
 from receiver.storage import corrections as store
 from receiver.storage.callbacks import NORMALISED, RawCallback, stored_form
 from receiver.storage.events import event_json
-from receiver.versions import normalizer_version
 
 log = structlog.get_logger("receiver.corrections")
 
@@ -281,6 +280,14 @@ class Corrector:
         replaced += [change.old for _, _, diff in diffs for change in diff.changed]
         held = sorted({old.recipient_id for old in replaced if old.recipient_id is not None})
         await store.lock_recipients(self.connection, held)
+        added_keys = [
+            (event.provider, event.provider_message_id, event.recipient or "")
+            for _, _, diff in diffs
+            for event, _ in diff.added
+            if event.provider_message_id is not None
+        ]
+        # As they stand before store_events moves them forward with the corrections.
+        before = await store.recipient_statuses(self.connection, held, added_keys)
         await store.replace_events(self.connection, [old.id for old in replaced], run_id)
         corrections: list[dict[str, Any]] = []
         for raw, _, diff in diffs:
@@ -302,8 +309,10 @@ class Corrector:
             for row in await store.refold(
                 self.connection, recipient_id, deadline, recipient_id not in with_new_events
             ):
-                if row["before_status"] != row["after_status"]:
-                    moved[row["recipient_id"]] = dict(row)
+                step = dict(row)
+                step["before_status"] = before.get(row["recipient_id"], row["before_status"])
+                if step["before_status"] != step["after_status"]:
+                    moved[row["recipient_id"]] = step
         for step in moved.values():
             message_id = str(step["message_id"]) if step["message_id"] else None
             tally.add_transition(step["before_status"], step["after_status"], message_id)

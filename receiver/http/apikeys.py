@@ -35,6 +35,13 @@ class OperatorOnly(ReceiverError):
     code = "operator_only"
 
 
+def who_of(request: web.Request) -> str:
+    """Who made a change, as the history keeps it: the API key's name and id, or the operator
+    of a hub without keys."""
+    key = request.get(API_KEY)
+    return f"api key {key.name} ({key.id})" if key is not None else "operator (API_AUTH off)"
+
+
 def asker_of(request: web.Request) -> Asker:
     """Who is asking: set by the key check for every route behind keys. A handler reached
     without it (a route the check did not see) reaches nothing."""

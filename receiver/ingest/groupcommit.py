@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 
 from receiver.ingest import pipeline
-from receiver.ingest.pipeline import Normalised
+from receiver.judgement import Normalised
 from receiver.metrics import INGEST_BATCHES
 from receiver.storage import callbacks
 from receiver.storage.batcher import Batcher, each_alone

@@ -13,7 +13,7 @@ from normalizers.registry import Registry
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.errors import NotFound
-from receiver.ingest.pipeline import judge
+from receiver.judgement import judge
 from receiver.storage import callbacks
 from receiver.storage.callbacks import NORMALISED, RawCallback, describe_storage_error
 from receiver.storage.errors import is_data_refusal

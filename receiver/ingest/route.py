@@ -23,9 +23,9 @@ from receiver.http.errors import (
 )
 from receiver.ingest.auth import AuthFailure, ReplayGuard, authenticate, replay_of
 from receiver.ingest.groupcommit import CallbackWriter
-from receiver.ingest.pipeline import judge
 from receiver.ingest.refusals import Refusals, refusal_of
 from receiver.ingest.spool import Spool
+from receiver.judgement import judge
 from receiver.metrics import CALLBACKS
 from receiver.ratelimit import retry_after_header
 from receiver.redaction import path_without_token

@@ -27,7 +27,8 @@ import structlog
 
 from normalizers.registry import Registry
 from receiver.config import Settings
-from receiver.ingest.pipeline import judge, store, unparsed
+from receiver.ingest.pipeline import store
+from receiver.judgement import judge, unparsed
 from receiver.storage.callbacks import RawCallback
 from receiver.storage.errors import is_database_unavailable
 from receiver.storage.ids import time_ordered_uuid

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -199,6 +199,7 @@ class Breakers:
 
     errors: dict[tuple[str, str], int] = field(default_factory=dict)
     probes: dict[tuple[str, str], float] = field(default_factory=dict)
+    clock: Callable[[], float] = time.monotonic  # a test's own time
 
     def failed(self, key: tuple[str, str]) -> int:
         self.errors[key] = self.errors.get(key, 0) + 1
@@ -208,7 +209,7 @@ class Breakers:
         self.errors.pop(key, None)
 
     def may_probe(self, key: tuple[str, str], every_s: float) -> bool:
-        now = time.monotonic()
+        now = self.clock()
         if now - self.probes.get(key, float("-inf")) < every_s:
             return False
         self.probes[key] = now

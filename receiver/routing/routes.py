@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from receiver.context import AppContext
 from receiver.http import params
-from receiver.http.apikeys import API_KEY
+from receiver.http.apikeys import who_of
 from receiver.http.bodies import read_model
 from receiver.http.errors import Conflict, NotFound, Unprocessable
 from receiver.routing.choice import ROUTE_TABLE
@@ -61,13 +61,6 @@ class RouteChanges(BaseModel):
 
 class RouteExists(Conflict):
     code = "route_exists"
-
-
-def who_of(request: web.Request) -> str:
-    """Who made a change, as the history keeps it: the API key's name and id, or the operator
-    of a hub without keys."""
-    key = request.get(API_KEY)
-    return f"api key {key.name} ({key.id})" if key is not None else "operator (API_AUTH off)"
 
 
 def checked(spec: RouteSpec, known: Collection[str]) -> None:

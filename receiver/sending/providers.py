@@ -34,11 +34,11 @@ from normalizers.events import Event
 from receiver.config import Settings
 from receiver.context import AppContext
 from receiver.http.errors import BadRequest
+from receiver.judgement import normalizer_version
 from receiver.storage import callbacks, messages
 from receiver.storage.callbacks import NORMALISED, RawCallback, received_now
 from receiver.storage.errors import lost_conflict
 from receiver.storage.pool import Connection
-from receiver.versions import normalizer_version
 
 log = structlog.get_logger("receiver.sending.providers")
 

@@ -105,6 +105,25 @@ async def lock_recipients(connection: Connection, recipient_ids: Sequence[int]) 
     )
 
 
+async def recipient_statuses(
+    connection: Connection,
+    recipient_ids: Sequence[int],
+    keys: Sequence[tuple[str, str, str]],
+) -> dict[int, str]:
+    """The status of these recipients (by row, or by provider, provider's id and handset) as
+    they stand before a run changes them."""
+    rows = await connection.fetch(
+        "SELECT id, status FROM message_recipients WHERE id = ANY($1::bigint[])"
+        " OR (provider, provider_message_id, recipient) IN ("
+        "  SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))",
+        list(recipient_ids),
+        [key[0] for key in keys],
+        [key[1] for key in keys],
+        [key[2] for key in keys],
+    )
+    return {row["id"]: row["status"] for row in rows}
+
+
 async def replace_events(
     connection: Connection, event_ids: Sequence[str], run_id: uuid.UUID
 ) -> None:

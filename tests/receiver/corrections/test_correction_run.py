@@ -194,6 +194,12 @@ async def test_apply_corrects_tells_subscribers_and_a_second_run_changes_nothing
     assert await db.fetchval("SELECT count(*) FROM events") == events
     assert await recipients(db) == after
 
+    # The fix undone: corrected back, the recipients delivered again.
+    monkeypatch.undo()
+    back = await corrector(db).run(await a_run(db, APPLY))
+    assert back.counts()["recipients"] == {"sent -> delivered": 2}
+    assert (await recipients(db))[ALICE] == ("delivered", True, 4)
+
 
 class Crash(Exception):
     pass

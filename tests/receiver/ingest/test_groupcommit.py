@@ -24,7 +24,7 @@ from normalizers.registry import DEFAULT_REGISTRY
 from receiver.config import Settings
 from receiver.ingest import pipeline
 from receiver.ingest.groupcommit import CallbackWriter
-from receiver.ingest.pipeline import Normalised
+from receiver.judgement import Normalised
 from receiver.metrics import INGEST_BATCHES
 from receiver.storage import callbacks
 from receiver.storage.batcher import SPREAD_AFTER_S, Batcher

@@ -6,7 +6,6 @@ driven by the rows' own times and the watch's `now`, not by waiting."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -51,6 +50,8 @@ async def test_send_errors_in_a_row_open_the_circuit_and_a_probe_closes_it(
     hub = await sandbox_hub(
         aiohttp_client, dsn, send_attempts=1, health_send_errors=2, health_probe_s=0.05
     )
+    now = [1000.0]
+    hub.app[ROUTE_TABLE].breakers.clock = lambda: now[0]  # time moves when the test says
     assert (await hub.post("/v1/routes", json=ROUTE)).status == 201
     everything = await hub.post("/v1/subscriptions", json={"url": "http://127.0.0.1:9/x"})
     asking = await hub.post(
@@ -74,7 +75,7 @@ async def test_send_errors_in_a_row_open_the_circuit_and_a_probe_closes_it(
     assert '"send_errors"' in opened["details"]
 
     await hub.put("/v1/sandbox/providers/swift", json={"mode": "normal"})
-    await asyncio.sleep(0.1)  # past HEALTH_PROBE_S: the next send is the probe
+    now[0] += 0.1  # past HEALTH_PROBE_S: the next send is the probe
     probe = await send(hub)
 
     assert probe["recipients"][0]["provider"] == "swift"

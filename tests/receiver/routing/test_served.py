@@ -53,7 +53,7 @@ async def test_an_operator_breaks_a_provider_and_watches_the_sends_move_and_come
         "SANDBOX_DELAY_S": "0.1",
         "SEND_ATTEMPTS": "1",
         "HEALTH_SEND_ERRORS": "2",
-        "HEALTH_PROBE_S": "0.5",
+        "HEALTH_PROBE_S": "3",  # longer than three sends take, even on a busy machine
         "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
     }
     async with subscriber() as (hook, received), aiohttp.ClientSession() as http:
@@ -85,7 +85,7 @@ async def test_an_operator_breaks_a_provider_and_watches_the_sends_move_and_come
             assert opened["details"]["rule"] == "send_errors"
 
             assert await run_cli("sandbox", "set", "swift", "normal", "--url", url) == 0
-            await asyncio.sleep(0.6)  # past HEALTH_PROBE_S: the next send is the probe
+            await asyncio.sleep(3.1)  # past HEALTH_PROBE_S: the next send is the probe
             assert (await send())["provider"] == "swift"
             await until(lambda: len(received) >= 2, 15)
             assert received[1]["details"]["state"] == "healthy"
