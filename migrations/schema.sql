@@ -657,17 +657,22 @@ BEGIN
     folded := CASE WHEN r.held THEN 'scheduled' ELSE 'unknown' END;
     DELETE FROM recipient_parts rp WHERE rp.recipient_id = p_recipient_id;
     FOR ev IN
-        SELECT e.status, e.synthetic, e.failure_kind, e.provider_part_id, e.segments,
-               e.recipient_id = p_recipient_id AS own
-        FROM events e
-        WHERE e.type = 'message.status' AND e.replaced_by IS NULL
-          AND (e.recipient_id = p_recipient_id
-               OR (NOT r.superseded AND r.message_id IS NOT NULL AND e.status = 'delivered'
-                   AND e.recipient_id IN (
-                       SELECT s.id FROM message_recipients s
-                       WHERE s.message_id = r.message_id AND s.recipient = r.recipient
-                         AND s.superseded)))
-        ORDER BY e.received_at, e.feed_seq
+        SELECT * FROM (
+            SELECT e.status, e.synthetic, e.failure_kind, e.provider_part_id, e.segments,
+                   true AS own, e.received_at, e.feed_seq
+            FROM events e
+            WHERE e.recipient_id = p_recipient_id AND e.type = 'message.status'
+              AND e.replaced_by IS NULL
+            UNION ALL
+            SELECT e.status, e.synthetic, e.failure_kind, e.provider_part_id, e.segments,
+                   false, e.received_at, e.feed_seq
+            FROM message_recipients s JOIN events e ON e.recipient_id = s.id
+            WHERE NOT r.superseded AND s.message_id = r.message_id
+              AND s.recipient = r.recipient AND s.superseded
+              AND e.type = 'message.status' AND e.status = 'delivered'
+              AND e.replaced_by IS NULL
+        ) AS told
+        ORDER BY told.received_at, told.feed_seq
     LOOP
         IF NOT ev.own THEN
             folded := 'delivered';
@@ -716,6 +721,18 @@ BEGIN
             RETURN QUERY SELECT * FROM refold_recipient(latest_id, p_deadline, p_bump);
         END IF;
     END IF;
+END
+$$;
+
+-- FUNCTION refold_recipients(bigint[], timestamp with time zone[], boolean[])
+
+CREATE FUNCTION public.refold_recipients(p_ids bigint[], p_deadlines timestamp with time zone[], p_bumps boolean[]) RETURNS TABLE(recipient_id bigint, message_id uuid, recipient text, before_status text, after_status text)
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    FOR i IN 1 .. coalesce(array_length(p_ids, 1), 0) LOOP
+        RETURN QUERY SELECT * FROM refold_recipient(p_ids[i], p_deadlines[i], p_bumps[i]);
+    END LOOP;
 END
 $$;
 

@@ -304,15 +304,17 @@ class Corrector:
         )
         now = datetime.now(UTC)
         moved: dict[int, dict[str, Any]] = {}
-        for recipient_id in sorted(set(held) | with_new_events):
-            deadline = now + timedelta(seconds=self.silence_s(providers.get(recipient_id, "")))
-            for row in await store.refold(
-                self.connection, recipient_id, deadline, recipient_id not in with_new_events
-            ):
-                step = dict(row)
-                step["before_status"] = before.get(row["recipient_id"], row["before_status"])
-                if step["before_status"] != step["after_status"]:
-                    moved[row["recipient_id"]] = step
+        folded = sorted(set(held) | with_new_events)
+        for row in await store.refold(
+            self.connection,
+            folded,
+            [now + timedelta(seconds=self.silence_s(providers.get(rid, ""))) for rid in folded],
+            [rid not in with_new_events for rid in folded],
+        ):
+            step = dict(row)
+            step["before_status"] = before.get(row["recipient_id"], row["before_status"])
+            if step["before_status"] != step["after_status"]:
+                moved[row["recipient_id"]] = step
         for step in moved.values():
             message_id = str(step["message_id"]) if step["message_id"] else None
             tally.add_transition(step["before_status"], step["after_status"], message_id)

@@ -149,10 +149,18 @@ async def store_corrections(
 
 
 async def refold(
-    connection: Connection, recipient_id: int, deadline: datetime, bump: bool
+    connection: Connection,
+    recipient_ids: Sequence[int],
+    deadlines: Sequence[datetime],
+    bumps: Sequence[bool],
 ) -> list[asyncpg.Record]:
+    """These recipients folded again from their events (refold_recipient), in this order: the
+    state each was in and is in now (and, for a superseded attempt, its latest one's)."""
     rows: list[asyncpg.Record] = await connection.fetch(
-        "SELECT * FROM refold_recipient($1, $2, $3)", recipient_id, deadline, bump
+        "SELECT * FROM refold_recipients($1::bigint[], $2::timestamptz[], $3::boolean[])",
+        list(recipient_ids),
+        list(deadlines),
+        list(bumps),
     )
     return rows
 
