@@ -42,6 +42,7 @@ class Standing:
     natural: str
     recipient_id: int | None
     fields: Mapping[str, Any]
+    normalizer: str | None = None  # the version that made it (None: before versions were kept)
 
 
 @dataclass(frozen=True, slots=True)

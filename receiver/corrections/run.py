@@ -60,6 +60,8 @@ class Tally:
     changed: int = 0
     fields: Counter[str] = field(default_factory=Counter)
     transitions: Counter[str] = field(default_factory=Counter)  # "delivered -> sent"
+    # The normaliser versions that made the events replaced (changed or removed).
+    replaced_versions: Counter[str] = field(default_factory=Counter)
     examples: dict[str, list[str]] = field(default_factory=dict)  # transition: message ids
 
     def counts(self) -> dict[str, Any]:
@@ -73,6 +75,7 @@ class Tally:
                 "removed": self.removed,
                 "changed": self.changed,
                 "fields": dict(sorted(self.fields.items())),
+                "replaced_by_version": dict(sorted(self.replaced_versions.items())),
             },
             "recipients": dict(sorted(self.transitions.items())),
         }
@@ -94,6 +97,7 @@ class Tally:
             removed=events.get("removed", 0),
             changed=events.get("changed", 0),
             fields=Counter(events.get("fields", {})),
+            replaced_versions=Counter(events.get("replaced_by_version", {})),
             transitions=Counter(counts.get("recipients", {})),
             examples={item["transition"]: list(item["message_ids"]) for item in examples},
         )
@@ -118,6 +122,9 @@ class Tally:
                 else ""
             ),
         ]
+        if self.replaced_versions:
+            made = ", ".join(f"{name} {n}" for name, n in sorted(self.replaced_versions.items()))
+            lines.append(f"the events {would}replaced were made by: {made}")
         if self.transitions:
             lines.append(f"recipients whose status {would}changed:")
             for name, count in sorted(self.transitions.items(), key=lambda item: -item[1]):
@@ -252,6 +259,7 @@ class Corrector:
                     natural=row["natural"],
                     recipient_id=row["recipient_id"],
                     fields=event_json(row),
+                    normalizer=row["normalizer"],
                 )
             )
         derived: dict[uuid.UUID, list[Event] | None] = {}
@@ -325,6 +333,10 @@ class Corrector:
             tally.changed += len(diff.changed)
             for change in diff.changed:
                 tally.fields.update(change.fields.keys())
+            tally.replaced_versions.update(
+                old.normalizer or "unknown (before versions were kept)"
+                for old in [*diff.removed, *(change.old for change in diff.changed)]
+            )
             if outcome == "unparsed":
                 tally.newly_parsed += 1
                 await store.mark_normalised(self.connection, raw.id, len(diff.added))
@@ -368,13 +380,19 @@ def _detail_line(
             for event, replaces in diff.added
         ],
         "removed": [
-            {"id": old.id, "recipient": old.fields.get("recipient"), "status": old.fields["status"]}
+            {
+                "id": old.id,
+                "recipient": old.fields.get("recipient"),
+                "status": old.fields["status"],
+                "normalizer": old.normalizer,
+            }
             for old in diff.removed
         ],
         "changed": [
             {
                 "id": change.old.id,
                 "recipient": change.old.fields.get("recipient"),
+                "normalizer": change.old.normalizer,
                 "fields": {name: list(values) for name, values in change.fields.items()},
             }
             for change in diff.changed

@@ -5,8 +5,10 @@ resuming to the same end."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -14,12 +16,15 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from normalizers import carrierx
-from normalizers.events import Status
+from normalizers.base import CallbackRequest, ParseError
+from normalizers.carrierx import CarrierX
+from normalizers.events import Event, Status
 from normalizers.registry import DEFAULT_REGISTRY
 from receiver.config import Settings
 from receiver.corrections.command import RunRequest, start_or_resume
 from receiver.corrections.run import APPLY, DRY_RUN, Corrector, Tally
-from tests.factories import attach_orphans, insert_message
+from receiver.judgement import normalizer_version
+from tests.factories import attach_orphans, insert_message, with_override
 from tests.receiver.delivery.test_delivery import (
     Client,
     Subscriber,
@@ -71,12 +76,14 @@ def delivered_means_sent(monkeypatch: pytest.MonkeyPatch) -> None:
 def corrector(db: asyncpg.Connection, **changes: Any) -> Corrector:
     settings = Settings(database_url="postgresql://unused")
     return Corrector(
-        connection=db,
-        registry=DEFAULT_REGISTRY,
-        regions={},
-        silence_s=settings.silence_timeout,
-        pause_ratio=0.0,
-        **changes,
+        **{
+            "connection": db,
+            "registry": DEFAULT_REGISTRY,
+            "regions": {},
+            "silence_s": settings.silence_timeout,
+            "pause_ratio": 0.0,
+            **changes,
+        }
     )
 
 
@@ -110,7 +117,13 @@ async def test_a_dry_run_gives_the_exact_diff_and_changes_nothing(
         "changed_callbacks": 2,
         "newly_parsed": 0,
         "now_unparsed": 0,
-        "events": {"added": 0, "removed": 0, "changed": 2, "fields": {"status": 2}},
+        "events": {
+            "added": 0,
+            "removed": 0,
+            "changed": 2,
+            "fields": {"status": 2},
+            "replaced_by_version": {normalizer_version("carrierx", carrierx.PROVIDER): 2},
+        },
         "recipients": {"delivered -> sent": 2},
     }
     assert sorted(tally.examples["delivered -> sent"]) == sorted(
@@ -243,3 +256,55 @@ def test_a_tally_reads_back_what_it_wrote() -> None:
     again = Tally.of_run(tally.counts(), tally.examples_json())
     assert again.counts() == tally.counts()
     assert again.examples == {"delivered -> sent": ["m-1"]}
+
+
+class RenamedCarrierX(CarrierX):
+    """A fix that changes how a report is identified: every event under a new id."""
+
+    def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
+        events = super().parse_callback(request, received_at)
+        return [dataclasses.replace(event, id=event.id + "v2") for event in events]
+
+
+class BrokenCarrierX(CarrierX):
+    def parse_callback(self, request: CallbackRequest, received_at: datetime) -> list[Event]:
+        raise ParseError("a fix that broke the format")
+
+
+async def test_events_under_new_ids_replace_the_old_ones_of_the_same_recipient(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    await three_messages(hub, db)
+    before = await recipients(db)
+    old_ids = {row["id"] for row in await db.fetch("SELECT id FROM events")}
+    registry = with_override(DEFAULT_REGISTRY, RenamedCarrierX())
+
+    run = await a_run(db, APPLY)
+    tally = await corrector(db, registry=registry).run(run)
+
+    assert (tally.added, tally.removed, tally.changed) == (4, 4, 0)
+    assert not tally.transitions  # the same statuses, under other ids
+    rows = await db.fetch(
+        "SELECT id, natural_id, correction FROM events WHERE correction IS NOT NULL"
+    )
+    assert {row["id"] for row in rows} == {i + "v2" for i in old_ids}  # the normaliser's ids
+    assert {json.loads(row["correction"])["replaces"] for row in rows} == old_ids
+    after = await recipients(db)
+    assert {k: v[:2] for k, v in after.items()} == {k: v[:2] for k, v in before.items()}
+    assert after[ALICE][2] == before[ALICE][2] + 2  # each added event a step of its own
+    again = await corrector(db, registry=registry).run(await a_run(db, APPLY))
+    assert again.changed_callbacks == 0
+
+
+async def test_callbacks_the_normaliser_no_longer_reads_are_left_as_they_were(
+    hub: Client, db: asyncpg.Connection
+) -> None:
+    await three_messages(hub, db)
+    before = await recipients(db)
+
+    registry = with_override(DEFAULT_REGISTRY, BrokenCarrierX())
+    tally = await corrector(db, registry=registry).run(await a_run(db, APPLY))
+
+    assert (tally.examined, tally.now_unparsed, tally.changed_callbacks) == (4, 4, 0)
+    assert await recipients(db) == before
+    assert await db.fetchval("SELECT count(*) FROM events WHERE replaced_by IS NOT NULL") == 0
