@@ -841,7 +841,10 @@ def _correction_run(
         report=args.report or f"correction-{stamp}.jsonl",
         batch_size=args.batch_size,
     )
-    return asyncio.run(reprocess_all(dsn, registry, settings, request, session_settings(settings)))
+    with open(request.report or os.devnull, "a", encoding="utf-8") as report:
+        return asyncio.run(
+            reprocess_all(dsn, registry, settings, request, session_settings(settings), report)
+        )
 
 
 def _timestamp(text: str) -> datetime:

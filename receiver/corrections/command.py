@@ -130,10 +130,11 @@ async def reprocess_all(
     request: RunRequest,
     server_settings: dict[str, str] | None = None,
     report_file: IO[str] | None = None,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
     """A run from the terminal; its detail lines go to `report_file` (JSON lines)."""
+    out, err = out or sys.stdout, err or sys.stderr
     connection = await asyncpg.connect(dsn, server_settings=server_settings)
     try:
         run = await start_or_resume(
@@ -167,7 +168,9 @@ async def reprocess_all(
         )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(NotImplementedError):
+        # Not where signals cannot be handled (a thread, Windows): Ctrl-C then ends the run
+        # mid-batch, which rolls back and is resumed the same.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signal.SIGINT, stop.set)
             loop.add_signal_handler(signal.SIGTERM, stop.set)
         mode = "dry run" if run["mode"] == DRY_RUN else "apply"
