@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import sys
+import importlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -94,8 +94,9 @@ def normalizer_version(name: str, provider: Provider) -> str:
 def _source_digest(module_name: str) -> str:
     digest = hashlib.sha256()
     for name in (module_name, *SHARED_MODULES):
-        module = sys.modules.get(name)
-        source = getattr(module, "__file__", None)
+        # Imported here if this process has not yet: the version must not depend on what
+        # else the process happened to import (a command and the server agree).
+        source = getattr(importlib.import_module(name), "__file__", None)
         if source is not None:
             digest.update(Path(source).read_bytes())
     return digest.hexdigest()[:8]
