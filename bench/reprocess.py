@@ -76,7 +76,9 @@ async def fill(dsn: str, messages: int) -> float:
         for step, word in enumerate(("sent", "delivered")):
             raw = apicontrol_raw(message, word, base + timedelta(milliseconds=2 * message + step))
             judged = judge(DEFAULT_REGISTRY, raw)
-            batch.append(CallbackToStore(raw, judged.outcome, judged.error, judged.events))
+            batch.append(
+                CallbackToStore(raw, judged.outcome, judged.error, judged.events, judged.normalizer)
+            )
         if len(batch) >= 200:
             async with connection.transaction():
                 await ingest_callbacks(connection, batch)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import structlog
@@ -30,6 +30,7 @@ class Normalised:
     outcome: str
     error: str | None = None
     events: list[Event] = field(default_factory=list)
+    normalizer: str | None = None  # the version of the normaliser that gave the events
 
 
 def unparsed(reason: str) -> Normalised:
@@ -71,10 +72,12 @@ def normalise(
     if max_events is not None and len(events) > max_events:
         # Storing that many in the provider's time is not possible: keep it for `reprocess`.
         return unparsed(f"{len(events)} events in one callback, over the limit of {max_events}")
-    version = normalizer_version(raw.provider, provider)
     return Normalised(
         outcome=NORMALISED,
-        events=[replace(event, normalizer=version) for event in in_region(events, region)],
+        events=in_region(events, region),
+        # Beside the events, not in each (a dataclass copy per event costs 20 us), for the
+        # storage to write on each.
+        normalizer=normalizer_version(raw.provider, provider),
     )
 
 

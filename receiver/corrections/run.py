@@ -263,9 +263,11 @@ class Corrector:
                 )
             )
         derived: dict[uuid.UUID, list[Event] | None] = {}
+        versions: dict[uuid.UUID, str | None] = {}
         for raw in raws:
             result = judge(self.registry, raw, region=self.regions.get(raw.provider))
             derived[raw.id] = result.events if result.outcome == NORMALISED else None
+            versions[raw.id] = result.normalizer
         naturals = sorted({e.id for events in derived.values() for e in events or []})
         taken, standing_anywhere = (
             await store.known_ids(self.connection, naturals) if naturals else (set(), set())
@@ -300,9 +302,13 @@ class Corrector:
         corrections: list[dict[str, Any]] = []
         for raw, _, diff in diffs:
             for change in diff.changed:
-                corrections.append(_correction(change.new, raw, run_id, change.old.id, taken))
+                corrections.append(
+                    _correction(change.new, raw, run_id, change.old.id, taken, versions[raw.id])
+                )
             for event, replaces in diff.added:
-                corrections.append(_correction(event, raw, run_id, replaces, taken))
+                corrections.append(
+                    _correction(event, raw, run_id, replaces, taken, versions[raw.id])
+                )
         raw_of_correction = {c["id"]: uuid.UUID(c["raw_id"]) for c in corrections}
         landed = await store.store_corrections(self.connection, corrections) if corrections else {}
         with_new_events = {rid for rid in landed.values() if rid is not None}
@@ -348,13 +354,18 @@ class Corrector:
 
 
 def _correction(
-    event: Event, raw: RawCallback, run_id: uuid.UUID, replaces: str | None, taken: set[str]
+    event: Event,
+    raw: RawCallback,
+    run_id: uuid.UUID,
+    replaces: str | None,
+    taken: set[str],
+    normalizer: str | None,
 ) -> dict[str, Any]:
     """A re-derived event as store_events takes it: under the normaliser's id when no row
     holds that id yet (so a provider's retry of the report is still a duplicate), else under
     one of its own; the normaliser's id kept as its natural id."""
     natural = event.id
-    serialised = stored_form(event)
+    serialised = stored_form(event, normalizer)
     serialised["id"] = natural if natural not in taken else event_id("correction", run_id, natural)
     serialised["natural_id"] = natural
     serialised["correction"] = {"run": str(run_id), "replaces": replaces}

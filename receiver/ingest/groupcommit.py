@@ -94,6 +94,7 @@ class CallbackWriter:
                             outcome=normalised.outcome,
                             error=normalised.error,
                             events=normalised.events,
+                            normalizer=normalised.normalizer,
                         )
                         for raw, normalised in batch
                     ],

@@ -21,4 +21,5 @@ async def store(
         outcome=normalised.outcome,
         error=normalised.error,
         events=normalised.events,
+        normalizer=normalised.normalizer,
     )

@@ -147,7 +147,12 @@ async def _reprocess_one(
     try:
         async with connection.transaction():  # a savepoint: one refused row spoils no other
             stored = await callbacks.ingest_events(
-                connection, raw.id, outcome=NORMALISED, error=None, events=result.events
+                connection,
+                raw.id,
+                outcome=NORMALISED,
+                error=None,
+                events=result.events,
+                normalizer=result.normalizer,
             )
     except asyncpg.PostgresError as error:
         if not is_data_refusal(error):

@@ -102,16 +102,18 @@ class IngestResult:
         return [event for event in self.events if event.inserted]
 
 
-def stored_form(event: Event) -> dict[str, Any]:
-    """What store_events reads of an event: its schema-v1 fields and the normaliser version."""
+def stored_form(event: Event, normalizer: str | None = None) -> dict[str, Any]:
+    """What store_events reads of an event: its schema-v1 fields and the version of the
+    normaliser that made it (the event's own, else `normalizer`)."""
     serialised = event.to_json()
-    if event.normalizer is not None:
-        serialised["normalizer"] = event.normalizer
+    version = event.normalizer or normalizer
+    if version is not None:
+        serialised["normalizer"] = version
     return serialised
 
 
-def _events_json(events: Sequence[Event]) -> str:
-    return storable_json([stored_form(event) for event in events])
+def _events_json(events: Sequence[Event], normalizer: str | None = None) -> str:
+    return storable_json([stored_form(event, normalizer) for event in events])
 
 
 def _ingest_result(rows: Sequence[asyncpg.Record]) -> IngestResult:
@@ -140,6 +142,7 @@ async def ingest_callback(
     outcome: str,
     error: str | None,
     events: Sequence[Event],
+    normalizer: str | None = None,
 ) -> IngestResult:
     rows = await connection.fetch(
         "SELECT * FROM ingest_callback($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11,"
@@ -155,7 +158,7 @@ async def ingest_callback(
         raw.received_at,
         outcome,
         storable_text(error),
-        _events_json(events),
+        _events_json(events, normalizer),
     )
     return _ingest_result(rows)
 
@@ -166,6 +169,7 @@ class CallbackToStore:
     outcome: str
     error: str | None
     events: Sequence[Event]
+    normalizer: str | None = None  # the version of the normaliser that gave the events
 
 
 async def ingest_callbacks(
@@ -178,7 +182,7 @@ async def ingest_callbacks(
     for item in batch:
         raw_id = str(item.raw.id)
         for event in item.events:
-            serialised = stored_form(event)
+            serialised = stored_form(event, item.normalizer)
             serialised["raw_id"] = raw_id  # which callback the event belongs to
             events.append(serialised)
     rows = await connection.fetch(
@@ -209,13 +213,14 @@ async def ingest_events(
     outcome: str,
     error: str | None,
     events: Sequence[Event],
+    normalizer: str | None = None,
 ) -> IngestResult:
     rows = await connection.fetch(
         "SELECT * FROM ingest_events($1, $2, $3, $4::jsonb)",
         raw_id,
         outcome,
         storable_text(error),
-        _events_json(events),
+        _events_json(events, normalizer),
     )
     return _ingest_result(rows)
 
@@ -300,13 +305,16 @@ async def store_callback(
     outcome: str,
     error: str | None,
     events: Sequence[Event],
+    normalizer: str | None = None,
 ) -> tuple[IngestResult, str | None]:
     """Store the raw callback with its events in one transaction; returns what was stored and
     the error kept on the raw row. Should the events be refused by the database (a value out of
     range, say), the raw callback is stored alone as `unparsed`, so that it is never lost, and
     `reprocess` takes it again once the normaliser is fixed."""
     try:
-        result = await ingest_callback(connection, raw, outcome=outcome, error=error, events=events)
+        result = await ingest_callback(
+            connection, raw, outcome=outcome, error=error, events=events, normalizer=normalizer
+        )
     except asyncpg.PostgresError as refused:
         if not is_data_refusal(refused):
             raise
