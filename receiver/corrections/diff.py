@@ -6,30 +6,26 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from normalizers.events import Event
+from normalizers.events import EVENT_V1_FIELDS, Event
 
-# The fields a normaliser decides (the others are storage's: message, sequence, tenant...).
-COMPARED_FIELDS: tuple[str, ...] = (
-    "type",
-    "provider_message_id",
-    "provider_part_id",
-    "recipient",
-    "sender",
-    "status",
-    "provider_status",
-    "error_code",
-    "error_message",
-    "occurred_at",
-    "received_at",
-    "client_ref",
-    "segments",
-    "price",
-    "text",
-    "counts",
-    "failure_kind",
-    "occurred_at_source",
-    "synthetic",
-    "details",
+# The fields a normaliser decides: schema v1's but those storage fills (and `final`, which is
+# the status's, and `id`, by which events are paired).
+DECIDED_BY_STORAGE = frozenset(
+    {
+        "id",
+        "provider",
+        "final",
+        "message_id",
+        "raw_id",
+        "sequence",
+        "recipient_status",
+        "tenant",
+        "attempt",
+        "correction",
+    }
+)
+COMPARED_FIELDS: tuple[str, ...] = tuple(
+    name for name in EVENT_V1_FIELDS if name not in DECIDED_BY_STORAGE
 )
 
 

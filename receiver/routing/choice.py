@@ -187,6 +187,7 @@ class RouteTable:
         self.turns = WeightedTurns()
         self.states: dict[tuple[str, str], State] = {}
         self.breakers = Breakers()
+        self.wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC)  # a test's own time
         self._lock = asyncio.Lock()
 
     def changed(self) -> None:
@@ -222,7 +223,7 @@ class RouteTable:
                 continue
             if state.rule == SEND_ERRORS:
                 probe_s = self.settings.health_probe_s
-                waited = (datetime.now(UTC) - state.changed_at).total_seconds()
+                waited = (self.wall_clock() - state.changed_at).total_seconds()
                 if waited >= probe_s and self.breakers.may_probe(key, probe_s):
                     return None
             return state.reason

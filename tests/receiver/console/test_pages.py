@@ -141,9 +141,10 @@ async def test_the_providers_page_draws_a_bar_a_day(
         json={"provider": "swift", "to": ["+447700900002"], "from": "+447700900999", "body": "hi"},
     )
     assert sent.status == 201
-    await db.execute(
-        "UPDATE message_recipients SET status = 'undelivered', final = true,"
-        " updated_at = now() + interval '30 seconds'"
+    await db.execute(  # 30 s after the send exactly, however long the send took
+        "UPDATE message_recipients r SET status = 'undelivered', final = true,"
+        " updated_at = m.created_at + interval '30 seconds' FROM messages m"
+        " WHERE m.id = r.message_id"
     )
     await client.post("/callbacks/swift", data=b"garbage")
 

@@ -48,10 +48,14 @@ async def test_send_errors_in_a_row_open_the_circuit_and_a_probe_closes_it(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
     hub = await sandbox_hub(
-        aiohttp_client, dsn, send_attempts=1, health_send_errors=2, health_probe_s=0.05
+        aiohttp_client, dsn, send_attempts=1, health_send_errors=2, health_probe_s=30
     )
-    now = [1000.0]
-    hub.app[ROUTE_TABLE].breakers.clock = lambda: now[0]  # time moves when the test says
+    # Time moves when the test says: however slow the machine, the third send comes before
+    # HEALTH_PROBE_S, and the probe after it.
+    shift = [0.0]
+    table = hub.app[ROUTE_TABLE]
+    table.breakers.clock = lambda: 1000.0 + shift[0]
+    table.wall_clock = lambda: datetime.now(UTC) + timedelta(seconds=shift[0])
     assert (await hub.post("/v1/routes", json=ROUTE)).status == 201
     everything = await hub.post("/v1/subscriptions", json={"url": "http://127.0.0.1:9/x"})
     asking = await hub.post(
@@ -75,7 +79,7 @@ async def test_send_errors_in_a_row_open_the_circuit_and_a_probe_closes_it(
     assert '"send_errors"' in opened["details"]
 
     await hub.put("/v1/sandbox/providers/swift", json={"mode": "normal"})
-    now[0] += 0.1  # past HEALTH_PROBE_S: the next send is the probe
+    shift[0] += 31  # past HEALTH_PROBE_S: the next send is the probe
     probe = await send(hub)
 
     assert probe["recipients"][0]["provider"] == "swift"
