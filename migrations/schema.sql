@@ -1551,7 +1551,7 @@ CREATE TABLE public.send_routes (
 
 CREATE TABLE public.subscriptions (
     id uuid NOT NULL,
-    url text NOT NULL,
+    url text,
     secret text NOT NULL,
     filters jsonb DEFAULT '{}'::jsonb NOT NULL,
     description text,
@@ -1562,7 +1562,9 @@ CREATE TABLE public.subscriptions (
     failing_since timestamp with time zone,
     disabled_reason text,
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    tenant text
+    tenant text,
+    destination jsonb,
+    CONSTRAINT subscriptions_one_destination CHECK (((url IS NULL) <> (destination IS NULL)))
 );
 
 -- TABLE tenant_numbers

@@ -32,6 +32,7 @@ from receiver.corrections.run import APPLY, DRY_RUN
 from receiver.delivery.dispatcher import Dispatcher
 from receiver.demo import run_demo, run_failover_demo
 from receiver.http.errors import ReceiverError
+from receiver.http.fields import EARLIEST
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
@@ -826,6 +827,10 @@ def _correction_run(
     if not (args.dry_run or args.apply):
         print("reprocess --all needs --dry-run (look first) or --apply", file=sys.stderr)
         return 2
+    for name, moment in (("--since", args.since), ("--until", args.until)):
+        if moment is not None and not EARLIEST <= moment <= datetime.now(UTC):
+            print(f"{name} must be between 1970 and now", file=sys.stderr)
+            return 2
     if args.since and args.until and args.since >= args.until:
         print("--since must be before --until", file=sys.stderr)
         return 2

@@ -71,6 +71,32 @@ class ProviderSettings(BaseModel):
 _PROVIDER_VARIABLE = re.compile(r"([A-Za-z][A-Za-z0-9]*)__([A-Za-z_]+)")
 
 
+# A broker a subscription's destination names: `DESTINATIONS__<NAME>__URL` (nats:// or tls:// for
+# NATS JetStream, amqp:// or amqps:// for RabbitMQ), its credentials in the URL. Only settings
+# hold it: a subscription refers to the name, so no credential reaches the database or the API.
+_DESTINATION_VARIABLE = re.compile(r"DESTINATIONS__([A-Za-z0-9][A-Za-z0-9_-]*?)__URL", re.I)
+BROKER_SCHEMES = {"nats": "jetstream", "tls": "jetstream", "amqp": "rabbitmq", "amqps": "rabbitmq"}
+
+
+class DestinationSettings(BaseModel):
+    model_config = {"frozen": True, "hide_input_in_errors": True}  # errors print no secrets
+
+    url: SecretStr
+
+    @field_validator("url")
+    @classmethod
+    def a_broker_url(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().split("://", 1)[0].lower()
+        if scheme not in BROKER_SCHEMES or "://" not in value.get_secret_value():
+            raise ValueError(f"a broker URL: {', '.join(f'{s}://' for s in BROKER_SCHEMES)}")
+        return value
+
+    @property
+    def kind(self) -> str:
+        """The destination kind this broker takes: `jetstream` or `rabbitmq`."""
+        return BROKER_SCHEMES[self.url.get_secret_value().split("://", 1)[0].lower()]
+
+
 class ProviderEnvironment(PydanticBaseSettingsSource):
     """Every `<PROVIDER>__<FIELD>` variable whose field is a ProviderSettings field, gathered
     into `providers` by provider name (lower case), whatever the name: an unknown one is
@@ -81,12 +107,20 @@ class ProviderEnvironment(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         found: dict[str, dict[str, str]] = {}
+        brokers: dict[str, dict[str, str]] = {}
         for variable, value in os.environ.items():
+            broker = _DESTINATION_VARIABLE.fullmatch(variable)
+            if broker is not None:
+                brokers[broker[1].lower()] = {"url": value}
+                continue
             match = _PROVIDER_VARIABLE.fullmatch(variable)
             if match is None or match[2].lower() not in ProviderSettings.model_fields:
                 continue
             found.setdefault(match[1].lower(), {})[match[2].lower()] = value
-        return {"providers": found} if found else {}
+        gathered: dict[str, Any] = {"providers": found} if found else {}
+        if brokers:
+            gathered["destinations"] = brokers
+        return gathered
 
 
 HMAC_BLOCK = 64  # SHA-256's block size
@@ -368,6 +402,12 @@ class Settings(BaseSettings):
         default=60.0, gt=0, description="A claimed delivery returns to the queue after this."
     )
     webhook_concurrency: int = Field(default=32, ge=1, description="Deliveries in flight.")
+    destination_max_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=10_000,
+        description="Publishes awaiting a broker's acknowledgement, per destination name.",
+    )
     webhook_per_subscription: int = Field(
         default=4, ge=1, description="Deliveries in flight to one subscriber."
     )
@@ -458,6 +498,11 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="Each provider's account and callback authentication, by the registry's"
         " provider name, from `<PROVIDER>__<FIELD>` variables.",
+    )
+    destinations: dict[str, DestinationSettings] = Field(
+        default_factory=dict,
+        description="Brokers subscriptions may publish to, by name, from"
+        " `DESTINATIONS__<NAME>__URL` variables (nats://, tls://, amqp://, amqps://).",
     )
 
     @classmethod

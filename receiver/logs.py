@@ -83,7 +83,7 @@ class SecretFilter(logging.Filter):
 
 def configured_secrets(settings: Any) -> list[str]:
     """Every secret the settings hold: providers' keys, tokens and signing secrets, the opt-out
-    list's key, and the databases' passwords."""
+    list's key, and the databases' and brokers' passwords."""
     found: list[str] = []
     for value in getattr(settings, "providers", {}).values():
         for field in ("api_key", "callback_token", "signing_secret"):
@@ -94,10 +94,12 @@ def configured_secrets(settings: Any) -> list[str]:
     if opt_out_secret is not None and hasattr(opt_out_secret, "get_secret_value"):
         found.append(opt_out_secret.get_secret_value())
         found.append(settings.opt_out_pads())
-    for name in ("database_url", "database_read_url"):
-        database_url = getattr(settings, name, None)
-        if database_url:
-            password = urlsplit(database_url).password
+    urls = [getattr(settings, name, None) for name in ("database_url", "database_read_url")]
+    # The brokers' URLs (subscriptions' destinations) carry their credentials too.
+    urls += [d.url.get_secret_value() for d in getattr(settings, "destinations", {}).values()]
+    for url in urls:
+        if url:
+            password = urlsplit(url).password
             if password:
                 found.append(password)
     return found

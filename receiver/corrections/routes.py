@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from receiver.context import AppContext
 from receiver.corrections.background import RUNS, AnotherApply
@@ -19,6 +19,7 @@ from receiver.http import params
 from receiver.http.apikeys import who_of
 from receiver.http.bodies import read_model
 from receiver.http.errors import Conflict, NotFound, Unprocessable
+from receiver.http.fields import PastMoment
 from receiver.storage import corrections
 
 
@@ -30,8 +31,8 @@ class CorrectionRunIn(BaseModel):
 
     mode: Literal["dry_run", "apply"] = "dry_run"
     provider: str | None = Field(default=None, max_length=64)
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: PastMoment | None = None  # with a zone, from 1970 to now
+    until: PastMoment | None = None
 
 
 class CorrectionRunView(BaseModel):
@@ -107,10 +108,6 @@ async def start(request: web.Request) -> web.Response:
             {"field": "provider", "error": f"one of {', '.join(sorted(context.registry))}"}
         )
     now = datetime.now(UTC)
-    if incoming.until is not None and incoming.until > now:
-        problems.append(
-            {"field": "until", "error": "not in the future (callbacks to come are read right)"}
-        )
     if incoming.since is not None and incoming.since >= (incoming.until or now):
         problems.append({"field": "since", "error": "must be before until (or now)"})
     if problems:

@@ -20,6 +20,7 @@ from standardwebhooks.webhooks import Webhook
 
 from receiver.config import Settings
 from receiver.delivery.addresses import BlockedAddress, check_literal_host, connector_options
+from receiver.delivery.brokers import Brokers, PublishFailed
 from receiver.metrics import ATTEMPTS
 from receiver.storage import idempotency, outbox
 from receiver.storage.batcher import Batcher, each_alone
@@ -92,6 +93,7 @@ class Dispatcher:
         self.recorder = Batcher[outbox.Attempt, bool](
             self._record, writers=2, max_batch=RECORD_BATCH_MAX
         )
+        self.brokers = Brokers(settings.destinations, settings.destination_max_in_flight)
 
     async def run(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -144,6 +146,7 @@ class Dispatcher:
             except TimeoutError:
                 log.warning("attempts_not_recorded_at_stop")  # their leases run out
             await self.session.close()
+            await self.brokers.close()
             log.info("dispatcher_stopped")
 
     async def stop(self) -> None:
@@ -216,21 +219,22 @@ class Dispatcher:
         error: str | None = None
         retry_after: float | None = None
         started = time.perf_counter()
+        accepted = False
         try:
-            check_literal_host(
-                urlsplit(claimed.url).hostname or "", settings.webhook_allowed_networks
-            )
-            async with self.session.post(
-                claimed.url,
-                data=body.encode(),
-                headers=headers,
-                allow_redirects=False,  # a redirect is a failure, never followed
-                timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_s),
-            ) as answer:
-                status = answer.status
-                excerpt = (await answer.content.read(EXCERPT_BYTES)).decode("utf-8", "replace")
-                if status in (429, 503):
-                    retry_after = retry_after_s(answer.headers.get("Retry-After"))
+            if claimed.destination is not None:
+                # A broker's: the same body and Standard Webhooks headers, verified the same.
+                excerpt = await self.brokers.publish(
+                    claimed.destination,
+                    claimed.event_id,
+                    headers,
+                    body.encode(),
+                    settings.webhook_timeout_s,
+                )
+                accepted = True
+            else:
+                status, excerpt, retry_after = await self._post(claimed, headers, body)
+        except PublishFailed as refused:
+            error = str(refused)
         except BlockedAddress as refused:
             error = f"refused by the address guard: {refused}"
         except (aiohttp.ClientError, TimeoutError, OSError) as failure:
@@ -244,7 +248,7 @@ class Dispatcher:
             error = f"{type(failure).__name__}: {failure}"[:500]
         latency_ms = round((time.perf_counter() - started) * 1000, 1)
 
-        outcome, next_in, disable = self._judge(claimed, status, retry_after)
+        outcome, next_in, disable = self._judge(claimed, status, retry_after, accepted)
         attempt = outbox.Attempt(
             claimed=claimed,
             started_at=now,
@@ -281,6 +285,29 @@ class Dispatcher:
             owned=owned,
         )
 
+    async def _post(
+        self, claimed: Claimed, headers: dict[str, str], body: str
+    ) -> tuple[int, str, float | None]:
+        """A webhook's attempt: its status, the answer's first bytes, and its Retry-After."""
+        settings = self.settings
+        assert self.session is not None
+        assert claimed.url is not None
+        check_literal_host(urlsplit(claimed.url).hostname or "", settings.webhook_allowed_networks)
+        async with self.session.post(
+            claimed.url,
+            data=body.encode(),
+            headers=headers,
+            allow_redirects=False,  # a redirect is a failure, never followed
+            timeout=aiohttp.ClientTimeout(total=settings.webhook_timeout_s),
+        ) as answer:
+            excerpt = (await answer.content.read(EXCERPT_BYTES)).decode("utf-8", "replace")
+            retry_after = (
+                retry_after_s(answer.headers.get("Retry-After"))
+                if answer.status in (429, 503)
+                else None
+            )
+            return answer.status, excerpt, retry_after
+
     async def _record(self, attempts: list[outbox.Attempt]) -> list[bool | Exception]:
         """Records a batch of attempts; should the batch fail as a whole (a subscription
         deleted meanwhile, a conflict), each attempt alone, so that each gets its own answer."""
@@ -305,10 +332,15 @@ class Dispatcher:
             return await each_alone(attempts, record)
 
     def _judge(
-        self, claimed: Claimed, status: int | None, retry_after: float | None
+        self,
+        claimed: Claimed,
+        status: int | None,
+        retry_after: float | None,
+        accepted: bool = False,
     ) -> tuple[str, float | None, str | None]:
-        """(delivery status, seconds to the next try, reason to disable the subscription)."""
-        if status is not None and 200 <= status < 300:
+        """(delivery status, seconds to the next try, reason to disable the subscription);
+        `accepted`: a broker has the event."""
+        if accepted or (status is not None and 200 <= status < 300):
             return "delivered", None, None
         if status == 410:
             return "failed", None, "the subscriber answered 410 Gone"

@@ -9,24 +9,40 @@ import base64
 import json
 import secrets
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import asyncpg
 from aiohttp import web
-from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from normalizers.events import EventType, Status
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.apikeys import asker_of
 from receiver.http.bodies import read_model
-from receiver.http.errors import NotFound
+from receiver.http.errors import NotFound, Unprocessable
 from receiver.http.fields import PastMoment, no_nul
 from receiver.storage import outbox
 
 SECRET_OVERLAP_S = 24 * 3600  # the old secret still signs for a day after a rotation
 
+
 # The length first, then the text: an error names the first rule broken.
+def _short_string(value: str) -> str:
+    """AMQP's short string: at most 255 bytes (a routing key)."""
+    if len(value.encode()) > 255:
+        raise ValueError("at most 255 bytes")
+    return value
+
+
 ProviderName = Annotated[str, StringConstraints(max_length=50), AfterValidator(no_nul)]
 Description = Annotated[str, StringConstraints(max_length=500), AfterValidator(no_nul)]
 
@@ -39,19 +55,62 @@ class Filters(BaseModel):
     statuses: list[Status] | None = None
 
 
-class SubscriptionIn(BaseModel):
+# A NATS subject to publish to: dot-separated tokens, none empty, no wildcard, no white space.
+NATS_SUBJECT = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
+# RabbitMQ's rule for exchange names ('' is the default exchange, routing by queue name).
+EXCHANGE_NAME = r"^[A-Za-z0-9_.:-]*$"
+DestinationName = Annotated[
+    str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+]
+
+
+class JetStreamDestination(BaseModel):
+    """A subject on the NATS JetStream the settings name (`DESTINATIONS__<NAME>__URL`)."""
+
     model_config = ConfigDict(extra="forbid")
 
-    url: AnyHttpUrl
+    kind: Literal["jetstream"]
+    name: DestinationName
+    subject: Annotated[str, StringConstraints(max_length=255, pattern=NATS_SUBJECT)]
+
+
+class RabbitMQDestination(BaseModel):
+    """An exchange and routing key on the RabbitMQ the settings name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["rabbitmq"]
+    name: DestinationName
+    exchange: Annotated[str, StringConstraints(max_length=255, pattern=EXCHANGE_NAME)]
+    routing_key: Annotated[str, AfterValidator(no_nul), AfterValidator(_short_string)]
+
+
+Destination = Annotated[JetStreamDestination | RabbitMQDestination, Field(discriminator="kind")]
+
+
+class SubscriptionIn(BaseModel):
+    """A webhook (`url`) or a broker's `destination`: one of them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl | None = None
+    destination: Destination | None = None
     filters: Filters = Field(default_factory=Filters)
     description: Description | None = None
     enabled: bool = True
+
+    @model_validator(mode="after")
+    def one_destination(self) -> SubscriptionIn:
+        if (self.url is None) == (self.destination is None):
+            raise ValueError("give either url (a webhook) or destination (a broker)")
+        return self
 
 
 class SubscriptionPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: AnyHttpUrl | None = None
+    destination: Destination | None = None
     filters: Filters | None = None
     description: Description | None = None
     enabled: bool | None = None
@@ -80,6 +139,7 @@ def subscription_json(row: asyncpg.Record) -> dict[str, Any]:
     return {
         "id": str(row["id"]),
         "url": row["url"],
+        "destination": _json(row["destination"]),
         "filters": _json(row["filters"]),
         "description": row["description"],
         "enabled": row["enabled"],
@@ -89,6 +149,38 @@ def subscription_json(row: asyncpg.Record) -> dict[str, Any]:
         "updated_at": row["updated_at"].isoformat(),
         "tenant": row["tenant"],
     }
+
+
+def _known_destination(
+    context: AppContext, destination: JetStreamDestination | RabbitMQDestination | None
+) -> dict[str, Any] | None:
+    """The destination as stored, once its name is a broker of that kind in the settings (a
+    422 naming the field otherwise); its URL and credentials stay there."""
+    if destination is None:
+        return None
+    broker = context.settings.destinations.get(destination.name)
+    if broker is None:
+        known = ", ".join(sorted(context.settings.destinations)) or "none is set"
+        raise Unprocessable(
+            "no such destination",
+            details=[
+                {
+                    "field": "destination.name",
+                    "error": f"not a DESTINATIONS__<NAME>__URL setting (known: {known})",
+                }
+            ],
+        )
+    if broker.kind != destination.kind:
+        raise Unprocessable(
+            "the destination is another kind of broker",
+            details=[
+                {
+                    "field": "destination.kind",
+                    "error": f"{destination.name!r} is a {broker.kind} broker",
+                }
+            ],
+        )
+    return destination.model_dump()
 
 
 def _json(value: Any) -> Any:
@@ -105,17 +197,19 @@ def _id(request: web.Request) -> uuid.UUID:
 async def create(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     incoming = await read_model(request, SubscriptionIn)
+    destination = _known_destination(context, incoming.destination)
     secret = new_secret()
     async with context.db.connection() as connection:
         row = await outbox.create_subscription(
             connection,
             uuid.uuid4(),
-            str(incoming.url),
+            str(incoming.url) if incoming.url is not None else None,
             secret,
             _filters(incoming.filters),
             incoming.description,
             incoming.enabled,
             asker_of(request),
+            destination,
         )
     # The secret is shown once, here; it is never returned again.
     return web.json_response(subscription_json(row) | {"secret": secret}, status=201)
@@ -142,8 +236,15 @@ async def patch(request: web.Request) -> web.Response:
     incoming = await read_model(request, SubscriptionPatch)
     changes: dict[str, Any] = {}
     fields = incoming.model_fields_set
+    if incoming.url is not None and incoming.destination is not None:
+        raise Unprocessable(
+            "give either url or destination",
+            details=[{"field": "destination", "error": "not with url"}],
+        )
     if "url" in fields and incoming.url is not None:
         changes["url"] = str(incoming.url)
+    if "destination" in fields and incoming.destination is not None:
+        changes["destination"] = _known_destination(context, incoming.destination)
     if "filters" in fields and incoming.filters is not None:
         changes["filters"] = _filters(incoming.filters)
     if "description" in fields:

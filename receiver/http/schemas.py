@@ -245,7 +245,10 @@ class InboundPage(BaseModel):
 
 class SubscriptionView(BaseModel):
     id: str
-    url: str
+    url: str | None  # a webhook's; null for a broker's destination
+    # a broker's: {"kind": "jetstream", "name", "subject"} or {"kind": "rabbitmq", "name",
+    # "exchange", "routing_key"} (the broker's URL stays in the settings)
+    destination: dict[str, str] | None
     filters: dict[str, list[str]]
     description: str | None
     enabled: bool

@@ -20,27 +20,29 @@ from receiver.storage.values import storable_text
 # --- subscriptions -----------------------------------------------------------------------------
 
 SUBSCRIPTION_COLUMNS = (
-    "id, url, filters, description, enabled, disabled_reason, failing_since, created_at,"
-    " updated_at, previous_secret_until, tenant"
+    "id, url, destination, filters, description, enabled, disabled_reason, failing_since,"
+    " created_at, updated_at, previous_secret_until, tenant"
 )
 
 
 async def create_subscription(
     connection: Connection,
     subscription_id: uuid.UUID,
-    url: str,
+    url: str | None,
     secret: str,
     filters: dict[str, Any],
     description: str | None,
     enabled: bool,
     asker: Asker,
+    destination: dict[str, Any] | None = None,
 ) -> asyncpg.Record:
-    """A subscription of the asker's: a tenant's receives that tenant's events, the
-    operator's every event."""
+    """A subscription of the asker's, to a webhook `url` or a broker's `destination`: a
+    tenant's receives that tenant's events, the operator's every event."""
     row: asyncpg.Record | None = await connection.fetchrow(
         f"""
-        INSERT INTO subscriptions (id, url, secret, filters, description, enabled, tenant)
-        VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7)
+        INSERT INTO subscriptions
+            (id, url, secret, filters, description, enabled, tenant, destination)
+        VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb)
         RETURNING {SUBSCRIPTION_COLUMNS}
         """,
         subscription_id,
@@ -50,6 +52,7 @@ async def create_subscription(
         description,
         enabled,
         asker.tenant,
+        json.dumps(destination) if destination is not None else None,
     )
     assert row is not None
     return row
@@ -79,11 +82,14 @@ async def get_subscription(
 async def update_subscription(
     connection: Connection, subscription_id: uuid.UUID, changes: dict[str, Any], asker: Asker
 ) -> asyncpg.Record | None:
-    """Set the given fields (url, filters, description, enabled); enabling clears the reason."""
+    """Set the given fields (url or destination, filters, description, enabled); enabling
+    clears the reason. A new url replaces a destination, and a new destination a url."""
     row: asyncpg.Record | None = await connection.fetchrow(
         f"""
         UPDATE subscriptions SET
-            url = coalesce($2, url),
+            url = CASE WHEN $8::jsonb IS NOT NULL THEN NULL ELSE coalesce($2, url) END,
+            destination = CASE WHEN $2::text IS NOT NULL THEN NULL
+                               ELSE coalesce($8::jsonb, destination) END,
             filters = coalesce($3::jsonb, filters),
             description = CASE WHEN $4 THEN $5 ELSE description END,
             enabled = coalesce($6, enabled),
@@ -100,6 +106,7 @@ async def update_subscription(
         changes.get("description"),
         changes.get("enabled"),
         asker.tenant_param(),
+        json.dumps(changes["destination"]) if "destination" in changes else None,
     )
     return row
 
@@ -196,10 +203,11 @@ class Claimed:
     lease_token: uuid.UUID
     attempt: int
     subscription_id: uuid.UUID
-    url: str
+    url: str | None  # a webhook's; None for a broker's destination
     secrets: tuple[str, ...]
     event_id: str
     body: str  # the schema-v1 event as JSON, as it is posted and signed
+    destination: dict[str, Any] | None = None  # a broker's: kind, name and where on it
 
 
 async def claim_deliveries(
@@ -247,6 +255,7 @@ async def claim_deliveries(
             ),
             event_id=row["id"],
             body=bodies[row["id"]],
+            destination=json.loads(row["destination"]) if row["destination"] else None,
         )
         for row in rows
     ]
@@ -401,6 +410,7 @@ async def _claim(
             RETURNING d.id, d.attempts, d.subscription_id, d.event_id
         )
         SELECT taken.id AS delivery_id, taken.attempts, s.id AS subscription_id, s.url,
+               s.destination,
                s.secret, s.previous_secret, s.previous_secret_until > now() AS both_secrets,
                {EVENT_COLUMNS}
         FROM taken
