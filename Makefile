@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-browser lint format schema bench bench-growth bench-console bench-reports bench-reprocess faults lock audit clean
+.PHONY: run test test-browser test-brokers lint format schema bench bench-growth bench-console bench-reports bench-reprocess faults lock audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -33,6 +33,15 @@ test-browser: $(VENV)/.dev-deps
 	@command -v chromium >/dev/null || apt-get install -y chromium \
 		|| { apt-get update && apt-get install -y chromium; } || sudo apt-get install -y chromium
 	$(BIN)/python -m pytest -q -m browser tests/browser
+
+## test-brokers: event destinations against real NATS JetStream and RabbitMQ servers (Debian's,
+## installed if missing), each started on loopback ports of its own for the run, then stopped
+test-brokers: $(VENV)/.dev-deps
+	@{ command -v nats-server >/dev/null && command -v rabbitmq-server >/dev/null; } \
+		|| apt-get install -y nats-server rabbitmq-server \
+		|| { apt-get update && apt-get install -y nats-server rabbitmq-server; } \
+		|| sudo apt-get install -y nats-server rabbitmq-server
+	$(BIN)/python -m pytest -q -m brokers tests/brokers
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .
