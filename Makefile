@@ -74,6 +74,9 @@ audit:
 ## (BENCH_BEFORE=REV also runs C on that revision's code, interleaved: a change's cost)
 bench: $(VENV)/.dev-deps
 	@command -v wrk >/dev/null || apt-get install -y wrk || sudo apt-get install -y wrk
+	@{ command -v nats-server >/dev/null && command -v rabbitmq-server >/dev/null; } \
+		|| apt-get install -y nats-server rabbitmq-server \
+		|| sudo apt-get install -y nats-server rabbitmq-server
 	$(BIN)/python bench/run.py $(if $(BENCH_BEFORE),--before $(BENCH_BEFORE))
 
 ## bench-growth: C against an empty database and against 10M events (G); status query at size (~8 minutes)
@@ -98,6 +101,10 @@ bench-console: $(VENV)/.dev-deps
 
 ## faults: one fault at a time under load; acknowledged = stored = delivered (~3 minutes)
 faults: $(VENV)/.dev-deps
+	@{ command -v nats-server >/dev/null && command -v rabbitmq-server >/dev/null; } \
+		|| apt-get install -y nats-server rabbitmq-server \
+		|| { apt-get update && apt-get install -y nats-server rabbitmq-server; } \
+		|| sudo apt-get install -y nats-server rabbitmq-server
 	$(BIN)/python faults/run.py
 
 clean:

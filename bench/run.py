@@ -48,7 +48,7 @@ import asyncpg
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import fanout, sends  # noqa: E402
+from bench import brokers, fanout, sends  # noqa: E402
 from bench.tokens import CALLBACK_TOKEN, token_env  # noqa: E402
 from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
@@ -341,6 +341,14 @@ async def fan_out_runs(
         await drop_database(admin, "bench_e")
         results["E0"] = await fanout.scenario_e0(args.events, (free_port(), free_port()))
         print(f"  E: {results['E']}\n  E0: {results['E0']}", flush=True)
+    if "EB" in scenarios:  # E to one broker destination of each kind, against the bare client
+        for kind in ("jetstream", "rabbitmq"):
+            dsn = await fresh_database(admin, f"bench_eb_{kind}", 0)
+            measured = await brokers.scenario_eb(dsn, kind, args.events)
+            await drop_database(admin, f"bench_eb_{kind}")
+            ceiling = await brokers.scenario_eb0(kind, args.events)
+            results[f"E_{kind}"] = {"hub": measured, "client": ceiling}
+            print(f"  E {kind}: {measured}\n  E0 {kind}: {ceiling}", flush=True)
     if "F" in scenarios:
         c_rates = [r["rps"] for r in runs if r["scenario"] == "C"]
         c_rate = statistics.median(c_rates) if c_rates else 1000.0
@@ -378,6 +386,15 @@ def fan_out_lines(results: dict[str, Any]) -> list[str]:
             f" E/E0 = {e['rate'] / e0['rate']:.2f} (target >= 0.6)"
             f"  check {'ok' if e['check_ok'] and e0['check_ok'] else 'FAILED'}"
         )
+    for kind in ("jetstream", "rabbitmq"):
+        if f"E_{kind}" in results:
+            hub, client = results[f"E_{kind}"]["hub"], results[f"E_{kind}"]["client"]
+            ok = hub["check_ok"] and client["check_ok"]
+            lines.append(
+                f"E {kind}: the dispatcher {hub['rate']:.0f} publishes/s to one destination vs"
+                f" the client library alone {client['rate']:.0f}/s (confirms, 64 at once):"
+                f" {hub['rate'] / client['rate']:.2f}  check {'ok' if ok else 'FAILED'}"
+            )
     if "S" in results:
         s, s1 = results["S"]["S"], results["S"]["S1"]
         over_a = results["S"].get("S_over_A")
@@ -535,7 +552,7 @@ async def main() -> int:
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--connections", default="32,128")
-    parser.add_argument("--scenarios", default="A,B,C,D,E,F,S")
+    parser.add_argument("--scenarios", default="A,B,C,D,E,EB,F,S")
     parser.add_argument("--events", type=int, default=10000, help="E: events to fan out")
     parser.add_argument(
         "--before",

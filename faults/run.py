@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from bench.fanout import wait_ready  # noqa: E402
 from bench.run import free_port, stop_server  # noqa: E402
 from bench.tokens import callback_path, token_env  # noqa: E402
-from faults import failover  # noqa: E402
+from faults import brokers, failover  # noqa: E402
 from receiver.storage.migrate import apply_migrations, migrations_dir  # noqa: E402
 
 RATE = 150.0  # callbacks per second offered, about 30% of what this machine serves end to end
@@ -180,27 +180,32 @@ class Hub:
     port: int
     separate_worker: bool
     spool_dir: Path | None = None
+    extra: dict[str, str] = field(default_factory=dict)  # more settings (a broker's)
     serve: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "DATABASE_URL": self.dsn,
-            "API_AUTH": "false",
-            "LOG_LEVEL": "warning",
-            "DISPATCHER": "false" if self.separate_worker else "true",
-            "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-            **token_env(),
-            "WEBHOOK_RETRY_DELAYS_S": "0.5,1,2,2,2,2,2,2,2,2",
-            "WEBHOOK_TIMEOUT_S": "2",
-            "WEBHOOK_LEASE_S": "4",
-            "WEBHOOK_POLL_S": "0.5",
-            "DB_ACQUIRE_TIMEOUT_S": "1",
-            "DB_COMMAND_TIMEOUT_S": "5",
-            "DB_CONNECT_RETRY_S": "60",
-            "SPOOL_REPLAY_S": "1",
-        } | ({"SPOOL_DIR": str(self.spool_dir)} if self.spool_dir else {})
+        return (
+            {
+                **os.environ,
+                "DATABASE_URL": self.dsn,
+                "API_AUTH": "false",
+                "LOG_LEVEL": "warning",
+                "DISPATCHER": "false" if self.separate_worker else "true",
+                "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+                **token_env(),
+                "WEBHOOK_RETRY_DELAYS_S": "0.5,1,2,2,2,2,2,2,2,2",
+                "WEBHOOK_TIMEOUT_S": "2",
+                "WEBHOOK_LEASE_S": "4",
+                "WEBHOOK_POLL_S": "0.5",
+                "DB_ACQUIRE_TIMEOUT_S": "1",
+                "DB_COMMAND_TIMEOUT_S": "5",
+                "DB_CONNECT_RETRY_S": "60",
+                "SPOOL_REPLAY_S": "1",
+            }
+            | ({"SPOOL_DIR": str(self.spool_dir)} if self.spool_dir else {})
+            | self.extra
+        )
 
     def start_serve(self) -> None:
         self.serve = spawn(["serve", "--port", str(self.port)], self.env())
@@ -426,7 +431,7 @@ FAULTS: dict[str, tuple[Fault, bool]] = {  # name: (fault, separate worker)
 TWO_INSTANCES = {"2 serves + 2 workers: one of each killed"}
 
 
-async def fresh_database(postgres: Postgres, name: str, subscriber_url: str) -> str:
+async def fresh_database(postgres: Postgres, name: str, subscriber_url: str | None) -> str:
     connection = await asyncpg.connect(postgres.admin)
     await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     await connection.execute(f'CREATE DATABASE "{name}"')
@@ -435,12 +440,13 @@ async def fresh_database(postgres: Postgres, name: str, subscriber_url: str) -> 
     dsn = where._replace(path=f"/{name}").geturl()
     connection = await asyncpg.connect(dsn)
     await apply_migrations(connection, migrations_dir())
-    await connection.execute(
-        "INSERT INTO subscriptions (id, url, secret) VALUES ($1, $2, $3)",
-        uuid.uuid4(),
-        subscriber_url,
-        "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=",
-    )
+    if subscriber_url is not None:
+        await connection.execute(
+            "INSERT INTO subscriptions (id, url, secret) VALUES ($1, $2, $3)",
+            uuid.uuid4(),
+            subscriber_url,
+            "whsec_" + "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=",
+        )
     await connection.close()
     return dsn
 
@@ -474,6 +480,25 @@ async def one_fault(postgres: Postgres, name: str, fault: Fault, separate: bool)
             instance.stop()
         await subscriber.stop()
     return await verdict(name, dsn, generator, subscriber, run, time.monotonic() - started)
+
+
+async def broker_load(
+    dsn: str, extra: dict[str, str], fault: Callable[[list[str]], Awaitable[None]]
+) -> set[str]:
+    """The load against one serve (with its dispatcher) whose settings name a broker, beside
+    `fault`; then until every delivery settled. Returns the acknowledged callbacks' ids."""
+    hub = Hub(dsn, free_port(), False, extra=extra)
+    hub.start_serve()
+    generator = Generator(hub.port)
+    try:
+        await hub.ready()
+        await asyncio.gather(generator.run(RATE, SECONDS), fault([]))
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline and not await all_settled(dsn):
+            await asyncio.sleep(0.5)
+    finally:
+        hub.stop()
+    return {s.sid for s in generator.sent if s.raw_id}
 
 
 async def all_settled(dsn: str) -> bool:
@@ -561,6 +586,7 @@ async def main() -> int:
     args = parser.parse_args()
     chosen = [n for n in FAULTS if not args.only or n in args.only.split(",")]
     sends = not args.only or "provider_down_during_sends" in args.only.split(",")
+    kinds = [k for k in ("jetstream", "rabbitmq") if not args.only or k in args.only.split(",")]
     results = []
     others = []
     with tempfile.TemporaryDirectory(prefix="faults-pg-") as data:
@@ -575,11 +601,18 @@ async def main() -> int:
                 dsn = await fresh_database(postgres, "faults_sends", "http://127.0.0.1:9/x")
                 others.append(await failover.scenario(dsn, spawn))
                 print(f"  {json.dumps(others[-1])}", flush=True)
+            for kind in kinds:
+
+                async def database(name: str) -> str:
+                    return await fresh_database(postgres, name, None)
+
+                others.append(await brokers.scenario(kind, database, broker_load))
+                print(f"  {json.dumps(others[-1])}", flush=True)
         finally:
             postgres.close()
     print(table(results))
     for result in others:
-        print(failover.line(result))
+        print(brokers.line(result) if "on_the_broker" in result else failover.line(result))
     out = ROOT / "faults" / "results.json"
     out.write_text(json.dumps(results + others, indent=2))
     print(f"written {out.relative_to(ROOT)}")

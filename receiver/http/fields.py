@@ -28,6 +28,16 @@ def no_nul(text: str) -> str:
     return text
 
 
+def plain_text(text: str) -> str:
+    """Text the database can keep: no NUL, no lone surrogate (JSON can carry both)."""
+    no_nul(text)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode text (a lone surrogate is not)") from None
+    return text
+
+
 def _zoned(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError("needs a time zone (use Z for UTC)")

@@ -9,12 +9,13 @@ from urllib.parse import unquote
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from normalizers.base import number_facts, to_e164
 from receiver.context import AppContext
 from receiver.http.bodies import read_model
 from receiver.http.errors import Conflict, NotFound, ReceiverError, Unprocessable
+from receiver.http.fields import plain_text
 from receiver.storage import tenants
 from receiver.storage.tenants import TenantError
 
@@ -31,7 +32,9 @@ class TenantSettings(BaseModel):
     send_burst: int | None = Field(default=None, gt=0, le=1_000_000)
     daily_recipients: int | None = Field(default=None, ge=0, le=1_000_000_000)
     # Sent back to a HELP or INFO reply (null: nothing is sent).
-    help_reply: str | None = Field(default=None, min_length=1, max_length=640)
+    help_reply: Annotated[str, AfterValidator(plain_text)] | None = Field(
+        default=None, min_length=1, max_length=640
+    )
 
 
 class TenantIn(TenantSettings):

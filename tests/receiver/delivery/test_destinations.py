@@ -112,13 +112,10 @@ async def test_a_broker_that_is_down_fails_its_attempts_and_never_holds_webhooks
         return len(rows) == 2
 
     await eventually(both_failed_once)
-    errors = sorted(
-        row["last_error"]
-        for row in await db.fetch("SELECT last_error FROM deliveries WHERE last_error IS NOT NULL")
-    )
-    assert errors[0].startswith("cannot connect to 'local'")
-    assert errors[1].startswith("cannot connect to 'rabbit'")
-    assert not any("secret-pass" in error for error in errors)
+    said = [row["error"] for row in await db.fetch("SELECT error FROM delivery_attempts")]
+    assert any(error.startswith("cannot connect to 'local'") for error in said if error)
+    assert any(error.startswith("cannot connect to 'rabbit'") for error in said if error)
+    assert not any("secret-pass" in error for error in said if error)
     pending = await db.fetchval(
         "SELECT count(*) FROM deliveries WHERE status = 'pending' AND last_error IS NOT NULL"
     )
