@@ -347,7 +347,12 @@ async def fan_out_runs(
             measured = await brokers.scenario_eb(dsn, kind, args.events)
             await drop_database(admin, f"bench_eb_{kind}")
             ceiling = await brokers.scenario_eb0(kind, args.events)
-            results[f"E_{kind}"] = {"hub": measured, "client": ceiling}
+            results[f"E_{kind}"] = {
+                "hub": measured,
+                "client": ceiling,
+                "ratio": measured["rate"] / ceiling["rate"],
+                "check_ok": measured["check_ok"] and ceiling["check_ok"],
+            }
             print(f"  E {kind}: {measured}\n  E0 {kind}: {ceiling}", flush=True)
     if "F" in scenarios:
         c_rates = [r["rps"] for r in runs if r["scenario"] == "C"]

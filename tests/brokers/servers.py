@@ -119,6 +119,9 @@ class RabbitServer:
     def start(self) -> None:
         self.mappers_before = epmd_pids()
         self.directory.mkdir(parents=True, exist_ok=True)
+        # The node runs as `rabbitmq`: it must pass through the (private) directory above.
+        parent = self.directory.parent
+        parent.chmod(parent.stat().st_mode | 0o011)
         (self.directory / "plugins").write_text("[].\n")
         shutil.chown(self.directory, "rabbitmq", "rabbitmq")
         for path in self.directory.rglob("*"):
