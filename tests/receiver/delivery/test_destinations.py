@@ -64,6 +64,10 @@ async def test_a_subscription_to_each_kind_of_broker_shows_no_credential(
     listed = await (await broker_hub.get("/v1/subscriptions")).text()
     assert "secret-pass" not in listed
     assert "127.0.0.1" not in listed  # the broker's address stays in the settings
+    page = await (await broker_hub.get("/console/subscriptions")).text()
+    assert "<code>jetstream local: sms.events</code>" in page
+    assert "<code>rabbitmq rabbit: sms / events</code>" in page
+    assert "secret-pass" not in page
 
 
 @pytest.mark.parametrize(
