@@ -21,7 +21,7 @@ import nats
 from standardwebhooks.webhooks import Webhook
 
 from bench.fanout import SECRET, queue_all, seed_events, worker_env
-from faults.brokers import EXCHANGE, QUEUE, ROUTING_KEY, SUBJECT, JetStreamBroker, RabbitBroker
+from faults.brokers import EXCHANGE, QUEUE, ROUTING_KEY, SUBJECT, broker_of
 
 IN_FLIGHT = 64
 
@@ -40,11 +40,7 @@ async def delivered(dsn: str) -> int:
 async def scenario_eb(dsn: str, kind: str, events: int) -> dict[str, Any]:
     """The worker draining `events` deliveries to one broker destination."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}-") as work:
-        broker = (
-            JetStreamBroker(Path(work) / "nats")
-            if kind == "jetstream"
-            else RabbitBroker(Path(work) / "rabbit")
-        )
+        broker = broker_of(kind, Path(work))
         broker.server.start()
         try:
             await broker.prepare()
@@ -113,11 +109,7 @@ async def scenario_eb0(kind: str, events: int) -> dict[str, Any]:
     bodies = signed_bodies(events)
     limit = asyncio.Semaphore(IN_FLIGHT)
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}0-") as work:
-        broker = (
-            JetStreamBroker(Path(work) / "nats")
-            if kind == "jetstream"
-            else RabbitBroker(Path(work) / "rabbit")
-        )
+        broker = broker_of(kind, Path(work))
         broker.server.start()
         try:
             await broker.prepare()

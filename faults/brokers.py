@@ -114,6 +114,14 @@ class RabbitBroker(Broker):
         return seen
 
 
+def broker_of(kind: str, directory: Path) -> Broker:
+    return (
+        JetStreamBroker(directory / "nats")
+        if kind == "jetstream"
+        else RabbitBroker(directory / "rabbit")
+    )
+
+
 async def outage(broker: Broker, notes: list[str]) -> None:
     await asyncio.sleep(OUTAGE_AT_S)
     broker.server.stop()
@@ -135,11 +143,7 @@ async def scenario(
     OUTAGE_S meanwhile; `run_load(dsn, env, fault)` runs the hub and the load and returns the
     acknowledged callbacks' provider ids."""
     with tempfile.TemporaryDirectory(prefix=f"faults-{kind}-") as work:
-        broker: Broker = (
-            JetStreamBroker(Path(work) / "nats")
-            if kind == "jetstream"
-            else RabbitBroker(Path(work) / "rabbit")
-        )
+        broker = broker_of(kind, Path(work))
         broker.server.start()
         try:
             await broker.prepare()

@@ -57,17 +57,34 @@ class Backoff:
 
 
 @dataclass
-class JetStream:
-    """Publishes with the event id as `Nats-Msg-Id`, so the stream's duplicate window drops the
-    hub's own retries of an event it already has."""
+class Connected:
+    """A destination's one connection: made under `lock`, dropped after a failure, made again
+    no sooner than `backoff` allows."""
 
     name: str
     url: str
     in_flight: asyncio.Semaphore
-    client: NatsClient | None = None
-    stream: JetStreamContext | None = None
     backoff: Backoff = field(default_factory=Backoff)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def _drop(self) -> None:
+        raise NotImplementedError
+
+    async def _forget(self) -> None:
+        async with self.lock:
+            await self._drop()
+
+    async def close(self) -> None:
+        await self._forget()
+
+
+@dataclass
+class JetStream(Connected):
+    """Publishes with the event id as `Nats-Msg-Id`, so the stream's duplicate window drops the
+    hub's own retries of an event it already has."""
+
+    client: NatsClient | None = None
+    stream: JetStreamContext | None = None
 
     async def _context(self) -> JetStreamContext:
         async with self.lock:
@@ -124,32 +141,20 @@ class JetStream:
         duplicate = " (a duplicate: the stream had it)" if ack.duplicate else ""
         return f"stored by stream {ack.stream} as {ack.seq}{duplicate}"
 
-    async def _forget(self) -> None:
-        async with self.lock:
-            await self._drop()
-
     async def _drop(self) -> None:
         client, self.client, self.stream = self.client, None, None
         if client is not None:
             with contextlib.suppress(Exception):  # already gone
                 await client.close()
 
-    async def close(self) -> None:
-        await self._forget()
-
 
 @dataclass
-class RabbitMQ:
+class RabbitMQ(Connected):
     """Publishes persistent messages, mandatory, on a channel with publisher confirms: a nack or
     a message no queue takes (returned) is a failed attempt."""
 
-    name: str
-    url: str
-    in_flight: asyncio.Semaphore
     connection: aio_pika.abc.AbstractConnection | None = None
     channel: aio_pika.abc.AbstractChannel | None = None
-    backoff: Backoff = field(default_factory=Backoff)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def _channel(self) -> aio_pika.abc.AbstractChannel:
         async with self.lock:
@@ -217,18 +222,11 @@ class RabbitMQ:
                 raise PublishFailed(f"{self.name!r}: {_said(error)}") from None
         return f"confirmed by {self.name!r}"
 
-    async def _forget(self) -> None:
-        async with self.lock:
-            await self._drop()
-
     async def _drop(self) -> None:
         connection, self.connection, self.channel = self.connection, None, None
         if connection is not None:
             with contextlib.suppress(Exception):  # already gone
                 await connection.close()
-
-    async def close(self) -> None:
-        await self._forget()
 
 
 Publisher = JetStream | RabbitMQ
