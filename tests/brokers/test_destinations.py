@@ -181,12 +181,12 @@ async def test_rabbitmq_gets_persistent_signed_events_and_an_unbound_key_fails_t
     assert Webhook(unbound["secret"]).verify(message.body, _headers(message))["id"] == event["id"]
 
 
-async def test_wrong_credentials_are_a_failed_attempt_saying_so(
-    hub: Client, db: asyncpg.Connection
+async def test_wrong_credentials_are_a_failed_attempt_saying_so_then_it_recovers(
+    hub: Client, db: asyncpg.Connection, rabbit: aio_pika.abc.AbstractChannel
 ) -> None:
-    subscription = await subscribe(
-        hub, {"kind": "rabbitmq", "name": "wrong", "exchange": "", "routing_key": "q"}
-    )
+    queue = await rabbit.declare_queue("", exclusive=True)  # the default exchange reaches it
+    where = {"kind": "rabbitmq", "name": "wrong", "exchange": "", "routing_key": queue.name}
+    subscription = await subscribe(hub, where)
     await report(hub, "amqp-wrong")
 
     async def refused() -> bool:
@@ -197,6 +197,15 @@ async def test_wrong_credentials_are_a_failed_attempt_saying_so(
     [row] = await attempts(db, subscription["id"])
     assert row["last_error"].startswith("cannot connect to 'wrong'")
     assert "not-the-password" not in row["last_error"]
+
+    # The operator points the subscription at the broker with the right credentials.
+    fixed = await hub.patch(
+        f"/v1/subscriptions/{subscription['id']}", json={"destination": where | {"name": "rabbit"}}
+    )
+    assert fixed.status == 200, await fixed.text()
+    await hub.post(f"/v1/deliveries/{row['id']}/retry")
+    message = await _one(queue)
+    assert Webhook(subscription["secret"]).verify(message.body, _headers(message))["id"]
 
 
 async def _one(queue: aio_pika.abc.AbstractQueue) -> aio_pika.abc.AbstractIncomingMessage:
