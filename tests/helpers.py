@@ -54,6 +54,19 @@ async def sandbox_hub(aiohttp_client: Any, dsn: str, **changes: Any) -> TestClie
     return client
 
 
+def stop_group(process: subprocess.Popen[bytes] | None, grace_s: float = 20) -> None:
+    """A process started in a group of its own (start_new_session), stopped with its group:
+    SIGTERM, then SIGKILL after `grace_s`."""
+    if process is None or process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=5)
+
+
 @contextlib.contextmanager
 def running_serve(
     port: int, env: dict[str, str], *options: str, output: Path | None = None
@@ -80,12 +93,7 @@ def running_serve(
                 time.sleep(0.1)
         yield url
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=5)
+        stop_group(process, 15)
         if not isinstance(sink, int):
             sink.close()
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers import free_port
+from tests.helpers import free_port, stop_group
 
 
 def wait_for_port(port: int, seconds: float) -> bool:
@@ -39,17 +39,6 @@ def epmd_pids() -> set[int]:
             except OSError:
                 continue
     return found
-
-
-def stop_group(process: subprocess.Popen[bytes] | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=5)
 
 
 @dataclass
