@@ -155,6 +155,7 @@ class RabbitMQ(Connected):
 
     connection: aio_pika.abc.AbstractConnection | None = None
     channel: aio_pika.abc.AbstractChannel | None = None
+    exchanges: dict[str, aio_pika.abc.AbstractExchange] = field(default_factory=dict)
 
     async def _channel(self) -> aio_pika.abc.AbstractChannel:
         async with self.lock:
@@ -198,11 +199,14 @@ class RabbitMQ(Connected):
         async with self.in_flight:
             channel = await self._channel()
             try:
-                exchange = (
-                    channel.default_exchange
-                    if exchange_name == ""
-                    else await channel.get_exchange(exchange_name, ensure=True)
-                )
+                exchange = self.exchanges.get(exchange_name)
+                if exchange is None:  # looked up once per channel, not once per publish
+                    exchange = (
+                        channel.default_exchange
+                        if exchange_name == ""
+                        else await channel.get_exchange(exchange_name, ensure=True)
+                    )
+                    self.exchanges[exchange_name] = exchange
                 await exchange.publish(
                     message, routing_key=routing_key, mandatory=True, timeout=timeout_s
                 )
@@ -224,6 +228,7 @@ class RabbitMQ(Connected):
 
     async def _drop(self) -> None:
         connection, self.connection, self.channel = self.connection, None, None
+        self.exchanges.clear()  # the channel's: found again on the next one
         if connection is not None:
             with contextlib.suppress(Exception):  # already gone
                 await connection.close()
