@@ -287,12 +287,3 @@ async def list_runs(connection: Connection, limit: int) -> list[asyncpg.Record]:
         f"SELECT {RUN_COLUMNS} FROM correction_runs ORDER BY started_at DESC LIMIT $1", limit
     )
     return rows
-
-
-async def mark_abandoned(connection: Connection, run_id: uuid.UUID) -> None:
-    """A run whose process is gone (no session holds its lock): stopped, so it can resume."""
-    await connection.execute(
-        "UPDATE correction_runs SET state = 'stopped', updated_at = now()"
-        " WHERE id = $1 AND state = 'running'",
-        run_id,
-    )
