@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from pydantic import SecretStr
 
+from normalizers.events import EventType, Status
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.config import Settings
 from receiver.console.pages import add_console
@@ -23,7 +24,7 @@ from receiver.corrections import routes as correction_routes
 from receiver.corrections.background import RUNS, BackgroundRuns
 from receiver.delivery import feed, subscriptions
 from receiver.delivery.dispatcher import Dispatcher
-from receiver.http import openapi, schemas
+from receiver.http import openapi, params, schemas
 from receiver.http.apikeys import api_key_middleware
 from receiver.http.errors import make_error_middleware
 from receiver.http.requestlog import request_log_middleware
@@ -49,6 +50,7 @@ from receiver.sending import scheduler
 from receiver.sending.providers import callback_url
 from receiver.sending.scheduler import Scheduler
 from receiver.sending.silence import SilenceSweep
+from receiver.storage.callbacks import OUTCOMES
 from receiver.storage.migrate import load_migrations, migrations_dir
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
@@ -57,17 +59,20 @@ from receiver.upkeep.retention import Upkeep
 
 log = structlog.get_logger("receiver.app")
 
-CURSOR = Param("cursor")
-LIMIT = Param("limit", schema={"type": "integer", "minimum": 1})
-PROVIDER_PATH = Param("provider", "path", required=True)
+PROVIDER_NAME = {"$ref": "#/components/schemas/ProviderName"}
+NAME_PATTERN = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
+CURSOR = Param("cursor", schema=params.cursor_schema(params.UUID_KEY))
+LIMIT = Param("limit", schema=params.limit_schema())
+PROVIDER = Param("provider", schema=PROVIDER_NAME)
+SINCE = Param("since", schema=params.TIME_SCHEMA)
+UNTIL = Param("until", schema=params.TIME_SCHEMA)
+PROVIDER_PATH = Param("provider", "path", PROVIDER_NAME, required=True)
 TOKEN_PATH = Param("token", "path", required=True)
-ID_PATH = Param("id", "path", required=True)
-TENANT_PATH = Param(
-    "name", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, required=True
-)
-ROUTE_PATH = Param(
-    "name", "path", {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}, required=True
-)
+ID_PATH = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
+TENANT_PATH = Param("name", "path", NAME_PATTERN, required=True)
+ROUTE_PATH = Param("name", "path", NAME_PATTERN, required=True)
+FEED_AFTER = Param("after", schema=feed.CURSOR_SCHEMA)
+EVENT_TYPE = Param("type", schema=params.choice_schema([str(kind) for kind in EventType]))
 CALLBACK_ANSWERS = {"200": schemas.CallbackAnswer, "202": schemas.CallbackAnswer}
 
 ROUTES: tuple[Route, ...] = (
@@ -121,7 +126,7 @@ ROUTES: tuple[Route, ...] = (
         CALLBACK_ANSWERS,
         any_body=True,
         params=(PROVIDER_PATH,),
-        errors=("400", "401", "403", "404", "408", "413", "503"),
+        errors=("400", "401", "403", "404", "408", "413", "429", "503"),
         expect_handler=callback_route.expect_within_limit,
     ),
     Route(
@@ -131,7 +136,7 @@ ROUTES: tuple[Route, ...] = (
         "A provider's callback by GET (query string)",
         CALLBACK_ANSWERS,
         params=(PROVIDER_PATH,),
-        errors=("400", "401", "403", "404", "503"),
+        errors=("400", "401", "403", "404", "429", "503"),
         expect_handler=callback_route.expect_within_limit,
     ),
     Route(
@@ -142,7 +147,7 @@ ROUTES: tuple[Route, ...] = (
         CALLBACK_ANSWERS,
         any_body=True,
         params=(PROVIDER_PATH, TOKEN_PATH),
-        errors=("400", "401", "403", "404", "408", "413", "503"),
+        errors=("400", "401", "403", "404", "408", "413", "429", "503"),
         expect_handler=callback_route.expect_within_limit,
     ),
     Route(
@@ -152,7 +157,7 @@ ROUTES: tuple[Route, ...] = (
         "A provider's callback by GET, on the URL that carries its secret token",
         CALLBACK_ANSWERS,
         params=(PROVIDER_PATH, TOKEN_PATH),
-        errors=("400", "401", "403", "404", "503"),
+        errors=("400", "401", "403", "404", "429", "503"),
         expect_handler=callback_route.expect_within_limit,
     ),
     Route(
@@ -163,8 +168,12 @@ ROUTES: tuple[Route, ...] = (
         {"201": schemas.SendAnswer, "502": schemas.ErrorBody},
         scope="send",
         body=send_route.SendMessageIn,
-        params=(Param("Idempotency-Key", "header"),),
-        errors=("400", "401", "403", "408", "409", "413", "422", "429", "503"),
+        params=(
+            Param(
+                "Idempotency-Key", "header", {"type": "string", "minLength": 1, "maxLength": 255}
+            ),
+        ),
+        errors=("400", "401", "403", "404", "408", "409", "413", "422", "429", "503"),
     ),
     Route(
         "delete",
@@ -194,13 +203,13 @@ ROUTES: tuple[Route, ...] = (
         {"200": schemas.MessageList},
         scope="read",
         params=(
-            Param("ref"),
-            Param("provider"),
-            Param("status"),
-            Param("to"),
-            Param("tenant"),
-            Param("since", schema={"type": "string", "format": "date-time"}),
-            Param("until", schema={"type": "string", "format": "date-time"}),
+            Param("ref", schema=params.TEXT_SCHEMA),
+            PROVIDER,
+            Param("status", schema=params.choice_schema([str(status) for status in Status])),
+            Param("to", schema=params.NUMBER_SCHEMA),
+            Param("tenant", schema=params.TEXT_SCHEMA),
+            SINCE,
+            UNTIL,
             LIMIT,
             CURSOR,
         ),
@@ -234,13 +243,13 @@ ROUTES: tuple[Route, ...] = (
         {"200": schemas.InboundPage},
         scope="read",
         params=(
-            Param("provider"),
-            Param("from"),
-            Param("to"),
-            Param("since", schema={"type": "string", "format": "date-time"}),
-            Param("until", schema={"type": "string", "format": "date-time"}),
+            PROVIDER,
+            Param("from", schema=params.NUMBER_SCHEMA),
+            Param("to", schema=params.NUMBER_SCHEMA),
+            SINCE,
+            UNTIL,
             LIMIT,
-            CURSOR,
+            Param("cursor", schema=params.cursor_schema(params.TEXT_KEY)),
         ),
         errors=("400", "401", "403", "503"),
     ),
@@ -251,7 +260,7 @@ ROUTES: tuple[Route, ...] = (
         "Every event in commit-safe order (the pull feed)",
         {"200": schemas.EventPage},
         scope="read",
-        params=(Param("after"), LIMIT, Param("type"), Param("provider")),
+        params=(FEED_AFTER, Param("limit", schema=params.limit_schema(100)), EVENT_TYPE, PROVIDER),
         errors=("400", "401", "403", "503"),
     ),
     Route(
@@ -262,7 +271,12 @@ ROUTES: tuple[Route, ...] = (
         {"200": None},
         content_type="text/event-stream",
         scope="read",
-        params=(Param("after"), Param("Last-Event-ID", "header"), Param("type"), Param("provider")),
+        params=(
+            FEED_AFTER,
+            Param("Last-Event-ID", "header", feed.CURSOR_SCHEMA),
+            EVENT_TYPE,
+            PROVIDER,
+        ),
         errors=("400", "401", "403", "503"),
     ),
     Route(
@@ -343,7 +357,7 @@ ROUTES: tuple[Route, ...] = (
         "Try one delivery again now",
         {"202": schemas.Queued},
         scope="admin",
-        params=(Param("id", "path", {"type": "integer"}, required=True),),
+        params=(Param("id", "path", {"type": "integer", "minimum": 1}, required=True),),
         errors=("401", "403", "404", "503"),
     ),
     Route(
@@ -354,7 +368,7 @@ ROUTES: tuple[Route, ...] = (
         {"200": schemas.RawCallbackPage},
         scope="admin",
         operator=True,
-        params=(Param("outcome"), Param("provider"), LIMIT, CURSOR),
+        params=(Param("outcome", schema=params.choice_schema(OUTCOMES)), PROVIDER, LIMIT, CURSOR),
         errors=("400", "401", "403", "503"),
     ),
     Route(
@@ -386,7 +400,7 @@ ROUTES: tuple[Route, ...] = (
         {"200": schemas.CallbackRefusalPage},
         scope="admin",
         operator=True,
-        params=(Param("provider"), LIMIT, CURSOR),
+        params=(PROVIDER, LIMIT, CURSOR),
         errors=("400", "401", "403", "503"),
     ),
     Route(
@@ -397,9 +411,9 @@ ROUTES: tuple[Route, ...] = (
         {"200": schemas.Stats},
         scope="read",
         params=(
-            Param("since", schema={"type": "string", "format": "date-time"}),
-            Param("until", schema={"type": "string", "format": "date-time"}),
-            Param("fast_under_s", schema={"type": "number", "minimum": 0, "maximum": 3600}),
+            SINCE,
+            UNTIL,
+            Param("fast_under_s", schema=params.seconds_schema(stats.FAST_UNDER_MAX_S)),
         ),
         errors=("400", "401", "403", "503"),
     ),
@@ -410,7 +424,11 @@ ROUTES: tuple[Route, ...] = (
         "The opt-out list: a tenant's own entries, the operator's every one",
         {"200": optout_routes.OptOutList},
         scope="read",
-        params=(Param("number"), LIMIT, Param("cursor")),
+        params=(
+            Param("number", schema=params.NUMBER_SCHEMA),
+            LIMIT,
+            Param("cursor", schema=params.cursor_schema(params.SERIAL_KEY)),
+        ),
         errors=("400", "401", "403", "503"),
     ),
     Route(
@@ -421,7 +439,7 @@ ROUTES: tuple[Route, ...] = (
         {"201": optout_routes.OptOutView},
         scope="send",
         body=optout_routes.OptOutIn,
-        errors=("401", "403", "408", "422", "503"),
+        errors=("401", "403", "404", "408", "422", "503"),
     ),
     Route(
         "delete",
@@ -430,7 +448,7 @@ ROUTES: tuple[Route, ...] = (
         "Take an entry off the opt-out list",
         {"204": None},
         scope="admin",
-        params=(Param("id", "path", {"type": "string"}, required=True),),
+        params=(Param("id", "path", {"type": "integer", "minimum": 1}, required=True),),
         errors=("401", "403", "404", "503"),
     ),
     Route(
@@ -555,7 +573,7 @@ ROUTES: tuple[Route, ...] = (
         {"200": send_routes.RouteChanges},
         scope="admin",
         operator=True,
-        params=(Param("route"), LIMIT),
+        params=(Param("route", schema=params.TEXT_SCHEMA), LIMIT),
         errors=("400", "401", "403", "503"),
     ),
     Route(
@@ -661,7 +679,7 @@ SANDBOX_ROUTES = (
         scope="admin",
         operator=True,
         body=sandbox_controls.InboundIn,
-        params=(Param("name", "path", required=True),),
+        params=(Param("name", "path", PROVIDER_NAME, required=True),),
         errors=("401", "403", "404", "408", "422", "503"),
     ),
     Route(
@@ -674,7 +692,7 @@ SANDBOX_ROUTES = (
         scope="admin",
         operator=True,
         body=sandbox_controls.TroubleIn,
-        params=(Param("name", "path", required=True),),
+        params=(Param("name", "path", PROVIDER_NAME, required=True),),
         errors=("401", "403", "404", "408", "422", "503"),
     ),
 )
@@ -854,7 +872,12 @@ def create_app(
     routes = ROUTES + (SANDBOX_ROUTES if settings.sandbox else ())
     add_routes(app, routes)
     add_console(app)
-    app[openapi.OPENAPI] = openapi.document(routes)
+    app[openapi.OPENAPI] = openapi.document(
+        routes,
+        openapi.known_values(
+            registry, {name: of.kind for name, of in settings.destinations.items()}
+        ),
+    )
     if settings.sandbox:
         sandbox = simulated_providers(settings, registry)
         app[SANDBOX_KEY] = sandbox  # the sandbox's controls reach it from the hub's routes

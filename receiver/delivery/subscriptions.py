@@ -29,7 +29,7 @@ from receiver.http import params
 from receiver.http.apikeys import asker_of
 from receiver.http.bodies import read_model
 from receiver.http.errors import NotFound, Unprocessable
-from receiver.http.fields import PastMoment, no_nul
+from receiver.http.fields import Moment, ProviderName, known, no_nul
 from receiver.storage import outbox
 
 SECRET_OVERLAP_S = 24 * 3600  # the old secret still signs for a day after a rotation
@@ -43,7 +43,6 @@ def _short_string(value: str) -> str:
     return value
 
 
-ProviderName = Annotated[str, StringConstraints(max_length=50), AfterValidator(no_nul)]
 Description = Annotated[str, StringConstraints(max_length=500), AfterValidator(no_nul)]
 
 
@@ -56,7 +55,7 @@ class Filters(BaseModel):
 
 
 # A NATS subject to publish to: dot-separated tokens, none empty, no wildcard, no white space.
-NATS_SUBJECT = r"^[^\s.*>]+(\.[^\s.*>]+)*$"
+NATS_SUBJECT = r"^[^\x00-\x20\x7f.*>]+(\.[^\x00-\x20\x7f.*>]+)*$"
 # RabbitMQ's rule for exchange names ('' is the default exchange, routing by queue name).
 EXCHANGE_NAME = r"^[A-Za-z0-9_.:-]*$"
 DestinationName = Annotated[
@@ -70,7 +69,7 @@ class JetStreamDestination(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["jetstream"]
-    name: DestinationName
+    name: Annotated[DestinationName, known("JetStreamName")]
     subject: Annotated[str, StringConstraints(max_length=255, pattern=NATS_SUBJECT)]
 
 
@@ -80,7 +79,7 @@ class RabbitMQDestination(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: Literal["rabbitmq"]
-    name: DestinationName
+    name: Annotated[DestinationName, known("RabbitMQName")]
     exchange: Annotated[str, StringConstraints(max_length=255, pattern=EXCHANGE_NAME)]
     routing_key: Annotated[str, AfterValidator(no_nul), AfterValidator(_short_string)]
 
@@ -91,7 +90,11 @@ Destination = Annotated[JetStreamDestination | RabbitMQDestination, Field(discri
 class SubscriptionIn(BaseModel):
     """A webhook (`url`) or a broker's `destination`: one of them."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        # ONE_DESTINATION in words (a oneOf on an object makes client generators fail)
+        json_schema_extra={"description": "Exactly one of url (a webhook) and destination."},
+    )
 
     url: AnyHttpUrl | None = None
     destination: Destination | None = None
@@ -100,14 +103,16 @@ class SubscriptionIn(BaseModel):
     enabled: bool = True
 
     @model_validator(mode="after")
-    def one_destination(self) -> SubscriptionIn:
+    def one_destination(self) -> SubscriptionIn:  # ONE_DESTINATION
         if (self.url is None) == (self.destination is None):
             raise ValueError("give either url (a webhook) or destination (a broker)")
         return self
 
 
 class SubscriptionPatch(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"description": "Not both url and destination."}
+    )
 
     url: AnyHttpUrl | None = None
     destination: Destination | None = None
@@ -119,7 +124,7 @@ class SubscriptionPatch(BaseModel):
 class ReplayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: PastMoment
+    since: Moment  # a future time queues nothing
     event_types: list[EventType] | None = None
     providers: list[ProviderName] | None = None
     statuses: list[Status] | None = None
@@ -183,6 +188,15 @@ def _known_destination(
     return destination.model_dump()
 
 
+def _known_providers(context: AppContext, providers: list[str] | None, field: str) -> None:
+    unknown = sorted(set(providers or ()) - set(context.registry))
+    if unknown:
+        raise Unprocessable(
+            f"unknown provider {unknown[0][:60]!r}",
+            details=[{"field": field, "error": "one of " + ", ".join(sorted(context.registry))}],
+        )
+
+
 def _json(value: Any) -> Any:
     return json.loads(value) if isinstance(value, str) else value
 
@@ -197,6 +211,7 @@ def _id(request: web.Request) -> uuid.UUID:
 async def create(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     incoming = await read_model(request, SubscriptionIn)
+    _known_providers(context, incoming.filters.providers, "filters.providers")
     destination = _known_destination(context, incoming.destination)
     secret = new_secret()
     async with context.db.connection() as connection:
@@ -234,6 +249,8 @@ async def get_one(request: web.Request) -> web.Response:
 async def patch(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     incoming = await read_model(request, SubscriptionPatch)
+    if incoming.filters is not None:
+        _known_providers(context, incoming.filters.providers, "filters.providers")
     changes: dict[str, Any] = {}
     fields = incoming.model_fields_set
     if incoming.url is not None and incoming.destination is not None:
@@ -282,6 +299,7 @@ async def rotate(request: web.Request) -> web.Response:
 async def replay(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     incoming = await read_model(request, ReplayIn)
+    _known_providers(context, incoming.providers, "providers")
     subscription_id = _id(request)
     async with context.db.connection() as connection:
         if await outbox.get_subscription(connection, subscription_id, asker_of(request)) is None:

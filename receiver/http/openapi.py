@@ -4,6 +4,7 @@ with no script to fetch)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
@@ -11,6 +12,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from receiver.http import schemas
+from receiver.http.fields import E164_SCHEMA, KNOWN, TEXT_PATTERN
 from receiver.http.routing import Route
 from receiver.http.session import PAGE_HEADERS
 
@@ -24,7 +26,8 @@ ERRORS: dict[str, str] = {
     "409": "Conflict",
     "413": "Body too large",
     "422": "Invalid body",
-    "429": "Too many requests for this API key: retry after Retry-After seconds",
+    "429": "Too many requests (of this API key; on a callback URL, too many refused callbacks"
+    " from this address: REFUSAL_RATE_PER_S): retry after Retry-After seconds",
     "503": "The database is unavailable: retry later",
 }
 
@@ -48,7 +51,61 @@ def _ref(model: Any) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
-def document(routes: tuple[Route, ...]) -> dict[str, Any]:
+def known_values(
+    providers: Iterable[str], destinations: Mapping[str, str]
+) -> dict[str, dict[str, Any]]:
+    """The components of the values the server knows only when it runs: its providers' names
+    (the registry's) and its brokers' (the settings', by kind)."""
+
+    def one_of(values: Iterable[str], what: str) -> dict[str, Any]:
+        known = sorted(values)
+        if not known:  # an enum of none is not valid OpenAPI: a string no value matches
+            return {"type": "string", "not": {}, "description": f"{what}: none is configured"}
+        return {"type": "string", "enum": known, "description": what}
+
+    def brokers(kind: str) -> list[str]:
+        return [name for name, of in destinations.items() if of == kind]
+
+    return {
+        "E164": E164_SCHEMA,
+        "ProviderName": one_of(providers, "A provider of this hub"),
+        "JetStreamName": one_of(
+            brokers("jetstream"), "A NATS JetStream this hub's settings name (DESTINATIONS__*)"
+        ),
+        "RabbitMQName": one_of(
+            brokers("rabbitmq"), "A RabbitMQ this hub's settings name (DESTINATIONS__*)"
+        ),
+    }
+
+
+def _without_nul(schema: Any) -> Any:
+    """Every free string of a request body without NUL: Postgres holds none (the server refuses
+    one with a 4xx wherever it is), and the document says so where no rule says more."""
+    if isinstance(schema, dict):
+        found = {key: _without_nul(value) for key, value in schema.items()}
+        free = not {"pattern", "enum", "const", "format", "$ref", KNOWN} & found.keys()
+        if found.get("type") == "string" and free:
+            found["pattern"] = TEXT_PATTERN
+        return found
+    if isinstance(schema, list):
+        return [_without_nul(item) for item in schema]
+    return schema
+
+
+def _linked(schema: Any) -> Any:
+    """The schema with each mark of a known value (fields.known) made a reference."""
+    if isinstance(schema, dict):
+        if KNOWN in schema:
+            return {"$ref": f"#/components/schemas/{schema[KNOWN]}"}
+        return {key: _linked(value) for key, value in schema.items()}
+    if isinstance(schema, list):
+        return [_linked(item) for item in schema]
+    return schema
+
+
+def document(
+    routes: tuple[Route, ...], known: Mapping[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     models = _models(routes)
     bodies = {route.body for route in routes if route.body is not None}
     _, definitions = models_json_schema(
@@ -65,7 +122,9 @@ def document(routes: tuple[Route, ...]) -> dict[str, Any]:
             elif operation.content_type != "application/json":
                 answer["content"] = {operation.content_type: {"schema": {"type": "string"}}}
             responses[status] = answer
-        for status in operation.errors:
+        # A value the database cannot hold (a NUL character in JSON, say) is a 400 anywhere.
+        errors = (*operation.errors, "400") if operation.body is not None else operation.errors
+        for status in errors:
             responses.setdefault(
                 status,
                 {
@@ -107,7 +166,8 @@ def document(routes: tuple[Route, ...]) -> dict[str, Any]:
         "info": {"title": "sms-receiver", "version": "1", "description": "SMS delivery-report hub"},
         "paths": paths,
         "components": {
-            "schemas": definitions.get("$defs", {}),
+            "schemas": _linked(_without_nul(definitions.get("$defs", {})))
+            | dict(known or known_values((), {})),
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         },
     }

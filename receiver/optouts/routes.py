@@ -10,12 +10,12 @@ import asyncpg
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from normalizers.base import number_facts, to_e164
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.apikeys import asker_of
 from receiver.http.bodies import read_model
-from receiver.http.errors import BadRequest, Forbidden, NotFound, Unprocessable
+from receiver.http.errors import Forbidden, NotFound
+from receiver.http.fields import E164, NumberOrSender, TenantName
 from receiver.storage import optouts, tenants
 from receiver.storage.tenants import DEFAULT_TENANT
 
@@ -23,10 +23,10 @@ from receiver.storage.tenants import DEFAULT_TENANT
 class OptOutIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    number: str = Field(min_length=1, max_length=32, description="the handset, E.164")
+    number: E164 = Field(description="the handset")
     # The number or sender id it may not be sent from; null: the whole tenant.
-    sender: str | None = Field(default=None, min_length=1, max_length=64)
-    tenant: str | None = Field(default=None, max_length=63, description="operator keys only")
+    sender: NumberOrSender | None = None
+    tenant: TenantName | None = Field(default=None, description="operator keys only")
 
 
 class OptOutView(BaseModel):
@@ -56,16 +56,6 @@ def opt_out_json(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-def handset(text: str, field: str = "number") -> str:
-    e164 = to_e164(text.strip())
-    if e164 is None or not e164.startswith("+") or not number_facts(e164)[0]:
-        raise Unprocessable(
-            "not a possible E.164 number",
-            details=[{"field": field, "error": "an E.164 number, with +"}],
-        )
-    return e164
-
-
 async def list_all(request: web.Request) -> web.Response:
     return web.json_response(await optout_page(request))
 
@@ -77,12 +67,8 @@ async def optout_page(request: web.Request) -> dict[str, Any]:
     asker = asker_of(request)
     limit = params.limit(request)
     number = params.number(request, "number")
-    cursor = params.parse_keyset_cursor(request)
-    after = None
-    if cursor is not None:
-        if not cursor[1].isdigit():
-            raise BadRequest("not a cursor")
-        after = (cursor[0], int(cursor[1]))
+    cursor = params.parse_keyset_cursor(request, params.SERIAL_KEY)
+    after = (cursor[0], int(cursor[1])) if cursor is not None else None
     async with context.read_db.connection() as connection:
         rows = await optouts.list_opt_outs(
             connection, asker, number=number, after=after, limit=limit + 1
@@ -108,11 +94,10 @@ async def create(request: web.Request) -> web.Response:
         tenant = asker.tenant
     else:
         tenant = incoming.tenant or DEFAULT_TENANT
-    number = handset(incoming.number)
-    sender = to_e164(incoming.sender) if incoming.sender else None
+    number, sender = incoming.number, incoming.sender
     async with context.db.connection() as connection:
         if asker.is_operator and await tenants.tenant(connection, tenant) is None:
-            raise Unprocessable(
+            raise NotFound(
                 f"no tenant named {tenant!r}",
                 details=[{"field": "tenant", "error": "unknown tenant"}],
             )

@@ -16,7 +16,7 @@ async def inbound(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     asker = asker_of(request)
     limit = params.limit(request)
-    after = params.parse_keyset_cursor(request)
+    after = params.parse_keyset_cursor(request, params.TEXT_KEY)
     handset = params.number(request, "from")
     ours = params.number(request, "to")
     provider = params.choice(request, "provider", context.registry.keys())

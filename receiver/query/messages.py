@@ -13,7 +13,7 @@ from normalizers.events import Status, rfc3339
 from receiver.context import AppContext
 from receiver.http import params
 from receiver.http.apikeys import asker_of
-from receiver.http.errors import BadRequest, NotFound
+from receiver.http.errors import NotFound
 from receiver.storage import events, messages
 from receiver.storage.messages import is_pending
 from receiver.storage.pool import Connection
@@ -162,12 +162,7 @@ async def message_page(request: web.Request) -> dict[str, Any]:
     status = params.choice(request, "status", {str(s) for s in Status})
     to = params.number(request, "to")
     cursor = params.parse_keyset_cursor(request)
-    after = None
-    if cursor is not None:
-        after_id = params.uuid_or_none(cursor[1])
-        if after_id is None:
-            raise BadRequest("not a cursor")
-        after = (cursor[0], after_id)
+    after = (cursor[0], uuid.UUID(cursor[1])) if cursor is not None else None
     ref = params.text(request, "ref")
     provider = params.choice(request, "provider", context.registry.keys())
     tenant = params.text(request, "tenant")
@@ -193,7 +188,7 @@ async def message_page(request: web.Request) -> dict[str, Any]:
         rows_of.setdefault(recipient["message_id"], []).append(recipient)
     by_message = {message_id: recipients_json(rows) for message_id, rows in rows_of.items()}
     next_cursor = (
-        params.keyset_cursor(page[-1]["created_at"], str(page[-1]["id"]))
+        params.keyset_cursor(page[-1]["created_at"], page[-1]["id"])
         if len(rows) > limit and page
         else None
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -83,7 +84,7 @@ async def raw_callback_page(request: web.Request, outcome: str | None = None) ->
             connection,
             outcome=outcome,
             provider=provider,
-            after=(cursor[0], params.uuid_or_none(cursor[1])) if cursor else None,
+            after=(cursor[0], uuid.UUID(cursor[1])) if cursor else None,
             limit=limit + 1,
         )
     page = rows[:limit]
@@ -152,7 +153,7 @@ async def refusal_page(request: web.Request) -> dict[str, Any]:
         rows = await refusals.list_refusals(
             connection,
             provider=provider,
-            after=(cursor[0], params.uuid_or_none(cursor[1])) if cursor else None,
+            after=(cursor[0], uuid.UUID(cursor[1])) if cursor else None,
             limit=limit + 1,
         )
     page = rows[:limit]

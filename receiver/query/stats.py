@@ -21,6 +21,7 @@ from receiver.storage import stats as queries
 # The longest window asked for: each question scans every message and event since `since`, and
 # one reader must not hold the database with a scan of its whole history.
 MAX_WINDOW = timedelta(days=31)
+FAST_UNDER_MAX_S = 3600.0
 
 
 async def stats(request: web.Request) -> web.Response:
@@ -31,10 +32,8 @@ async def stats(request: web.Request) -> web.Response:
     until = params.moment(request, "until", None)
     if since is not None and since < now - MAX_WINDOW:
         raise BadRequest(f"since is at most {MAX_WINDOW.days} days ago")
-    if since is not None and until is not None and until <= since:
-        raise BadRequest("until must be after since")
     fast_under_s = params.seconds(
-        request, "fast_under_s", context.settings.fast_delivery_s, high=3600.0
+        request, "fast_under_s", context.settings.fast_delivery_s, high=FAST_UNDER_MAX_S
     )
     async with context.read_db.connection() as connection:
         by_provider = await queries.message_stats(connection, since, until, fast_under_s, asker)

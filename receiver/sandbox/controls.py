@@ -15,13 +15,14 @@ from receiver.http.bodies import read_model
 from receiver.http.errors import NotFound
 from receiver.sandbox import apicontrol, carrierx, properties, swift, telecom23
 from receiver.sandbox.common import Sandbox, Trouble, TroubleMode, sandbox_of
+from receiver.storage.routes import Country
 
 
 class TroubleIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     mode: TroubleMode
-    country: str | None = Field(default=None, description="ISO 3166 alpha-2; null: every one")
+    country: Country | None = Field(default=None, description="ISO 3166 alpha-2; null: every one")
     report_delay_s: float = Field(default=30.0, ge=0, le=3600)
     loss_share: float = Field(default=1.0, gt=0, le=1)
     loss: Literal["undelivered", "silent"] = "undelivered"

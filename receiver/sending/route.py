@@ -10,12 +10,12 @@ import json
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 import asyncpg
 import structlog
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from normalizers.base import (
@@ -39,12 +39,13 @@ from receiver.http.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    NotFound,
     ReceiverError,
     TooManyRequests,
     Unprocessable,
     error_body,
 )
-from receiver.http.fields import Moment, no_nul
+from receiver.http.fields import E164, Moment, ProviderName, TenantName, no_nul
 from receiver.metrics import SEND_FAILOVERS
 from receiver.ratelimit import retry_after_header
 from receiver.routing.choice import (
@@ -78,14 +79,6 @@ log = structlog.get_logger("receiver.sending.route")
 CALLS_AT_ONCE = 10
 
 
-def possible_number(number: str) -> str:
-    """An E.164 number (with `+`) whose length fits its country's plan, as E.164."""
-    e164 = to_e164(number)
-    if e164 is None or not e164.startswith("+") or not number_facts(e164)[0]:
-        raise ValueError(f"not a possible E.164 number: {number!r}")
-    return e164
-
-
 @dataclasses.dataclass
 class SendProgress:
     provider_called: bool = False
@@ -94,12 +87,19 @@ class SendProgress:
 class SendMessageIn(BaseModel):
     """The body of POST /v1/messages."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    provider: str | None = None
-    to: list[Annotated[str, AfterValidator(possible_number)]] = Field(
-        min_length=1, max_length=10_000
+    model_config = ConfigDict(
+        extra="forbid",
+        populate_by_name=True,
+        # TEXT_OR_MEDIA is stated in the description: the generators of clients read an anyOf
+        # on an object as a union of types, and make no usable model of it.
+        json_schema_extra={
+            "description": "body may be empty only with options.media_urls",
+            "examples": [{"to": ["+447700900123"], "body": "Code 123456", "provider": "swift"}],
+        },
     )
+
+    provider: ProviderName | None = None
+    to: list[E164] = Field(min_length=1, max_length=10_000, json_schema_extra={"uniqueItems": True})
     sender: str | None = Field(default=None, alias="from", max_length=64)
     body: str = Field(default="", max_length=4096)  # empty only for an MMS with media
     ref: str | None = Field(default=None, max_length=255)
@@ -108,7 +108,7 @@ class SendMessageIn(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict)
     # Whose message it is: a tenant's key sends as its own tenant (another name is a 403); the
     # operator names one (default: `default`).
-    tenant: str | None = Field(default=None, max_length=63)
+    tenant: TenantName | None = None
 
     @field_validator("to")
     @classmethod
@@ -190,7 +190,7 @@ async def sending_tenant(request: web.Request, incoming: SendMessageIn) -> Tenan
     async with request.app[AppContext.KEY].db.connection() as connection:
         found = await tenants.tenant(connection, name)
     if found is None:
-        raise Unprocessable(
+        raise NotFound(
             f"no tenant named {name!r}", details=[{"field": "tenant", "error": "unknown tenant"}]
         )
     if not found.enabled:
@@ -336,7 +336,10 @@ async def send_for_tenant(
     return await _checked_send(context, incoming, None, quota=quota, tenant=tenant, table=table)
 
 
-class NoRoute(Unprocessable):
+class NoRoute(Conflict):
+    """No provider named and no route matches: the routes as they stand (a 409, as the same
+    request succeeds once a route takes it)."""
+
     code = "no_route"
 
 

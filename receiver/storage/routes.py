@@ -11,15 +11,35 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import phonenumbers
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic.config import JsonDict
 
+from receiver.http.fields import KNOWN, ProviderName
 from receiver.storage.pool import Connection
 
 ROUTE_NAME_RULE = "1 to 63 lower-case letters, digits, '-' or '_', starting with a letter or digit"
 ROUTE_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
-ProviderName = Annotated[str, StringConstraints(min_length=1, max_length=50)]
-Country = Annotated[str, StringConstraints(min_length=2, max_length=2)]
+# ISO 3166 alpha-2 codes, upper case: the countries libphonenumber knows.
+COUNTRIES = sorted(phonenumbers.SUPPORTED_REGIONS)
+COUNTRY_SCHEMA: JsonDict = {"type": "string", "enum": list(COUNTRIES)}
+Country = Annotated[
+    str, StringConstraints(min_length=2, max_length=2), WithJsonSchema(COUNTRY_SCHEMA)
+]
+# A price's country: a code, or "*" for any other.
+PRICE_COUNTRIES: JsonDict = {"type": "string", "enum": [*COUNTRIES, "*"]}
+# What the document says of "`cheapest` needs prices" (RouteSpec.problems).
+CHEAPEST_NEEDS_PRICES: JsonDict = {
+    "if": {"properties": {"choose": {"const": "cheapest"}}, "required": ["choose"]},
+    "then": {"properties": {"prices": {"type": "object"}}, "required": ["prices"]},
+}
 # The digits an E.164 number starts with, `+` first: `+44`, `+4477`.
 Prefix = Annotated[str, StringConstraints(pattern=r"^\+[0-9]{1,14}$")]
 # Decimal text or a number: what one message to that country costs through that provider.
@@ -74,16 +94,60 @@ class Redeliver(BaseModel):
 class RouteSpec(BaseModel):
     """A route as stored (the API's body adds its name and position)."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra=CHEAPEST_NEEDS_PRICES)
 
     match: RouteMatch = Field(default_factory=RouteMatch)
     providers: list[ProviderName] = Field(min_length=1, max_length=10)
     choose: Choose = "priority"
     # Shares of the first choice under `weighted` (70/30: {"swift": 70, "carrierx": 30});
     # a provider left out gets 1.
-    weights: dict[ProviderName, Annotated[int, Field(gt=0, le=1_000_000)]] | None = None
+    weights: (
+        Annotated[
+            dict[ProviderName, Annotated[int, Field(gt=0, le=1_000_000)]],
+            WithJsonSchema(
+                {
+                    "type": "object",
+                    "propertyNames": {KNOWN: "ProviderName"},
+                    "additionalProperties": {"type": "integer", "minimum": 1, "maximum": 1_000_000},
+                }
+            ),
+        ]
+        | None
+    ) = None
     # Prices under `cheapest`: per provider, per country code or "*" for any other.
-    prices: dict[ProviderName, dict[str, Price]] | None = None
+    prices: (
+        Annotated[
+            dict[
+                ProviderName,
+                Annotated[
+                    dict[str, Price],
+                    WithJsonSchema(
+                        {
+                            "type": "object",
+                            "propertyNames": PRICE_COUNTRIES,
+                            "additionalProperties": {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": 1e6,
+                            },
+                        }
+                    ),
+                ],
+            ],
+            WithJsonSchema(
+                {
+                    "type": "object",
+                    "propertyNames": {KNOWN: "ProviderName"},
+                    "additionalProperties": {
+                        "type": "object",
+                        "propertyNames": PRICE_COUNTRIES,
+                        "additionalProperties": {"type": "number", "minimum": 0, "maximum": 1e6},
+                    },
+                }
+            ),
+        ]
+        | None
+    ) = None
     failover_on_timeout: bool = False
     redeliver: Redeliver | None = None
     enabled: bool = True

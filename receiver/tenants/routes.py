@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from typing import Annotated, Any
 from urllib.parse import unquote
 
 import asyncpg
 from aiohttp import web
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
-from normalizers.base import number_facts, to_e164
 from receiver.context import AppContext
 from receiver.http.bodies import read_model
 from receiver.http.errors import Conflict, NotFound, ReceiverError, Unprocessable
-from receiver.http.fields import plain_text
+from receiver.http.fields import (
+    TENANT_NAME_PATTERN,
+    NumberOrSender,
+    ProviderName,
+    is_e164,
+    is_sender_id,
+    plain_text,
+)
 from receiver.storage import tenants
 from receiver.storage.tenants import TenantError
 
-ProviderName = Annotated[str, StringConstraints(min_length=1, max_length=50)]
-# A sender id as providers carry it: up to 11 letters, digits and spaces, one letter at least.
-SENDER_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
+TenantNameDoc = WithJsonSchema({"type": "string", "pattern": TENANT_NAME_PATTERN})
 
 
 class TenantSettings(BaseModel):
@@ -40,7 +43,7 @@ class TenantSettings(BaseModel):
 class TenantIn(TenantSettings):
     # Bounded loosely: the name rule (63 characters at most) is the storage's, so that every
     # bad name is refused alike, as `invalid_tenant_name`.
-    name: str = Field(max_length=1024, description=tenants.NAME_RULE)
+    name: Annotated[str, Field(max_length=1024, description=tenants.NAME_RULE), TenantNameDoc]
 
 
 class TenantPatch(TenantSettings):
@@ -50,7 +53,7 @@ class TenantPatch(TenantSettings):
 class NumberIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    number: str = Field(min_length=1, max_length=32)
+    number: NumberOrSender
 
 
 class TenantView(BaseModel):
@@ -115,22 +118,12 @@ def tenant_json(row: asyncpg.Record) -> dict[str, Any]:
 
 
 def owned_number(text: str) -> str:
-    """A number or sender id as replies name it: E.164 for a phone number (given with `+`, `00`,
-    or as the digits of an international number, as providers write them), else a sender id;
+    """A number or sender id as replies name it: E.164 for a phone number, else a sender id;
     anything else is a 422."""
-    value = text.strip()
-    e164 = to_e164(value)
-    if e164 is not None and e164.startswith("+"):
-        if not number_facts(e164)[0]:
-            raise Unprocessable(
-                f"{value} is not a possible phone number",
-                details=[{"field": "number", "error": "not a possible E.164 number"}],
-            )
-        return e164
-    if SENDER_ID.fullmatch(value):
-        return value
+    if is_e164(text) or is_sender_id(text):
+        return text
     raise Unprocessable(
-        f"{value[:40]!r} is neither an E.164 number (with +) nor a sender id",
+        f"{text[:40]!r} is neither an E.164 number (with +) nor a sender id",
         details=[
             {
                 "field": "number",
