@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: run test test-browser test-brokers lint format schema bench bench-growth bench-console bench-reports bench-reprocess faults lock audit clean
+.PHONY: run test test-browser test-brokers test-contract lint format schema bench bench-growth bench-console bench-reports bench-reprocess faults lock audit clean
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is needed (set PYTHON=...)")'
@@ -42,6 +42,11 @@ test-brokers: $(VENV)/.dev-deps
 		|| { apt-get update && apt-get install -y nats-server rabbitmq-server; } \
 		|| sudo apt-get install -y nats-server rabbitmq-server
 	$(BIN)/python -m pytest -q -m brokers tests/brokers
+
+## test-contract: schemathesis (every check, seeded ids, its stateful phase) and a client generated
+## from /openapi.json, against a real serve --sandbox with API keys on (CONTRACT_EXAMPLES: 100)
+test-contract: $(VENV)/.dev-deps
+	$(BIN)/python -m pytest -q -m contract tests/contract
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check .

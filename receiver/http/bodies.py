@@ -34,12 +34,13 @@ async def read_body(request: web.Request) -> bytes:
 async def read_model(request: web.Request, model: type[Model]) -> Model:
     """The body as `model`; a 422 with one detail per invalid field otherwise."""
     body = await read_body(request)
-    if b"u0000" in body:
-        _refuse_nul(body)
     try:
-        return model.model_validate_json(_whole_numbers(body), strict=True)
+        found = model.model_validate_json(_whole_numbers(body), strict=True)
     except ValidationError as error:
         raise Unprocessable("the request is not valid", details=field_errors(error)) from None
+    if b"u0000" in body:  # where no field's own rule refused it (a provider's options, say)
+        _refuse_nul(body)
+    return found
 
 
 def _refuse_nul(body: bytes) -> None:

@@ -85,8 +85,10 @@ def number(request: web.Request, name: str) -> str | None:
     if value is None:
         return None
     if not is_e164(value):
+        # A + written as is in a query string arrives as a space.
+        hint = " (write + as %2B in a query string)" if value.startswith(" ") else ""
         raise BadRequest(
-            f"{name} is not a phone number", details=[{"field": name, "error": E164_RULE}]
+            f"{name} is not a phone number{hint}", details=[{"field": name, "error": E164_RULE}]
         )
     return value
 

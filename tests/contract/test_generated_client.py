@@ -63,8 +63,8 @@ def test_a_generated_client_tells_the_whole_story(keyed_hub: KeyedHub, tmp_path:
             break
         time.sleep(0.3)
     assert message.recipients[0].status == "delivered"
-    kinds = [event.type_ for event in message.events]
-    assert "message.delivered" in [str(kind) for kind in kinds]
+    timeline = [(str(event.type_), str(event.status)) for event in message.events]
+    assert ("message.status", "delivered") in timeline
 
     seen: list[str] = []
     after = None
@@ -84,4 +84,5 @@ def test_a_generated_client_tells_the_whole_story(keyed_hub: KeyedHub, tmp_path:
         ),
     )
     cancelled = call("post_v1_messages_id_cancel", id=held.id)
-    assert cancelled.status == "cancelled"
+    assert cancelled.cancelled
+    assert call("get_v1_messages_id", id=held.id).recipients[0].status == "cancelled"

@@ -325,8 +325,8 @@ async def test_a_rotated_secret_signs_with_both_for_a_while(
     [
         (
             {"url": "http://127.0.0.1:9/hook", "filters": {"providers": ["p" * 51]}},
-            "filters.providers.0",
-            "String should have at most 50 characters",
+            "filters.providers",
+            "one of apicontrol, carrierx, properties, swift, telecom23",
         ),
         (
             {"url": "http://127.0.0.1:9/hook", "filters": {"providers": ["a\u0000"]}},

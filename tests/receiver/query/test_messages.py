@@ -150,7 +150,6 @@ async def test_the_list_pages_newest_first_without_gaps_or_repeats(
         ({"provider": "swift"}, {1, 3, 5}),
         ({"ref": "ref-0"}, {0, 3, 6}),
         ({"to": "+447700900004"}, {4}),
-        ({"to": "447700900004"}, {4}),
         ({"status": "unknown"}, {0, 1, 2, 3, 4, 5, 6}),
         ({"status": "delivered"}, set()),
     ],
