@@ -167,6 +167,11 @@ ROUTES: tuple[Route, ...] = (
         "Send a message through a provider",
         {"201": schemas.SendAnswer, "502": schemas.ErrorBody},
         scope="send",
+        rules="`body` may be empty only with `options.media_urls`; `options` are the provider's"
+        " (which it takes depends on the provider the message goes by); `expires_at` must be"
+        " after now and after `send_at`; SEND_ALLOWED_COUNTRIES refuses other destinations:"
+        " each a 422 naming the field. No route matching and no provider named: 409 no_route;"
+        " the provider failing: 502.",
         body=send_route.SendMessageIn,
         params=(
             Param(
@@ -286,6 +291,8 @@ ROUTES: tuple[Route, ...] = (
         "Subscribe a URL (the secret is shown once)",
         {"201": schemas.SubscriptionCreated},
         scope="admin",
+        rules="Exactly one of `url` (a webhook, whose host must resolve to an address"
+        " WEBHOOK_ALLOWED_NETWORKS allows) and `destination` (a broker): else a 422.",
         body=subscriptions.SubscriptionIn,
         errors=("401", "403", "408", "422", "503"),
     ),
@@ -315,6 +322,7 @@ ROUTES: tuple[Route, ...] = (
         "Change a subscription",
         {"200": schemas.SubscriptionView},
         scope="admin",
+        rules="Not both `url` and `destination`: else a 422.",
         body=subscriptions.SubscriptionPatch,
         params=(ID_PATH,),
         errors=("401", "403", "404", "408", "422", "503"),
@@ -410,6 +418,7 @@ ROUTES: tuple[Route, ...] = (
         "Per provider and destination country: delivery rate, report times, expiries",
         {"200": schemas.Stats},
         scope="read",
+        rules="`since` (default: 24 hours ago) is at most 31 days ago, else a 400.",
         params=(
             SINCE,
             UNTIL,
@@ -526,6 +535,7 @@ ROUTES: tuple[Route, ...] = (
         "Make a send route (operator keys only)",
         {"201": send_routes.RouteView},
         scope="admin",
+        rules="`weights` and `prices` may name only the route's `providers`: else a 422.",
         operator=True,
         body=send_routes.RouteIn,
         errors=("401", "403", "408", "409", "422", "503"),
@@ -548,6 +558,7 @@ ROUTES: tuple[Route, ...] = (
         "Make or replace a send route (operator keys only)",
         {"200": send_routes.RouteView, "201": send_routes.RouteView},
         scope="admin",
+        rules="`weights` and `prices` may name only the route's `providers`: else a 422.",
         operator=True,
         body=send_routes.RouteBody,
         params=(ROUTE_PATH,),

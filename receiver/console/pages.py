@@ -21,6 +21,7 @@ import jinja2
 import structlog
 from aiohttp import web
 
+from normalizers.base import to_e164
 from normalizers.events import Status
 from receiver.console import charts
 from receiver.context import AppContext
@@ -30,6 +31,7 @@ from receiver.delivery.subscriptions import subscription_json
 from receiver.http import params
 from receiver.http.apikeys import ASKER, key_of
 from receiver.http.errors import ReceiverError
+from receiver.http.fields import is_e164
 from receiver.http.session import (
     CSRF_FIELD,
     PAGE_HEADERS,
@@ -150,6 +152,18 @@ def render(
     return response
 
 
+def _as_e164(request: web.Request, name: str) -> None:
+    """A number a person typed in a search box (spaces, 00, no +) asked again as the API takes
+    it, E.164; anything else goes on to the API's own 400, said on the page."""
+    typed = request.query.get(name)
+    if not typed or is_e164(typed):
+        return
+    e164 = to_e164(typed.strip())
+    if e164 is not None and is_e164(e164):
+        kept = [(key, e164 if key == name else value) for key, value in request.query.items()]
+        raise web.HTTPSeeOther(f"{request.path}?{urlencode(kept)}")
+
+
 async def index(request: web.Request) -> web.Response:
     raise web.HTTPFound(HOME)
 
@@ -157,6 +171,7 @@ async def index(request: web.Request) -> web.Response:
 @page("read")
 async def messages(request: web.Request, who: Viewer) -> web.Response:
     context: AppContext = request.app[AppContext.KEY]
+    _as_e164(request, "to")
     blank = [name for name, value in request.query.items() if not value]
     if blank:
         # The search form sends its fields left at "any" empty: they filter nothing (the API
@@ -358,6 +373,7 @@ async def providers(request: web.Request, who: Viewer) -> web.Response:
 @page("read")
 async def opt_outs(request: web.Request, who: Viewer) -> web.Response:
     """The viewer's opt-out list, searched by number, with add and remove through the API."""
+    _as_e164(request, "number")
     number = request.query.get("number", "").strip()
     if "number" in request.query and not number:
         raise web.HTTPSeeOther("/console/opt-outs")

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from receiver.context import AppContext
 from receiver.corrections.background import RUNS, AnotherApply
@@ -31,8 +31,11 @@ class CorrectionRunIn(BaseModel):
 
     mode: Literal["dry_run", "apply"] = "dry_run"
     provider: ProviderName | None = None
-    since: Moment | None = None  # a window ending before it begins holds nothing
-    until: Moment | None = None
+    since: Moment | None = Field(
+        default=None,
+        description="null: from the first; a window ending before it begins holds nothing",
+    )
+    until: Moment | None = Field(default=None, description="null: now")
 
 
 class CorrectionRunView(BaseModel):

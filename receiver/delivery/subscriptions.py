@@ -124,7 +124,7 @@ class SubscriptionPatch(BaseModel):
 class ReplayIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    since: Moment  # a future time queues nothing
+    since: Moment = Field(description="Events stored since then; a future time queues none")
     event_types: list[EventType] | None = None
     providers: list[ProviderName] | None = None
     statuses: list[Status] | None = None

@@ -35,7 +35,7 @@ async def read_model(request: web.Request, model: type[Model]) -> Model:
     """The body as `model`; a 422 with one detail per invalid field otherwise."""
     body = await read_body(request)
     try:
-        found = model.model_validate_json(_whole_numbers(body), strict=True)
+        found = model.model_validate_json(whole_numbers(body), strict=True)
     except ValidationError as error:
         raise Unprocessable("the request is not valid", details=field_errors(error)) from None
     if b"u0000" in body:  # where no field's own rule refused it (a provider's options, say)
@@ -82,7 +82,7 @@ def _integral(text: str) -> int | float:
     return int(number) if number.is_integer() else number
 
 
-def _whole_numbers(body: bytes) -> bytes | str:
+def whole_numbers(body: bytes) -> bytes | str:
     """The body with each number of no fraction written as an integer (2418.0 as 2418), as
     JSON Schema counts it, so that the strict models take it where an integer is due; a body
     that is no JSON, or holds no such number, goes to the model as it came."""

@@ -21,7 +21,7 @@ KNOWN = "x-known"  # a mark the OpenAPI document replaces with a reference to a 
 # Years written 1970 to 9998 (so that any zone still lands in years Python and Postgres both
 # hold), a `T`, seconds with up to 6 decimals, and a zone (Z or an offset in hours and minutes).
 MOMENT_PATTERN = (
-    r"^(?:19[7-9]\d|[2-8]\d{3}|9[0-8]\d{2}|99[0-8]\d)-\d{2}-\d{2}"
+    r"^(?:19[7-9]\d|[2-8]\d{3}|9[0-8]\d{2}|99[0-8]\d|999[0-8])-\d{2}-\d{2}"
     r"T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:Z|[+-]\d{2}:\d{2})$"
 )
 MOMENT_RULE = "an RFC 3339 time with a zone, years 1970 to 9998 (as 2026-12-03T09:30:00Z)"

@@ -147,6 +147,8 @@ def document(
         if operation.scope is not None:
             spec["security"] = [{"apiKey": []}]
             spec["description"] = f"Needs an API key with the `{operation.scope}` scope."
+        if operation.rules is not None:
+            spec["description"] = f"{spec.get('description', '')} {operation.rules}".strip()
         if operation.body is not None:
             spec["requestBody"] = {
                 "required": True,

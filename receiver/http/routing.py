@@ -42,6 +42,9 @@ class Route:
     errors: tuple[str, ...] = ("400", "503")
     expect_handler: ExpectHandler | None = None
     content_type: str = "application/json"  # of the 200 answer when it has no model
+    # Rules JSON Schema cannot state (bound to the clock, or one field's values to another's):
+    # in the operation's description.
+    rules: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,26 @@ async def test_the_root_opens_the_console_which_lists_messages(
     assert listing.headers["X-Frame-Options"] == "DENY"
 
 
+async def test_a_number_typed_loosely_is_searched_as_e164(
+    aiohttp_client: Any, dsn: str, db: asyncpg.Connection
+) -> None:
+    """The API takes E.164 only (its document says so); a person types spaces, 00 or no +."""
+    client = await sandbox_hub(aiohttp_client, dsn)
+
+    spaced = await client.get(
+        "/console?to=%2B44 7700 900123&status=delivered", allow_redirects=False
+    )
+    international = await client.get(
+        "/console/opt-outs?number=0044 7700 900123", allow_redirects=False
+    )
+    nonsense = await client.get("/console?to=nonsense")
+
+    assert spaced.status == 303
+    assert spaced.headers["Location"] == "/console?to=%2B447700900123&status=delivered"
+    assert international.headers["Location"] == "/console/opt-outs?number=%2B447700900123"
+    assert 'role="alert"' in await nonsense.text()
+
+
 async def test_a_bad_filter_is_said_on_the_page(
     aiohttp_client: Any, dsn: str, db: asyncpg.Connection
 ) -> None:
