@@ -58,7 +58,9 @@ async def feed_now(connection: Connection) -> str:
     xmin: int = await connection.fetchval(
         "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
     )
-    return f"{xmin - 1}.{2**63 - 1}"
+    # The largest sequence a cursor writes (18 digits, as the feed's cursor schema allows):
+    # past any sequence a transaction will ever have.
+    return f"{xmin - 1}.{10**18 - 1}"
 
 
 async def feed(
