@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 from typing import Any, TypeVar
 
 from aiohttp import web
@@ -82,11 +83,15 @@ def _integral(text: str) -> int | float:
     return int(number) if number.is_integer() else number
 
 
+# A number JSON writes with a fraction or an exponent that may be whole (2.0, 2.50e1, 2E3).
+MAYBE_WHOLE = re.compile(rb"[0-9]\.0*[0-9]*[eE]|[0-9]\.0+(?![0-9])|[0-9][eE]")
+
+
 def whole_numbers(body: bytes) -> bytes | str:
     """The body with each number of no fraction written as an integer (2418.0 as 2418), as
     JSON Schema counts it, so that the strict models take it where an integer is due; a body
-    that is no JSON, or holds no such number, goes to the model as it came."""
-    if b"." not in body and b"e" not in body and b"E" not in body:
+    that is no JSON, or holds no such number, goes to the model as it came (read once)."""
+    if MAYBE_WHOLE.search(body) is None:
         return body
     try:
         return json.dumps(json.loads(body, parse_float=_integral))
