@@ -19,7 +19,7 @@ from receiver.app import create_app
 from receiver.config import Settings
 from receiver.storage.migrate import apply_migrations, migrations_dir
 from receiver.storage.pool import start_embedded_postgres
-from tests.helpers import free_port, running_serve
+from tests.helpers import free_port, running_serve, serve_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -138,14 +138,6 @@ def served_hub(dsn: str) -> Iterator[str]:
     """A real `serve --sandbox` process on the test database, for black-box tests (contract,
     fuzzing); stopped at the end of the module."""
     port = free_port()
-    env = {
-        "DATABASE_URL": dsn,
-        "API_AUTH": "false",
-        "LOG_LEVEL": "warning",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "SANDBOX_DELAY_S": "0.05",
-        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "SEND_BURST": "100000",
-    }
+    env = serve_env(dsn, port, SEND_BURST="100000")
     with running_serve(port, env, "--sandbox") as url:
         yield url

@@ -54,6 +54,19 @@ async def sandbox_hub(aiohttp_client: Any, dsn: str, **changes: Any) -> TestClie
     return client
 
 
+def serve_env(dsn: str, port: int, *, api_auth: bool = False, **more: str) -> dict[str, str]:
+    """The environment of a real `serve --sandbox` on loopback `port` for a test: quiet, fast
+    simulated providers, subscribers allowed on loopback; `more` over it."""
+    return {
+        "DATABASE_URL": dsn,
+        "API_AUTH": "true" if api_auth else "false",
+        "LOG_LEVEL": "warning",
+        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
+        "SANDBOX_DELAY_S": "0.05",
+        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
+    } | more
+
+
 def stop_group(process: subprocess.Popen[bytes] | None, grace_s: float = 20) -> None:
     """A process started in a group of its own (start_new_session), stopped with its group:
     SIGTERM, then SIGKILL after `grace_s`."""

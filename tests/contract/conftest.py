@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.helpers import free_port, running_serve
+from tests.helpers import free_port, running_serve, serve_env
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -59,19 +59,16 @@ def keyed_hub(dsn: str) -> Iterator[KeyedHub]:
         "contract",
     )
     port = free_port()
-    env = {
-        "DATABASE_URL": dsn,
-        "API_AUTH": "true",
-        "LOG_LEVEL": "warning",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "SANDBOX_DELAY_S": "0.05",
-        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "SEND_BURST": "100000",
+    env = serve_env(
+        dsn,
+        port,
+        api_auth=True,
+        SEND_BURST="100000",
         # Brokers of each kind for destinations to name: nothing listens there (their
         # deliveries fail, as the dispatcher's tests show).
-        "DESTINATIONS__BUS__URL": f"nats://127.0.0.1:{free_port()}",
-        "DESTINATIONS__QUEUE__URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/",
-        "SWIFT__CALLBACK_TOKEN": CALLBACK_TOKEN,
-    }
+        DESTINATIONS__BUS__URL=f"nats://127.0.0.1:{free_port()}",
+        DESTINATIONS__QUEUE__URL=f"amqp://guest:guest@127.0.0.1:{free_port()}/",
+        SWIFT__CALLBACK_TOKEN=CALLBACK_TOKEN,
+    )
     with running_serve(port, env, "--sandbox") as url:
         yield KeyedHub(url, key, dsn)

@@ -14,7 +14,7 @@ import asyncpg
 
 from normalizers.registry import DEFAULT_REGISTRY
 from receiver.upkeep.erasure import erase
-from tests.helpers import free_port, running_serve
+from tests.helpers import free_port, running_serve, serve_env
 
 # The sender each provider sends from (23 Telecom sends from a sender id).
 SENDERS = {name: "+447700900990" for name in DEFAULT_REGISTRY} | {"telecom23": "MyShop"}
@@ -24,14 +24,7 @@ async def test_stop_and_help_in_every_providers_inbound_format(
     dsn: str, db: asyncpg.Connection
 ) -> None:
     port = free_port()
-    env = {
-        "DATABASE_URL": dsn,
-        "API_AUTH": "false",
-        "LOG_LEVEL": "warning",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "SANDBOX_DELAY_S": "0.05",
-        "SCHEDULE_POLL_S": "0.2",
-    }
+    env = serve_env(dsn, port, SCHEDULE_POLL_S="0.2")
     await db.execute("UPDATE tenants SET help_reply = 'Shop: call 0800' WHERE name = 'default'")
     handsets = {name: f"+4477009002{i}8" for i, name in enumerate(sorted(DEFAULT_REGISTRY))}
     with running_serve(port, env, "--sandbox") as url:

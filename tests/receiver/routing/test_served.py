@@ -16,7 +16,7 @@ import pytest
 
 from receiver import cli
 from receiver.cli import main
-from tests.helpers import free_port, running_serve
+from tests.helpers import free_port, running_serve, serve_env
 from tests.receiver.tenants.test_served import subscriber, until
 
 ROUTES = """
@@ -45,17 +45,14 @@ async def test_an_operator_breaks_a_provider_and_watches_the_sends_move_and_come
     routes.write_text(ROUTES)
     assert await run_cli("routes", "import", str(routes)) == 0
     port = free_port()
-    env = {
-        "DATABASE_URL": dsn,
-        "API_AUTH": "false",
-        "LOG_LEVEL": "warning",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "SANDBOX_DELAY_S": "0.1",
-        "SEND_ATTEMPTS": "1",
-        "HEALTH_SEND_ERRORS": "2",
-        "HEALTH_PROBE_S": "3",  # longer than three sends take, even on a busy machine
-        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-    }
+    env = serve_env(
+        dsn,
+        port,
+        SANDBOX_DELAY_S="0.1",
+        SEND_ATTEMPTS="1",
+        HEALTH_SEND_ERRORS="2",
+        HEALTH_PROBE_S="3",  # longer than three sends take, even on a busy machine
+    )
     async with subscriber() as (hook, received), aiohttp.ClientSession() as http:
         with running_serve(port, env, "--sandbox") as url:
 

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from receiver.storage.apikeys import create_key
 from receiver.storage.tenants import add_number, create_tenant
-from tests.helpers import free_port, running_serve
+from tests.helpers import free_port, running_serve, serve_env
 
 HANDSET_DELIVERED = "+447700900011"
 HANDSET_REPLYING = "+447700900018"  # delivered, then replies YES to the number it came from
@@ -79,15 +79,7 @@ async def test_each_tenants_subscription_feed_and_stream_get_its_own_events_repl
         _, keys[name] = await create_key(db, f"{name}-app", ["admin"], name)
     await add_number(db, "beta", SENDERS["beta"])
     port = free_port()
-    env = {
-        "DATABASE_URL": dsn,
-        "API_AUTH": "true",
-        "LOG_LEVEL": "warning",
-        "PUBLIC_BASE_URL": f"http://127.0.0.1:{port}",
-        "SANDBOX_DELAY_S": "0.05",
-        "WEBHOOK_ALLOWED_NETWORKS": "127.0.0.0/8",
-        "WEBHOOK_POLL_S": "0.2",
-    }
+    env = serve_env(dsn, port, api_auth=True, WEBHOOK_POLL_S="0.2")
     async with (
         subscriber() as (alpha_url, alpha_hooks),
         subscriber() as (beta_url, beta_hooks),
