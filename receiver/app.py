@@ -276,13 +276,14 @@ ROUTES: tuple[Route, ...] = (
         {"200": None},
         content_type="text/event-stream",
         scope="read",
+        rules="At most STREAMS_PER_KEY streams at once per API key: a 429 beyond.",
         params=(
             FEED_AFTER,
             Param("Last-Event-ID", "header", feed.CURSOR_SCHEMA),
             EVENT_TYPE,
             PROVIDER,
         ),
-        errors=("400", "401", "403", "503"),
+        errors=("400", "401", "403", "429", "503"),
     ),
     Route(
         "post",
@@ -292,7 +293,8 @@ ROUTES: tuple[Route, ...] = (
         {"201": schemas.SubscriptionCreated},
         scope="admin",
         rules="Exactly one of `url` (a webhook, whose host must resolve to an address"
-        " WEBHOOK_ALLOWED_NETWORKS allows) and `destination` (a broker): else a 422.",
+        " WEBHOOK_ALLOWED_NETWORKS allows) and `destination` (a broker; a RabbitMQ"
+        " routing_key of 255 bytes at most in UTF-8): else a 422.",
         body=subscriptions.SubscriptionIn,
         errors=("401", "403", "408", "422", "503"),
     ),

@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from normalizers.base import CallbackRequest, ParseError, parse_timestamp
+from normalizers.base import CallbackRequest, ParseError, parse_timestamp, to_e164
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
 from receiver.config import MIN_TOKEN_LENGTH, Settings
@@ -538,7 +538,9 @@ async def _tenants(
         for number in await tenants.numbers_of(connection, args.name):
             print(number)
         return 0
-    number = owned_number(args.number)
+    typed = args.number.strip()
+    loose = to_e164(typed)  # a person types spaces, 00 or no +: the API takes E.164 only
+    number = owned_number(loose if loose is not None and loose.startswith("+") else typed)
     if args.numbers_command == "add":
         await tenants.add_number(connection, args.name, number)
         print(f"{number} is the tenant {args.name}'s")

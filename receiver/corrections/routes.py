@@ -4,7 +4,7 @@ then its apply), followed and stopped."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import asyncpg
@@ -35,7 +35,11 @@ class CorrectionRunIn(BaseModel):
         default=None,
         description="null: from the first; a window ending before it begins holds nothing",
     )
-    until: Moment | None = Field(default=None, description="null: now")
+    until: Moment | None = Field(
+        default=None,
+        description="null, or a time to come: when the run starts (the window is fixed then, and"
+        " the run shows it)",
+    )
 
 
 class CorrectionRunView(BaseModel):
@@ -112,9 +116,13 @@ async def start(request: web.Request) -> web.Response:
         )
     if problems:
         raise Unprocessable("the correction run cannot be started", details=problems)
+    # The window is fixed when the run starts, so that an apply of a dry run's window sees
+    # the callbacks the dry run saw: a time to come is now.
+    now = datetime.now(UTC)
+    until = incoming.until if incoming.until is None or incoming.until <= now else now
     run = await _start(
         request,
-        RunRequest(incoming.provider, incoming.since, incoming.until, incoming.mode, None),
+        RunRequest(incoming.provider, incoming.since, until, incoming.mode, None),
     )
     return web.json_response(run_json(run), status=202)
 

@@ -20,6 +20,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    WithJsonSchema,
     model_validator,
 )
 
@@ -58,6 +59,19 @@ class Filters(BaseModel):
 NATS_SUBJECT = r"^[^\x00-\x20\x7f.*>]+(\.[^\x00-\x20\x7f.*>]+)*$"
 # RabbitMQ's rule for exchange names ('' is the default exchange, routing by queue name).
 EXCHANGE_NAME = r"^[A-Za-z0-9_.:-]*$"
+# http or https only (AnyHttpUrl), as the document says.
+WebhookUrl = Annotated[
+    AnyHttpUrl,
+    WithJsonSchema(
+        {
+            "type": "string",
+            "format": "uri",
+            "minLength": 1,
+            "maxLength": 2083,
+            "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://",
+        }
+    ),
+]
 DestinationName = Annotated[
     str, StringConstraints(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]*$")
 ]
@@ -96,7 +110,7 @@ class SubscriptionIn(BaseModel):
         json_schema_extra={"description": "Exactly one of url (a webhook) and destination."},
     )
 
-    url: AnyHttpUrl | None = None
+    url: WebhookUrl | None = None
     destination: Destination | None = None
     filters: Filters = Field(default_factory=Filters)
     description: Description | None = None
@@ -114,7 +128,7 @@ class SubscriptionPatch(BaseModel):
         extra="forbid", json_schema_extra={"description": "Not both url and destination."}
     )
 
-    url: AnyHttpUrl | None = None
+    url: WebhookUrl | None = None
     destination: Destination | None = None
     filters: Filters | None = None
     description: Description | None = None

@@ -36,7 +36,8 @@ async def read_model(request: web.Request, model: type[Model]) -> Model:
     """The body as `model`; a 422 with one detail per invalid field otherwise."""
     body = await read_body(request)
     try:
-        found = model.model_validate_json(whole_numbers(body), strict=True)
+        # by alias alone: a body writes `from`, as the document says, never the field's name
+        found = model.model_validate_json(whole_numbers(body), strict=True, by_name=False)
     except ValidationError as error:
         raise Unprocessable("the request is not valid", details=field_errors(error)) from None
     if b"u0000" in body:  # where no field's own rule refused it (a provider's options, say)

@@ -4,6 +4,8 @@ with no script to fetch)."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -92,6 +94,23 @@ def _without_nul(schema: Any) -> Any:
     return schema
 
 
+def _bodies_without_nul(components: dict[str, Any], bodies: set[type[BaseModel]]) -> dict[str, Any]:
+    """The NUL rule on the components a request body reaches (an answer may carry one: a raw
+    callback's body as it came)."""
+    reached: set[str] = set()
+    waiting = [f"{model.__name__}{mode}" for model in bodies for mode in ("", "-Input")]
+    while waiting:
+        name = waiting.pop()
+        if name in reached or name not in components:
+            continue
+        reached.add(name)
+        waiting += re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(components[name]))
+    return {
+        name: _without_nul(schema) if name in reached else schema
+        for name, schema in components.items()
+    }
+
+
 def _linked(schema: Any) -> Any:
     """The schema with each mark of a known value (fields.known) made a reference."""
     if isinstance(schema, dict):
@@ -122,8 +141,13 @@ def document(
             elif operation.content_type != "application/json":
                 answer["content"] = {operation.content_type: {"schema": {"type": "string"}}}
             responses[status] = answer
-        # A value the database cannot hold (a NUL character in JSON, say) is a 400 anywhere.
-        errors = (*operation.errors, "400") if operation.body is not None else operation.errors
+        # A value the database cannot hold (a NUL character, say) is a 400 on any route of the
+        # API; a body over the limit is a 413 wherever one is read.
+        errors = operation.errors
+        if operation.scope is not None:
+            errors = (*errors, "400")
+        if operation.body is not None:
+            errors = (*errors, "400", "413")
         for status in errors:
             responses.setdefault(
                 status,
@@ -168,7 +192,7 @@ def document(
         "info": {"title": "sms-receiver", "version": "1", "description": "SMS delivery-report hub"},
         "paths": paths,
         "components": {
-            "schemas": _linked(_without_nul(definitions.get("$defs", {})))
+            "schemas": _linked(_bodies_without_nul(definitions.get("$defs", {}), bodies))
             | dict(known or known_values((), {})),
             "securitySchemes": {"apiKey": {"type": "http", "scheme": "bearer"}},
         },

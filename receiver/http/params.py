@@ -30,9 +30,9 @@ from receiver.http.fields import (
 MAX_LIMIT = 500
 MAX_TEXT = 255
 
-INTEGER = re.compile(r"-?\d{1,18}")
+INTEGER = re.compile(r"-?[0-9]{1,18}")
 # A JSON number, as a query string writes it.
-NUMBER = re.compile(r"-?(?:0|[1-9]\d{0,17})(?:\.\d{1,17})?(?:[eE][+-]?\d{1,3})?")
+NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 
 
 def limit_schema(default: int = 50) -> dict[str, Any]:
@@ -149,7 +149,7 @@ def parse_keyset_cursor(request: web.Request, key: str = UUID_KEY) -> tuple[date
     value = request.query.get("cursor")
     if not value:  # none, or empty: the first page
         return None
-    found = re.fullmatch(rf"(\d{{1,17}})~({key})", value)
+    found = re.fullmatch(rf"(\d{{1,17}})~({key})", value, re.ASCII)
     if found is None:
         raise BadRequest(
             "not a cursor", details=[{"field": "cursor", "error": "next_cursor of a page"}]

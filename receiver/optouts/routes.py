@@ -109,7 +109,7 @@ async def delete(request: web.Request) -> web.Response:
     context = request.app[AppContext.KEY]
     asker = asker_of(request)
     raw = request.match_info["id"]
-    if not raw.isdigit() or len(raw) > 18:
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18:
         raise NotFound("no such opt-out")
     async with context.db.connection() as connection:
         removed = await optouts.remove_opt_out(connection, int(raw), asker)

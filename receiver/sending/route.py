@@ -350,7 +350,7 @@ async def plan_providers(
     table: RouteTable,
 ) -> dict[str, Decision]:
     """Each recipient's providers in the order they are tried, and why: the one the caller
-    names; else the first matching route's; else DEFAULT_PROVIDER; else a 422 (`no_route`)."""
+    names; else the first matching route's; else DEFAULT_PROVIDER; else a 409 (`no_route`)."""
     settings = context.settings
     named = incoming.provider
     if named is None:

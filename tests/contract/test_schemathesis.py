@@ -32,7 +32,8 @@ UNSTATABLE = {
     # options are the provider's: which it takes depends on the provider the message goes by
     "POST /v1/messages": ["422"],
     # exactly one of url and destination (a oneOf on an object, which client generators cannot
-    # read), and a webhook URL's host must resolve to an allowed address
+    # read), and a webhook URL's host must resolve to an allowed address, and a RabbitMQ routing_key
+    # is 255 bytes at most in UTF-8
     "POST /v1/subscriptions": ["422"],
     "PATCH /v1/subscriptions/{id}": ["422"],
     # since at most 31 days before now: a bound that moves with the clock

@@ -101,6 +101,9 @@ def test_the_e164_pattern_is_libphonenumbers_possible_lengths() -> None:
         ("since=1969-12-31T00:00:00Z", "since"),
         ("to=447700900123", "to"),
         ("cursor=abc", "cursor"),
+        ("limit=\u0665", "limit"),  # an Arabic-Indic 5: a digit to Python, not to the document
+        ("to=%2B44\u0667\u0667\u0660\u0660900123", "to"),
+        ("since=2026-06-30T23:59:60Z", "since"),  # a leap second: RFC 3339 has it, Python not
     ],
 )
 async def test_a_parameter_out_of_its_schema_is_a_400_naming_it(
@@ -127,6 +130,15 @@ async def test_bodies_are_strict(client: Any, body: dict[str, Any], field: str) 
 
     assert answer.status == 422, await answer.text()
     assert [d["field"] for d in (await answer.json())["error"]["details"]] == [field]
+
+
+async def test_a_send_names_its_sender_from_as_documented(client: Any) -> None:
+    answer = await client.post(
+        "/v1/messages", json={"to": ["+447700900123"], "body": "hi", "sender": "Shop"}
+    )
+
+    assert answer.status == 422
+    assert [d["field"] for d in (await answer.json())["error"]["details"]] == ["sender"]
 
 
 async def test_replay_takes_any_time_and_a_future_one_queues_nothing(client: Any) -> None:
