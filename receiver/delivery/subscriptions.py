@@ -17,6 +17,7 @@ from pydantic import (
     AfterValidator,
     AnyHttpUrl,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -59,9 +60,18 @@ class Filters(BaseModel):
 NATS_SUBJECT = r"^[^\x00-\x20\x7f.*>]+(\.[^\x00-\x20\x7f.*>]+)*$"
 # RabbitMQ's rule for exchange names ('' is the default exchange, routing by queue name).
 EXCHANGE_NAME = r"^[A-Za-z0-9_.:-]*$"
+
+
 # http or https only (AnyHttpUrl), as the document says.
+def _url_length(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > 2083:
+        raise ValueError("must be 2083 characters at most")
+    return value
+
+
 WebhookUrl = Annotated[
     AnyHttpUrl,
+    BeforeValidator(_url_length),
     WithJsonSchema(
         {
             "type": "string",

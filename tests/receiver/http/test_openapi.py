@@ -122,6 +122,7 @@ async def test_a_parameter_out_of_its_schema_is_a_400_naming_it(
         ({"url": "http://127.0.0.1:9/hook", "enabled": 0}, "enabled"),
         ({"url": "http://127.0.0.1:9/hook", "enabled": "false"}, "enabled"),
         ({"url": "http://127.0.0.1:9/hook", "description": 5}, "description"),
+        ({"url": "http://127.0.0.1:9/" + "a" * 2100}, "url"),  # the document's maxLength
     ],
 )
 async def test_bodies_are_strict(client: Any, body: dict[str, Any], field: str) -> None:
