@@ -11,16 +11,14 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import asyncpg
 import nats
-from standardwebhooks.webhooks import Webhook
 
-from bench.fanout import SECRET, queue_all, seed_events, worker_env
+from bench.fanout import SECRET, queue_all, seed_events, signed_bodies, worker_env
 from faults.brokers import EXCHANGE, QUEUE, ROUTING_KEY, SUBJECT, broker_of
 
 IN_FLIGHT = 64
@@ -87,26 +85,9 @@ async def scenario_eb(dsn: str, kind: str, events: int) -> dict[str, Any]:
     }
 
 
-def signed_bodies(events: int) -> list[tuple[str, bytes, dict[str, str]]]:
-    webhook = Webhook(SECRET)
-    bodies = []
-    for n in range(events):
-        event_id = f"evt_eb0_{n}"
-        body = json.dumps({"id": event_id, "type": "message.status", "status": "delivered"})
-        now = datetime.now(UTC)
-        headers = {
-            "webhook-id": event_id,
-            "webhook-timestamp": str(int(now.timestamp())),
-            "webhook-signature": webhook.sign(event_id, now, body),
-            "Content-Type": "application/json",
-        }
-        bodies.append((event_id, body.encode(), headers))
-    return bodies
-
-
 async def scenario_eb0(kind: str, events: int) -> dict[str, Any]:
     """The client library alone: the same bodies published with confirms, 64 at once."""
-    bodies = signed_bodies(events)
+    bodies = [(i, body.encode(), h) for i, body, h in signed_bodies(events, "evt_eb0")]
     limit = asyncio.Semaphore(IN_FLIGHT)
     with tempfile.TemporaryDirectory(prefix=f"bench-{kind}0-") as work:
         broker = broker_of(kind, Path(work))

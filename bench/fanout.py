@@ -166,15 +166,13 @@ async def scenario_e(dsn: str, events: int, ports: tuple[int, int]) -> dict[str,
     }
 
 
-async def scenario_e0(events: int, ports: tuple[int, int]) -> dict[str, Any]:
-    """The same signed bodies posted by one aiohttp client, 64 at once, no database."""
-    sinks = [Sink(), Sink()]
-    for sink, port in zip(sinks, ports, strict=True):
-        await sink.start(port)
+def signed_bodies(events: int, prefix: str) -> list[tuple[str, str, dict[str, str]]]:
+    """`events` event bodies (ids `<prefix>_<n>`) as the dispatcher sends them: its JSON and the
+    Standard Webhooks headers signed with SECRET."""
     webhook = Webhook(SECRET)
-    bodies: list[tuple[str, str, dict[str, str]]] = []
+    bodies = []
     for n in range(events):
-        event_id = f"evt_e0_{n}"
+        event_id = f"{prefix}_{n}"
         body = json.dumps({"id": event_id, "type": "message.status", "status": "delivered"})
         now = datetime.now(UTC)
         headers = {
@@ -183,7 +181,20 @@ async def scenario_e0(events: int, ports: tuple[int, int]) -> dict[str, Any]:
             "webhook-signature": webhook.sign(event_id, now, body),
             "Content-Type": "application/json",
         }
-        bodies.extend((sink.url, body, headers) for sink in sinks)
+        bodies.append((event_id, body, headers))
+    return bodies
+
+
+async def scenario_e0(events: int, ports: tuple[int, int]) -> dict[str, Any]:
+    """The same signed bodies posted by one aiohttp client, 64 at once, no database."""
+    sinks = [Sink(), Sink()]
+    for sink, port in zip(sinks, ports, strict=True):
+        await sink.start(port)
+    bodies = [
+        (sink.url, body, headers)
+        for _, body, headers in signed_bodies(events, "evt_e0")
+        for sink in sinks
+    ]
     limit = asyncio.Semaphore(64)
     started = time.perf_counter()
     async with aiohttp.ClientSession() as session:
