@@ -27,6 +27,7 @@ from receiver.delivery.dispatcher import Dispatcher
 from receiver.http import openapi, params, schemas
 from receiver.http.apikeys import api_key_middleware
 from receiver.http.errors import make_error_middleware
+from receiver.http.fields import TENANT_NAME_PATTERN
 from receiver.http.requestlog import request_log_middleware
 from receiver.http.routing import Param, Route, add_routes
 from receiver.ingest import route as callback_route
@@ -54,13 +55,13 @@ from receiver.storage.callbacks import OUTCOMES
 from receiver.storage.migrate import load_migrations, migrations_dir
 from receiver.storage.notify import Signal
 from receiver.storage.pool import open_database
+from receiver.storage.routes import ROUTE_NAME_PATTERN
 from receiver.tenants import routes as tenant_routes
 from receiver.upkeep.retention import Upkeep
 
 log = structlog.get_logger("receiver.app")
 
 PROVIDER_NAME = {"$ref": "#/components/schemas/ProviderName"}
-NAME_PATTERN = {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,62}$"}
 CURSOR = Param("cursor", schema=params.cursor_schema(params.UUID_KEY))
 LIMIT = Param("limit", schema=params.limit_schema())
 PROVIDER = Param("provider", schema=PROVIDER_NAME)
@@ -69,8 +70,10 @@ UNTIL = Param("until", schema=params.TIME_SCHEMA)
 PROVIDER_PATH = Param("provider", "path", PROVIDER_NAME, required=True)
 TOKEN_PATH = Param("token", "path", required=True)
 ID_PATH = Param("id", "path", {"type": "string", "format": "uuid"}, required=True)
-TENANT_PATH = Param("name", "path", NAME_PATTERN, required=True)
-ROUTE_PATH = Param("name", "path", NAME_PATTERN, required=True)
+TENANT_PATH = Param(
+    "name", "path", {"type": "string", "pattern": TENANT_NAME_PATTERN}, required=True
+)
+ROUTE_PATH = Param("name", "path", {"type": "string", "pattern": ROUTE_NAME_PATTERN}, required=True)
 FEED_AFTER = Param("after", schema=feed.CURSOR_SCHEMA)
 EVENT_TYPE = Param("type", schema=params.choice_schema([str(kind) for kind in EventType]))
 CALLBACK_ANSWERS = {"200": schemas.CallbackAnswer, "202": schemas.CallbackAnswer}

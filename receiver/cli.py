@@ -22,7 +22,7 @@ import asyncpg
 import structlog
 from aiohttp import web
 
-from normalizers.base import CallbackRequest, ParseError, parse_timestamp, to_e164
+from normalizers.base import CallbackRequest, ParseError, parse_timestamp
 from normalizers.registry import DEFAULT_REGISTRY, Registry
 from receiver.app import create_app
 from receiver.config import MIN_TOKEN_LENGTH, Settings
@@ -32,7 +32,7 @@ from receiver.corrections.run import APPLY, DRY_RUN
 from receiver.delivery.dispatcher import Dispatcher
 from receiver.demo import run_demo, run_failover_demo
 from receiver.http.errors import ReceiverError
-from receiver.http.fields import EARLIEST
+from receiver.http.fields import EARLIEST, typed_e164
 from receiver.ingest.reprocess import reprocess
 from receiver.ingest.spool import SpoolInUse
 from receiver.logs import configure_logging, configured_secrets
@@ -538,9 +538,7 @@ async def _tenants(
         for number in await tenants.numbers_of(connection, args.name):
             print(number)
         return 0
-    typed = args.number.strip()
-    loose = to_e164(typed)  # a person types spaces, 00 or no +: the API takes E.164 only
-    number = owned_number(loose if loose is not None and loose.startswith("+") else typed)
+    number = owned_number(typed_e164(args.number) or args.number.strip())
     if args.numbers_command == "add":
         await tenants.add_number(connection, args.name, number)
         print(f"{number} is the tenant {args.name}'s")

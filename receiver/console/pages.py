@@ -21,7 +21,6 @@ import jinja2
 import structlog
 from aiohttp import web
 
-from normalizers.base import to_e164
 from normalizers.events import Status
 from receiver.console import charts
 from receiver.context import AppContext
@@ -31,7 +30,7 @@ from receiver.delivery.subscriptions import subscription_json
 from receiver.http import params
 from receiver.http.apikeys import ASKER, key_of
 from receiver.http.errors import ReceiverError
-from receiver.http.fields import is_e164
+from receiver.http.fields import is_e164, typed_e164
 from receiver.http.session import (
     CSRF_FIELD,
     PAGE_HEADERS,
@@ -158,8 +157,8 @@ def _as_e164(request: web.Request, name: str) -> None:
     typed = request.query.get(name)
     if not typed or is_e164(typed):
         return
-    e164 = to_e164(typed.strip())
-    if e164 is not None and is_e164(e164):
+    e164 = typed_e164(typed)
+    if e164 is not None:
         kept = [(key, e164 if key == name else value) for key, value in request.query.items()]
         raise web.HTTPSeeOther(f"{request.path}?{urlencode(kept)}")
 

@@ -15,6 +15,8 @@ import phonenumbers
 from phonenumbers import PhoneMetadata
 from pydantic import AfterValidator, BeforeValidator, StringConstraints, WithJsonSchema
 
+from normalizers.base import to_e164
+
 EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
 KNOWN = "x-known"  # a mark the OpenAPI document replaces with a reference to a component
 
@@ -84,6 +86,13 @@ def is_moment(text: str) -> bool:
 
 def is_e164(text: str) -> bool:
     return _E164.fullmatch(text) is not None
+
+
+def typed_e164(text: str) -> str | None:
+    """A number a person typed (spaces, 00, no +) as the API takes it, E.164; None when it is
+    none."""
+    e164 = to_e164(text.strip())
+    return e164 if e164 is not None and is_e164(e164) else None
 
 
 def parse_moment(text: str) -> datetime | None:

@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 
 from normalizers.base import number_facts, to_e164
+from receiver.http.fields import is_sender_id
 from receiver.storage.pool import Connection
 
 COLUMNS = ("number", "tenant", "sender", "source", "created_at")
 # A sender id as providers carry it: up to 11 letters, digits and spaces, one letter at least.
-SENDER_ID = re.compile(r"(?=.*[A-Za-z])[A-Za-z0-9 ]{1,11}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +56,7 @@ def read_entries(text: str, tenants: Collection[str], default_tenant: str) -> li
             e164 = to_e164(given)
             if e164 is not None and e164.startswith("+") and number_facts(e164)[0]:
                 sender = e164
-            elif SENDER_ID.fullmatch(given):
+            elif is_sender_id(given):
                 sender = given
             else:
                 problems.append(f"line {line}: sender: neither an E.164 number nor a sender id")
